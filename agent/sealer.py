@@ -1,0 +1,97 @@
+# The agent core: seals records into v1 frames. Pure (no I/O, no clock), and written for
+# MicroPython first: hashlib, binascii and struct only, no per-call key handling.
+import hashlib
+import struct
+
+from . import frame
+from .link_codes import LINKS
+
+TOPIC_PREFIX = "linkseal/v1/"
+MAX_DEVICE_ID_LEN = 64
+MIN_KEY_LEN = 16
+_BLOCK = 64  # SHA-256 block size, for HMAC's padded keys
+_ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:"
+
+
+def check_device_id(device_id):
+    """Raise ValueError unless device_id can stand as one MQTT topic level and in an ACL."""
+    if not isinstance(device_id, str):
+        raise ValueError("device id must be a string")
+    if not device_id:
+        raise ValueError("device id is empty")
+    if len(device_id.encode()) > MAX_DEVICE_ID_LEN:
+        raise ValueError("device id is longer than %d bytes" % MAX_DEVICE_ID_LEN)
+    for ch in device_id:
+        if ch not in _ID_CHARS:
+            raise ValueError("device id has the character %r; allowed: letters, digits and - _ . :" % ch)
+
+
+def topic_for(device_id):
+    """The MQTT topic a device publishes its records on."""
+    check_device_id(device_id)
+    return TOPIC_PREFIX + device_id + "/rec"
+
+
+def _xor_pad(key, byte):
+    return bytes([b ^ byte for b in key]) + bytes([byte]) * (_BLOCK - len(key))
+
+
+class Sealer:
+    """Seals payloads for one device: Sealer(device_id, key).seal(b"...") -> frame bytes.
+
+    `epoch` and `seq` are the numbers the next frame carries. When seq would pass
+    frame.MAX_COUNTER the epoch advances and seq restarts at 0, so no (epoch, seq) repeats;
+    whoever persists the boot epoch must persist the new value (see firmware).
+    """
+
+    def __init__(self, device_id, key, key_id=0, link="wifi", epoch=0, tag_len=16):
+        check_device_id(device_id)
+        key = bytes(key)
+        if len(key) < MIN_KEY_LEN:
+            raise ValueError("key must be at least %d bytes" % MIN_KEY_LEN)
+        if link not in LINKS:
+            raise ValueError("unknown link %r; known: %s" % (link, ", ".join(sorted(LINKS))))
+        if not 0 <= key_id <= 255:
+            raise ValueError("key id must be 0..255")
+        if not 0 <= epoch <= frame.MAX_COUNTER:
+            raise ValueError("epoch must be 0..%d" % frame.MAX_COUNTER)
+        frame.tag_code(tag_len)  # raises ValueError for a length other than 8, 16, 32
+        self.device_id = device_id
+        self.key_id = key_id
+        self.link = link
+        self.link_code, self.max_payload = LINKS[link]
+        self.tag_len = tag_len
+        self.epoch = epoch
+        self.seq = 0
+        # HMAC (RFC 2104) split so that everything depending only on the key is done once:
+        # micropython-lib's hmac.new re-pads the key in bytecode on every call.
+        if len(key) > _BLOCK:
+            key = hashlib.sha256(key).digest()
+        self._ipad = _xor_pad(key, 0x36)
+        self._opad = _xor_pad(key, 0x5C)
+        self._prefix = frame.mac_prefix(device_id)
+
+    def seal(self, payload, timestamp_ms=None):
+        """Return the next frame for payload (bytes) and advance the sequence number."""
+        if len(payload) > self.max_payload:
+            raise ValueError(
+                "payload of %d bytes is over the %s limit of %d" % (len(payload), self.link, self.max_payload)
+            )
+        if timestamp_ms is not None and not 0 <= timestamp_ms <= frame.MAX_TIMESTAMP:
+            raise ValueError("timestamp_ms must be 0..2**53-1")
+        if self.seq > frame.MAX_COUNTER:
+            if self.epoch >= frame.MAX_COUNTER:
+                raise ValueError("epoch and sequence space exhausted: provision a new key id")
+            self.epoch += 1
+            self.seq = 0
+        out = frame.encode_header(self.key_id, self.link_code, self.epoch, self.seq, self.tag_len, timestamp_ms)
+        out.extend(payload)
+        inner = hashlib.sha256(self._ipad)
+        inner.update(self._prefix)
+        inner.update(out)
+        outer = hashlib.sha256(self._opad)
+        outer.update(inner.digest())
+        out.extend(outer.digest()[: self.tag_len])
+        out.extend(struct.pack(">I", frame.crc32(out)))
+        self.seq += 1
+        return bytes(out)

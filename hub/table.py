@@ -1,0 +1,54 @@
+"""The report as tables for a terminal (rich); fits 80 columns."""
+
+from collections import Counter
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+# `valid` is left out to fit 80 columns: it is recv minus the other outcomes (and in --json).
+_COLUMNS = (("received", "recv"), ("lost", "lost"), ("loss_rate", "loss%"),
+            ("duplicate", "dup"), ("reordered", "reord"), ("corrupt", "corr"), ("corrupt_rate", "corr%"),
+            ("forged", "forg"), ("replay", "repl"), ("malformed", "malf"))
+
+
+def _cell(entry: dict, key: str) -> str:
+    value = entry[key]
+    if key.endswith("_rate"):
+        return f"{value * 100:.2f}" if value else "0"
+    return str(value)
+
+
+def link_table(report: dict, title: str = "Per link") -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, show_edge=False)
+    table.add_column("link", no_wrap=True, min_width=12)
+    for _, header in _COLUMNS:
+        table.add_column(header, justify="right", no_wrap=True, min_width=len(header))
+    for name, entry in sorted(report["links"].items()):
+        table.add_row(name, *(_cell(entry, key) for key, _ in _COLUMNS))
+    return table
+
+
+def print_report(report: dict, console: Console | None = None, devices: bool = False) -> None:
+    console = console or Console(width=80)
+    if not report["links"] and not report["unknown_device"]:
+        console.print("No frames: the report is empty.")
+        return
+    console.print(link_table(report))
+    if devices:
+        table = Table(title="Per device", box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, show_edge=False)
+        for header in ("device", "link", "recv", "lost", "loss%", "corr", "forged", "replay"):
+            table.add_column(header, justify="left" if header in ("device", "link") else "right")
+        for device, entry in sorted(report["devices"].items()):
+            table.add_row(device, entry["link"], *(_cell(entry, k) for k in
+                          ("received", "lost", "loss_rate", "corrupt", "forged", "replay")))
+        console.print(table)
+    kinds = Counter(event["kind"] for event in report["events"])
+    summary = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())) or "none"
+    console.print(f"Frames from unknown devices: {report['unknown_device']}.")
+    console.print(f"Security events: {summary}.")
+    for event in report["events"][:5]:
+        console.print(f"  {event['kind']:<14} {event['device']} on {event['link'] or 'no link'}: {event['reason']}",
+                      markup=False, highlight=False, no_wrap=True, overflow="ellipsis")
+    if len(report["events"]) > 5:
+        console.print(f"  ... and {len(report['events']) - 5} more (--json lists them all)")

@@ -1,0 +1,24 @@
+// Runs Python code on real MicroPython (the npm WebAssembly port) for tests and benchmarks.
+// stdin: JSON {"files": {"/path/in/vfs.py": "source", ...}, "code": "python source"}
+// stdout: what the code printed. Exit status 1 with the traceback on stderr if it raised.
+import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
+
+const chunks = [];
+for await (const chunk of process.stdin) chunks.push(chunk);
+const job = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+
+let out = "";
+const mp = await loadMicroPython({ stdout: (line) => { out += line + "\n"; }, linebuffer: true });
+for (const [path, text] of Object.entries(job.files || {})) {
+  const dir = path.substring(0, path.lastIndexOf("/"));
+  if (dir) mp.FS.mkdirTree(dir);
+  mp.FS.writeFile(path, text);
+}
+try {
+  mp.runPython(job.code);
+  process.stdout.write(out);
+} catch (err) {
+  process.stdout.write(out);
+  process.stderr.write(String(err.message || err) + "\n");
+  process.exitCode = 1;
+}

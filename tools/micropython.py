@@ -1,0 +1,39 @@
+"""Run code on real MicroPython (npm @micropython/micropython-webassembly-pyscript) from Python.
+
+Used by the tests and the benchmarks to check that agent code runs unchanged on a device
+runtime. `make test` installs the runtime; without it this raises, it never skips.
+"""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNNER = ROOT / "tools" / "micropython.mjs"
+RUNTIME = ROOT / "node_modules" / "@micropython" / "micropython-webassembly-pyscript"
+AGENT_FILES = ("__init__.py", "frame.py", "sealer.py", "link_codes.py")
+
+
+class MicroPythonError(RuntimeError):
+    pass
+
+
+def agent_files() -> dict:
+    """The agent package as it would be copied onto a board: /lib/agent/*.py."""
+    return {f"/lib/agent/{name}": (ROOT / "agent" / name).read_text() for name in AGENT_FILES}
+
+
+def run_micropython(code: str, files: dict | None = None, timeout: float = 300) -> str:
+    """Run code on MicroPython with the agent package installed; return what it printed."""
+    node = shutil.which("node")
+    if node is None:
+        raise MicroPythonError("node is not on PATH: install Node.js 20 to run MicroPython")
+    if not RUNTIME.exists():
+        raise MicroPythonError(f"{RUNTIME} is missing: run `make test` (it runs `npm ci`)")
+    job = {"files": {**agent_files(), **(files or {})}, "code": code}
+    proc = subprocess.run([node, str(RUNNER)], input=json.dumps(job), capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout)
+    if proc.returncode != 0:
+        raise MicroPythonError(f"MicroPython raised:\n{proc.stderr}\noutput so far:\n{proc.stdout}")
+    return proc.stdout
