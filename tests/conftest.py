@@ -1,0 +1,29 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from hub.link_registry import links_by_code
+from hub.verifier import DeviceKeys, Verifier
+
+VECTORS = Path(__file__).resolve().parent / "vectors"
+KEY = bytes(range(0x20, 0x40))
+
+
+def load_vectors(name):
+    return json.loads((VECTORS / f"{name}.json").read_text())
+
+
+def link_names():
+    return {code: link.name for code, link in links_by_code().items()}
+
+
+def make_verifier(*devices):
+    """A verifier for (device_id, key, link, min_tag_len) tuples; default one wifi device."""
+    specs = devices or (("pump-1", KEY, "wifi", 16),)
+    return Verifier([DeviceKeys(d, {0: k}, link, tag) for d, k, link, tag in specs], link_names())
+
+
+@pytest.fixture
+def verifier():
+    return make_verifier()
