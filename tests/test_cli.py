@@ -1,0 +1,144 @@
+"""The `linkseal` command end to end, as a user runs it (the installed console script)."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LINKSEAL = Path(sys.executable).parent / "linkseal"
+
+
+def run(*args, stdin=None, cwd=None):
+    assert LINKSEAL.exists(), f"{LINKSEAL} missing: install the package (make test does)"
+    return subprocess.run([str(LINKSEAL), *map(str, args)], input=stdin, capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+def assert_input_error(result, *fragments):
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("linkseal: error:") or result.stderr.startswith("usage:")
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+@pytest.fixture
+def provisioned(tmp_path):
+    keys = tmp_path / "hub.keys"
+    assert run("keys", "init", "--out", keys).returncode == 0
+    device = tmp_path / "pump-1.json"
+    result = run("keys", "provision", "pump-1", "--keys", keys, "--link", "ble", "--out", device)
+    assert result.returncode == 0, result.stderr
+    return keys, device
+
+
+def test_seal_then_verify_capture(provisioned, tmp_path):
+    keys, device = provisioned
+    config = json.loads(device.read_text())
+    assert stat.S_IMODE(device.stat().st_mode) == 0o600 and stat.S_IMODE(keys.stat().st_mode) == 0o600
+    sealed = run("agent", "seal", "--device", device, "--epoch", "2", "--timestamp",
+                 stdin="".join(f"hr={60 + i}\n" for i in range(10)))
+    assert sealed.returncode == 0, sealed.stderr
+    lines = sealed.stdout.splitlines()
+    assert len(lines) == 10 and json.loads(lines[0])["topic"] == "linkseal/v1/pump-1/rec"
+    # Lose seq 3, deliver seq 5 twice.
+    capture = tmp_path / "capture.jsonl"
+    capture.write_text("\n".join(lines[:3] + lines[4:6] + lines[5:]) + "\n")
+    result = run("hub", "verify", capture, "--keys", keys, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    entry = report["devices"]["pump-1"]
+    assert (entry["received"], entry["valid"], entry["lost"], entry["duplicate"]) == (10, 9, 1, 1)
+    assert entry["link"] == "ble" and report["links"]["ble"]["lost"] == 1
+    table = run("hub", "verify", capture, "--keys", keys, "--devices")
+    assert table.returncode == 0 and "ble" in table.stdout and "pump-1" in table.stdout
+    assert all(len(line) <= 80 for line in table.stdout.splitlines())
+    for output in (sealed.stdout, result.stdout, table.stdout, sealed.stderr):
+        assert config["key"] not in output
+        assert json.loads(keys.read_text())["master_secret"] not in output
+
+
+@pytest.mark.parametrize("content,fragment", [
+    ('{"t": 1, "topic": "x", "payload_b64": "AA=="}\nnot json\n', ":2: not valid JSON"),
+    ('{"t": 1, "topic": "x"}\n', ":1: missing field 'payload_b64'"),
+    ('{"t": 1, "topic": "x", "payload_b64": "***"}\n', ":1: field 'payload_b64' is not valid base64"),
+    ('["a"]\n', ":1: expected a JSON object"),
+    ('{"t": "now", "topic": "x", "payload_b64": ""}\n', ":1: field 't' must be a number"),
+])
+def test_bad_capture_lines_are_named(provisioned, tmp_path, content, fragment):
+    keys, _ = provisioned
+    capture = tmp_path / "bad.jsonl"
+    capture.write_text(content)
+    assert_input_error(run("hub", "verify", capture, "--keys", keys), str(capture) + fragment)
+
+
+def test_missing_and_unreadable_inputs(provisioned, tmp_path):
+    keys, _ = provisioned
+    assert_input_error(run("hub", "verify", tmp_path / "nope.jsonl", "--keys", keys), "no such file")
+    assert_input_error(run("hub", "verify", tmp_path, "--keys", keys), "is a directory")
+    capture = tmp_path / "empty.jsonl"
+    capture.write_text("")
+    assert_input_error(run("hub", "verify", capture, "--keys", tmp_path / "none.keys"), "no such key file")
+    if os.geteuid() != 0:  # root reads anything; the permission case is only meaningful for users
+        locked = tmp_path / "locked.jsonl"
+        locked.write_text("")
+        locked.chmod(0)
+        assert_input_error(run("hub", "verify", locked, "--keys", keys), "permission denied")
+
+
+def test_empty_capture_gives_an_empty_report(provisioned, tmp_path):
+    keys, _ = provisioned
+    capture = tmp_path / "empty.jsonl"
+    capture.write_text("\n")
+    result = run("hub", "verify", capture, "--keys", keys, "--json")
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == {"links": {}, "devices": {}, "unknown_device": 0, "events": []}
+
+
+def test_keys_errors_leave_files_untouched(provisioned, tmp_path):
+    keys, _ = provisioned
+    before = keys.read_bytes()
+    assert_input_error(run("keys", "init", "--out", keys), "already exists")
+    assert_input_error(run("keys", "provision", "a/b", "--keys", keys, "--link", "wifi", "--out",
+                           tmp_path / "x.json"), "device id")
+    assert_input_error(run("keys", "provision", "p", "--keys", keys, "--link", "tin-can", "--out",
+                           tmp_path / "x.json"), "unknown link 'tin-can'")
+    assert keys.read_bytes() == before
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_agent_seal_refuses_an_oversized_record(provisioned):
+    _, device = provisioned
+    result = run("agent", "seal", "--device", device, stdin="ok\n" + "x" * 300 + "\n")
+    assert_input_error(result, "stdin line 2", "over the ble limit")
+
+
+def test_help_shows_examples_for_every_command():
+    for args in (["--help"], ["keys", "init", "--help"], ["keys", "provision", "--help"],
+                 ["hub", "verify", "--help"], ["agent", "seal", "--help"], ["sim", "capture", "--help"],
+                 ["demo", "--help"]):
+        result = run(*args)
+        assert result.returncode == 0 and "example" in result.stdout, args
+    assert_input_error(run("hub"), "usage")
+    assert_input_error(run("firmware"), "no commands yet")
+
+
+def test_sim_capture_verifies_to_its_ground_truth(tmp_path):
+    capture, keys = tmp_path / "sim.jsonl", tmp_path / "sim.keys"
+    result = run("sim", "capture", "--out", capture, "--keys-out", keys, "--seed", "4", "--frames", "300",
+                 "--stress", "30")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(run("hub", "verify", capture, "--keys", keys, "--json").stdout)
+    assert len(report["devices"]) == 16 and report["unknown_device"] == 1
+    assert sum(d["lost"] for d in report["devices"].values()) > 0
+    assert sum(d["forged"] for d in report["devices"].values()) == 3
+
+
+def test_demo_runs_and_checks_itself():
+    result = run("demo", "--frames", "400", "--seed", "5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Ground truth check: all" in result.stdout and "fiber" in result.stdout
