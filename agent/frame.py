@@ -76,13 +76,19 @@ def tag_code(tag_len):
     raise ValueError("tag length must be 8, 16 or 32 bytes, not %r" % (tag_len,))
 
 
-def encode_header(key_id, link_code, epoch, seq, tag_len, timestamp_ms=None):
-    """The header bytes (everything before the payload) as a bytearray."""
+def header_start(key_id, link_code, epoch, tag_len, with_timestamp):
+    """The header up to the sequence number: the same for every frame of an epoch."""
     first = (VERSION << 4) | tag_code(tag_len)
-    if timestamp_ms is not None:
+    if with_timestamp:
         first |= FLAG_TIMESTAMP
     out = bytearray((first, key_id, link_code))
     put_varint(out, epoch)
+    return bytes(out)
+
+
+def encode_header(key_id, link_code, epoch, seq, tag_len, timestamp_ms=None):
+    """The header bytes (everything before the payload) as a bytearray."""
+    out = bytearray(header_start(key_id, link_code, epoch, tag_len, timestamp_ms is not None))
     put_varint(out, seq)
     if timestamp_ms is not None:
         put_varint(out, timestamp_ms)

@@ -64,12 +64,21 @@ class Sealer:
         self.epoch = epoch
         self.seq = 0
         # HMAC (RFC 2104) split so that everything depending only on the key is done once:
-        # micropython-lib's hmac.new re-pads the key in bytecode on every call.
+        # micropython-lib's hmac.new re-pads the key in bytecode on every call. The inner
+        # hash starts with the padded key and the MAC prefix (domain, device id) together.
         if len(key) > _BLOCK:
             key = hashlib.sha256(key).digest()
-        self._ipad = _xor_pad(key, 0x36)
+        self._inner_start = _xor_pad(key, 0x36) + frame.mac_prefix(device_id)
         self._opad = _xor_pad(key, 0x5C)
-        self._prefix = frame.mac_prefix(device_id)
+        self._starts = None  # (epoch, header start without, with timestamp), see _header_starts
+
+    def _header_starts(self):
+        # The header up to the sequence number changes only with the epoch: build it once.
+        starts = self._starts
+        if starts is None or starts[0] != self.epoch:
+            args = (self.key_id, self.link_code, self.epoch, self.tag_len)
+            starts = self._starts = (self.epoch, frame.header_start(*args, False), frame.header_start(*args, True))
+        return starts
 
     def seal(self, payload, timestamp_ms=None):
         """Return the next frame for payload (bytes) and advance the sequence number."""
@@ -77,17 +86,23 @@ class Sealer:
             raise ValueError(
                 "payload of %d bytes is over the %s limit of %d" % (len(payload), self.link, self.max_payload)
             )
-        if timestamp_ms is not None and not 0 <= timestamp_ms <= frame.MAX_TIMESTAMP:
-            raise ValueError("timestamp_ms must be 0..2**53-1")
         if self.seq > frame.MAX_COUNTER:
             if self.epoch >= frame.MAX_COUNTER:
                 raise ValueError("epoch and sequence space exhausted: provision a new key id")
             self.epoch += 1
             self.seq = 0
-        out = frame.encode_header(self.key_id, self.link_code, self.epoch, self.seq, self.tag_len, timestamp_ms)
+        starts = self._header_starts()
+        if timestamp_ms is None:
+            out = bytearray(starts[1])
+            frame.put_varint(out, self.seq)
+        else:
+            if not 0 <= timestamp_ms <= frame.MAX_TIMESTAMP:
+                raise ValueError("timestamp_ms must be 0..2**53-1")
+            out = bytearray(starts[2])
+            frame.put_varint(out, self.seq)
+            frame.put_varint(out, timestamp_ms)
         out.extend(payload)
-        inner = hashlib.sha256(self._ipad)
-        inner.update(self._prefix)
+        inner = hashlib.sha256(self._inner_start)
         inner.update(out)
         outer = hashlib.sha256(self._opad)
         outer.update(inner.digest())

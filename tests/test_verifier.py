@@ -231,3 +231,21 @@ def test_events_carry_no_key_material(verifier):
     assert KEY.hex() not in text and repr(KEY) not in text
     assert {e["kind"] for e in verifier.events} == {"forged", "unknown_device"}
     assert set(verifier.events[0]) == {"t", "device", "link", "kind", "reason"}
+
+
+def test_key_rotation_accepts_each_registered_key_id_once():
+    from hub.verifier import DeviceKeys, Verifier
+
+    from .conftest import link_names
+
+    new_key = bytes(range(0x40, 0x60))
+    verifier = Verifier([DeviceKeys("pump-1", {0: KEY, 1: new_key}, "wifi", 16)], link_names())
+    old = Sealer("pump-1", KEY, key_id=0, epoch=1)
+    new = Sealer("pump-1", new_key, key_id=1, epoch=1)
+    new.seq = 1
+    frames = [old.seal(b"a"), new.seal(b"b")]
+    assert outcomes(verifier, frames + frames) == ["valid", "valid", "duplicate", "duplicate"]
+    # The old key id does not vouch for a frame sealed with the new key, nor the reverse.
+    swapped = Sealer("pump-1", new_key, key_id=0, epoch=1)
+    swapped.seq = 2
+    assert outcomes(verifier, [swapped.seal(b"c")]) == ["forged"]

@@ -1,0 +1,16 @@
+"""`make bench`: every benchmark, one JSON object per figure on stdout.
+
+Figures are ratios against a baseline measured in the same run where speed is concerned;
+absolute rates are printed alongside for context only.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import bench_memory, bench_micropython, bench_overhead, bench_verify  # noqa: E402
+
+if __name__ == "__main__":
+    for module in (bench_overhead, bench_verify, bench_memory, bench_micropython):
+        module.main()
