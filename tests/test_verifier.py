@@ -249,3 +249,19 @@ def test_key_rotation_accepts_each_registered_key_id_once():
     swapped = Sealer("pump-1", new_key, key_id=0, epoch=1)
     swapped.seq = 2
     assert outcomes(verifier, [swapped.seal(b"c")]) == ["forged"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.binary(max_size=165), epoch=st.integers(0, 2**32 - 1), seq=st.integers(0, 2**32 - 1),
+       tag_len=st.sampled_from([8, 16, 32]), key_id=st.integers(0, 255),
+       stamp=st.one_of(st.none(), st.integers(0, 2**53 - 1)), link=st.sampled_from(["lora", "wifi", "rs485"]))
+def test_round_trip_property(payload, epoch, seq, tag_len, key_id, stamp, link):
+    from hub.verifier import DeviceKeys, Verifier
+
+    from .conftest import link_names
+
+    sealer = Sealer("pump-1", KEY, key_id=key_id, link=link, epoch=epoch, tag_len=tag_len)
+    sealer.seq = seq
+    data = sealer.seal(payload, stamp)
+    verifier = Verifier([DeviceKeys("pump-1", {key_id: KEY}, "wifi", tag_len)], link_names())
+    assert verifier.verify(TOPIC, data, 0.0) == ("valid", "pump-1", link, epoch, seq, stamp, payload, "")
