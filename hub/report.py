@@ -1,6 +1,6 @@
 """The per-link / per-device report: one schema for `hub verify`, `hub report` and the simulator.
 
-{"links": {LINK: ENTRY}, "devices": {DEVICE_ID: ENTRY + {"link": LINK}},
+{"links": {LINK: ENTRY + {"abnormal": [REASON...]}}, "devices": {DEVICE_ID: ENTRY + {"link": LINK}},
  "unknown_device": N, "events": [{"t", "device", "link", "kind", "reason"}]}
 ENTRY holds the integer counters of hub.counters.REPORTED and the figures below.
 """
@@ -8,7 +8,8 @@ ENTRY holds the integer counters of hub.counters.REPORTED and the figures below.
 import json
 import math
 
-from .counters import BURSTS, L2R, LOST, R2L, VALID, as_dict
+from .counters import BURSTS, L2R, LOST, R2L, SLOT_NAMES, VALID, as_dict, new_counters
+from .link_registry import load_links
 
 _Z95 = 1.959963984540054
 
@@ -45,13 +46,65 @@ def entry(counters) -> dict:
     return out
 
 
-def build_report(verifier) -> dict:
+def abnormal_reasons(name: str, link_entry: dict, registry: dict | None = None) -> list:
+    """Why a link looks abnormal for its kind; empty when it does not.
+
+    Flagged only when the excess is significant: the whole Wilson 95% interval of the
+    observed rate lies above the rate hardware/links expects of that kind of link.
+    """
+    expected = (registry or load_links()).get(name)
+    if expected is None:
+        return []
+    reasons = []
+    if link_entry["loss_rate_ci"][0] > expected.frame_loss:
+        reasons.append(f"loss {link_entry['loss_rate']:.3%} is above the {expected.frame_loss:.3%} "
+                       f"expected of {name} (95% interval from {link_entry['loss_rate_ci'][0]:.3%})")
+    if link_entry["corrupt_rate_ci"][0] > expected.corrupt:
+        reasons.append(f"corruption {link_entry['corrupt_rate']:.3%} is above the {expected.corrupt:.3%} "
+                       f"expected of {name} (95% interval from {link_entry['corrupt_rate_ci'][0]:.3%})")
+    return reasons
+
+
+def _assemble(links: dict, devices: dict, device_links: dict, unknown: int, events: list) -> dict:
+    registry = load_links()
+    link_entries = {}
+    for name, counters in links.items():
+        item = entry(counters)
+        item["abnormal"] = abnormal_reasons(name, item, registry)
+        link_entries[name] = item
     return {
-        "links": {name: entry(counters) for name, counters in verifier.links()},
-        "devices": {device: {**entry(counters), "link": link} for device, link, counters in verifier.devices()},
-        "unknown_device": verifier.unknown_device,
-        "events": list(verifier.events),
+        "links": link_entries,
+        "devices": {device: {**entry(counters), "link": device_links[device]} for device, counters in devices.items()},
+        "unknown_device": unknown,
+        "events": events,
     }
+
+
+def build_report(verifier) -> dict:
+    """The report of everything a verifier has seen (`hub verify`, the simulator)."""
+    devices, device_links = {}, {}
+    for device, link, counters in verifier.devices():
+        devices[device], device_links[device] = counters, link
+    return _assemble(dict(verifier.links()), devices, device_links, verifier.unknown_device, list(verifier.events))
+
+
+def build_stored_report(storage, since: float | None = None, link: str | None = None) -> dict:
+    """The report over what storage holds (`hub report`), from the minute holding `since`."""
+    since_minute = None if since is None else int(since // 60) * 60
+    links, devices, unknown = {}, {}, 0
+    for scope, name, counter, total in storage.counts_since(since_minute):
+        if scope == "hub":
+            unknown += total
+            continue
+        table = links if scope == "link" else devices
+        table.setdefault(name, new_counters())[SLOT_NAMES.index(counter)] = total
+    device_links = storage.device_links()
+    events = storage.events_since(since)
+    if link is not None:
+        links = {name: c for name, c in links.items() if name == link}
+        devices = {d: c for d, c in devices.items() if device_links.get(d) == link}
+        events = [e for e in events if e["link"] == link]
+    return _assemble(links, devices, device_links, unknown, events)
 
 
 def to_json(report: dict) -> str:

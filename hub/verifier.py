@@ -7,6 +7,8 @@ unauthenticated can touch.
 """
 
 import hmac
+import struct
+from array import array
 from hmac import compare_digest
 
 try:  # OpenSSL's HMAC object: copy, update and digest all in C, without hmac.HMAC's Python wrapper
@@ -17,11 +19,11 @@ except ImportError:  # a CPython built without OpenSSL
 from agent import frame as wire
 from agent.sealer import TOPIC_PREFIX
 
-from .counters import CORRUPT, FORGED, MALFORMED, OUTCOME_OF, REPLAY, VALID, new_counters, received
+from .counters import CORRUPT, FORGED, MALFORMED, OUTCOME_OF, RATE_LIMITED, REPLAY, SLOTS, VALID, new_counters, received
 from .window import EpochWindow
 
 # Exactly one of these per frame (docs/protocol.md, "Outcomes").
-OUTCOMES = ("valid", "corrupt", "forged", "duplicate", "replay", "malformed", "unknown_device")
+OUTCOMES = ("valid", "corrupt", "forged", "duplicate", "replay", "malformed", "rate_limited", "unknown_device")
 SECURITY_KINDS = ("forged", "replay", "unknown_device")
 # Epoch windows kept per device: the newest and the three before it, so a device that
 # buffered frames and rebooted (even a few times) can still flush them, exactly once.
@@ -70,7 +72,7 @@ _verdict = tuple.__new__
 class _Device:
     # Kept small on purpose: the bench measures bytes per device at 100k devices.
     __slots__ = ("device_id", "link", "min_tag", "key_id", "key", "other_keys", "mac",
-                 "counters", "current", "older")
+                 "counters", "current", "older", "tokens", "stamp")
 
     def __init__(self, spec: DeviceKeys, link_code: int):
         self.device_id = spec.device_id
@@ -85,12 +87,21 @@ class _Device:
         self.counters = new_counters()
         self.current = None  # EpochWindow of the newest epoch seen
         self.older = None  # list of EpochWindows of retained older epochs
+        self.tokens = None  # rate-limit token bucket: tokens left and when last refilled
+        self.stamp = 0.0
 
 
 class Verifier:
-    def __init__(self, devices, links: dict):
-        """devices: iterable of DeviceKeys; links: wire code -> link name (hardware/links)."""
+    def __init__(self, devices, links: dict, rate_limits: dict | None = None):
+        """devices: iterable of DeviceKeys; links: wire code -> link name (hardware/links).
+
+        rate_limits: link name -> (frames per second, burst) for a per-device token bucket;
+        a frame over the limit is `rate_limited` and not verified at all. None: no limit.
+        """
         self.link_names = dict(links)
+        self._limits = None
+        if rate_limits:
+            self._limits = {code: rate_limits[name] for code, name in self.link_names.items() if name in rate_limits}
         codes = {name: code for code, name in self.link_names.items()}
         self._devices = {}
         for spec in devices:
@@ -108,6 +119,8 @@ class Verifier:
         dev = self._devices.get(topic)
         if dev is None:
             return self._unknown(topic, t)
+        if self._limits is not None and not self._take_token(dev, t):
+            return self._reject(dev, RATE_LIMITED, "over the device rate limit", t)
         try:
             key_id, link, epoch, seq, stamp, body, tag_at, tag_len = _decode(data)
         except _Corrupt as exc:
@@ -185,6 +198,22 @@ class Verifier:
             self._event(t, dev.device_id, name, outcome, reason)
         return _verdict(Verdict, (outcome, dev.device_id, name, None, None, None, None, reason))
 
+    def _take_token(self, dev, t):
+        limit = self._limits.get(dev.link)
+        if limit is None:
+            return True
+        rate, burst = limit
+        if dev.tokens is None:
+            dev.tokens, dev.stamp = float(burst), t
+        elapsed = t - dev.stamp
+        if elapsed > 0:  # a clock step backwards refills nothing
+            dev.tokens = min(float(burst), dev.tokens + elapsed * rate)
+            dev.stamp = t
+        if dev.tokens < 1.0:
+            return False
+        dev.tokens -= 1.0
+        return True
+
     def _new_link(self, code):
         counters = self.link_counters[code] = new_counters()
         return counters
@@ -226,6 +255,58 @@ class Verifier:
         """(link name, counters) for every link that carried anything."""
         for code, counters in sorted(self.link_counters.items()):
             yield self.link_names[code], counters
+
+    def counters_for(self, topic: str):
+        """(device id, live counter array) for a known device's record topic, else None."""
+        dev = self._devices.get(topic)
+        return None if dev is None else (dev.device_id, dev.counters)
+
+    def counters_for_device(self, device_id: str):
+        return self._devices[TOPIC_PREFIX + device_id + _TOPIC_SUFFIX].counters
+
+    def current_link(self, device_id: str) -> str:
+        return self.link_names[self._devices[TOPIC_PREFIX + device_id + _TOPIC_SUFFIX].link]
+
+    # -- persistence ----------------------------------------------------------------
+    # Storage keeps each device's state with the records it let in (same transaction),
+    # so after a restart nothing accepted before is accepted again.
+
+    _DEVICE_HEAD = struct.Struct(">BBB")  # format, current link code, number of windows
+
+    def device_state(self, device_id: str) -> bytes:
+        dev = self._devices[TOPIC_PREFIX + device_id + _TOPIC_SUFFIX]
+        windows = ([dev.current] if dev.current else []) + (dev.older or [])
+        return (self._DEVICE_HEAD.pack(1, dev.link, len(windows)) + dev.counters.tobytes()
+                + b"".join(w.to_bytes() for w in windows))
+
+    def restore_device(self, device_id: str, data: bytes) -> bool:
+        """Load a stored state; False (and nothing changed) for a device no longer in the key file."""
+        dev = self._devices.get(TOPIC_PREFIX + device_id + _TOPIC_SUFFIX)
+        if dev is None:
+            return False
+        version, link, count = self._DEVICE_HEAD.unpack_from(data)
+        if version != 1:
+            raise ValueError(f"device {device_id}: stored state has unknown format {version}")
+        offset = self._DEVICE_HEAD.size
+        counters = array("q")
+        counters.frombytes(data[offset : offset + 8 * SLOTS])
+        offset += 8 * SLOTS
+        windows = []
+        for _ in range(count):
+            window, offset = EpochWindow.from_bytes(data, offset)
+            windows.append(window)
+        dev.link = link if link in self.link_names else dev.link
+        dev.counters = counters
+        dev.current = windows[0] if windows else None
+        dev.older = windows[1:] or None
+        return True
+
+    def restore_link(self, name: str, counters: bytes) -> None:
+        code = next((c for c, n in self.link_names.items() if n == name), None)
+        if code is not None:
+            restored = array("q")
+            restored.frombytes(counters)
+            self.link_counters[code] = restored
 
     def drain_events(self) -> list:
         """Hand the security events so far to an adapter (storage) and forget them."""

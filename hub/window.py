@@ -9,6 +9,8 @@ bursts and Gilbert-Elliott transitions are kept exact as frames arrive: revealin
 adds one loss run; a late frame filling a hole changes only the two pairs around it.
 """
 
+import struct
+
 from .counters import BURSTS, DUPLICATE, L2R, LOST, R2L, REORDERED, REPLAY, VALID
 
 WINDOW = 1024
@@ -31,6 +33,32 @@ class EpochWindow:
         self.owed_link = -1
         self.owed = 0
         self.owed_more = None
+
+    # -- persistence: the hub stores each window with the records it let in ----------
+
+    _HEAD = struct.Struct(">IqqhqB")
+
+    def to_bytes(self) -> bytes:
+        more = sorted((self.owed_more or {}).items())
+        out = self._HEAD.pack(self.epoch, self.base, self.top, self.owed_link, self.owed, len(more))
+        return out + bytes(self.ring) + b"".join(struct.pack(">Bq", link, holes) for link, holes in more)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, offset: int = 0) -> tuple["EpochWindow", int]:
+        """A window and the offset just past it."""
+        epoch, base, top, owed_link, owed, n_more = cls._HEAD.unpack_from(data, offset)
+        offset += cls._HEAD.size
+        window = cls(epoch, base)
+        window.top, window.owed_link, window.owed = top, owed_link, owed
+        window.ring[:] = data[offset : offset + _RING_BYTES]
+        offset += _RING_BYTES
+        if n_more:
+            window.owed_more = {}
+            for _ in range(n_more):
+                link, holes = struct.unpack_from(">Bq", data, offset)
+                window.owed_more[link] = holes
+                offset += 9
+        return window, offset
 
     def _bit(self, seq: int) -> int:
         pos = seq % _RING_BITS

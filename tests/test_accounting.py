@@ -66,7 +66,7 @@ def test_counters_match_ground_truth(plans):
     assert mismatches(ledger.report(), report) == []
     for entry in list(report["devices"].values()) + list(report["links"].values()):
         assert entry["received"] == sum(entry[k] for k in ("valid", "duplicate", "corrupt", "forged", "replay",
-                                                           "malformed"))
+                                                           "malformed", "rate_limited"))
 
 
 def brute_force_pattern(accepted, base, top):

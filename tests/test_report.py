@@ -8,7 +8,8 @@ from hub.report import build_report, to_json, wilson_interval
 
 from .conftest import KEY, make_verifier
 
-COUNTERS = {"received", "valid", "lost", "duplicate", "reordered", "corrupt", "forged", "replay", "malformed"}
+COUNTERS = {"received", "valid", "lost", "duplicate", "reordered", "corrupt", "forged", "replay", "malformed",
+            "rate_limited"}
 FIGURES = {"loss_rate", "loss_rate_ci", "corrupt_rate", "corrupt_rate_ci", "burst_mean", "ge_p", "ge_r"}
 
 
@@ -30,7 +31,7 @@ def test_schema_has_exactly_the_documented_keys():
     verifier.verify("linkseal/v1/ghost/rec", frames[0], 2.0)
     report = json.loads(to_json(build_report(verifier)))
     assert set(report) == {"links", "devices", "events", "unknown_device"}
-    assert set(report["links"]["wifi"]) == COUNTERS | FIGURES
+    assert set(report["links"]["wifi"]) == COUNTERS | FIGURES | {"abnormal"}
     assert set(report["devices"]["pump-1"]) == COUNTERS | FIGURES | {"link"}
     for name in COUNTERS:
         assert isinstance(report["links"]["wifi"][name], int)
@@ -42,3 +43,19 @@ def test_schema_has_exactly_the_documented_keys():
 
 def test_empty_verifier_gives_an_empty_report():
     assert build_report(make_verifier()) == {"links": {}, "devices": {}, "unknown_device": 0, "events": []}
+
+
+def test_abnormal_only_when_the_excess_is_significant():
+    from hub.report import abnormal_reasons, entry
+    from hub.counters import LOST, VALID, new_counters
+
+    def link_entry(lost, valid):
+        counters = new_counters()
+        counters[LOST], counters[VALID] = lost, valid
+        return entry(counters)
+
+    # 1% loss over 2000 frames: abnormal for fibre, normal for WiFi.
+    assert abnormal_reasons("fiber", link_entry(20, 1980)) and not abnormal_reasons("wifi", link_entry(20, 1980))
+    # One loss in 5000 frames on fibre is twice the expected rate, but could be chance.
+    assert abnormal_reasons("fiber", link_entry(1, 4999)) == []
+    assert "loss" in abnormal_reasons("fiber", link_entry(20, 1980))[0]
