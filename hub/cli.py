@@ -5,7 +5,7 @@ exit status 2, no traceback. Keys are never printed.
 """
 
 import argparse
-import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -64,6 +64,37 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.add_argument("--devices", action="store_true", help="also show the per-device table")
     verify.set_defaults(run=_hub_verify)
+    hub_run = _parser_with_examples(
+        hub_sub, "run", "Subscribe to the broker, verify and store every frame, serve metrics. Runs until SIGTERM.",
+        ["linkseal hub run --broker mqtt://127.0.0.1:1883 --keys hub.keys --db hub.db --metrics 127.0.0.1:9108",
+         "LINKSEAL_MQTT_PASSWORD=$(cat /run/secrets/mqtt) linkseal hub run --broker mqtts://broker:8883 \\\n"
+         "      --ca-file ca.pem --cert-file hub.pem --key-file hub-key.pem --username hub --keys hub.keys --db hub.db"])
+    hub_run.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    hub_run.add_argument("--keys", required=True, type=Path, help="hub key file")
+    hub_run.add_argument("--db", required=True, type=Path, help="SQLite database (created 0600)")
+    hub_run.add_argument("--metrics", help="serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9108)")
+    hub_run.add_argument("--config", type=Path, help="hub.toml: client id, queue and batch sizes, rate limits")
+    hub_run.add_argument("--ca-file", help="CA certificate that signed the broker's certificate (mqtts)")
+    hub_run.add_argument("--cert-file", help="client certificate for mutual TLS")
+    hub_run.add_argument("--key-file", help="client certificate's private key for mutual TLS")
+    hub_run.add_argument("--username", help="MQTT user name; the password comes from LINKSEAL_MQTT_PASSWORD "
+                                            "or --password-file, never the command line")
+    hub_run.add_argument("--password-file", help="file holding the MQTT password")
+    hub_run.add_argument("--log-json", action="store_true", help="log JSON Lines instead of key=value text")
+    hub_run.set_defaults(run=_hub_run)
+    report = _parser_with_examples(
+        hub_sub, "report", "The per-link report over stored data.",
+        ["linkseal hub report --db hub.db --since 15m", "linkseal hub report --db hub.db --link wifi --json"])
+    report.add_argument("--db", required=True, type=Path)
+    report.add_argument("--since", help="only the last 15m, 2h, 1d ... (minute resolution)")
+    report.add_argument("--link", help="only this link type")
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
+    report.add_argument("--devices", action="store_true", help="also show the per-device table")
+    report.set_defaults(run=_hub_report)
+    audit = _parser_with_examples(hub_sub, "audit", "Check the hash chain of stored security events.",
+                                  ["linkseal hub audit --db hub.db"])
+    audit.add_argument("--db", required=True, type=Path)
+    audit.set_defaults(run=_hub_audit)
 
     sim = groups.add_parser("sim", help="simulated link faults and attacks, with ground truth")
     sim_sub = sim.add_subparsers(dest="command", required=True)
@@ -120,13 +151,13 @@ def _keys_provision(args):
           f"device config written to {args.out} (mode 0600)")
 
 
-def _verifier_for(keys_path):
+def _verifier_for(keys_path, rate_limits=None):
     from .keys import KeyFile
     from .link_registry import links_by_code
     from .verifier import Verifier
 
     keyfile = KeyFile.load(keys_path)
-    return Verifier(keyfile.device_keys(), {code: link.name for code, link in links_by_code().items()})
+    return Verifier(keyfile.device_keys(), {code: link.name for code, link in links_by_code().items()}, rate_limits)
 
 
 def _hub_verify(args):
@@ -143,6 +174,69 @@ def _hub_verify(args):
         print(to_json(report))
     else:
         print_report(report, Console(width=80), devices=args.devices)
+
+
+def _hub_run(args):
+    from .config import load_settings, parse_broker
+    from .ingest import Ingest
+    from .link_registry import load_links
+    from .log import EventLog
+    from .metrics import HubMetrics
+    from .service import HubService
+    from .storage import SQLiteStorage
+
+    broker = parse_broker(args.broker, args.ca_file, args.cert_file, args.key_file, args.username,
+                          args.password_file)
+    settings = load_settings(args.config, load_links())
+    log = EventLog(json_lines=args.log_json or settings.log_json)
+    verifier = _verifier_for(args.keys, settings.rate_limits)
+    ingest = Ingest(verifier, SQLiteStorage(args.db))
+    metrics = HubMetrics(verifier)
+    if args.metrics:
+        try:
+            metrics.serve(args.metrics)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"--metrics {args.metrics}: cannot listen ({exc})") from None
+    return HubService(broker, settings, ingest, log, metrics).run()
+
+
+def _parse_since(text):
+    match = re.fullmatch(r"(\d+)([smhd])", text or "")
+    if not match:
+        raise InputError(f"--since {text!r}: expected a number and a unit, like 90s, 15m, 2h or 1d")
+    return time.time() - int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+
+
+def _hub_report(args):
+    from .report import build_stored_report, to_json
+    from .storage import SQLiteStorage
+    from .table import print_report
+
+    since = _parse_since(args.since) if args.since is not None else None
+    storage = SQLiteStorage(args.db, create=False)
+    try:
+        report = build_stored_report(storage, since, args.link)
+    finally:
+        storage.close()
+    if args.json:
+        print(to_json(report))
+    else:
+        print_report(report, Console(width=80), devices=args.devices)
+
+
+def _hub_audit(args):
+    from .storage import SQLiteStorage
+
+    storage = SQLiteStorage(args.db, create=False)
+    try:
+        checked, broken = storage.audit()
+    finally:
+        storage.close()
+    if broken:
+        print(f"BROKEN after {checked} intact events: {broken}")
+        return 1
+    print(f"OK: {checked} security events, hash chain intact")
+    return 0
 
 
 def _sim_capture(args):
@@ -196,13 +290,16 @@ def _demo(args):
 
 def main(argv=None) -> int:
     from .capture import CaptureError
+    from .config import ConfigError
     from .keys import KeyFileError
     from .link_registry import RegistryError
+    from .storage import StorageError
 
     args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0
-    except (InputError, CaptureError, KeyFileError, RegistryError, ValueError, OSError) as exc:
+    except (InputError, CaptureError, ConfigError, KeyFileError, RegistryError, StorageError, ValueError,
+            OSError) as exc:
         message = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else str(exc)
         print(f"linkseal: error: {message}", file=sys.stderr)
         return EXIT_INPUT

@@ -6,14 +6,14 @@ restored verifier state turns the redelivery into a duplicate, never a second re
 """
 
 from .counters import SLOT_NAMES, SLOTS
-from .storage import Batch, Storage  # noqa: F401  (Storage: the interface this needs)
+from .storage import Batch, Storage
 from .verifier import Verifier
 
 _ZERO = bytes(8 * SLOTS)
 
 
 class Ingest:
-    def __init__(self, verifier: Verifier, storage):
+    def __init__(self, verifier: Verifier, storage: Storage):
         self.verifier = verifier
         self.storage = storage
         stored = storage.load()
@@ -22,57 +22,67 @@ class Ingest:
         for link, state in stored.links:
             verifier.restore_link(link, state)
         verifier.unknown_device = stored.unknown_device
-        self.pending = 0  # messages handled since the last commit
         self._start_batch()
 
     def _start_batch(self):
+        self.pending = 0  # messages handled since the last commit
         self._records = []
-        self._before = {}  # device id -> counter bytes before its first frame in this batch
+        self._counts = []
+        self._touched = set()  # devices whose state this commit must write
+        self._minute = None
+        self._start_minute()
+
+    def _start_minute(self):
+        # Counter values when the current minute's bucket began (devices: at their first frame).
+        self._before = {}
         self._links_before = {code: c.tobytes() for code, c in self.verifier.link_counters.items()}
         self._unknown_before = self.verifier.unknown_device
-        self._last_t = 0.0
-        self.pending = 0
 
     def handle(self, topic: str, payload: bytes, t: float):
         """Verify one message; returns the verifier's Verdict."""
+        minute = int(t // 60) * 60
+        if minute != self._minute:
+            self._close_minute()
+            self._minute = minute
         known = self.verifier.counters_for(topic)
         if known is not None and known[0] not in self._before:
             self._before[known[0]] = known[1].tobytes()
+            self._touched.add(known[0])
         verdict = self.verifier.verify(topic, payload, t)
         if verdict.outcome == "valid":
             self._records.append((verdict.device_id, verdict.epoch, verdict.seq, verdict.link,
                                   verdict.device_time_ms, t, verdict.payload))
-        self._last_t = max(self._last_t, t)
         self.pending += 1
         return verdict
 
+    def _close_minute(self):
+        """Turn the counter changes since the minute began into bucket rows."""
+        if self._minute is not None:
+            verifier, minute = self.verifier, self._minute
+            for device, before in self._before.items():
+                self._counts += _deltas(minute, "device", device, before, verifier.counters_for_device(device))
+            for code, counters in verifier.link_counters.items():
+                before = self._links_before.get(code, _ZERO)
+                self._counts += _deltas(minute, "link", verifier.link_names[code], before, counters)
+            if verifier.unknown_device != self._unknown_before:
+                self._counts.append((minute, "hub", "", "unknown_device",
+                                     verifier.unknown_device - self._unknown_before))
+        self._start_minute()
+
     def commit(self) -> None:
         """Write everything handled since the last commit in one transaction."""
-        if not self.pending:
+        if not self.pending and not self.verifier.events:
             return
-        self.storage.commit(self._batch())
+        self._close_minute()
+        verifier = self.verifier
+        batch = Batch(records=self._records, counts=self._counts, events=verifier.drain_events())
+        batch.devices = [(d, verifier.current_link(d), verifier.device_state(d)) for d in self._touched]
+        batch.links = [(verifier.link_names[code], c.tobytes()) for code, c in verifier.link_counters.items()]
+        self.storage.commit(batch)
         self._start_batch()
 
-    def _batch(self) -> Batch:
-        verifier = self.verifier
-        minute = int(self._last_t // 60) * 60
-        batch = Batch(records=self._records, events=verifier.drain_events())
-        for device, before in self._before.items():
-            batch.devices.append((device, verifier.current_link(device), verifier.device_state(device)))
-            batch.counts += _deltas(minute, "device", device, before, verifier.counters_for_device(device).tobytes())
-        for code, counters in verifier.link_counters.items():
-            name = verifier.link_names[code]
-            now = counters.tobytes()
-            before = self._links_before.get(code, _ZERO)
-            if now != before:
-                batch.links.append((name, now))
-                batch.counts += _deltas(minute, "link", name, before, now)
-        if verifier.unknown_device != self._unknown_before:
-            batch.counts.append((minute, "hub", "", "unknown_device", verifier.unknown_device - self._unknown_before))
-        return batch
 
-
-def _deltas(minute, scope, name, before: bytes, now: bytes) -> list:
-    """Count rows for the counters that changed between two counter arrays."""
-    old, new = memoryview(before).cast("q"), memoryview(now).cast("q")
-    return [(minute, scope, name, SLOT_NAMES[i], new[i] - old[i]) for i in range(SLOTS) if new[i] != old[i]]
+def _deltas(minute, scope, name, before: bytes, now) -> list:
+    """Count rows for the counters that changed since `before` (bytes of a counter array)."""
+    old = memoryview(before).cast("q")
+    return [(minute, scope, name, SLOT_NAMES[i], now[i] - old[i]) for i in range(SLOTS) if now[i] != old[i]]

@@ -14,6 +14,7 @@ import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 SCHEMA_VERSION = 1
 GENESIS_HASH = "0" * 64
@@ -60,6 +61,18 @@ class Stored:
     unknown_device: int
 
 
+class Storage(Protocol):
+    """What the hub needs of a storage backend (SQLiteStorage here; PostgreSQL could follow)."""
+
+    def load(self) -> Stored: ...  # the verifier state saved by the last commits
+    def commit(self, batch: Batch) -> None: ...  # all of it in one transaction, or nothing
+    def counts_since(self, since_minute: int | None) -> list: ...  # (scope, name, counter, total)
+    def device_links(self) -> dict: ...  # device -> current link
+    def events_since(self, since: float | None) -> list: ...
+    def audit(self) -> tuple[int, str | None]: ...  # (events checked, first break or None)
+    def close(self) -> None: ...
+
+
 def event_hash(prev_hash: str, event: dict) -> str:
     """The chain link of one security event: SHA-256 over the previous hash and the event."""
     body = json.dumps([event["t"], event["device"], event["link"], event["kind"], event["reason"]],
@@ -68,8 +81,10 @@ def event_hash(prev_hash: str, event: dict) -> str:
 
 
 class SQLiteStorage:
-    def __init__(self, path):
+    def __init__(self, path, create: bool = True):
         self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise StorageError(f"{self.path}: no such hub database")
         if not self.path.exists():
             try:  # created owner-only before SQLite opens it
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))

@@ -158,7 +158,7 @@ class Verifier:
         if slot == REPLAY:
             reason = ("epoch %d is retired" % epoch if window is None
                       else "seq %d is older than the replay window" % seq)
-            self._event(t, dev.device_id, name, "replay", reason)
+            self.record_event(t, dev.device_id, name, "replay", reason)
             return _verdict(Verdict, ("replay", dev.device_id, name, epoch, seq, stamp, None, reason))
         return _verdict(Verdict, ("duplicate", dev.device_id, name, epoch, seq, stamp, None, "already accepted"))
 
@@ -195,7 +195,7 @@ class Verifier:
         name = self.link_names[dev.link]
         outcome = OUTCOME_OF[slot]
         if slot == FORGED:
-            self._event(t, dev.device_id, name, outcome, reason)
+            self.record_event(t, dev.device_id, name, outcome, reason)
         return _verdict(Verdict, (outcome, dev.device_id, name, None, None, None, None, reason))
 
     def _take_token(self, dev, t):
@@ -237,10 +237,11 @@ class Verifier:
         self.unknown_device += 1
         device = _device_in_topic(topic)
         reason = "no key for this device" if device is not None else "not a linkseal record topic"
-        self._event(t, device, None, "unknown_device", reason)
+        self.record_event(t, device, None, "unknown_device", reason)
         return _verdict(Verdict, ("unknown_device", device, None, None, None, None, None, reason))
 
-    def _event(self, t, device, link, kind, reason):
+    def record_event(self, t, device, link, kind, reason):
+        """Add a security or health event; adapters drain them into storage."""
         self.events.append({"t": t, "device": device, "link": link, "kind": kind, "reason": reason})
 
     # -- reading the state --------------------------------------------------------
@@ -255,6 +256,10 @@ class Verifier:
         """(link name, counters) for every link that carried anything."""
         for code, counters in sorted(self.link_counters.items()):
             yield self.link_names[code], counters
+
+    @property
+    def device_count(self) -> int:
+        return len(self._devices)
 
     def counters_for(self, topic: str):
         """(device id, live counter array) for a known device's record topic, else None."""

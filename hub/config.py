@@ -1,0 +1,113 @@
+"""`linkseal hub run` settings: the broker URL and credentials, and hub.toml."""
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DEFAULT_RATE = (100.0, 1000.0)  # frames per second and burst per device: generous on purpose
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message names the setting and the file."""
+
+
+@dataclass
+class Broker:
+    host: str
+    port: int
+    tls: bool
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # never printed
+
+
+@dataclass
+class HubSettings:
+    client_id: str = "linkseal-hub"
+    keepalive: int = 30
+    queue_size: int = 10000
+    batch_size: int = 500
+    backoff_max: float = 30.0
+    report_interval: float = 60.0  # how often rate-limit summaries and link health are logged
+    rate_limits: dict = field(default_factory=dict)  # link name -> (rate, burst)
+    log_json: bool = False
+
+
+def parse_broker(url: str, ca_file=None, cert_file=None, key_file=None, username=None, password_file=None) -> Broker:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(f"--broker {url!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
+    if parts.username or parts.password:
+        raise ConfigError("--broker: put the user name in --username and the password in "
+                          "LINKSEAL_MQTT_PASSWORD or --password-file, not in the URL")
+    try:
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    except ValueError:
+        raise ConfigError(f"--broker {url!r}: the port is not a number in 1..65535") from None
+    tls = parts.scheme == "mqtts"
+    if not tls and (ca_file or cert_file or key_file):
+        raise ConfigError("--ca-file, --cert-file and --key-file need an mqtts:// broker")
+    if bool(cert_file) != bool(key_file):
+        raise ConfigError("--cert-file and --key-file go together (mutual TLS)")
+    for option, path in (("--ca-file", ca_file), ("--cert-file", cert_file), ("--key-file", key_file)):
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{option} {path}: no such file")
+    password = os.environ.get("LINKSEAL_MQTT_PASSWORD")
+    if password_file:
+        try:
+            password = Path(password_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"--password-file {password_file}: {exc.strerror}") from None
+    return Broker(parts.hostname, port, tls, ca_file, cert_file, key_file, username, password)
+
+
+# (TOML section, key, HubSettings attribute)
+_SETTINGS = (("mqtt", "client_id", "client_id"), ("mqtt", "keepalive", "keepalive"),
+             ("mqtt", "backoff_max", "backoff_max"), ("ingest", "queue_size", "queue_size"),
+             ("ingest", "batch_size", "batch_size"), ("ingest", "report_interval", "report_interval"),
+             ("log", "json", "log_json"))
+
+
+def load_settings(path: Path | None, known_links) -> HubSettings:
+    settings = HubSettings()
+    settings.rate_limits = {name: DEFAULT_RATE for name in known_links}
+    if path is None:
+        return settings
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    for section, key, attribute in _SETTINGS:
+        if key not in data.get(section, {}):
+            continue
+        value, default = data[section][key], getattr(settings, attribute)
+        if type(value) is not type(default) and not (isinstance(default, float) and type(value) is int):
+            kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[type(default)]
+            raise ConfigError(f"{path}: [{section}] {key} must be {kind}")
+        if type(value) in (int, float) and value <= 0:
+            raise ConfigError(f"{path}: [{section}] {key} must be positive")
+        setattr(settings, attribute, value)
+    limits = data.get("rate_limits", {})
+    default = limits.get("default")
+    for name in list(limits):
+        if name != "default" and name not in known_links:
+            raise ConfigError(f"{path}: [rate_limits] {name}: not a link type in hardware/links")
+    for name in known_links:
+        spec = limits.get(name, default)
+        if spec is None:
+            continue
+        try:
+            rate, burst = float(spec["rate"]), float(spec["burst"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"{path}: [rate_limits] {name if name in limits else 'default'} needs numbers "
+                              "`rate` (frames per second) and `burst`") from None
+        if rate <= 0 or burst < 1:
+            raise ConfigError(f"{path}: [rate_limits] {name}: rate must be > 0 and burst >= 1")
+        settings.rate_limits[name] = (rate, burst)
+    return settings

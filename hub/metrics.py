@@ -1,0 +1,56 @@
+"""Prometheus metrics for `linkseal hub run`.
+
+Frame and loss counters are read from the verifier at scrape time, so they cost nothing
+per frame and continue across restarts (the verifier's counters are restored from
+storage). Labels are bounded: link type and outcome, never a device.
+"""
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .counters import LOST, OUTCOME_OF
+from .report import abnormal_reasons, entry
+
+
+class VerifierCollector:
+    def __init__(self, verifier):
+        self.verifier = verifier
+
+    def collect(self):
+        frames = CounterMetricFamily("linkseal_frames", "Frames by link type and outcome.", labels=["link", "outcome"])
+        lost = CounterMetricFamily("linkseal_lost_frames", "Sequence numbers never received intact.", labels=["link"])
+        loss = GaugeMetricFamily("linkseal_loss_ratio", "Lost over expected frames since counting began.",
+                                 labels=["link"])
+        corrupt = GaugeMetricFamily("linkseal_corrupt_ratio", "Corrupt over received frames.", labels=["link"])
+        abnormal = GaugeMetricFamily("linkseal_link_abnormal",
+                                     "1 when loss or corruption is significantly above what the link type expects.",
+                                     labels=["link"])
+        for code, counters in list(self.verifier.link_counters.items()):
+            name = self.verifier.link_names[code]
+            for slot, outcome in OUTCOME_OF.items():
+                frames.add_metric([name, outcome], counters[slot])
+            lost.add_metric([name], counters[LOST])
+            item = entry(counters)
+            loss.add_metric([name], item["loss_rate"])
+            corrupt.add_metric([name], item["corrupt_rate"])
+            abnormal.add_metric([name], 1.0 if abnormal_reasons(name, item) else 0.0)
+        frames.add_metric(["none", "unknown_device"], self.verifier.unknown_device)
+        return [frames, lost, loss, corrupt, abnormal]
+
+
+class HubMetrics:
+    def __init__(self, verifier):
+        self.registry = CollectorRegistry()
+        self.registry.register(VerifierCollector(verifier))
+        self.queue_depth = Gauge("linkseal_queue_depth", "Messages received from the broker, not yet committed.",
+                                 registry=self.registry)
+        self.ingest_lag = Gauge("linkseal_ingest_lag_seconds",
+                                "From receipt of the oldest message in the last batch to its commit.",
+                                registry=self.registry)
+        self.commit_seconds = Histogram("linkseal_storage_commit_seconds", "Time to commit one batch.",
+                                        registry=self.registry,
+                                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+
+    def serve(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)

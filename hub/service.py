@@ -1,0 +1,185 @@
+"""`linkseal hub run`: the MQTT adapter around the ingest path.
+
+Two threads. The main thread runs the MQTT network loop (and receives SIGTERM/SIGINT); the
+ingest thread verifies messages in batches, commits each batch, and only then acknowledges
+its messages (paho manual ack), so a crash before the commit makes the broker redeliver.
+Between them a bounded queue: when storage falls behind, the network loop blocks instead
+of reading more, and the broker holds the backlog in the hub's persistent session.
+"""
+
+import queue
+import random
+import signal
+import ssl
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+
+from .report import abnormal_reasons, entry
+
+RECORD_TOPICS = "linkseal/v1/+/rec"
+
+
+class HubService:
+    def __init__(self, broker, settings, ingest, log, metrics=None):
+        self.broker = broker
+        self.settings = settings
+        self.ingest = ingest
+        self.log = log
+        self.metrics = metrics
+        self.queue = queue.Queue(maxsize=settings.queue_size)
+        self.stopping = threading.Event()
+        self.exit_code = 0
+        self._connected = False
+        self._rate_limited = {}  # link -> frames rate-limited since the last summary
+        self._abnormal = {}  # link -> reasons last reported
+        self._next_report = time.monotonic() + settings.report_interval
+        self.client = self._make_client()
+
+    # -- MQTT -------------------------------------------------------------------------
+
+    def _make_client(self):
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.settings.client_id,
+                             clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)
+        if self.broker.tls:
+            client.tls_set(ca_certs=self.broker.ca_file, certfile=self.broker.cert_file,
+                           keyfile=self.broker.key_file, cert_reqs=ssl.CERT_REQUIRED)
+        if self.broker.username:
+            client.username_pw_set(self.broker.username, self.broker.password)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            self.log("broker_refused", reason=str(reason_code))
+            return
+        client.subscribe(RECORD_TOPICS, qos=1)
+        self._connected = True
+        self.log("connected", broker=f"{self.broker.host}:{self.broker.port}",
+                 session_present=bool(flags.session_present))
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        if self._connected and not self.stopping.is_set():
+            self.log("disconnected", reason=str(reason_code))
+        self._connected = False
+
+    def _on_message(self, client, userdata, message):
+        item = (message.topic, message.payload, time.time(), message.mid, message.qos)
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue  # storage is behind: stop reading; the broker keeps the rest
+        # Stopping: leave it unacknowledged, the broker redelivers it to the next run.
+
+    def _network_loop(self, worker):
+        delay = 1.0
+        while not self.stopping.is_set():
+            try:
+                self.client.connect(self.broker.host, self.broker.port, self.settings.keepalive)
+            except (OSError, ssl.SSLError) as exc:
+                wait = min(delay, self.settings.backoff_max) * random.uniform(0.5, 1.0)
+                self.log("connect_failed", broker=f"{self.broker.host}:{self.broker.port}",
+                         error=exc.strerror or str(exc), retry_in_s=round(wait, 2))
+                self.stopping.wait(wait)
+                delay = min(delay * 2, self.settings.backoff_max)
+                continue
+            while not self.stopping.is_set():
+                if self.client.loop(timeout=0.2) != mqtt.MQTT_ERR_SUCCESS:
+                    break
+                if self._connected:
+                    delay = 1.0
+            if self._connected and not self.stopping.is_set():
+                self._on_disconnect(self.client, None, None, "connection lost", None)
+        # Keep the loop turning while the ingest thread commits and acknowledges its last batch.
+        while worker.is_alive():
+            self.client.loop(timeout=0.05)
+        self.client.disconnect()
+        self.client.loop(timeout=0.2)
+
+    # -- ingest -----------------------------------------------------------------------
+
+    def _work(self):
+        try:
+            while True:
+                try:
+                    first = self.queue.get(timeout=0.2)
+                except queue.Empty:
+                    if self.stopping.is_set():
+                        return
+                    self._periodic()
+                    continue
+                items = [first]
+                while len(items) < self.settings.batch_size:
+                    try:
+                        items.append(self.queue.get_nowait())
+                    except queue.Empty:
+                        break
+                self._process(items)
+                self._periodic()
+        except Exception as exc:  # storage failed: stop without acknowledging what is not stored
+            self.log("storage_error", error=f"{type(exc).__name__}: {exc}")
+            self.exit_code = 1
+            self.stopping.set()
+
+    def _process(self, items):
+        for topic, payload, t, _, _ in items:
+            try:
+                verdict = self.ingest.handle(topic, payload, t)
+            except Exception as exc:  # must not happen (fuzzed); never let one message stop the hub
+                self.log("internal_error", error=type(exc).__name__, topic=topic[:120])
+                continue
+            if verdict.outcome == "rate_limited":
+                self._rate_limited[verdict.link] = self._rate_limited.get(verdict.link, 0) + 1
+        started = time.perf_counter()
+        self.ingest.commit()
+        committed = time.time()
+        for _, _, _, mid, qos in items:
+            self.client.ack(mid, qos)
+        if self.metrics:
+            self.metrics.commit_seconds.observe(time.perf_counter() - started)
+            self.metrics.ingest_lag.set(committed - items[0][2])
+            self.metrics.queue_depth.set(self.queue.qsize())
+
+    def _periodic(self):
+        """Once per report interval: one log line about rate limiting, and link health events."""
+        if time.monotonic() < self._next_report:
+            return
+        self._next_report = time.monotonic() + self.settings.report_interval
+        if self._rate_limited:
+            self.log("rate_limited", frames_by_link=dict(self._rate_limited))
+            self._rate_limited = {}
+        verifier = self.ingest.verifier
+        for name, counters in verifier.links():
+            reasons = abnormal_reasons(name, entry(counters))
+            if reasons and reasons != self._abnormal.get(name):
+                verifier.record_event(time.time(), None, name, "abnormal_link", "; ".join(reasons))
+                self.log("abnormal_link", link=name, reason="; ".join(reasons))
+            elif not reasons and self._abnormal.get(name):
+                self.log("link_normal", link=name)
+            self._abnormal[name] = reasons
+        self.ingest.commit()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def stop(self, *_):
+        if not self.stopping.is_set():
+            self.log("stopping")
+        self.stopping.set()
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        worker = threading.Thread(target=self._work, name="ingest", daemon=True)
+        worker.start()
+        self.log("started", broker=f"{self.broker.host}:{self.broker.port}", tls=self.broker.tls,
+                 devices=self.ingest.verifier.device_count)
+        self._network_loop(worker)
+        worker.join()
+        self.ingest.storage.close()
+        self.log("stopped", exit_code=self.exit_code)
+        return self.exit_code

@@ -1,0 +1,160 @@
+"""Real components for the hub tests: a Mosquitto broker and `linkseal hub run`, as processes.
+
+Each test gets its own broker on a free loopback port with its own config, and waits on
+conditions (a port accepting, a log line, a count in the database) with a timeout, never
+on a fixed sleep.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from hub.report import build_stored_report
+from hub.storage import SQLiteStorage
+
+LINKSEAL = Path(sys.executable).parent / "linkseal"
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    if found is None:
+        raise RuntimeError("mosquitto is not installed: `make test` installs it (apt-get install mosquitto)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition, timeout=30.0, what="condition"):
+    """Poll condition() until it returns something truthy; fail with `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)  # polling interval, not synchronisation: the condition decides
+
+
+def port_open(port) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Mosquitto:
+    def __init__(self, directory: Path, port: int | None = None):
+        self.dir = Path(directory)
+        self.port = port or free_port()
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {self.dir}/\n"
+            "max_queued_messages 200000\n"
+            "max_inflight_messages 1000\n"
+            f"log_dest file {self.dir}/mosquitto.log\n")
+        self.process = None
+
+    def start(self):
+        self.process = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        wait_for(lambda: port_open(self.port) or self.process.poll() is not None, 10, "mosquitto to listen")
+        assert self.process.poll() is None, (self.dir / "mosquitto.log").read_text()
+        return self
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    @property
+    def url(self):
+        return f"mqtt://127.0.0.1:{self.port}"
+
+
+class HubProcess:
+    def __init__(self, broker: Mosquitto, keys: Path, db: Path, log: Path, *extra):
+        self.args = [str(LINKSEAL), "hub", "run", "--broker", broker.url, "--keys", str(keys), "--db", str(db),
+                     "--log-json", *map(str, extra)]
+        self.log = log
+        self.db = db
+        self.process = None
+
+    def start(self):
+        self._log_handle = open(self.log, "a")
+        self.process = subprocess.Popen(self.args, stdout=self._log_handle, stderr=self._log_handle)
+        return self
+
+    def events(self):
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
+
+    def wait_connected(self, count=1):
+        wait_for(lambda: sum(e["event"] == "connected" for e in self.events()) >= count or self.process.poll(),
+                 30, "the hub to connect")
+        assert self.process.poll() is None, self.log.read_text()
+
+    def signal(self, sig):
+        self.process.send_signal(sig)
+
+    def wait(self, timeout=30):
+        code = self.process.wait(timeout)
+        self._log_handle.close()
+        return code
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+
+def stored_report(db: Path) -> dict:
+    storage = SQLiteStorage(db, create=False)
+    try:
+        return build_stored_report(storage)
+    finally:
+        storage.close()
+
+
+def frames_seen(db: Path) -> int:
+    """Every frame the hub has committed an outcome for, unknown devices included."""
+    if not db.exists():
+        return 0
+    try:
+        report = stored_report(db)
+    except Exception:  # the hub is creating the schema right now
+        return 0
+    return sum(link["received"] for link in report["links"].values()) + report["unknown_device"]
+
+
+def publish(port: int, messages, qos=1):
+    """Publish (topic, payload) pairs in order and wait until the broker has taken each."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-pub-{time.monotonic_ns()}")
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        infos = [client.publish(topic, payload, qos=qos) for topic, payload in messages]
+        for info in infos:
+            info.wait_for_publish(30)
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -1,0 +1,62 @@
+"""hub run settings: broker URLs, credentials, hub.toml."""
+
+import pytest
+
+from hub.config import DEFAULT_RATE, ConfigError, load_settings, parse_broker
+from hub.link_registry import load_links
+
+
+def test_broker_urls(tmp_path, monkeypatch):
+    monkeypatch.delenv("LINKSEAL_MQTT_PASSWORD", raising=False)
+    plain = parse_broker("mqtt://broker.local")
+    assert (plain.host, plain.port, plain.tls, plain.password) == ("broker.local", 1883, False, None)
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    secure = parse_broker("mqtts://10.0.0.2", ca_file=str(ca))
+    assert (secure.port, secure.tls, secure.ca_file) == (8883, True, str(ca))
+    monkeypatch.setenv("LINKSEAL_MQTT_PASSWORD", "s3cret")
+    with_user = parse_broker("mqtt://h:1884", username="hub")
+    assert (with_user.port, with_user.username, with_user.password) == (1884, "hub", "s3cret")
+    assert "s3cret" not in repr(with_user)
+    secret_file = tmp_path / "pw"
+    secret_file.write_text("from-file\n")
+    assert parse_broker("mqtt://h", password_file=str(secret_file)).password == "from-file"
+
+
+@pytest.mark.parametrize("url,kwargs,message", [
+    ("http://h", {}, "expected mqtt://"),
+    ("mqtt://user:pw@h", {}, "not in the URL"),
+    ("mqtt://h:99999", {}, "port"),
+    ("mqtt://h", {"ca_file": "ca.pem"}, "need an mqtts://"),
+    ("mqtts://h", {"cert_file": "c.pem"}, "go together"),
+    ("mqtts://h", {"ca_file": "/nonexistent/ca.pem"}, "no such file"),
+])
+def test_bad_broker_settings(url, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_broker(url, **kwargs)
+
+
+def test_hub_toml(tmp_path):
+    links = load_links()
+    assert load_settings(None, links).rate_limits["wifi"] == DEFAULT_RATE
+    path = tmp_path / "hub.toml"
+    path.write_text('[mqtt]\nclient_id = "hub-a"\n[ingest]\nbatch_size = 50\n'
+                    '[rate_limits]\ndefault = { rate = 10, burst = 20 }\nlora = { rate = 0.1, burst = 5 }\n')
+    settings = load_settings(path, links)
+    assert (settings.client_id, settings.batch_size) == ("hub-a", 50)
+    assert settings.rate_limits["lora"] == (0.1, 5.0) and settings.rate_limits["wifi"] == (10.0, 20.0)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[ingest]\nbatch_size = 0\n", "must be positive"),
+    ("[ingest]\nbatch_size = 'many'\n", "must be an integer"),
+    ("[rate_limits]\ncarrier-pigeon = { rate = 1, burst = 1 }\n", "not a link type"),
+    ("[rate_limits]\nwifi = { rate = 1 }\n", "needs numbers"),
+    ("[mqtt\n", "not valid TOML"),
+])
+def test_bad_hub_toml_names_the_setting(tmp_path, text, message):
+    path = tmp_path / "hub.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_settings(path, load_links())
+    assert str(path) in str(raised.value)

@@ -1,0 +1,222 @@
+"""`linkseal hub run` against a real Mosquitto broker: end to end, restarts, kill -9, floods, SIGTERM."""
+
+import os
+import random
+import signal
+import urllib.request
+
+import pytest
+
+from agent import Sealer, topic_for
+from hub.keys import KeyFile
+from hub.link_registry import links_by_code
+from hub.report import build_report
+from hub.verifier import Verifier
+from simulator import scenario
+
+from .services import HubProcess, Mosquitto, free_port, frames_seen, publish, stored_report, wait_for
+
+COUNTERS = ("received", "valid", "lost", "duplicate", "reordered", "corrupt", "forged", "replay", "malformed",
+            "rate_limited")
+
+
+@pytest.fixture
+def broker(tmp_path):
+    directory = tmp_path / "broker"
+    directory.mkdir()
+    mosquitto = Mosquitto(directory).start()
+    yield mosquitto
+    mosquitto.stop()
+
+
+@pytest.fixture
+def keys(tmp_path):
+    keyfile = KeyFile.create(tmp_path / "hub.keys")
+    return keyfile
+
+
+def start_hub(tmp_path, broker, keyfile, *extra, name="hub"):
+    hub = HubProcess(broker, keyfile.path, tmp_path / "hub.db", tmp_path / f"{name}.log", *extra).start()
+    hub.wait_connected()
+    return hub
+
+
+def sealed_stream(keyfile, devices=4, frames=200, link="wifi"):
+    sealers = [Sealer(d, bytes.fromhex(keyfile.provision(d, link)["key"]), link=link, epoch=1)
+               for d in (f"dev-{i}" for i in range(devices))]
+    return [(topic_for(s.device_id), s.seal(b"reading %d" % i)) for i in range(frames) for s in sealers]
+
+
+def counters(entry):
+    return {k: entry[k] for k in COUNTERS}
+
+
+def test_frames_through_the_broker_report_exactly_as_offline_verify(tmp_path, broker):
+    keyfile = KeyFile.create(tmp_path / "hub.keys")
+    traffic = scenario.build(seed=11, frames=400, stress=20, keyfile=keyfile)
+    hub = start_hub(tmp_path, broker, keyfile)
+    try:
+        publish(broker.port, [(topic, data) for _, topic, data, _ in traffic.messages])
+        wait_for(lambda: frames_seen(hub.db) == len(traffic.messages), 60, "every message to be committed")
+        hub.signal(signal.SIGTERM)
+        assert hub.wait() == 0
+    finally:
+        hub.stop()
+    offline = Verifier(KeyFile.load(keyfile.path).device_keys(), {c: l.name for c, l in links_by_code().items()})
+    for _, topic, data, _ in traffic.messages:
+        offline.verify(topic, data, 0.0)
+    want, got = build_report(offline), stored_report(hub.db)
+    assert {n: counters(e) for n, e in got["links"].items()} == {n: counters(e) for n, e in want["links"].items()}
+    assert {n: counters(e) for n, e in got["devices"].items()} == {n: counters(e) for n, e in want["devices"].items()}
+    assert got["unknown_device"] == want["unknown_device"] == 1
+    assert [(e["device"], e["kind"]) for e in got["events"]] == [(e["device"], e["kind"]) for e in want["events"]]
+    assert sum(e["lost"] for e in got["links"].values()) > 0
+
+
+def test_broker_restart_mid_stream_loses_nothing(tmp_path, broker, keys):
+    stream = sealed_stream(keys, frames=150)
+    hub = start_hub(tmp_path, broker, keys)
+    try:
+        half = len(stream) // 2
+        publish(broker.port, stream[:half])
+        broker.stop()
+        broker.start()
+        hub.wait_connected(count=2)
+        publish(broker.port, stream[half:])
+        wait_for(lambda: frames_seen(hub.db) >= len(stream), 60, "the whole stream")
+        assert any(e["event"] == "disconnected" for e in hub.events())
+    finally:
+        hub.stop()
+    report = stored_report(hub.db)
+    assert report["links"]["wifi"]["valid"] == len(stream)
+    assert report["links"]["wifi"]["lost"] == 0
+
+
+def test_kill_9_then_replay_accepts_nothing_twice(tmp_path, broker, keys):
+    import sqlite3
+
+    stream = sealed_stream(keys, devices=8, frames=500)
+    hub = start_hub(tmp_path, broker, keys)
+    publish(broker.port, stream)
+    wait_for(lambda: frames_seen(hub.db) > 0, 60, "the first commit")
+    hub.stop()  # SIGKILL, mid-stream or just after it
+    hub = start_hub(tmp_path, broker, keys, name="hub2")
+    try:
+        wait_for(lambda: stored_report(hub.db)["links"]["wifi"]["valid"] == len(stream), 60,
+                 "every frame accepted once after the restart")
+        publish(broker.port, stream)  # an attacker replays everything
+        wait_for(lambda: frames_seen(hub.db) >= 2 * len(stream), 60, "the replay to be processed")
+    finally:
+        hub.stop()
+    wifi = stored_report(hub.db)["links"]["wifi"]
+    assert wifi["valid"] == len(stream)
+    assert wifi["duplicate"] + wifi["replay"] >= len(stream)
+    rows = sqlite3.connect(hub.db).execute("SELECT COUNT(*) FROM records").fetchone()[0]
+    assert rows == len(stream)
+
+
+def test_garbage_and_flood_do_not_stop_the_hub(tmp_path, broker, keys):
+    rng = random.Random(5)
+    good = sealed_stream(keys, devices=2, frames=20)
+    garbage = [(f"linkseal/v1/{rng.getrandbits(64):x}/rec", rng.randbytes(rng.randrange(0, 300)))
+               for _ in range(2000)]
+    garbage += [(topic_for("dev-0"), rng.randbytes(rng.randrange(0, 300))) for _ in range(300)]
+    garbage += [(topic_for("dev-1"), b"\x11" * 70000)]  # oversized
+    hub = start_hub(tmp_path, broker, keys)
+    try:
+        publish(broker.port, garbage + good)
+        wait_for(lambda: frames_seen(hub.db) >= len(garbage) + len(good), 60, "garbage and good frames")
+        assert hub.process.poll() is None
+    finally:
+        hub.stop()
+    report = stored_report(hub.db)
+    assert report["unknown_device"] == 2000
+    assert sum(d["valid"] for d in report["devices"].values()) == len(good)
+    assert set(report["devices"]) == {"dev-0", "dev-1"}
+
+
+def test_sigterm_commits_and_exits_cleanly(tmp_path, broker, keys):
+    stream = sealed_stream(keys, devices=2, frames=100)
+    hub = start_hub(tmp_path, broker, keys)
+    try:
+        publish(broker.port, stream)
+        wait_for(lambda: frames_seen(hub.db) > 0, 30, "the first commit")
+        hub.signal(signal.SIGTERM)
+        assert hub.wait() == 0
+    finally:
+        hub.stop()
+    assert [e["event"] for e in hub.events()][-2:] == ["stopping", "stopped"]
+    # Whatever was not committed is redelivered to the next run: in the end every frame counts once.
+    hub = start_hub(tmp_path, broker, keys, name="hub2")
+    try:
+        wait_for(lambda: stored_report(hub.db)["links"]["wifi"]["valid"] == len(stream), 30, "the rest")
+    finally:
+        hub.stop()
+
+
+def test_rate_limit_per_device(tmp_path, broker, keys):
+    config = tmp_path / "hub.toml"
+    config.write_text("[rate_limits]\ndefault = { rate = 0.001, burst = 5 }\n")
+    noisy = sealed_stream(keys, devices=1, frames=30)
+    hub = start_hub(tmp_path, broker, keys, "--config", config)
+    try:
+        publish(broker.port, noisy)
+        wait_for(lambda: frames_seen(hub.db) == 30, 30, "the noisy device's frames")
+    finally:
+        hub.stop()
+    entry = stored_report(hub.db)["devices"]["dev-0"]
+    assert (entry["valid"], entry["rate_limited"]) == (5, 25)
+
+
+def test_metrics_endpoint(tmp_path, broker, keys):
+    port = free_port()
+    stream = sealed_stream(keys, devices=3, frames=20)
+    hub = start_hub(tmp_path, broker, keys, "--metrics", f"127.0.0.1:{port}")
+    try:
+        publish(broker.port, stream)
+        wait_for(lambda: frames_seen(hub.db) == len(stream), 30, "the stream")
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        hub.stop()
+    assert f'linkseal_frames_total{{link="wifi",outcome="valid"}} {float(len(stream))}' in text
+    for name in ("linkseal_lost_frames_total", "linkseal_loss_ratio", "linkseal_corrupt_ratio",
+                 "linkseal_link_abnormal", "linkseal_queue_depth", "linkseal_ingest_lag_seconds",
+                 "linkseal_storage_commit_seconds_bucket"):
+        assert name in text
+    assert "dev-0" not in text  # no per-device labels
+
+
+def test_report_and_audit_commands(tmp_path, broker, keys):
+    import sqlite3
+    import subprocess
+
+    from .services import LINKSEAL
+
+    stream = sealed_stream(keys, devices=2, frames=10)
+    forged = bytearray(stream[0][1])
+    forged[-6] ^= 1
+    forged = bytes(forged[:-4]) + __import__("struct").pack(">I", __import__("binascii").crc32(bytes(forged[:-4])))
+    hub = start_hub(tmp_path, broker, keys)
+    try:
+        publish(broker.port, stream + [(stream[0][0], forged)] * 3)
+        wait_for(lambda: frames_seen(hub.db) == len(stream) + 3, 30, "the stream")
+    finally:
+        hub.stop()
+
+    def run(*args):
+        return subprocess.run([str(LINKSEAL), *map(str, args)], capture_output=True, text=True, timeout=60)
+
+    table = run("hub", "report", "--db", hub.db, "--since", "15m")
+    assert table.returncode == 0 and "wifi" in table.stdout
+    assert all(len(line) <= 80 for line in table.stdout.splitlines())
+    assert run("hub", "report", "--db", hub.db, "--since", "fortnight").returncode == 2
+    assert run("hub", "report", "--db", tmp_path / "missing.db").returncode == 2
+    assert '"ble"' not in run("hub", "report", "--db", hub.db, "--link", "wifi", "--json").stdout
+    ok = run("hub", "audit", "--db", hub.db)
+    assert ok.returncode == 0 and "OK: 3 security events" in ok.stdout
+    db = sqlite3.connect(hub.db)
+    db.execute("UPDATE events SET reason = 'nothing to see' WHERE id = 2")
+    db.commit()
+    broken = run("hub", "audit", "--db", hub.db)
+    assert broken.returncode == 1 and "event 2" in broken.stdout
+    assert os.stat(hub.db).st_mode & 0o077 == 0

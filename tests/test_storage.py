@@ -1,0 +1,182 @@
+"""The ingest path with real SQLite files: restarts, exactly-once, buckets, the event chain, fuzzing."""
+
+import sqlite3
+import stat
+import tracemalloc
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent import Sealer, topic_for
+from hub.ingest import Ingest
+from hub.report import build_report, build_stored_report
+from hub.storage import SQLiteStorage, StorageError
+from hub.verifier import OUTCOMES
+
+from .conftest import KEY, link_names, make_verifier
+
+TOPIC = topic_for("pump-1")
+
+
+def open_ingest(path):
+    return Ingest(make_verifier(("pump-1", KEY, "wifi", 16), ("pump-2", KEY, "ble", 16)), SQLiteStorage(path))
+
+
+def frames(n, epoch=1, device="pump-1", link="wifi"):
+    sealer = Sealer(device, KEY, link=link, epoch=epoch)
+    return [sealer.seal(b"%d" % i) for i in range(n)]
+
+
+def test_restart_continues_counters_and_never_reaccepts(tmp_path):
+    db = tmp_path / "hub.db"
+    stream = frames(50)
+    ingest = open_ingest(db)
+    for i, data in enumerate(stream[:30]):
+        if i != 10:  # seq 10 lost
+            ingest.handle(TOPIC, data, 1000.0 + i)
+    ingest.commit()
+    ingest.storage.close()
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+
+    ingest = open_ingest(db)  # a new process: state comes back from the database
+    outcomes = [ingest.handle(TOPIC, data, 2000.0).outcome for data in stream]
+    ingest.commit()
+    assert outcomes[:30] == ["duplicate"] * 10 + ["valid"] + ["duplicate"] * 19
+    assert outcomes[30:] == ["valid"] * 20
+    report = build_stored_report(ingest.storage)
+    device = report["devices"]["pump-1"]
+    assert (device["received"], device["valid"], device["lost"], device["duplicate"]) == (79, 50, 0, 29)
+    assert device["reordered"] == 1
+    rows = sqlite3.connect(db).execute("SELECT seq FROM records WHERE device = 'pump-1' ORDER BY seq").fetchall()
+    assert [r[0] for r in rows] == list(range(50))
+
+
+def test_uncommitted_work_is_redone_after_a_crash(tmp_path):
+    db = tmp_path / "hub.db"
+    stream = frames(10)
+    ingest = open_ingest(db)
+    for data in stream[:5]:
+        ingest.handle(TOPIC, data, 1.0)
+    ingest.commit()
+    for data in stream[5:]:
+        ingest.handle(TOPIC, data, 2.0)
+    # The process dies here: the last five were verified but never committed nor acknowledged.
+    ingest = open_ingest(db)
+    assert [ingest.handle(TOPIC, d, 3.0).outcome for d in stream] == ["duplicate"] * 5 + ["valid"] * 5
+
+
+def test_stored_report_matches_the_live_report(tmp_path):
+    ingest = open_ingest(tmp_path / "hub.db")
+    wifi, ble = frames(40), frames(5, device="pump-2", link="ble")
+    damaged = bytearray(wifi[3])
+    damaged[7] ^= 4
+    order = wifi[:3] + [bytes(damaged)] + wifi[5:20] + wifi[4:5] + wifi[20:] + wifi[:2]
+    messages = [(TOPIC, data) for data in order] + [(topic_for("pump-2"), data) for data in ble[1:]]
+    messages.append(("linkseal/v1/nobody/rec", b"x"))
+    for i, (topic, data) in enumerate(messages):
+        ingest.handle(topic, data, 60.0 * i)  # spread over many minute buckets
+        if i % 7 == 0:
+            ingest.commit()
+    ingest.commit()
+    live, stored = build_report(ingest.verifier), build_stored_report(ingest.storage)
+    assert stored == {**live, "events": stored["events"]}
+    assert live["events"] == []  # drained into storage by the commits
+    assert [(e["device"], e["kind"]) for e in stored["events"]] == [("nobody", "unknown_device")]
+    # seq 3 of pump-1 only ever arrived damaged; pump-2 was first seen at seq 1, so counts from there.
+    assert stored["devices"]["pump-1"]["lost"] == 1 and stored["devices"]["pump-2"]["lost"] == 0
+
+
+def test_since_and_link_filters(tmp_path):
+    ingest = open_ingest(tmp_path / "hub.db")
+    for i, data in enumerate(frames(10)):
+        ingest.handle(TOPIC, data, 600.0 * i)  # one frame every 10 minutes
+    for data in frames(3, device="pump-2", link="ble"):
+        ingest.handle(topic_for("pump-2"), data, 5400.0)
+    ingest.commit()
+    recent = build_stored_report(ingest.storage, since=4200.0)
+    assert recent["links"]["wifi"]["received"] == 3  # minutes 70, 80, 90
+    only_ble = build_stored_report(ingest.storage, link="ble")
+    assert set(only_ble["links"]) == {"ble"} and set(only_ble["devices"]) == {"pump-2"}
+
+
+def test_event_chain_detects_edits_removals_and_truncation(tmp_path):
+    db = tmp_path / "hub.db"
+    ingest = open_ingest(db)
+    for i in range(6):
+        ingest.handle(f"linkseal/v1/stranger-{i}/rec", b"x", float(i))
+        ingest.commit()
+    storage = ingest.storage
+    assert storage.audit() == (6, None)
+    raw = sqlite3.connect(db)
+    raw.execute("DELETE FROM events WHERE id = 6")
+    raw.commit()
+    assert "cut off" in storage.audit()[1]
+    raw.execute("DELETE FROM events WHERE id = 3")
+    raw.commit()
+    assert storage.audit()[1].startswith("event 4: does not follow")
+    raw.execute("UPDATE events SET device = 'someone-else' WHERE id = 2")
+    raw.commit()
+    assert storage.audit() == (1, "event 2: its contents were changed after it was written")
+
+
+def test_not_a_database(tmp_path):
+    path = tmp_path / "hub.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StorageError, match="not a usable SQLite database"):
+        SQLiteStorage(path)
+    with pytest.raises(StorageError, match="no such hub database"):
+        SQLiteStorage(tmp_path / "absent.db", create=False)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(messages=st.lists(st.tuples(
+    st.one_of(st.sampled_from([TOPIC, topic_for("pump-2"), "linkseal/v1//rec", "linkseal/v1/a/b/rec", "#", ""]),
+              st.text(max_size=80)),
+    st.one_of(st.binary(max_size=300), st.sampled_from(frames(5)).map(lambda f: f[: len(f) // 2]),
+              st.sampled_from(frames(5)))), max_size=40))
+def test_no_input_breaks_the_ingest_path(tmp_path_factory, messages):
+    ingest = open_ingest(tmp_path_factory.mktemp("fuzz") / "hub.db")
+    for topic, payload in messages:
+        assert ingest.handle(topic, payload, 1.0).outcome in OUTCOMES
+    ingest.commit()
+    report = build_stored_report(ingest.storage)
+    total = sum(link["received"] for link in report["links"].values()) + report["unknown_device"]
+    assert total == len(messages)
+
+
+def test_flood_of_unknown_devices_keeps_memory_flat():
+    verifier = make_verifier()
+    data = frames(1)[0]
+
+    def flood(start, count):
+        for i in range(start, start + count):
+            verifier.verify(f"linkseal/v1/intruder-{i}/rec", data, 0.0)
+            if i % 1000 == 0:
+                verifier.drain_events()  # the service stores events each commit
+        verifier.drain_events()
+
+    flood(0, 5000)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    flood(5000, 50000)
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert verifier.unknown_device == 55000
+    assert verifier.device_count == 1 and list(verifier.devices()) == []
+    assert grown < 64 * 1024, f"memory grew by {grown} bytes under a flood of unknown device ids"
+
+
+def test_rate_limit_is_a_token_bucket_per_device():
+    from hub.verifier import DeviceKeys, Verifier
+
+    devices = [DeviceKeys(d, {0: KEY}, "wifi", 16) for d in ("pump-1", "pump-2")]
+    verifier = Verifier(devices, link_names(), rate_limits={"wifi": (2.0, 3.0)})  # 2 frames/s, burst 3
+    noisy, quiet = frames(10), frames(2, device="pump-2")
+    got = [verifier.verify(TOPIC, data, 100.0).outcome for data in noisy[:5]]
+    assert got == ["valid"] * 3 + ["rate_limited"] * 2
+    assert [verifier.verify(topic_for("pump-2"), d, 100.0).outcome for d in quiet] == ["valid", "valid"]
+    # One second later two tokens have come back; the refused frames were never verified.
+    assert [verifier.verify(TOPIC, d, 101.0).outcome for d in noisy[3:6]] == ["valid", "valid", "rate_limited"]
+    assert build_report(verifier)["devices"]["pump-1"]["rate_limited"] == 3
+
