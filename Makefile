@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MICROPYTHON := node_modules/@micropython/micropython-webassembly-pyscript/package.json
 
-.PHONY: demo test bench link-codes vectors clean
+.PHONY: demo test bench link-codes clean mosquitto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,13 +17,23 @@ $(MICROPYTHON): package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
+# The hub tests start their own Mosquitto brokers; install it (Debian package) when missing.
+mosquitto:
+	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto; \
+		else \
+			echo "make test needs Mosquitto: run 'sudo apt-get install mosquitto' and try again" >&2; exit 1; \
+		fi; \
+	fi
+
 demo: $(STAMP)
 	$(BIN)/linkseal demo
 
-test: $(STAMP) $(MICROPYTHON)
+test: $(STAMP) $(MICROPYTHON) mosquitto
 	$(BIN)/python -m pytest
 
-bench: $(STAMP) $(MICROPYTHON)
+bench: $(STAMP) $(MICROPYTHON) mosquitto
 	$(BIN)/python bench/run.py
 
 # Regenerate agent/link_codes.py after editing hardware/links/*.toml.

@@ -9,8 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import bench_memory, bench_micropython, bench_overhead, bench_verify  # noqa: E402
+from bench import bench_ingest, bench_memory, bench_micropython, bench_overhead, bench_verify  # noqa: E402
 
 if __name__ == "__main__":
-    for module in (bench_overhead, bench_verify, bench_memory, bench_micropython):
+    for module in (bench_overhead, bench_verify, bench_memory, bench_micropython, bench_ingest):
         module.main()

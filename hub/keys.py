@@ -107,8 +107,11 @@ class KeyFile:
     def save(self) -> None:
         write_private_json(self.path, {"format": FORMAT, "master_secret": self._master.hex(), "devices": self.devices})
 
-    def provision(self, device_id: str, link: str, tag_len: int = 16, key_id: int = 0) -> dict:
-        """Register a device (or update its link and minimum tag); return its device config."""
+    def provision(self, device_id: str, link: str, tag_len: int = 16, key_id: int = 0, save: bool = True) -> dict:
+        """Register a device (or update its link and minimum tag); return its device config.
+
+        save=False defers writing the key file (many devices at once: call save() after).
+        """
         check_device_id(device_id)
         if link not in load_links():
             raise ValueError(f"unknown link {link!r}; known: {', '.join(sorted(load_links()))}")
@@ -116,7 +119,8 @@ class KeyFile:
         if not 0 <= key_id <= 255:
             raise ValueError("key id must be 0..255")
         self.devices[device_id] = {"link": link, "tag_len": tag_len, "key_id": key_id}
-        self.save()
+        if save:
+            self.save()
         return {
             "device_id": device_id,
             "key": derive_device_key(self._master, device_id, key_id).hex(),

@@ -14,7 +14,7 @@ from hub.report import build_report
 from hub.verifier import Verifier
 from simulator import scenario
 
-from .services import HubProcess, Mosquitto, free_port, frames_seen, publish, stored_report, wait_for
+from tools.services import HubProcess, Mosquitto, free_port, frames_seen, publish, stored_report, wait_for
 
 COUNTERS = ("received", "valid", "lost", "duplicate", "reordered", "corrupt", "forged", "replay", "malformed",
             "rate_limited")
@@ -190,7 +190,7 @@ def test_report_and_audit_commands(tmp_path, broker, keys):
     import sqlite3
     import subprocess
 
-    from .services import LINKSEAL
+    from tools.services import LINKSEAL
 
     stream = sealed_stream(keys, devices=2, frames=10)
     forged = bytearray(stream[0][1])

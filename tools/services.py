@@ -1,4 +1,4 @@
-"""Real components for the hub tests: a Mosquitto broker and `linkseal hub run`, as processes.
+"""Real components for the hub tests and benchmarks: a Mosquitto broker and `linkseal hub run`.
 
 Each test gets its own broker on a free loopback port with its own config, and waits on
 conditions (a port accepting, a log line, a count in the database) with a timeout, never
