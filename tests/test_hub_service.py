@@ -85,6 +85,8 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path, broker, keys):
         publish(broker.port, stream[half:])
         wait_for(lambda: frames_seen(hub.db) >= len(stream), 60, "the whole stream")
         assert any(e["event"] == "disconnected" for e in hub.events())
+        # The broker kept the hub's session (and its queued messages) across its restart.
+        assert [e["session_present"] for e in hub.events() if e["event"] == "connected"] == [False, True]
     finally:
         hub.stop()
     report = stored_report(hub.db)

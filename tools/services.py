@@ -7,6 +7,7 @@ on a fixed sleep.
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -61,7 +62,10 @@ class Mosquitto:
         self.dir = Path(directory)
         self.port = port or free_port()
         self.conf = self.dir / "mosquitto.conf"
+        # Run as ourselves: as root, mosquitto would switch to its own user, which cannot
+        # write this directory, and would silently keep no persistence and no log.
         self.conf.write_text(
+            f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
             "persistence true\n"
