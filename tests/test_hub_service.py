@@ -186,6 +186,16 @@ def test_metrics_endpoint(tmp_path, broker, keys):
                  "linkseal_storage_commit_seconds_bucket"):
         assert name in text
     assert "dev-0" not in text  # no per-device labels
+    # The shipped Grafana dashboard asks only for metrics the hub really exposes.
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json").read_text())
+    wanted = {re.sub(r"_bucket$", "", name) for panel in dashboard["panels"] for target in panel["targets"]
+              for name in re.findall(r"linkseal_\w+", target["expr"])}
+    exposed = set(re.findall(r"^(linkseal_\w+?)(?:_bucket|_count|_sum|_created)?[{ ]", text, re.M))
+    assert wanted and wanted <= exposed, wanted - exposed
 
 
 def test_report_and_audit_commands(tmp_path, broker, keys):
