@@ -78,23 +78,30 @@ class HubService:
 
     def _network_loop(self, worker):
         delay = 1.0
+        where = f"{self.broker.host}:{self.broker.port}"
         while not self.stopping.is_set():
+            failure = None
             try:
                 self.client.connect(self.broker.host, self.broker.port, self.settings.keepalive)
             except (OSError, ssl.SSLError) as exc:
-                wait = min(delay, self.settings.backoff_max) * random.uniform(0.5, 1.0)
-                self.log("connect_failed", broker=f"{self.broker.host}:{self.broker.port}",
-                         error=exc.strerror or str(exc), retry_in_s=round(wait, 2))
-                self.stopping.wait(wait)
-                delay = min(delay * 2, self.settings.backoff_max)
-                continue
-            while not self.stopping.is_set():
-                if self.client.loop(timeout=0.2) != mqtt.MQTT_ERR_SUCCESS:
+                failure = exc.strerror or str(exc)
+            else:
+                rc = mqtt.MQTT_ERR_SUCCESS
+                while not self.stopping.is_set() and rc == mqtt.MQTT_ERR_SUCCESS:
+                    rc = self.client.loop(timeout=0.2)
+                    if self._connected:
+                        delay = 1.0
+                if self.stopping.is_set():
                     break
                 if self._connected:
-                    delay = 1.0
-            if self._connected and not self.stopping.is_set():
-                self._on_disconnect(self.client, None, None, "connection lost", None)
+                    self._on_disconnect(self.client, None, None, mqtt.error_string(rc), None)
+                else:  # closed before a CONNACK: TLS refused, bad credentials, not an MQTT broker
+                    failure = f"closed before the broker accepted the connection ({mqtt.error_string(rc)})"
+            wait = min(delay, self.settings.backoff_max) * random.uniform(0.5, 1.0)
+            if failure:
+                self.log("connect_failed", broker=where, error=failure, retry_in_s=round(wait, 2))
+            self.stopping.wait(wait)
+            delay = min(delay * 2, self.settings.backoff_max)
         # Keep the loop turning while the ingest thread commits and acknowledges its last batch.
         while worker.is_alive():
             self.client.loop(timeout=0.05)

@@ -58,16 +58,18 @@ def port_open(port) -> bool:
 
 
 class Mosquitto:
-    def __init__(self, directory: Path, port: int | None = None):
+    def __init__(self, directory: Path, port: int | None = None, auth=("allow_anonymous true",), tls=False):
+        """auth: config lines for who may connect; tls: the listener needs mqtts (lines in auth)."""
         self.dir = Path(directory)
         self.port = port or free_port()
+        self.tls = tls
         self.conf = self.dir / "mosquitto.conf"
         # Run as ourselves: as root, mosquitto would switch to its own user, which cannot
         # write this directory, and would silently keep no persistence and no log.
         self.conf.write_text(
             f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            + "".join(line + "\n" for line in auth) +
             "persistence true\n"
             f"persistence_location {self.dir}/\n"
             "max_queued_messages 200000\n"
@@ -89,20 +91,22 @@ class Mosquitto:
 
     @property
     def url(self):
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
 
 class HubProcess:
-    def __init__(self, broker: Mosquitto, keys: Path, db: Path, log: Path, *extra):
+    def __init__(self, broker: Mosquitto, keys: Path, db: Path, log: Path, *extra, env=None):
         self.args = [str(LINKSEAL), "hub", "run", "--broker", broker.url, "--keys", str(keys), "--db", str(db),
                      "--log-json", *map(str, extra)]
         self.log = log
         self.db = db
+        self.env = env
         self.process = None
 
     def start(self):
         self._log_handle = open(self.log, "a")
-        self.process = subprocess.Popen(self.args, stdout=self._log_handle, stderr=self._log_handle)
+        env = {**os.environ, **self.env} if self.env else None
+        self.process = subprocess.Popen(self.args, stdout=self._log_handle, stderr=self._log_handle, env=env)
         return self
 
     def events(self):
