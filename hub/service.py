@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 from .report import abnormal_reasons, entry
 
 RECORD_TOPICS = "linkseal/v1/+/rec"
+CONNACK_TIMEOUT = 10.0  # a broker that accepts TCP but never answers is treated as down
 
 
 class HubService:
@@ -87,14 +88,20 @@ class HubService:
                 failure = exc.strerror or str(exc)
             else:
                 rc = mqtt.MQTT_ERR_SUCCESS
+                connack_deadline = time.monotonic() + CONNACK_TIMEOUT
                 while not self.stopping.is_set() and rc == mqtt.MQTT_ERR_SUCCESS:
                     rc = self.client.loop(timeout=0.2)
                     if self._connected:
                         delay = 1.0
+                    elif time.monotonic() > connack_deadline:
+                        self.client.disconnect()
+                        break
                 if self.stopping.is_set():
                     break
                 if self._connected:
                     self._on_disconnect(self.client, None, None, mqtt.error_string(rc), None)
+                elif rc == mqtt.MQTT_ERR_SUCCESS:
+                    failure = f"no CONNACK within {CONNACK_TIMEOUT:g} s"
                 else:  # closed before a CONNACK: TLS refused, bad credentials, not an MQTT broker
                     failure = f"closed before the broker accepted the connection ({mqtt.error_string(rc)})"
             wait = min(delay, self.settings.backoff_max) * random.uniform(0.5, 1.0)
