@@ -71,6 +71,10 @@ def test_frames_through_the_broker_report_exactly_as_offline_verify(tmp_path, br
     assert got["unknown_device"] == want["unknown_device"] == 1
     assert [(e["device"], e["kind"]) for e in got["events"]] == [(e["device"], e["kind"]) for e in want["events"]]
     assert sum(e["lost"] for e in got["links"].values()) > 0
+    log = hub.log.read_text()
+    for device, entry in keyfile.devices.items():
+        assert keyfile.provision(device, entry["link"], save=False)["key"] not in log
+    assert "payload" not in log
 
 
 def test_broker_restart_mid_stream_loses_nothing(tmp_path, broker, keys):
@@ -160,16 +164,20 @@ def test_sigterm_commits_and_exits_cleanly(tmp_path, broker, keys):
 
 def test_rate_limit_per_device(tmp_path, broker, keys):
     config = tmp_path / "hub.toml"
-    config.write_text("[rate_limits]\ndefault = { rate = 0.001, burst = 5 }\n")
+    config.write_text("[ingest]\nreport_interval = 0.2\n[rate_limits]\ndefault = { rate = 0.001, burst = 5 }\n")
     noisy = sealed_stream(keys, devices=1, frames=30)
     hub = start_hub(tmp_path, broker, keys, "--config", config)
     try:
         publish(broker.port, noisy)
         wait_for(lambda: frames_seen(hub.db) == 30, 30, "the noisy device's frames")
+        wait_for(lambda: any(e["event"] == "rate_limited" for e in hub.events()), 10, "the rate-limit log line")
     finally:
         hub.stop()
     entry = stored_report(hub.db)["devices"]["dev-0"]
     assert (entry["valid"], entry["rate_limited"]) == (5, 25)
+    summaries = [e for e in hub.events() if e["event"] == "rate_limited"]
+    # One line per interval, not one per frame.
+    assert sum(line["frames_by_link"]["wifi"] for line in summaries) == 25 and len(summaries) <= 3
 
 
 def test_metrics_endpoint(tmp_path, broker, keys):
@@ -234,3 +242,23 @@ def test_report_and_audit_commands(tmp_path, broker, keys):
     broken = run("hub", "audit", "--db", hub.db)
     assert broken.returncode == 1 and "event 2" in broken.stdout
     assert os.stat(hub.db).st_mode & 0o077 == 0
+
+
+def test_abnormal_link_raises_a_health_event(tmp_path, broker, keys):
+    config = tmp_path / "hub.toml"
+    config.write_text("[ingest]\nreport_interval = 0.2\n")
+    sealer = Sealer("plc-1", bytes.fromhex(keys.provision("plc-1", "fiber")["key"]), link="fiber", epoch=1)
+    frames = [sealer.seal(b"coil=%d" % i) for i in range(400)]
+    kept = [(topic_for("plc-1"), f) for i, f in enumerate(frames) if i % 10]  # a fibre run losing 10%
+    hub = start_hub(tmp_path, broker, keys, "--config", config)
+    try:
+        publish(broker.port, kept)
+        wait_for(lambda: any(e["kind"] == "abnormal_link" for e in stored_report(hub.db)["events"]), 30,
+                 "an abnormal_link event")
+    finally:
+        hub.stop()
+    report = stored_report(hub.db)
+    assert report["links"]["fiber"]["abnormal"] and "loss" in report["links"]["fiber"]["abnormal"][0]
+    event = next(e for e in report["events"] if e["kind"] == "abnormal_link")
+    assert event["link"] == "fiber" and event["device"] is None
+    assert any(e["event"] == "abnormal_link" for e in hub.events())

@@ -134,7 +134,7 @@ def test_not_a_database(tmp_path):
     st.one_of(st.sampled_from([TOPIC, topic_for("pump-2"), "linkseal/v1//rec", "linkseal/v1/a/b/rec", "#", ""]),
               st.text(max_size=80)),
     st.one_of(st.binary(max_size=300), st.sampled_from(frames(5)).map(lambda f: f[: len(f) // 2]),
-              st.sampled_from(frames(5)))), max_size=40))
+              st.sampled_from(frames(5)), st.integers(2000, 300000).map(lambda n: b"\x11" * n))), max_size=40))
 def test_no_input_breaks_the_ingest_path(tmp_path_factory, messages):
     ingest = open_ingest(tmp_path_factory.mktemp("fuzz") / "hub.db")
     for topic, payload in messages:
