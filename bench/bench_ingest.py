@@ -7,14 +7,12 @@ Prometheus histogram) and its peak RSS with 10k devices.
 """
 
 import json
-import os
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
-
-import paho.mqtt.client as mqtt
 
 from agent import Sealer, topic_for
 from hub.keys import KeyFile
@@ -35,60 +33,37 @@ def sealed_traffic(keyfile):
             for s in sealers]
 
 
+COUNTER = Path(__file__).resolve().parent / "count_subscriber.py"
+
+
+def counting_subscriber(broker, expected, client_id, *flags):
+    """Start the baseline subscriber process; returns it once it is subscribed."""
+    process = subprocess.Popen([sys.executable, str(COUNTER), str(broker.port), str(expected), client_id, *flags],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "subscribed", "the baseline subscriber failed to subscribe"
+    return process
+
+
+def finished_after(process) -> float:
+    line = process.stdout.readline().split()
+    assert process.wait(300) == 0 and line[0] == "done", "the baseline subscriber failed"
+    return float(line[1])
+
+
 def bare_subscriber_rate(broker, traffic):
-    """Frames/s a QoS 1 subscriber that only counts receives while the publisher sends."""
-    received = []
-    done = threading.Event()
-
-    def on_message(client, userdata, message):
-        received.append(1)
-        if len(received) == len(traffic):
-            done.set()
-
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-bare")
-    client.on_message = on_message
-    client.on_connect = lambda c, u, f, rc, p: c.subscribe("linkseal/v1/+/rec", qos=1)
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
-    wait_for(lambda: client.is_connected(), 10, "the bare subscriber")
-    time.sleep(0.2)  # the SUBACK has no callback here; give it a moment (a benchmark, not a test)
+    """Frames/s the baseline subscriber receives while the publisher sends."""
+    subscriber = counting_subscriber(broker, len(traffic), "bench-bare")
     start = time.perf_counter()
     publish(broker.port, traffic)
-    assert done.wait(120), f"bare subscriber got {len(received)} of {len(traffic)}"
-    elapsed = time.perf_counter() - start
-    client.disconnect()
-    client.loop_stop()
-    return len(traffic) / elapsed
+    finished_after(subscriber)
+    return len(traffic) / (time.perf_counter() - start)
 
 
 def bare_backlog_rate(broker, traffic):
-    """Frames/s a counting subscriber drains from a backlog the broker queued for its session."""
-    received = []
-    done = threading.Event()
-
-    def on_message(client, userdata, message):
-        received.append(1)
-        if len(received) == len(traffic):
-            done.set()
-
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-drain", clean_session=False)
-    client.on_message = on_message
-    client.connect("127.0.0.1", broker.port)
-    client.subscribe("linkseal/v1/+/rec", qos=1)
-    client.loop_start()
-    wait_for(lambda: client.is_connected(), 10, "the draining subscriber")
-    time.sleep(0.2)  # let the SUBACK land before going away (a benchmark, not a test)
-    client.disconnect()
-    client.loop_stop()
+    """Frames/s the baseline subscriber drains from a backlog the broker queued for its session."""
+    counting_subscriber(broker, 0, "bench-drain", "--persistent", "--subscribe-only").wait(30)
     publish(broker.port, traffic)
-    start = time.perf_counter()
-    client.reconnect()
-    client.loop_start()
-    assert done.wait(120), f"draining subscriber got {len(received)} of {len(traffic)}"
-    elapsed = time.perf_counter() - start
-    client.disconnect()
-    client.loop_stop()
-    return len(traffic) / elapsed
+    return len(traffic) / finished_after(counting_subscriber(broker, len(traffic), "bench-drain", "--persistent"))
 
 
 def hub_backlog_rate(broker, keyfile, traffic, tmp):
