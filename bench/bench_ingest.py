@@ -16,7 +16,7 @@ from pathlib import Path
 
 from agent import Sealer, topic_for
 from hub.keys import KeyFile
-from tools.services import HubProcess, Mosquitto, free_port, frames_seen, publish, stored_report, wait_for
+from tools.services import HubProcess, Mosquitto, frames_seen, publish, stored_report, wait_for
 
 DEVICES = 10_000
 FRAMES_PER_DEVICE = 4
@@ -92,8 +92,8 @@ def hub_quantile(histogram: dict, q: float) -> float:
     return float("inf")
 
 
-def scrape_histogram(port) -> dict:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+def scrape_histogram(address) -> dict:
+    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read().decode()
     buckets = {}
     for line in text.splitlines():
         if line.startswith("linkseal_storage_commit_seconds_bucket"):
@@ -116,19 +116,18 @@ def main():
         traffic = sealed_traffic(keyfile)
         broker_dir = tmp / "broker"
         broker_dir.mkdir()
-        broker = Mosquitto(broker_dir).start()
+        broker = Mosquitto(broker_dir).start_on_a_free_port()
         try:
             bare = bare_subscriber_rate(broker, traffic)
-            metrics_port = free_port()
-            hub = HubProcess(broker, keyfile.path, tmp / "hub.db", tmp / "hub.log",
-                             "--metrics", f"127.0.0.1:{metrics_port}").start()
+            hub = HubProcess(broker, keyfile.path, tmp / "hub.db", tmp / "hub.log", "--metrics", "127.0.0.1:0").start()
             try:
                 hub.wait_connected()
+                metrics_address = next(e["metrics"] for e in hub.events() if e["event"] == "started")
                 start = time.perf_counter()
                 publish(broker.port, traffic)
                 wait_for(lambda: frames_seen(hub.db) >= len(traffic), 300, "the hub to commit every frame")
                 elapsed = time.perf_counter() - start
-                histogram = scrape_histogram(metrics_port)
+                histogram = scrape_histogram(metrics_address)
                 rss = peak_rss(hub.process.pid)
             finally:
                 hub.stop()

@@ -194,7 +194,7 @@ def _hub_run(args):
     metrics = HubMetrics(verifier)
     if args.metrics:
         try:
-            metrics.serve(args.metrics)
+            metrics.address = metrics.serve(args.metrics)
         except (OSError, ValueError) as exc:
             raise InputError(f"--metrics {args.metrics}: cannot listen ({exc})") from None
     return HubService(broker, settings, ingest, log, metrics).run()

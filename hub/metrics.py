@@ -40,6 +40,7 @@ class VerifierCollector:
 
 class HubMetrics:
     def __init__(self, verifier):
+        self.address = None  # where /metrics is served, once serve() has run
         self.registry = CollectorRegistry()
         self.registry.register(VerifierCollector(verifier))
         self.queue_depth = Gauge("linkseal_queue_depth", "Messages received from the broker, not yet committed.",
@@ -51,6 +52,9 @@ class HubMetrics:
                                         registry=self.registry,
                                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 
-    def serve(self, address: str) -> None:
+    def serve(self, address: str) -> str:
+        """Serve /metrics on HOST:PORT (port 0: any free port); returns the address bound."""
         host, _, port = address.rpartition(":")
-        start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+        server, _ = start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+        bound_host, bound_port = server.server_address[:2]
+        return f"{bound_host}:{bound_port}"

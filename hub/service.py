@@ -191,7 +191,7 @@ class HubService:
         worker = threading.Thread(target=self._work, name="ingest", daemon=True)
         worker.start()
         self.log("started", broker=f"{self.broker.host}:{self.broker.port}", tls=self.broker.tls,
-                 devices=self.ingest.verifier.device_count)
+                 devices=self.ingest.verifier.device_count, metrics=self.metrics.address if self.metrics else None)
         self._network_loop(worker)
         worker.join()
         self.ingest.storage.close()

@@ -72,7 +72,7 @@ def test_mutual_tls(tmp_path):
     broker_dir.mkdir()
     broker = Mosquitto(broker_dir, tls=True, auth=(
         f"cafile {pki['ca.pem']}", f"certfile {pki['server.pem']}", f"keyfile {pki['server-key.pem']}",
-        "require_certificate true", "use_identity_as_username true")).start()
+        "require_certificate true", "use_identity_as_username true")).start_on_a_free_port()
     try:
         publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-publisher")
         publisher.tls_set(ca_certs=str(pki["ca.pem"]), certfile=str(pki["hub.pem"]), keyfile=str(pki["hub-key.pem"]))
@@ -99,7 +99,7 @@ def test_username_and_password_from_the_environment(tmp_path):
     subprocess.run(["mosquitto_passwd", "-b", str(passwords), "device", "device-secret"], check=True)
     broker_dir = tmp_path / "broker"
     broker_dir.mkdir()
-    broker = Mosquitto(broker_dir, auth=("allow_anonymous false", f"password_file {passwords}")).start()
+    broker = Mosquitto(broker_dir, auth=("allow_anonymous false", f"password_file {passwords}")).start_on_a_free_port()
     try:
         publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-publisher")
         publisher.username_pw_set("device", "device-secret")

@@ -14,7 +14,7 @@ from hub.report import build_report
 from hub.verifier import Verifier
 from simulator import scenario
 
-from tools.services import HubProcess, Mosquitto, free_port, frames_seen, publish, stored_report, wait_for
+from tools.services import HubProcess, Mosquitto, frames_seen, publish, stored_report, wait_for
 
 COUNTERS = ("received", "valid", "lost", "duplicate", "reordered", "corrupt", "forged", "replay", "malformed",
             "rate_limited")
@@ -24,7 +24,7 @@ COUNTERS = ("received", "valid", "lost", "duplicate", "reordered", "corrupt", "f
 def broker(tmp_path):
     directory = tmp_path / "broker"
     directory.mkdir()
-    mosquitto = Mosquitto(directory).start()
+    mosquitto = Mosquitto(directory).start_on_a_free_port()
     yield mosquitto
     mosquitto.stop()
 
@@ -181,13 +181,13 @@ def test_rate_limit_per_device(tmp_path, broker, keys):
 
 
 def test_metrics_endpoint(tmp_path, broker, keys):
-    port = free_port()
     stream = sealed_stream(keys, devices=3, frames=20)
-    hub = start_hub(tmp_path, broker, keys, "--metrics", f"127.0.0.1:{port}")
+    hub = start_hub(tmp_path, broker, keys, "--metrics", "127.0.0.1:0")  # any free port; the log says which
     try:
+        address = next(e["metrics"] for e in hub.events() if e["event"] == "started")
         publish(broker.port, stream)
         wait_for(lambda: frames_seen(hub.db) == len(stream), 30, "the stream")
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        text = urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read().decode()
     finally:
         hub.stop()
     assert f'linkseal_frames_total{{link="wifi",outcome="valid"}} {float(len(stream))}' in text

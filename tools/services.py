@@ -8,6 +8,7 @@ on a fixed sleep.
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -83,6 +84,16 @@ class Mosquitto:
         wait_for(lambda: port_open(self.port) or self.process.poll() is not None, 10, "mosquitto to listen")
         assert self.process.poll() is None, (self.dir / "mosquitto.log").read_text()
         return self
+
+    def start_on_a_free_port(self, attempts=3):
+        """start(), choosing another port if an outgoing connection took the free one meanwhile."""
+        for _ in range(attempts - 1):
+            try:
+                return self.start()
+            except AssertionError:
+                self.port = free_port()
+                self.conf.write_text(re.sub(r"listener \d+", f"listener {self.port}", self.conf.read_text()))
+        return self.start()
 
     def stop(self):
         if self.process and self.process.poll() is None:
