@@ -185,9 +185,11 @@ class HubService:
             self.log("stopping")
         self.stopping.set()
 
-    def run(self) -> int:
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
+    def run(self, handle_signals: bool = True) -> int:
+        """Run until stop() (SIGTERM or SIGINT when handle_signals); returns the exit status."""
+        if handle_signals:
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
         worker = threading.Thread(target=self._work, name="ingest", daemon=True)
         worker.start()
         self.log("started", broker=f"{self.broker.host}:{self.broker.port}", tls=self.broker.tls,

@@ -262,3 +262,47 @@ def test_abnormal_link_raises_a_health_event(tmp_path, broker, keys):
     event = next(e for e in report["events"] if e["kind"] == "abnormal_link")
     assert event["link"] == "fiber" and event["device"] is None
     assert any(e["event"] == "abnormal_link" for e in hub.events())
+
+
+def test_slow_storage_stops_intake_instead_of_dropping(tmp_path, broker, keys):
+    import io
+    import threading
+
+    from hub.config import HubSettings, parse_broker
+    from hub.ingest import Ingest
+    from hub.log import EventLog
+    from hub.service import HubService
+    from hub.storage import SQLiteStorage
+
+    class GatedStorage(SQLiteStorage):
+        """SQLite whose commits wait until the test opens the gate: storage that has stalled."""
+
+        def __init__(self, path, gate):
+            super().__init__(path)
+            self.gate = gate
+
+        def commit(self, batch):
+            self.gate.wait()
+            super().commit(batch)
+
+    stream = sealed_stream(keys, devices=3, frames=100)
+    gate = threading.Event()
+    verifier = Verifier(KeyFile.load(keys.path).device_keys(), {c: l.name for c, l in links_by_code().items()})
+    settings = HubSettings(queue_size=20, batch_size=10, client_id="gated-hub")
+    service = HubService(parse_broker(broker.url), settings, Ingest(verifier, GatedStorage(tmp_path / "hub.db", gate)),
+                         EventLog(stream=io.StringIO()))
+    runner = threading.Thread(target=service.run, kwargs={"handle_signals": False})
+    runner.start()
+    try:
+        wait_for(lambda: service._connected, 30, "the hub to connect")
+        publish(broker.port, stream)
+        wait_for(lambda: service.queue.full(), 30, "the queue to fill while storage is stalled")
+        assert service.queue.qsize() == settings.queue_size  # bounded: the rest waits at the broker
+        assert frames_seen(tmp_path / "hub.db") == 0
+        gate.set()
+        wait_for(lambda: frames_seen(tmp_path / "hub.db") == len(stream), 60, "every frame once storage recovers")
+    finally:
+        gate.set()
+        service.stop()
+        runner.join(30)
+    assert stored_report(tmp_path / "hub.db")["links"]["wifi"]["valid"] == len(stream)
