@@ -24,7 +24,6 @@ from .window import EpochWindow
 
 # Exactly one of these per frame (docs/protocol.md, "Outcomes").
 OUTCOMES = ("valid", "corrupt", "forged", "duplicate", "replay", "malformed", "rate_limited", "unknown_device")
-SECURITY_KINDS = ("forged", "replay", "unknown_device")
 # Epoch windows kept per device: the newest and the three before it, so a device that
 # buffered frames and rebooted (even a few times) can still flush them, exactly once.
 RETAINED_EPOCHS = 4
@@ -107,7 +106,7 @@ class Verifier:
         for spec in devices:
             if spec.link not in codes:
                 raise ValueError(f"device {spec.device_id}: unknown home link {spec.link!r}")
-            self._devices[TOPIC_PREFIX + spec.device_id + _TOPIC_SUFFIX] = _Device(spec, codes[spec.link])
+            self._devices[_record_topic(spec.device_id)] = _Device(spec, codes[spec.link])
         self.link_counters = {}
         self.unknown_device = 0
         self.events = []
@@ -267,10 +266,10 @@ class Verifier:
         return None if dev is None else (dev.device_id, dev.counters)
 
     def counters_for_device(self, device_id: str):
-        return self._devices[TOPIC_PREFIX + device_id + _TOPIC_SUFFIX].counters
+        return self._devices[_record_topic(device_id)].counters
 
     def current_link(self, device_id: str) -> str:
-        return self.link_names[self._devices[TOPIC_PREFIX + device_id + _TOPIC_SUFFIX].link]
+        return self.link_names[self._devices[_record_topic(device_id)].link]
 
     # -- persistence ----------------------------------------------------------------
     # Storage keeps each device's state with the records it let in (same transaction),
@@ -279,14 +278,14 @@ class Verifier:
     _DEVICE_HEAD = struct.Struct(">BBB")  # format, current link code, number of windows
 
     def device_state(self, device_id: str) -> bytes:
-        dev = self._devices[TOPIC_PREFIX + device_id + _TOPIC_SUFFIX]
+        dev = self._devices[_record_topic(device_id)]
         windows = ([dev.current] if dev.current else []) + (dev.older or [])
         return (self._DEVICE_HEAD.pack(1, dev.link, len(windows)) + dev.counters.tobytes()
                 + b"".join(w.to_bytes() for w in windows))
 
     def restore_device(self, device_id: str, data: bytes) -> bool:
         """Load a stored state; False (and nothing changed) for a device no longer in the key file."""
-        dev = self._devices.get(TOPIC_PREFIX + device_id + _TOPIC_SUFFIX)
+        dev = self._devices.get(_record_topic(device_id))
         if dev is None:
             return False
         version, link, count = self._DEVICE_HEAD.unpack_from(data)
@@ -317,6 +316,11 @@ class Verifier:
         """Hand the security events so far to an adapter (storage) and forget them."""
         events, self.events = self.events, []
         return events
+
+
+def _record_topic(device_id: str) -> str:
+    # agent.topic_for without its checks: ids here come from the key file, checked on load.
+    return TOPIC_PREFIX + device_id + _TOPIC_SUFFIX
 
 
 def _device_in_topic(topic: str):
