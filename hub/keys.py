@@ -2,12 +2,16 @@
 
 The hub holds one random master secret; each device key is derived from it with
 HKDF-SHA256 and the device id and key id in `info` (as OSCORE derives per-sender keys),
-so the hub stores no per-device secret. Files holding keys are written 0600, atomically.
+so the hub stores no per-device secret. The file is encrypted at rest (hub/keystore.py)
+unless the operator explicitly asks for plaintext. Files holding keys are written 0600,
+atomically, and refused when group or others can read them.
 """
 
+import base64
 import json
 import os
 import secrets
+import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
@@ -16,12 +20,15 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from agent import check_device_id
 from agent import frame as wire
 
+from . import keystore
 from .link_registry import load_links
 from .verifier import DeviceKeys
 
 FORMAT = "linkseal-hub-keys/1"
 MASTER_LEN = 32
 DEVICE_KEY_LEN = 32
+DEFAULT_GRACE_S = 7 * 86400
+HUB_MQTT_USER = "linkseal/hub"  # a '/' keeps Mosquitto's %u ACL patterns from ever matching the hub
 _HKDF_SALT = b"linkseal/v1 device key"
 
 
@@ -29,9 +36,17 @@ class KeyFileError(ValueError):
     """A key file or device config that cannot be used; the message names the file."""
 
 
+def _hkdf(master: bytes, info: bytes, length: int) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=_HKDF_SALT, info=info).derive(master)
+
+
 def derive_device_key(master: bytes, device_id: str, key_id: int) -> bytes:
-    info = b"linkseal/v1 device" + bytes((key_id,)) + device_id.encode()
-    return HKDF(algorithm=hashes.SHA256(), length=DEVICE_KEY_LEN, salt=_HKDF_SALT, info=info).derive(master)
+    return _hkdf(master, b"linkseal/v1 device" + bytes((key_id,)) + device_id.encode(), DEVICE_KEY_LEN)
+
+
+def derive_mqtt_password(master: bytes, username: str) -> str:
+    """A broker password per account, derived like the keys, so broker-config can rebuild it."""
+    return base64.urlsafe_b64encode(_hkdf(master, b"linkseal/v1 mqtt password" + username.encode(), 24)).decode()
 
 
 def write_private_json(path: Path, data: dict) -> None:
@@ -51,61 +66,89 @@ def write_private_json(path: Path, data: dict) -> None:
         raise
 
 
-class KeyFile:
-    """The parsed hub key file. Its repr never shows the master secret."""
+def _read_private_json(path: Path, what: str) -> dict:
+    try:
+        keystore.check_private(path)
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        hint = " (create one with `linkseal keys init`)" if what == "key file" else ""
+        raise KeyFileError(f"{path}: no such {what}{hint}") from None
+    except keystore.KeystoreError as exc:
+        raise KeyFileError(str(exc)) from None
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise KeyFileError(f"{path}: not a JSON {what}") from None
 
-    def __init__(self, path: Path, master: bytes, devices: dict):
+
+class KeyFile:
+    """The parsed hub key file. Its repr never shows key material."""
+
+    def __init__(self, path: Path, master: bytes, devices: dict, sealing=None):
         self.path = Path(path)
         self._master = master
-        self.devices = devices  # device id -> {"link", "tag_len", "key_id"}
+        self.devices = devices  # device id -> entry, see provision()
+        self._sealing = sealing  # (KDF parameters, file key) when encrypted; None: plaintext
 
     def __repr__(self):
-        return f"KeyFile({str(self.path)!r}, {len(self.devices)} devices)"
+        kind = self._sealing[0]["name"] if self._sealing else "plaintext"
+        return f"KeyFile({str(self.path)!r}, {len(self.devices)} devices, {kind})"
+
+    @property
+    def encrypted_with(self) -> str | None:
+        """The KDF protecting the file (argon2id or scrypt), None when it is plaintext."""
+        return self._sealing[0]["name"] if self._sealing else None
+
+    # -- files ------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, path: Path) -> "KeyFile":
+    def create(cls, path: Path, passphrase: bytes | None = None) -> "KeyFile":
+        """A new key file with a random master secret; plaintext when passphrase is None."""
         path = Path(path)
         if path.exists():
             raise KeyFileError(f"{path}: already exists; refusing to replace a master secret")
         keyfile = cls(path, secrets.token_bytes(MASTER_LEN), {})
-        keyfile.save()
+        if passphrase is not None:
+            keyfile.encrypt(passphrase)
+        else:
+            keyfile.save()
         return keyfile
 
     @classmethod
-    def load(cls, path: Path) -> "KeyFile":
+    def load(cls, path: Path, passphrase=None, allow_plaintext: bool = False) -> "KeyFile":
+        """passphrase: bytes, or a function returning them, asked only if the file is encrypted."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise KeyFileError(f"{path}: no such key file (create one with `linkseal keys init`)") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise KeyFileError(f"{path}: cannot read: {exc.strerror if isinstance(exc, OSError) else exc}") from None
-        except json.JSONDecodeError as exc:
-            raise KeyFileError(f"{path}: not JSON (line {exc.lineno})") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise KeyFileError(f"{path}: not a linkseal hub key file (format {FORMAT!r} expected)")
-        try:
-            master = bytes.fromhex(data["master_secret"])
-        except (KeyError, TypeError, ValueError):
-            raise KeyFileError(f"{path}: master_secret is missing or not hex") from None
-        if len(master) != MASTER_LEN:
-            raise KeyFileError(f"{path}: master_secret must be {MASTER_LEN} bytes")
-        devices = data.get("devices", {})
-        links = load_links()
-        for device_id, entry in devices.items():
+        data = _read_private_json(path, "key file")
+        sealing = None
+        if keystore.is_envelope(data):
+            if passphrase is None:
+                raise KeyFileError(f"{path}: is encrypted and no passphrase was given")
+            secret = passphrase() if callable(passphrase) else passphrase
+            params = data.get("kdf", {})
+            file_key = keystore.derive_file_key(params, secret, path)
             try:
-                check_device_id(device_id)
-                if entry["link"] not in links:
-                    raise ValueError(f"unknown link {entry['link']!r}")
-                wire.tag_code(entry["tag_len"])
-                if not 0 <= entry["key_id"] <= 255:
-                    raise ValueError("key_id must be 0..255")
-            except (KeyError, TypeError, ValueError) as exc:
-                raise KeyFileError(f"{path}: device {device_id!r}: {exc}") from None
-        return cls(path, master, devices)
+                data = keystore.decrypt_json(data, file_key, path)
+            except keystore.KeystoreError as exc:
+                raise KeyFileError(str(exc)) from None
+            sealing = (params, file_key)
+        elif not allow_plaintext:
+            raise KeyFileError(f"{path}: is not encrypted; encrypt it with `linkseal keys encrypt --keys {path}` "
+                               "or pass --insecure-plaintext")
+        return cls(path, *_parse_content(path, data), sealing=sealing)
 
     def save(self) -> None:
-        write_private_json(self.path, {"format": FORMAT, "master_secret": self._master.hex(), "devices": self.devices})
+        content = {"format": FORMAT, "master_secret": self._master.hex(), "devices": self.devices}
+        if self._sealing:
+            content = keystore.encrypt_json(content, *self._sealing)
+        write_private_json(self.path, content)
+
+    def encrypt(self, passphrase: bytes) -> None:
+        """Encrypt (or re-encrypt) under passphrase, in place and atomically."""
+        params = keystore.new_kdf_params()
+        self._sealing = (params, keystore.derive_file_key(params, passphrase, self.path))
+        self.save()
+
+    # -- devices ----------------------------------------------------------------------
 
     def provision(self, device_id: str, link: str, tag_len: int = 16, key_id: int = 0, save: bool = True) -> dict:
         """Register a device (or update its link and minimum tag); return its device config.
@@ -118,24 +161,93 @@ class KeyFile:
         wire.tag_code(tag_len)
         if not 0 <= key_id <= 255:
             raise ValueError("key id must be 0..255")
-        self.devices[device_id] = {"link": link, "tag_len": tag_len, "key_id": key_id}
+        previous = self.devices.get(device_id, {})
+        self.devices[device_id] = {"link": link, "tag_len": tag_len, "key_id": key_id, "state": "active",
+                                   "previous": previous.get("previous", [])}
         if save:
             self.save()
+        return self.device_config(device_id)
+
+    def device_config(self, device_id: str) -> dict:
+        """What the device needs (written 0600 by the CLI): its key and broker credentials."""
+        entry = self._entry(device_id)
         return {
             "device_id": device_id,
-            "key": derive_device_key(self._master, device_id, key_id).hex(),
-            "key_id": key_id,
-            "link": link,
-            "tag_len": tag_len,
+            "key": derive_device_key(self._master, device_id, entry["key_id"]).hex(),
+            "key_id": entry["key_id"],
+            "link": entry["link"],
+            "tag_len": entry["tag_len"],
+            "mqtt_username": device_id,
+            "mqtt_password": derive_mqtt_password(self._master, device_id),
         }
 
+    def rotate(self, device_id: str, grace_s: float = DEFAULT_GRACE_S, now: float | None = None) -> dict:
+        """A new key id for the device; the old one is accepted for grace_s, then retired."""
+        entry = self._entry(device_id)
+        now = time.time() if now is None else now
+        used = {entry["key_id"]} | {p["key_id"] for p in entry["previous"]}
+        new_id = next((k % 256 for k in range(entry["key_id"] + 1, entry["key_id"] + 257) if k % 256 not in used),
+                      None)
+        if new_id is None:
+            raise ValueError(f"device {device_id}: all 256 key ids have been used; provision a new device id")
+        entry["previous"].append({"key_id": entry["key_id"], "accept_until": now + grace_s})
+        entry["key_id"] = new_id
+        self.save()
+        return self.device_config(device_id)
+
+    def revoke(self, device_id: str, now: float | None = None) -> None:
+        entry = self._entry(device_id)
+        entry["state"] = "revoked"
+        entry["revoked_at"] = time.time() if now is None else now
+        self.save()
+
+    def mqtt_password(self, username: str) -> str:
+        return derive_mqtt_password(self._master, username)
+
+    def _entry(self, device_id: str) -> dict:
+        if device_id not in self.devices:
+            raise ValueError(f"device {device_id!r} is not in {self.path}")
+        return self.devices[device_id]
+
     def device_keys(self) -> list[DeviceKeys]:
-        """What the verifier needs: derived keys, home link and minimum tag per device."""
-        return [
-            DeviceKeys(device_id, {e["key_id"]: derive_device_key(self._master, device_id, e["key_id"])},
-                       e["link"], e["tag_len"])
-            for device_id, e in self.devices.items()
-        ]
+        """What the verifier needs: derived keys, home link, minimum tag, previous keys, state."""
+        specs = []
+        for device_id, e in self.devices.items():
+            ids = [e["key_id"]] + [p["key_id"] for p in e["previous"]]
+            keys = {kid: derive_device_key(self._master, device_id, kid) for kid in ids}
+            until = {p["key_id"]: p["accept_until"] for p in e["previous"]}
+            specs.append(DeviceKeys(device_id, keys, e["link"], e["tag_len"], current=e["key_id"],
+                                    accept_until=until, revoked=e["state"] == "revoked"))
+        return specs
+
+
+def _parse_content(path: Path, data: dict) -> tuple[bytes, dict]:
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise KeyFileError(f"{path}: not a linkseal hub key file (format {FORMAT!r} expected)")
+    try:
+        master = bytes.fromhex(data["master_secret"])
+    except (KeyError, TypeError, ValueError):
+        raise KeyFileError(f"{path}: master_secret is missing or not hex") from None
+    if len(master) != MASTER_LEN:
+        raise KeyFileError(f"{path}: master_secret must be {MASTER_LEN} bytes")
+    devices = data.get("devices", {})
+    links = load_links()
+    for device_id, entry in devices.items():
+        try:
+            check_device_id(device_id)
+            if entry["link"] not in links:
+                raise ValueError(f"unknown link {entry['link']!r}")
+            wire.tag_code(entry["tag_len"])
+            entry.setdefault("state", "active")
+            entry.setdefault("previous", [])
+            for kid in [entry["key_id"]] + [p["key_id"] for p in entry["previous"]]:
+                if not 0 <= kid <= 255:
+                    raise ValueError("key ids must be 0..255")
+            if entry["state"] not in ("active", "revoked"):
+                raise ValueError(f"unknown state {entry['state']!r}")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KeyFileError(f"{path}: device {device_id!r}: {exc}") from None
+    return master, devices
 
 
 DEVICE_FIELDS = {"device_id": str, "key": str, "key_id": int, "link": str, "tag_len": int}
@@ -144,14 +256,7 @@ DEVICE_FIELDS = {"device_id": str, "key": str, "key_id": int, "link": str, "tag_
 def load_device_config(path: Path) -> dict:
     """A device config written by `keys provision`, checked field by field."""
     path = Path(path)
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise KeyFileError(f"{path}: no such device config") from None
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read: {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise KeyFileError(f"{path}: not a JSON device config") from None
+    config = _read_private_json(path, "device config")
     if not isinstance(config, dict):
         raise KeyFileError(f"{path}: not a JSON device config")
     for field, kind in DEVICE_FIELDS.items():

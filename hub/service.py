@@ -23,7 +23,8 @@ CONNACK_TIMEOUT = 10.0  # a broker that accepts TCP but never answers is treated
 
 
 class HubService:
-    def __init__(self, broker, settings, ingest, log, metrics=None):
+    def __init__(self, broker, settings, ingest, log, metrics=None, load_devices=None):
+        """load_devices: returns the key file's DeviceKeys again, for SIGHUP reloads."""
         self.broker = broker
         self.settings = settings
         self.ingest = ingest
@@ -32,6 +33,8 @@ class HubService:
         self.queue = queue.Queue(maxsize=settings.queue_size)
         self.stopping = threading.Event()
         self.exit_code = 0
+        self.load_devices = load_devices
+        self._reload = threading.Event()
         self._connected = False
         self._rate_limited = {}  # link -> frames rate-limited since the last summary
         self._abnormal = {}  # link -> reasons last reported
@@ -159,8 +162,22 @@ class HubService:
             self.metrics.ingest_lag.set(committed - items[0][2])
             self.metrics.queue_depth.set(self.queue.qsize())
 
+    def _reload_keys(self):
+        # On the ingest thread, between batches: the verifier is never changed mid-batch.
+        self._reload.clear()
+        try:
+            devices = self.load_devices()
+        except Exception as exc:  # a bad key file must not stop the hub: keep the old keys
+            self.log("keys_reload_failed", error=str(exc))
+            return
+        self.ingest.verifier.update_devices(devices)
+        self.log("keys_reloaded", devices=len(devices), revoked=sum(d.revoked for d in devices))
+
     def _periodic(self):
-        """Once per report interval: one log line about rate limiting, and link health events."""
+        """Between batches: a requested key reload; once per report interval, one log line
+        about rate limiting and the link health events."""
+        if self._reload.is_set():
+            self._reload_keys()
         if time.monotonic() < self._next_report:
             return
         self._next_report = time.monotonic() + self.settings.report_interval
@@ -180,6 +197,10 @@ class HubService:
 
     # -- lifecycle --------------------------------------------------------------------
 
+    def request_reload(self, *_):
+        if self.load_devices is not None:
+            self._reload.set()
+
     def stop(self, *_):
         if not self.stopping.is_set():
             self.log("stopping")
@@ -190,6 +211,7 @@ class HubService:
         if handle_signals:
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
+            signal.signal(signal.SIGHUP, self.request_reload)
         worker = threading.Thread(target=self._work, name="ingest", daemon=True)
         worker.start()
         self.log("started", broker=f"{self.broker.host}:{self.broker.port}", tls=self.broker.tls,

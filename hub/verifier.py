@@ -36,15 +36,23 @@ _digest = hmac.digest
 
 
 class DeviceKeys:
-    """What the hub knows of one device: its keys by key id, home link, minimum tag."""
+    """What the hub knows of one device: its keys by key id, home link, minimum tag.
 
-    __slots__ = ("device_id", "keys", "link", "min_tag_len")
+    current: the key id in use (default: the highest); accept_until: key id -> time after
+    which that previous key is retired; revoked: every frame from the device is refused.
+    """
 
-    def __init__(self, device_id: str, keys: dict, link: str, min_tag_len: int = 16):
+    __slots__ = ("device_id", "keys", "link", "min_tag_len", "current", "accept_until", "revoked")
+
+    def __init__(self, device_id: str, keys: dict, link: str, min_tag_len: int = 16, current: int | None = None,
+                 accept_until: dict | None = None, revoked: bool = False):
         self.device_id = device_id
         self.keys = dict(keys)
         self.link = link
         self.min_tag_len = min_tag_len
+        self.current = max(self.keys) if current is None else current
+        self.accept_until = dict(accept_until or {})
+        self.revoked = revoked
 
 
 class Verdict(tuple):
@@ -70,18 +78,20 @@ _verdict = tuple.__new__
 
 class _Device:
     # Kept small on purpose: the bench measures bytes per device at 100k devices.
-    __slots__ = ("device_id", "link", "min_tag", "key_id", "key", "other_keys", "mac",
+    __slots__ = ("device_id", "link", "min_tag", "key_id", "key", "other_keys", "until", "revoked", "mac",
                  "counters", "current", "older", "tokens", "stamp")
 
     def __init__(self, spec: DeviceKeys, link_code: int):
         self.device_id = spec.device_id
         self.link = link_code  # the link of its latest accepted frame; the home link at first
         self.min_tag = spec.min_tag_len
-        # The newest key id is the fast path; older ones (during rotation) sit in a dict.
-        self.key_id = max(spec.keys)
+        # The current key id is the fast path; previous ones (during rotation) sit in a dict.
+        self.key_id = spec.current
         self.key = spec.keys[self.key_id]
         others = {kid: key for kid, key in spec.keys.items() if kid != self.key_id}
         self.other_keys = others or None
+        self.until = spec.accept_until or None  # previous key id -> retired after this time
+        self.revoked = spec.revoked
         self.mac = None  # cached HMAC state, see Verifier._mac_state
         self.counters = new_counters()
         self.current = None  # EpochWindow of the newest epoch seen
@@ -129,6 +139,8 @@ class Verifier:
         name = self.link_names.get(link)
         if name is None:
             return self._reject(dev, MALFORMED, "unknown link code %d" % link, t)
+        if dev.revoked:
+            return self._reject(dev, FORGED, "device revoked", t)
         if tag_len < dev.min_tag:
             return self._reject(dev, FORGED, "%d-byte tag below the device minimum of %d" % (tag_len, dev.min_tag), t)
         if key_id == dev.key_id:
@@ -137,6 +149,8 @@ class Verifier:
             mac.update(data[:tag_at])
             mac = mac.digest()
         elif dev.other_keys is not None and key_id in dev.other_keys:
+            if dev.until is not None and t > dev.until.get(key_id, float("inf")):
+                return self._reject(dev, FORGED, "retired key", t)
             mac = _digest(dev.other_keys[key_id], wire.mac_prefix(dev.device_id) + data[:tag_at], "sha256")
         else:
             return self._reject(dev, FORGED, "unknown key id %d" % key_id, t)
@@ -255,6 +269,23 @@ class Verifier:
         """(link name, counters) for every link that carried anything."""
         for code, counters in sorted(self.link_counters.items()):
             yield self.link_names[code], counters
+
+    def update_devices(self, devices) -> None:
+        """Take a new key file's devices (rotation, revocation, new devices), keeping each
+        known device's windows, counters and rate-limit state; devices no longer listed
+        become unknown."""
+        codes = {name: code for code, name in self.link_names.items()}
+        updated = {}
+        for spec in devices:
+            topic = _record_topic(spec.device_id)
+            fresh = _Device(spec, codes[spec.link])
+            old = self._devices.get(topic)
+            if old is not None:
+                fresh.link, fresh.counters, fresh.current, fresh.older = old.link, old.counters, old.current, old.older
+                fresh.tokens, fresh.stamp = old.tokens, old.stamp
+            updated[topic] = fresh
+        self._devices = updated
+        self._mac_holders = []  # the cached HMAC states belonged to the old objects
 
     @property
     def device_count(self) -> int:

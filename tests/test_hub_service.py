@@ -62,7 +62,7 @@ def test_frames_through_the_broker_report_exactly_as_offline_verify(tmp_path, br
         assert hub.wait() == 0
     finally:
         hub.stop()
-    offline = Verifier(KeyFile.load(keyfile.path).device_keys(), {c: l.name for c, l in links_by_code().items()})
+    offline = Verifier(KeyFile.load(keyfile.path, allow_plaintext=True).device_keys(), {c: l.name for c, l in links_by_code().items()})
     for _, topic, data, _ in traffic.messages:
         offline.verify(topic, data, 0.0)
     want, got = build_report(offline), stored_report(hub.db)
@@ -287,7 +287,7 @@ def test_slow_storage_stops_intake_instead_of_dropping(tmp_path, broker, keys):
 
     stream = sealed_stream(keys, devices=3, frames=100)
     gate = threading.Event()
-    verifier = Verifier(KeyFile.load(keys.path).device_keys(), {c: l.name for c, l in links_by_code().items()})
+    verifier = Verifier(KeyFile.load(keys.path, allow_plaintext=True).device_keys(), {c: l.name for c, l in links_by_code().items()})
     settings = HubSettings(queue_size=20, batch_size=10, client_id="gated-hub")
     service = HubService(parse_broker(broker.url), settings, Ingest(verifier, GatedStorage(tmp_path / "hub.db", gate)),
                          EventLog(stream=io.StringIO()))

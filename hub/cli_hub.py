@@ -1,0 +1,170 @@
+"""`linkseal hub ...`: verify captures, run the service, report, audit, broker configuration."""
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from .cli_common import InputError, add_keys_option, command, open_keyfile
+
+
+def add_hub_group(groups):
+    hub = groups.add_parser("hub", help="verify frames, run the hub service, report per link")
+    sub = hub.add_subparsers(dest="command", required=True)
+
+    verify = command(sub, "verify", "Verify a capture file (JSON Lines of MQTT messages) and print the per-link "
+                     "report.", ["linkseal hub verify capture.jsonl --keys hub.keys",
+                                 "linkseal hub verify capture.jsonl --keys hub.keys --json > report.json"])
+    verify.add_argument("capture", type=Path)
+    add_keys_option(verify)
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument("--devices", action="store_true", help="also show the per-device table")
+    verify.set_defaults(run=_verify)
+
+    run = command(sub, "run", "Subscribe to the broker, verify and store every frame, serve metrics. Runs until "
+                  "SIGTERM; SIGHUP reloads the key file (rotations, revocations, new devices).",
+                  ["linkseal hub run --broker mqtt://127.0.0.1:1883 --keys hub.keys --db hub.db "
+                   "--metrics 127.0.0.1:9108",
+                   "LINKSEAL_PASSPHRASE_FILE=pass linkseal hub run --broker mqtts://broker:8883 --ca-file ca.pem \\\n"
+                   "      --cert-file hub.pem --key-file hub-key.pem --keys hub.keys --db hub.db"])
+    run.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    add_keys_option(run)
+    run.add_argument("--db", required=True, type=Path, help="SQLite database (created 0600)")
+    run.add_argument("--metrics", help="serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9108; port 0: any)")
+    run.add_argument("--config", type=Path, help="hub.toml: client id, queue and batch sizes, rate limits")
+    run.add_argument("--ca-file", help="CA certificate that signed the broker's certificate (mqtts)")
+    run.add_argument("--cert-file", help="client certificate for mutual TLS")
+    run.add_argument("--key-file", help="client certificate's private key for mutual TLS")
+    run.add_argument("--username", help="MQTT user name; the password comes from LINKSEAL_MQTT_PASSWORD "
+                                        "or --password-file, never the command line")
+    run.add_argument("--password-file", help="file holding the MQTT password")
+    run.add_argument("--log-json", action="store_true", help="log JSON Lines instead of key=value text")
+    run.set_defaults(run=_run)
+
+    report = command(sub, "report", "The per-link report over stored data.",
+                     ["linkseal hub report --db hub.db --since 15m",
+                      "linkseal hub report --db hub.db --link wifi --json"])
+    report.add_argument("--db", required=True, type=Path)
+    report.add_argument("--since", help="only the last 15m, 2h, 1d ... (minute resolution)")
+    report.add_argument("--link", help="only this link type")
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
+    report.add_argument("--devices", action="store_true", help="also show the per-device table")
+    report.set_defaults(run=_report)
+
+    audit = command(sub, "audit", "Check the hash chain of stored security events.",
+                    ["linkseal hub audit --db hub.db"])
+    audit.add_argument("--db", required=True, type=Path)
+    audit.set_defaults(run=_audit)
+
+    broker = command(sub, "broker-config", "Write a Mosquitto 2.x configuration (ACL, accounts, limits) that lets "
+                     "each device publish only as itself and the hub only read.",
+                     ["linkseal hub broker-config --keys hub.keys --out /etc/mosquitto/linkseal",
+                      "linkseal hub broker-config --keys hub.keys --out broker/ --tls --ca ca/ --host broker.plant"])
+    add_keys_option(broker)
+    broker.add_argument("--out", required=True, type=Path, help="directory for mosquitto.conf, acl, passwords")
+    broker.add_argument("--port", type=int, help="listener port (default 1883, or 8883 with --tls)")
+    broker.add_argument("--tls", action="store_true", help="a TLS listener that requires client certificates")
+    broker.add_argument("--ca", type=Path, help="CA directory (with --tls)")
+    broker.add_argument("--host", action="append", help="the broker's host name or address for its certificate "
+                        "(repeatable; default localhost and 127.0.0.1)")
+    broker.add_argument("--data-dir", type=Path, help="Mosquitto persistence directory (default /var/lib/mosquitto)")
+    broker.set_defaults(run=_broker_config)
+
+
+def _verifier(args, rate_limits=None):
+    from .link_registry import links_by_code
+    from .verifier import Verifier
+
+    keyfile = open_keyfile(args)
+    return Verifier(keyfile.device_keys(), {code: link.name for code, link in links_by_code().items()}, rate_limits)
+
+
+def _verify(args):
+    from .capture import read_capture
+    from .report import build_report, to_json
+    from .table import print_report
+
+    verifier = _verifier(args)
+    for t, topic, payload in read_capture(args.capture):
+        verifier.verify(topic, payload, t)
+    report = build_report(verifier)
+    if args.json:
+        print(to_json(report))
+    else:
+        print_report(report, Console(width=80), devices=args.devices)
+
+
+def _run(args):
+    from .config import load_settings, parse_broker
+    from .ingest import Ingest
+    from .link_registry import load_links
+    from .log import EventLog
+    from .metrics import HubMetrics
+    from .service import HubService
+    from .storage import SQLiteStorage
+
+    broker = parse_broker(args.broker, args.ca_file, args.cert_file, args.key_file, args.username,
+                          args.password_file)
+    settings = load_settings(args.config, load_links())
+    log = EventLog(json_lines=args.log_json or settings.log_json)
+    verifier = _verifier(args, settings.rate_limits)
+    ingest = Ingest(verifier, SQLiteStorage(args.db))
+    metrics = HubMetrics(verifier)
+    if args.metrics:
+        try:
+            metrics.address = metrics.serve(args.metrics)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"--metrics {args.metrics}: cannot listen ({exc})") from None
+    reload = lambda: open_keyfile(args).device_keys()  # noqa: E731  (SIGHUP)
+    return HubService(broker, settings, ingest, log, metrics, load_devices=reload).run()
+
+
+def _since(text):
+    from .cli_keys import parse_duration
+
+    return time.time() - parse_duration(text, "--since")
+
+
+def _report(args):
+    from .report import build_stored_report, to_json
+    from .storage import SQLiteStorage
+    from .table import print_report
+
+    since = _since(args.since) if args.since is not None else None
+    storage = SQLiteStorage(args.db, create=False)
+    try:
+        report = build_stored_report(storage, since, args.link)
+    finally:
+        storage.close()
+    if args.json:
+        print(to_json(report))
+    else:
+        print_report(report, Console(width=80), devices=args.devices)
+
+
+def _audit(args):
+    from .storage import SQLiteStorage
+
+    storage = SQLiteStorage(args.db, create=False)
+    try:
+        checked, broken = storage.audit()
+    finally:
+        storage.close()
+    if broken:
+        print(f"BROKEN after {checked} intact events: {broken}")
+        return 1
+    print(f"OK: {checked} security events, hash chain intact")
+    return 0
+
+
+def _broker_config(args):
+    from .broker_config import write_broker_config
+
+    if args.tls and args.ca is None:
+        raise InputError("--tls needs --ca DIR (create one with `linkseal keys ca init --dir DIR`)")
+    keyfile = open_keyfile(args)
+    files = write_broker_config(keyfile, args.out, port=args.port, tls=args.tls, ca_dir=args.ca,
+                                server_hosts=tuple(args.host or ("localhost", "127.0.0.1")), data_dir=args.data_dir)
+    print(f"wrote {', '.join(str(path) for path in files.values())}")
+    if "hub_password" in files:
+        print(f"run the hub with --username linkseal/hub --password-file {files['hub_password']}")

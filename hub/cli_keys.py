@@ -1,0 +1,187 @@
+"""`linkseal keys ...`: the hub key file, devices, and the certificate authority."""
+
+import json
+import re
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .cli_common import InputError, add_keys_option, command, new_keyfile, open_keyfile
+
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, option: str) -> float:
+    match = re.fullmatch(r"(\d+)([smhd])", text or "")
+    if not match:
+        raise InputError(f"{option} {text!r}: expected a number and a unit, like 90s, 15m, 2h or 7d")
+    return int(match[1]) * _DURATION[match[2]]
+
+
+def add_keys_group(groups):
+    keys = groups.add_parser("keys", help="the hub key file, devices, keys and certificates")
+    sub = keys.add_subparsers(dest="command", required=True)
+
+    init = command(sub, "init", "Create a hub key file (mode 0600, encrypted) with a random master secret. "
+                   "The passphrase comes from LINKSEAL_PASSPHRASE_FILE, LINKSEAL_PASSPHRASE or a prompt.",
+                   ["linkseal keys init --out hub.keys",
+                    "LINKSEAL_PASSPHRASE_FILE=/run/credentials/pass linkseal keys init --out hub.keys"])
+    init.add_argument("--out", required=True, type=Path, help="path of the new key file")
+    init.add_argument("--insecure-plaintext", action="store_true", help="do not encrypt (tests and demos only)")
+    init.set_defaults(run=_init)
+
+    prov = command(sub, "provision", "Register a device and write its config (mode 0600): key and broker login.",
+                   ["linkseal keys provision pump-12 --keys hub.keys --link wifi --out pump-12.json"])
+    prov.add_argument("device_id")
+    add_keys_option(prov)
+    prov.add_argument("--link", required=True, help="home link type (see hardware/links)")
+    prov.add_argument("--tag-len", type=int, default=16, choices=(8, 16, 32),
+                      help="tag length; also the minimum the hub accepts from this device (default 16)")
+    prov.add_argument("--key-id", type=int, default=0, help="key id, 0..255 (default 0)")
+    prov.add_argument("--out", required=True, type=Path, help="where to write the device config")
+    prov.set_defaults(run=_provision)
+
+    rotate = command(sub, "rotate", "Give a device a new key id and write its new config; the hub accepts the "
+                     "previous key for a grace period, then refuses it as a retired key.",
+                     ["linkseal keys rotate pump-12 --keys hub.keys --out pump-12.json --grace 7d"])
+    rotate.add_argument("device_id")
+    add_keys_option(rotate)
+    rotate.add_argument("--out", required=True, type=Path, help="where to write the new device config")
+    rotate.add_argument("--grace", default="7d", help="how long the previous key stays valid (default 7d)")
+    rotate.set_defaults(run=_rotate)
+
+    revoke = command(sub, "revoke", "Refuse every later frame from a device (restart the hub or send it SIGHUP; "
+                     "regenerate the broker config to lock it out of the broker too).",
+                     ["linkseal keys revoke pump-12 --keys hub.keys"])
+    revoke.add_argument("device_id")
+    add_keys_option(revoke)
+    revoke.set_defaults(run=_revoke)
+
+    listing = command(sub, "list", "Devices, links, key ids and states; never key material.",
+                      ["linkseal keys list --keys hub.keys", "linkseal keys list --keys hub.keys --json"])
+    add_keys_option(listing)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=_list)
+
+    encrypt = command(sub, "encrypt", "Encrypt a plaintext key file in place (atomically), or re-encrypt an "
+                      "encrypted one under a new passphrase (LINKSEAL_NEW_PASSPHRASE or a prompt).",
+                      ["LINKSEAL_PASSPHRASE_FILE=pass linkseal keys encrypt --keys hub.keys"])
+    encrypt.add_argument("--keys", required=True, type=Path, help="hub key file")
+    encrypt.set_defaults(run=_encrypt)
+
+    ca = sub.add_parser("ca", help="the certificate authority for mutual TLS")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True)
+    ca_init = command(ca_sub, "init", "Create a CA (key 0600) for broker, hub and device certificates.",
+                      ["linkseal keys ca init --dir ca/"])
+    ca_init.add_argument("--dir", required=True, type=Path)
+    ca_init.set_defaults(run=_ca_init)
+
+    cert = command(sub, "cert", "Issue a client certificate for a device or the hub (CN = its MQTT identity).",
+                   ["linkseal keys cert pump-12 --ca ca/ --out certs/", "linkseal keys cert hub --ca ca/ --out certs/"])
+    cert.add_argument("name", help="a device id, or `hub`")
+    cert.add_argument("--ca", required=True, type=Path, help="CA directory from `keys ca init`")
+    cert.add_argument("--out", required=True, type=Path, help="directory for NAME.pem and NAME-key.pem")
+    cert.set_defaults(run=_cert)
+
+
+def _write_device_config(path, config):
+    from .keys import write_private_json
+
+    write_private_json(path, config)
+
+
+def _init(args):
+    keyfile = new_keyfile(args.out, args.insecure_plaintext)
+    how = f"encrypted with {keyfile.encrypted_with} + AES-256-GCM" if keyfile.encrypted_with else \
+        "NOT encrypted (--insecure-plaintext)"
+    print(f"created {args.out} (mode 0600, {how}): keep it on the bastion host only")
+
+
+def _provision(args):
+    keyfile = open_keyfile(args)
+    _write_device_config(args.out, keyfile.provision(args.device_id, args.link, args.tag_len, args.key_id))
+    print(f"provisioned {args.device_id} on {args.link} (tag {args.tag_len} bytes, key id {args.key_id}); "
+          f"device config written to {args.out} (mode 0600)")
+
+
+def _rotate(args):
+    grace = parse_duration(args.grace, "--grace")
+    keyfile = open_keyfile(args)
+    config = keyfile.rotate(args.device_id, grace)
+    _write_device_config(args.out, config)
+    until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() + grace))
+    print(f"{args.device_id}: now key id {config['key_id']}; the previous key is accepted until {until}. "
+          f"New device config in {args.out} (mode 0600).")
+
+
+def _revoke(args):
+    keyfile = open_keyfile(args)
+    keyfile.revoke(args.device_id)
+    print(f"{args.device_id}: revoked. Every later frame is refused as forged once the hub reloads the key file "
+          "(SIGHUP or restart); regenerate the broker config to lock it out of the broker.")
+
+
+def _list(args):
+    keyfile = open_keyfile(args)
+    rows = []
+    for device_id, entry in sorted(keyfile.devices.items()):
+        rows.append({"device": device_id, "link": entry["link"], "tag_len": entry["tag_len"],
+                     "key_id": entry["key_id"], "state": entry["state"],
+                     "previous_key_ids": [p["key_id"] for p in entry["previous"]]})
+    if args.json:
+        print(json.dumps({"encrypted_with": keyfile.encrypted_with, "devices": rows}, indent=2))
+        return
+    table = Table(title=f"{args.keys} ({keyfile.encrypted_with or 'plaintext'})")
+    for header in ("device", "link", "tag", "key id", "state", "previous"):
+        table.add_column(header)
+    for row in rows:
+        table.add_row(row["device"], row["link"], str(row["tag_len"]), str(row["key_id"]), row["state"],
+                      ", ".join(map(str, row["previous_key_ids"])))
+    Console(width=80).print(table)
+
+
+def _encrypt(args):
+    import os
+
+    from .keys import KeyFile
+    from .keystore import KeystoreError, passphrase_from_environment
+
+    keyfile = KeyFile.load(args.keys, passphrase=passphrase_from_environment, allow_plaintext=True)
+    if keyfile.encrypted_with:
+        new = os.environ.get("LINKSEAL_NEW_PASSPHRASE", "").encode()
+        if not new:
+            import getpass
+            import sys
+
+            if not sys.stdin.isatty():
+                raise KeystoreError("re-encrypting needs the new passphrase in LINKSEAL_NEW_PASSPHRASE or a terminal")
+            new = getpass.getpass("new passphrase: ").encode()
+            if getpass.getpass("again: ").encode() != new or not new:
+                raise KeystoreError("the two passphrases differ or are empty")
+    else:
+        new = passphrase_from_environment(confirm=True)
+    keyfile.encrypt(new)
+    print(f"{args.keys}: encrypted with {keyfile.encrypted_with} + AES-256-GCM (replaced atomically)")
+
+
+def _ca_init(args):
+    from .pki import init_ca
+
+    print(f"created {init_ca(args.dir)} (its key is {args.dir / 'ca-key.pem'}, mode 0600)")
+
+
+def _cert(args):
+    from agent import check_device_id
+
+    from .keys import HUB_MQTT_USER
+    from .pki import issue
+
+    if args.name == "hub":
+        common_name = HUB_MQTT_USER
+    else:
+        check_device_id(args.name)
+        common_name = args.name
+    cert, key = issue(args.ca, common_name, args.out, args.name)
+    print(f"issued {cert} (CN={common_name}) and {key} (mode 0600)")
