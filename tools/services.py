@@ -78,6 +78,16 @@ class Mosquitto:
             f"log_dest file {self.dir}/mosquitto.log\n")
         self.process = None
 
+    @classmethod
+    def from_config(cls, directory: Path, port: int, config_text: str, tls=False) -> "Mosquitto":
+        """A broker running a given configuration (e.g. `hub broker-config`'s), as ourselves, with a log."""
+        broker = cls.__new__(cls)
+        broker.dir, broker.port, broker.tls, broker.process = Path(directory), port, tls, None
+        broker.conf = broker.dir / "mosquitto-test.conf"
+        broker.conf.write_text(f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
+                               f"log_dest file {broker.dir}/mosquitto.log\n" + config_text)
+        return broker
+
     def start(self):
         self.process = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)

@@ -1,0 +1,143 @@
+"""`hub broker-config` run by a real Mosquitto: devices publish only as themselves, the hub only reads."""
+
+import queue
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from agent import Sealer, topic_for
+from hub.broker_config import write_broker_config
+from hub.keys import HUB_MQTT_USER, KeyFile
+from hub.pki import init_ca, issue
+from tools.services import HubProcess, Mosquitto, free_port, stored_report, wait_for
+
+
+def client(broker, name, username=None, password=None, tls_files=None):
+    """A connected paho client; raises ConnectionRefusedError when the broker says no."""
+    refused = queue.Queue()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{name}")
+    c.on_connect = lambda cl, u, f, rc, p: refused.put(rc)
+    c.on_disconnect = lambda *args: refused.put(None)  # dropped before any CONNACK (TLS refused)
+    if username:
+        c.username_pw_set(username, password)
+    if tls_files:
+        c.tls_set(**tls_files)
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    rc = refused.get(timeout=10)
+    if rc is None or rc.is_failure:
+        c.loop_stop()
+        raise ConnectionRefusedError(str(rc))
+    return c
+
+
+class Listener:
+    """The hub account's view: every message the broker lets it read, in order."""
+
+    def __init__(self, c):
+        self.received = queue.Queue()
+        subscribed = queue.Queue()
+        c.on_message = lambda cl, u, m: self.received.put((m.topic, m.payload))
+        c.on_subscribe = lambda *a: subscribed.put(True)
+        c.subscribe("linkseal/v1/#", qos=1)
+        subscribed.get(timeout=10)
+
+    def next(self):
+        return self.received.get(timeout=10)
+
+
+def publish_then_marker(c, topic, payload, marker_topic):
+    """Publish, then a marker the listener is allowed to see: one client's messages stay in order."""
+    c.publish(topic, payload, qos=1).wait_for_publish(10)
+    c.publish(marker_topic, b"marker", qos=1).wait_for_publish(10)
+
+
+@pytest.fixture
+def keyfile(tmp_path):
+    keys = KeyFile.create(tmp_path / "hub.keys", b"test passphrase")
+    for device in ("pump-a", "pump-b", "pump-c"):
+        keys.provision(device, "wifi")
+    keys.revoke("pump-c")
+    return keys
+
+
+def start_broker(tmp_path, files, port, tls=False):
+    broker_dir = tmp_path / "broker-run"
+    broker_dir.mkdir(exist_ok=True)
+    return Mosquitto.from_config(broker_dir, port, files["conf"].read_text(), tls=tls).start()
+
+
+def test_password_accounts_and_acl(tmp_path, keyfile):
+    port = free_port()
+    files = write_broker_config(keyfile, tmp_path / "broker", port=port, data_dir=tmp_path)
+    assert "message_size_limit 1500" in files["conf"].read_text()
+    broker = start_broker(tmp_path, files, port)
+    try:
+        hub = client(broker, "hub", HUB_MQTT_USER, files["hub_password"].read_text().strip())
+        listener = Listener(hub)
+        a = client(broker, "a", "pump-a", keyfile.mqtt_password("pump-a"))
+        mine, marker = topic_for("pump-a"), "linkseal/v1/pump-a/status"
+        publish_then_marker(a, mine, b"own topic", marker)
+        assert listener.next() == (mine, b"own topic")
+        assert listener.next() == (marker, b"marker")
+        publish_then_marker(a, topic_for("pump-b"), b"speaking for pump-b", marker)
+        assert listener.next() == (marker, b"marker")  # the forged topic never reached the hub
+        # The broker routes an allowed message before it acknowledges it, so had the hub's been
+        # allowed, the listener would see it before b's below.
+        hub.publish(topic_for("pump-a"), b"the hub publishing", qos=1).wait_for_publish(10)
+        b = client(broker, "b", "pump-b", keyfile.mqtt_password("pump-b"))
+        publish_then_marker(b, topic_for("pump-b"), b"b's own", "linkseal/v1/pump-b/status")
+        assert listener.next() == (topic_for("pump-b"), b"b's own")  # nothing from the hub before it
+        with pytest.raises(ConnectionRefusedError):
+            client(broker, "anonymous")
+        with pytest.raises(ConnectionRefusedError):
+            client(broker, "revoked", "pump-c", keyfile.mqtt_password("pump-c"))
+        with pytest.raises(ConnectionRefusedError):
+            client(broker, "wrong", "pump-a", "not-the-password")
+        for c in (hub, a, b):
+            c.disconnect()
+            c.loop_stop()
+    finally:
+        broker.stop()
+
+
+def test_hub_and_devices_over_mutual_tls(tmp_path, keyfile):
+    ca_dir = tmp_path / "ca"
+    init_ca(ca_dir)
+    certs = tmp_path / "certs"
+    issue(ca_dir, HUB_MQTT_USER, certs, "hub")
+    for device in ("pump-a", "pump-b", "pump-c"):
+        issue(ca_dir, device, certs, device)
+    port = free_port()
+    files = write_broker_config(keyfile, tmp_path / "broker", port=port, tls=True, ca_dir=ca_dir, data_dir=tmp_path)
+    broker = start_broker(tmp_path, files, port, tls=True)
+    ca = str(ca_dir / "ca.pem")
+    hub = HubProcess(broker, keyfile.path, tmp_path / "hub.db", tmp_path / "hub.log", "--ca-file", ca,
+                     "--cert-file", certs / "hub.pem", "--key-file", certs / "hub-key.pem",
+                     env={"LINKSEAL_PASSPHRASE": "test passphrase"}).start()
+    try:
+        hub.wait_connected()
+        a = client(broker, "a", tls_files={"ca_certs": ca, "certfile": str(certs / "pump-a.pem"),
+                                           "keyfile": str(certs / "pump-a-key.pem")})
+        sealer = Sealer("pump-a", bytes.fromhex(keyfile.device_config("pump-a")["key"]), epoch=1)
+        for i in range(5):
+            a.publish(topic_for("pump-a"), sealer.seal(b"%d" % i), qos=1).wait_for_publish(10)
+        a.publish(topic_for("pump-b"), sealer.seal(b"as pump-b"), qos=1).wait_for_publish(10)
+        # pump-c is revoked: its certificate still opens a TLS session, the ACL denies it every topic.
+        c = client(broker, "c", tls_files={"ca_certs": ca, "certfile": str(certs / "pump-c.pem"),
+                                           "keyfile": str(certs / "pump-c-key.pem")})
+        c_key = bytes.fromhex(keyfile.device_config("pump-c")["key"])
+        c.publish(topic_for("pump-c"), Sealer("pump-c", c_key).seal(b"still here"), qos=1).wait_for_publish(10)
+        a.publish(topic_for("pump-a"), sealer.seal(b"last"), qos=1).wait_for_publish(10)
+        wait_for(lambda: stored_report(hub.db)["links"].get("wifi", {}).get("valid") == 6, 30, "pump-a's frames")
+        report = stored_report(hub.db)
+        assert "pump-b" not in report["devices"]  # the broker dropped the frame on pump-b's topic
+        assert "pump-c" not in report["devices"]  # and the revoked device's: the hub never saw it
+        with pytest.raises(ConnectionRefusedError):
+            client(broker, "no-cert", tls_files={"ca_certs": ca})
+        for connected in (a, c):
+            connected.disconnect()
+            connected.loop_stop()
+    finally:
+        hub.stop()
+        broker.stop()
