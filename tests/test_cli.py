@@ -145,3 +145,53 @@ def test_demo_runs_and_checks_itself():
     result = run("demo", "--frames", "400", "--seed", "5")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Ground truth check: all" in result.stdout and "fiber" in result.stdout
+
+
+def test_keys_lifecycle_commands(tmp_path):
+    keys = tmp_path / "hub.keys"
+    no_passphrase = {"LINKSEAL_PASSPHRASE": ""}
+    assert_input_error(run("keys", "init", "--out", keys, env=no_passphrase), "no passphrase")
+    assert not keys.exists()
+    assert run("keys", "init", "--out", keys, "--insecure-plaintext").returncode == 0
+    assert_input_error(run("keys", "list", "--keys", keys), "is not encrypted", "linkseal keys encrypt")
+    migrated = run("keys", "encrypt", "--keys", keys)
+    assert migrated.returncode == 0 and "argon2id" in migrated.stdout
+    for device in ("pump-1", "pump-2"):
+        assert run("keys", "provision", device, "--keys", keys, "--link", "lora", "--out",
+                   tmp_path / f"{device}.json").returncode == 0
+    rotated = run("keys", "rotate", "pump-1", "--keys", keys, "--out", tmp_path / "pump-1.json", "--grace", "2h")
+    assert rotated.returncode == 0 and "now key id 1" in rotated.stdout
+    assert json.loads((tmp_path / "pump-1.json").read_text())["key_id"] == 1
+    assert run("keys", "revoke", "pump-2", "--keys", keys).returncode == 0
+    listing = json.loads(run("keys", "list", "--keys", keys, "--json").stdout)
+    assert listing["encrypted_with"] == "argon2id"
+    assert [(d["device"], d["key_id"], d["state"], d["previous_key_ids"]) for d in listing["devices"]] == [
+        ("pump-1", 1, "active", [0]), ("pump-2", 0, "revoked", [])]
+    table = run("keys", "list", "--keys", keys)
+    assert "revoked" in table.stdout and all(len(line) <= 80 for line in table.stdout.splitlines())
+    assert_input_error(run("keys", "list", "--keys", keys, env={"LINKSEAL_PASSPHRASE": "wrong"}), "wrong passphrase")
+    assert_input_error(run("keys", "rotate", "nobody", "--keys", keys, "--out", tmp_path / "n.json"), "not in")
+    assert_input_error(run("keys", "rotate", "pump-1", "--keys", keys, "--out", tmp_path / "n.json", "--grace",
+                           "soon"), "--grace 'soon'")
+    keys.chmod(0o644)
+    assert_input_error(run("keys", "list", "--keys", keys), f"chmod 600 {keys}")
+
+
+def test_ca_cert_and_broker_config_commands(tmp_path):
+    keys = tmp_path / "hub.keys"
+    run("keys", "init", "--out", keys)
+    run("keys", "provision", "pump-1", "--keys", keys, "--link", "wifi", "--out", tmp_path / "pump-1.json")
+    assert run("keys", "ca", "init", "--dir", tmp_path / "ca").returncode == 0
+    assert_input_error(run("keys", "ca", "init", "--dir", tmp_path / "ca"), "refusing to replace a CA")
+    issued = run("keys", "cert", "hub", "--ca", tmp_path / "ca", "--out", tmp_path / "certs")
+    assert issued.returncode == 0 and "CN=linkseal/hub" in issued.stdout
+    assert stat.S_IMODE((tmp_path / "certs" / "hub-key.pem").stat().st_mode) == 0o600
+    assert_input_error(run("keys", "cert", "bad/id", "--ca", tmp_path / "ca", "--out", tmp_path / "certs"),
+                       "device id")
+    assert_input_error(run("keys", "cert", "pump-1", "--ca", tmp_path / "no-ca", "--out", tmp_path / "certs"),
+                       "missing")
+    assert_input_error(run("hub", "broker-config", "--keys", keys, "--out", tmp_path / "b", "--tls"), "--tls needs")
+    written = run("hub", "broker-config", "--keys", keys, "--out", tmp_path / "b", "--tls", "--ca", tmp_path / "ca")
+    assert written.returncode == 0
+    conf = (tmp_path / "b" / "mosquitto.conf").read_text()
+    assert "require_certificate true" in conf and "allow_anonymous false" in conf
