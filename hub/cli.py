@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from .cli_common import EXIT_INPUT, InputError, command, new_keyfile
+from simulator.cli import add_sim_group
+
+from .cli_common import EXIT_INPUT, InputError, command
 from .cli_hub import add_hub_group
 from .cli_keys import add_keys_group
 
@@ -26,18 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_keys_group(groups)
     add_hub_group(groups)
 
-    sim = groups.add_parser("sim", help="simulated link faults and attacks, with ground truth")
-    sim_sub = sim.add_subparsers(dest="command", required=True)
-    capture = command(sim_sub, "capture", "Write the demo scenario's traffic as a capture file, with a key file "
-                      "for its devices (encrypted under LINKSEAL_PASSPHRASE unless --insecure-plaintext).",
-                      ["linkseal sim capture --out demo.jsonl --keys-out demo.keys --seed 7 --insecure-plaintext"])
-    capture.add_argument("--out", required=True, type=Path, help="capture file to write")
-    capture.add_argument("--keys-out", required=True, type=Path, help="hub key file to write for its devices")
-    capture.add_argument("--insecure-plaintext", action="store_true", help="do not encrypt the key file")
-    capture.add_argument("--seed", type=int, default=1)
-    capture.add_argument("--frames", type=int, default=2000, help="frames per device")
-    capture.add_argument("--stress", type=float, default=1.0, help="multiply every link's fault rates")
-    capture.set_defaults(run=_sim_capture)
+    add_sim_group(groups)
 
     agent = groups.add_parser("agent", help="the agent core on a Linux device")
     agent_sub = agent.add_subparsers(dest="command", required=True)
@@ -59,22 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--stress", type=float, default=1.0, help="multiply every link's fault rates")
     demo.set_defaults(run=_demo)
     return parser
-
-
-def _sim_capture(args):
-    from simulator import scenario
-
-    from .capture import encode_line
-
-    if args.frames < 1:
-        raise InputError("--frames must be at least 1")
-    keyfile = new_keyfile(args.keys_out, args.insecure_plaintext)
-    traffic = scenario.build(seed=args.seed, frames=args.frames, stress=args.stress, keyfile=keyfile)
-    with open(args.out, "w") as out:
-        for t, topic, data, _ in traffic.messages:
-            out.write(encode_line(t, topic, data) + "\n")
-    print(f"wrote {len(traffic.messages)} messages to {args.out} and the keys of "
-          f"{len(traffic.devices)} devices to {args.keys_out}")
 
 
 def _agent_seal(args):

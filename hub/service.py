@@ -36,6 +36,7 @@ class HubService:
         self.load_devices = load_devices
         self._reload = threading.Event()
         self._connected = False
+        self.subscribed = threading.Event()  # the broker confirmed the record subscription
         self._rate_limited = {}  # link -> frames rate-limited since the last summary
         self._abnormal = {}  # link -> reasons last reported
         self._next_report = time.monotonic() + settings.report_interval
@@ -52,6 +53,7 @@ class HubService:
         if self.broker.username:
             client.username_pw_set(self.broker.username, self.broker.password)
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         return client
@@ -64,6 +66,13 @@ class HubService:
         self._connected = True
         self.log("connected", broker=f"{self.broker.host}:{self.broker.port}",
                  session_present=bool(flags.session_present))
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        if any(code.is_failure for code in reason_codes):
+            self.log("subscribe_refused", topics=RECORD_TOPICS, reason=str(reason_codes[0]))
+            return
+        self.subscribed.set()
+        self.log("subscribed", topics=RECORD_TOPICS)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         if self._connected and not self.stopping.is_set():

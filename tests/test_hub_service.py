@@ -294,7 +294,7 @@ def test_slow_storage_stops_intake_instead_of_dropping(tmp_path, broker, keys):
     runner = threading.Thread(target=service.run, kwargs={"handle_signals": False})
     runner.start()
     try:
-        wait_for(lambda: service._connected, 30, "the hub to connect")
+        assert service.subscribed.wait(30), "the hub did not subscribe"
         publish(broker.port, stream)
         wait_for(lambda: service.queue.full(), 30, "the queue to fill while storage is stalled")
         assert service.queue.qsize() == settings.queue_size  # bounded: the rest waits at the broker

@@ -137,8 +137,9 @@ class HubProcess:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
 
     def wait_connected(self, count=1):
-        wait_for(lambda: sum(e["event"] == "connected" for e in self.events()) >= count or self.process.poll(),
-                 30, "the hub to connect")
+        """Wait for the hub's count-th subscription: from then on nothing published is missed."""
+        wait_for(lambda: sum(e["event"] == "subscribed" for e in self.events()) >= count or self.process.poll(),
+                 30, "the hub to connect and subscribe")
         assert self.process.poll() is None, self.log.read_text()
 
     def signal(self, sig):

@@ -1,0 +1,202 @@
+"""`linkseal sim ...`: run, record and replay link faults and attacks; capture for `hub verify`."""
+
+from pathlib import Path
+
+from rich.console import Console
+
+from hub.cli_common import InputError, command, new_keyfile
+
+ATTACK_HELP = "attacks and counts, e.g. tamper=3,replay_old=2,flood=100 (default: every kind), or none"
+
+
+def add_sim_group(groups):
+    sim = groups.add_parser("sim", help="simulated link faults and attacks, with ground truth")
+    sub = sim.add_subparsers(dest="command", required=True)
+
+    run = command(sub, "run", "Devices on the chosen links publish through fault models (and attacks) to the hub; "
+                  "ends with injected vs measured per link and writes report.json, capture, trace and PNG plots.",
+                  ["linkseal sim run --devices 12 --links wifi,lora,fiber --duration 60 --rate 5 --seed 7 "
+                   "--no-broker --out sim-out",
+                   "linkseal sim run --scenario bench.toml --broker mqtt://127.0.0.1:1883 --out sim-out"])
+    _scenario_options(run)
+    _broker_options(run)
+    run.add_argument("--out", type=Path, default=Path("sim-out"), help="output directory (default sim-out)")
+    run.set_defaults(run=_run)
+
+    record = command(sub, "record", "Write a fault trace without verifying: from the fault models, or from an "
+                     "observed loss pattern (one 1/0 per frame) replayed against newly sealed frames.",
+                     ["linkseal sim record --devices 4 --links lora --duration 120 --out lora.trace.jsonl",
+                      "linkseal sim record --loss-pattern field-lora.txt --links lora --out field.trace.jsonl"])
+    _scenario_options(record)
+    record.add_argument("--loss-pattern", type=Path, help="file of 1 (received) and 0 (lost), one per frame")
+    record.add_argument("--out", type=Path, required=True, help="trace file to write")
+    record.set_defaults(run=_record)
+
+    replay = command(sub, "replay", "Re-apply a trace exactly: the same capture, bit for bit, and the same report.",
+                     ["linkseal sim replay sim-out/trace.jsonl --out replayed"])
+    replay.add_argument("trace", type=Path)
+    _broker_options(replay)
+    replay.add_argument("--out", type=Path, default=Path("sim-replay"), help="output directory")
+    replay.set_defaults(run=_replay)
+
+    capture = command(sub, "capture", "Write the demo scenario's traffic as a capture file, with a key file "
+                      "for its devices (encrypted under LINKSEAL_PASSPHRASE unless --insecure-plaintext).",
+                      ["linkseal sim capture --out demo.jsonl --keys-out demo.keys --seed 7 --insecure-plaintext"])
+    capture.add_argument("--out", required=True, type=Path, help="capture file to write")
+    capture.add_argument("--keys-out", required=True, type=Path, help="hub key file to write for its devices")
+    capture.add_argument("--insecure-plaintext", action="store_true", help="do not encrypt the key file")
+    capture.add_argument("--seed", type=int, default=1)
+    capture.add_argument("--frames", type=int, default=2000, help="frames per device")
+    capture.add_argument("--stress", type=float, default=1.0, help="multiply every link's fault rates")
+    capture.set_defaults(run=_capture)
+
+
+def _broker_options(parser):
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--no-broker", action="store_true", help="feed the hub core directly (fastest)")
+    where.add_argument("--broker", help="publish through this broker (mqtt://HOST:PORT); default: an embedded "
+                       "amqtt broker started in-process")
+
+
+def _scenario_options(parser):
+    parser.add_argument("--scenario", type=Path, help="scenario TOML (devices, links, duration, rate, seed, "
+                        "[attacks], [profiles.LINK]); options given here override it")
+    parser.add_argument("--devices", type=int, help="number of devices (default 12)")
+    parser.add_argument("--links", help="comma-separated link types (default fiber,twisted-pair,coax,wifi,ble,lora)")
+    parser.add_argument("--duration", type=float, help="simulated seconds (default 60)")
+    parser.add_argument("--rate", type=float, help="frames per second per device (default 5)")
+    parser.add_argument("--seed", type=int, help="random seed (default 7)")
+    parser.add_argument("--attacks", help=ATTACK_HELP)
+
+
+def _scenario(args):
+    from .run import Scenario, ScenarioError, load_scenario
+
+    overrides = {"devices": args.devices, "duration": args.duration, "rate": args.rate, "seed": args.seed,
+                 "links": tuple(args.links.split(",")) if args.links else None, "attacks": _attacks(args.attacks)}
+    try:
+        if args.scenario:
+            return load_scenario(args.scenario, **overrides)
+        scenario = Scenario(**{k: v for k, v in overrides.items() if v is not None})
+        scenario.check()
+        return scenario
+    except (ScenarioError, TypeError) as exc:
+        raise InputError(str(exc)) from None
+
+
+def _attacks(text):
+    if text is None:
+        return None
+    if text == "none":
+        return {}
+    attacks = {}
+    for item in text.split(","):
+        kind, _, count = item.partition("=")
+        try:
+            attacks[kind.strip()] = int(count) if count else 1
+        except ValueError:
+            raise InputError(f"--attacks {item!r}: the count must be a whole number") from None
+    return attacks
+
+
+def _verify(generated, labelled, args, console):
+    """The hub's report and per-frame outcomes (None through a broker)."""
+    from .run import verify_in_process
+
+    if args.no_broker:
+        return verify_in_process(generated.devices, labelled)
+    from .broker_run import verify_through_broker
+
+    return verify_through_broker(generated.devices, labelled, args.broker, args.out, console), None
+
+
+def _finish(generated, header, events, labelled, ledger, hub, outcomes, out_dir, console):
+    from hub.table import print_report
+
+    from .compare import compare, print_comparison
+    from .run import write_outputs
+
+    comparison = compare(generated, ledger.report(), hub, labelled, outcomes)
+    paths = write_outputs(out_dir, header, events, labelled, hub, comparison)
+    print_report(hub, console)
+    print_comparison(comparison, console)
+    console.print(f"Wrote {paths['report']}, {paths['capture']}, {paths['trace']} and "
+                  f"{len(paths['plots'])} plots in {out_dir}.", highlight=False)
+    return 0 if comparison["counters_match_truth"] and comparison.get("attacks_accepted", 0) == 0 else 1
+
+
+def _run(args):
+    from .run import generate, label
+
+    console = Console(width=80)
+    scenario = _scenario(args)
+    with console.status("generating traffic through the fault models..."):
+        generated = generate(scenario)
+        labelled, ledger = label(generated.events, generated.device_links)
+    hub, outcomes = _verify(generated, labelled, args, console)
+    return _finish(generated, generated.header(), generated.events, labelled, ledger, hub, outcomes, args.out,
+                   console)
+
+
+def _record(args):
+    from .run import generate
+    from .trace import TraceError, fates_from_pattern, write_trace
+
+    scenario = _scenario(args)
+    fates = None
+    if args.loss_pattern:
+        try:
+            fates = fates_from_pattern(args.loss_pattern.read_text())
+        except OSError as exc:
+            raise InputError(f"{args.loss_pattern}: {exc.strerror}") from None
+        except TraceError as exc:
+            raise InputError(f"{args.loss_pattern}: {exc}") from None
+        scenario.devices, scenario.attacks = 1, {}
+    generated = generate(scenario, fates=fates)
+    header = {**generated.header(), "source": "loss pattern" if fates else "fault models"}
+    write_trace(args.out, header, generated.events)
+    sent = sum(1 for e in generated.events if hasattr(e, "fate"))
+    print(f"wrote {args.out}: {sent} frames, {len(generated.events) - sent} attacks")
+
+
+def _replay(args):
+    from .run import Generated, Scenario, device_specs, label, make_devices
+    from .trace import TraceError, read_trace
+
+    console = Console(width=80)
+    try:
+        header, events = read_trace(args.trace)
+        keys, device_links = make_devices(header["seed"], header["devices"], tuple(header["links"]))
+        scenario = Scenario(devices=header["devices"], links=tuple(header["links"]), duration=header["duration"],
+                            rate=header["rate"], seed=header["seed"], attacks=header["attacks"],
+                            profiles=header["profiles"])
+    except TraceError as exc:
+        raise InputError(str(exc)) from None
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"{args.trace}:1: header lacks {exc}") from None
+    from hub.link_registry import load_links
+
+    from .faults import model_for
+
+    registry = load_links()
+    models = {d: model_for(registry[link], scenario.profiles.get(link)) for d, link in device_links.items()}
+    generated = Generated(scenario, device_specs(keys, device_links), device_links, keys, events, models)
+    labelled, ledger = label(events, device_links)
+    hub, outcomes = _verify(generated, labelled, args, console)
+    return _finish(generated, header, events, labelled, ledger, hub, outcomes, args.out, console)
+
+
+def _capture(args):
+    from hub.capture import encode_line
+
+    from . import scenario
+
+    if args.frames < 1:
+        raise InputError("--frames must be at least 1")
+    keyfile = new_keyfile(args.keys_out, args.insecure_plaintext)
+    traffic = scenario.build(seed=args.seed, frames=args.frames, stress=args.stress, keyfile=keyfile)
+    with open(args.out, "w") as out:
+        for t, topic, data, _ in traffic.messages:
+            out.write(encode_line(t, topic, data) + "\n")
+    print(f"wrote {len(traffic.messages)} messages to {args.out} and the keys of "
+          f"{len(traffic.devices)} devices to {args.keys_out}")
