@@ -35,7 +35,12 @@ def entry(counters) -> dict:
     lost, valid = out["lost"], out["valid"]
     expected = valid + lost  # RFC 3550: expected = received (unique) + lost
     out["loss_rate"] = _ratio(lost, expected)
-    out["loss_rate_ci"] = wilson_interval(lost, expected)
+    # Losses come in bursts, so they are not independent trials: a two-state Markov chain's
+    # mean has its variance inflated by (1 + rho) / (1 - rho), rho = 1 - p - r its lag-1
+    # correlation. The interval uses the effective sample size expected / inflation.
+    rho = min(0.99, max(0.0, 1.0 - _ratio(counters[R2L], counters[VALID]) - _ratio(counters[L2R], counters[LOST])))
+    inflation = (1 + rho) / (1 - rho) if lost else 1.0
+    out["loss_rate_ci"] = wilson_interval(lost / inflation, expected / inflation)
     out["corrupt_rate"] = _ratio(out["corrupt"], out["received"])
     out["corrupt_rate_ci"] = wilson_interval(out["corrupt"], out["received"])
     # Gilbert-Elliott estimates from transition counts: p = P(lost | previous received),

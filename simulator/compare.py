@@ -16,7 +16,8 @@ def _rate(num, den):
 def compare(generated, truth: dict, hub: dict, labelled: list, outcomes: list | None = None) -> dict:
     """Per link: configured, realised and measured rates; per attack class: injected and detected.
 
-    configured: the fault model's long-run rate; realised: what this run's ground truth shows;
+    configured: the fault model's long-run rate (for loss: not received intact, so damaged frames
+    count too, as the hub counts them); realised: what this run's ground truth shows;
     measured: the hub's figure and its 95% interval. `inside` says whether the configured rate
     lies in the hub's interval.
     """
@@ -31,8 +32,10 @@ def compare(generated, truth: dict, hub: dict, labelled: list, outcomes: list | 
         t, h = truth["links"].get(link), hub["links"].get(link)
         if t is None or h is None:
             continue
-        configured_loss = model.expected_loss
         configured_corrupt = model.expected_corruption(sum(sizes) / len(sizes))
+        # The hub counts a sequence number lost when no copy arrived intact: lost on the link,
+        # or delivered damaged (every copy carries the same damage in these models).
+        configured_loss = 1 - (1 - model.expected_loss) * (1 - configured_corrupt)
         links[link] = {
             "frames_sent": len(sizes),
             "loss": {"configured": configured_loss, "realised": _rate(t["lost"], t["valid"] + t["lost"]),
