@@ -9,8 +9,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import bench_ingest, bench_memory, bench_micropython, bench_overhead, bench_verify  # noqa: E402
+from bench import (  # noqa: E402
+    bench_faults, bench_ingest, bench_memory, bench_micropython, bench_overhead, bench_verify)
 
 if __name__ == "__main__":
-    for module in (bench_overhead, bench_verify, bench_memory, bench_micropython, bench_ingest):
+    for module in (bench_overhead, bench_verify, bench_memory, bench_micropython, bench_ingest, bench_faults):
         module.main()

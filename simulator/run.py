@@ -141,7 +141,10 @@ def _attacks(scenario, rng, sent, keys, device_links) -> list:
     devices = sorted(keys)
     by_device = {}
     for event in sent:
-        by_device.setdefault(event.topic, []).append(event)
+        # The attacker works from frames it saw arrive intact (recorded at the broker): a
+        # "replay" of a frame the hub never received would be a first delivery, rightly accepted.
+        if not event.fate.lost and not event.fate.flips:
+            by_device.setdefault(event.topic, []).append(event)
     for kind, count in scenario.attacks.items():
         if kind == "flood":
             t = scenario.duration * rng.random()
@@ -149,15 +152,17 @@ def _attacks(scenario, rng, sent, keys, device_links) -> list:
             continue
         for _ in range(count):
             device = rng.choice(devices)
-            history = by_device[topic_for(device)]
+            history = by_device.get(topic_for(device), [])
+            if not history:
+                continue
             if kind == "replay_old":
                 if len(history) <= WINDOW + 10:
                     continue  # too short a run to reach outside the window; the report shows 0 injected
                 victim = history[rng.randrange(0, len(history) - WINDOW - 10)]
-                attack_t = history[-1].t + 1.0  # after the device moved on
+                attack_t = history[-1].t + max(history[-1].fate.delays) + 1.0  # after the device moved on
             else:
                 victim = history[rng.randrange(len(history))]
-                attack_t = victim.t + 5.0  # seen on the wire, then used
+                attack_t = victim.t + max(victim.fate.delays) + 1.0  # seen arriving, then used
             frame, topic = victim.frame, victim.topic
             if kind == "tamper":
                 topic, data = attacks.tamper(rng, frame, topic)
