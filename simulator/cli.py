@@ -35,9 +35,28 @@ def add_sim_group(groups):
     replay = command(sub, "replay", "Re-apply a trace exactly: the same capture, bit for bit, and the same report.",
                      ["linkseal sim replay sim-out/trace.jsonl --out replayed"])
     replay.add_argument("trace", type=Path)
+    replay.add_argument("--keys", type=Path, help="hub key file for traces of real devices (`sim proxy`)")
+    replay.add_argument("--insecure-plaintext", action="store_true", help="allow a plaintext key file")
     _broker_options(replay)
     replay.add_argument("--out", type=Path, default=Path("sim-replay"), help="output directory")
     replay.set_defaults(run=_replay)
+
+    proxy = command(sub, "proxy", "An MQTT-aware TCP proxy that applies a link profile to PUBLISH packets between "
+                    "devices and the broker (drop, corrupt, duplicate, delay, reorder, outages) and writes a trace.",
+                    ["linkseal sim proxy --listen 127.0.0.1:1884 --upstream 127.0.0.1:1883 --profile wifi",
+                     "linkseal sim proxy --listen :1884 --upstream broker:1883 --profile lora --set loss_rate=0.2 "
+                     "--set loss=bernoulli --outage 60:20 --trace bench.trace.jsonl"])
+    proxy.add_argument("--listen", required=True, help="HOST:PORT devices connect to (port 0: any free port)")
+    proxy.add_argument("--upstream", required=True, help="HOST:PORT of the broker")
+    proxy.add_argument("--profile", required=True, help="link type from hardware/links")
+    proxy.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a profile setting (loss, loss_rate, p, r, ber, burst_rate, duplicate, "
+                            "delay_ms, jitter_ms, rate_limit)")
+    proxy.add_argument("--outage", action="append", default=[], metavar="START:DURATION",
+                       help="seconds after start: cut every connection for DURATION seconds")
+    proxy.add_argument("--seed", type=int, default=1)
+    proxy.add_argument("--trace", type=Path, default=Path("proxy.trace.jsonl"), help="trace file to write")
+    proxy.set_defaults(run=_proxy)
 
     capture = command(sub, "capture", "Write the demo scenario's traffic as a capture file, with a key file "
                       "for its devices (encrypted under LINKSEAL_PASSPHRASE unless --insecure-plaintext).",
@@ -160,30 +179,86 @@ def _record(args):
 
 
 def _replay(args):
+    from hub.cli_common import open_keyfile
+    from hub.link_registry import load_links
+
+    from .faults import model_for
     from .run import Generated, Scenario, device_specs, label, make_devices
     from .trace import TraceError, read_trace
 
     console = Console(width=80)
     try:
         header, events = read_trace(args.trace)
-        keys, device_links = make_devices(header["seed"], header["devices"], tuple(header["links"]))
-        scenario = Scenario(devices=header["devices"], links=tuple(header["links"]), duration=header["duration"],
-                            rate=header["rate"], seed=header["seed"], attacks=header["attacks"],
-                            profiles=header["profiles"])
     except TraceError as exc:
         raise InputError(str(exc)) from None
+    registry = load_links()
+    try:
+        if args.keys:  # real devices (a proxy trace): their keys and links come from the key file
+            specs = open_keyfile(args).device_keys()
+            keys = {spec.device_id: spec.keys for spec in specs}
+            device_links = {spec.device_id: spec.link for spec in specs}
+            links = sorted({e.link for e in events if hasattr(e, "fate")})
+            scenario = Scenario(devices=len(specs), links=tuple(links) or ("wifi",), seed=header.get("seed", 0))
+            models = {f"profile:{link}": model_for(registry[link]) for link in links}
+        else:
+            if header.get("source") == "proxy":
+                raise InputError(f"{args.trace}: a proxy trace of real devices: give their key file with --keys")
+            keys, device_links = make_devices(header["seed"], header["devices"], tuple(header["links"]))
+            scenario = Scenario(devices=header["devices"], links=tuple(header["links"]), duration=header["duration"],
+                                rate=header["rate"], seed=header["seed"], attacks=header["attacks"],
+                                profiles=header["profiles"])
+            specs = device_specs(keys, device_links)
+            models = {d: model_for(registry[link], scenario.profiles.get(link)) for d, link in device_links.items()}
     except (KeyError, TypeError) as exc:
         raise InputError(f"{args.trace}:1: header lacks {exc}") from None
-    from hub.link_registry import load_links
-
-    from .faults import model_for
-
-    registry = load_links()
-    models = {d: model_for(registry[link], scenario.profiles.get(link)) for d, link in device_links.items()}
-    generated = Generated(scenario, device_specs(keys, device_links), device_links, keys, events, models)
+    generated = Generated(scenario, specs, device_links, keys, events, models)
     labelled, ledger = label(events, device_links)
     hub, outcomes = _verify(generated, labelled, args, console)
     return _finish(generated, header, events, labelled, ledger, hub, outcomes, args.out, console)
+
+
+def _proxy(args):
+    import asyncio
+
+    from hub.link_registry import load_links
+
+    from .faults import model_for
+    from .proxy import FaultProxy
+
+    def address(text, option):
+        host, _, port = text.rpartition(":")
+        try:
+            return host or "127.0.0.1", int(port)
+        except ValueError:
+            raise InputError(f"{option} {text!r}: expected HOST:PORT") from None
+
+    registry = load_links()
+    if args.profile not in registry:
+        raise InputError(f"--profile {args.profile!r}: not a link type ({', '.join(sorted(registry))})")
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = value if key == "loss" else float(value)
+        except ValueError:
+            raise InputError(f"--set {item!r}: the value must be a number") from None
+    outages = []
+    for item in args.outage:
+        try:
+            start, duration = (float(x) for x in item.split(":"))
+        except ValueError:
+            raise InputError(f"--outage {item!r}: expected START:DURATION in seconds") from None
+        outages.append((start, duration))
+    model = model_for(registry[args.profile], overrides)
+    listen, upstream = address(args.listen, "--listen"), address(args.upstream, "--upstream")
+    proxy = FaultProxy(model, upstream, args.seed, args.trace, outages)
+
+    def ready(bound):
+        print(f"listening on {bound[0]}:{bound[1]}, forwarding to {upstream[0]}:{upstream[1]} "
+              f"through the {args.profile} profile; trace: {args.trace}", flush=True)
+
+    asyncio.run(proxy.serve(*listen, ready=ready))
+    print(f"stopped after {proxy.published} PUBLISH packets", flush=True)
 
 
 def _capture(args):

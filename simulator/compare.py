@@ -26,8 +26,9 @@ def compare(generated, truth: dict, hub: dict, labelled: list, outcomes: list | 
     for event in generated.events:
         if not isinstance(event, Attack):
             frames_by_link.setdefault(event.link, []).append(len(event.frame))
+    models = {model.name: model for model in generated.models.values()}
     for link in sorted(frames_by_link):
-        model = next(m for d, m in generated.models.items() if generated.device_links[d] == link)
+        model = models[link]
         sizes = frames_by_link[link]
         t, h = truth["links"].get(link), hub["links"].get(link)
         if t is None or h is None:
