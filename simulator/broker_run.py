@@ -71,8 +71,9 @@ class EmbeddedBroker:
         return f"mqtt://127.0.0.1:{self.port}"
 
 
-def verify_through_broker(devices, labelled, broker_url, out_dir: Path, console) -> dict:
-    """Publish every arrival in order; return the hub's stored report once all are committed."""
+def verify_through_broker(devices, labelled, broker_url, out_dir: Path, console) -> tuple[dict, list | None]:
+    """Publish every arrival in order; return the hub's stored report once all are committed,
+    and its outcome for each arrival (None if the broker redelivered or reordered anything)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     db = out_dir / "hub.db"
@@ -82,6 +83,15 @@ def verify_through_broker(devices, labelled, broker_url, out_dir: Path, console)
     url = embedded.url if embedded else broker_url
     verifier = Verifier(devices, {code: link.name for code, link in links_by_code().items()})
     ingest = Ingest(verifier, SQLiteStorage(db))
+    outcomes = []
+    handle = ingest.handle
+
+    def recording(topic, payload, t):  # the hub's outcome for each message, in the order it got them
+        verdict = handle(topic, payload, t)
+        outcomes.append(verdict.outcome)
+        return verdict
+
+    ingest.handle = recording
     settings = HubSettings(client_id=f"linkseal-sim-{os.getpid()}-{time.monotonic_ns()}")
     with open(out_dir / "hub.log", "w") as log_file:
         service = HubService(parse_broker(url), settings, ingest, EventLog(json_lines=True, stream=log_file))
@@ -98,9 +108,10 @@ def verify_through_broker(devices, labelled, broker_url, out_dir: Path, console)
                 embedded.stop()
     storage = SQLiteStorage(db, create=False)
     try:
-        return build_stored_report(storage)
+        report = build_stored_report(storage)
     finally:
         storage.close()
+    return report, (outcomes if len(outcomes) == len(labelled) else None)
 
 
 def ingest_count(ingest) -> int:

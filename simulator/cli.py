@@ -58,15 +58,13 @@ def add_sim_group(groups):
     proxy.add_argument("--trace", type=Path, default=Path("proxy.trace.jsonl"), help="trace file to write")
     proxy.set_defaults(run=_proxy)
 
-    capture = command(sub, "capture", "Write the demo scenario's traffic as a capture file, with a key file "
-                      "for its devices (encrypted under LINKSEAL_PASSPHRASE unless --insecure-plaintext).",
-                      ["linkseal sim capture --out demo.jsonl --keys-out demo.keys --seed 7 --insecure-plaintext"])
+    capture = command(sub, "capture", "Write a run's arrivals as a capture file (`hub verify`'s input), with a "
+                      "hub key file for its devices (encrypted unless --insecure-plaintext).",
+                      ["linkseal sim capture --out run.jsonl --keys-out run.keys --duration 120 --seed 7"])
+    _scenario_options(capture)
     capture.add_argument("--out", required=True, type=Path, help="capture file to write")
     capture.add_argument("--keys-out", required=True, type=Path, help="hub key file to write for its devices")
     capture.add_argument("--insecure-plaintext", action="store_true", help="do not encrypt the key file")
-    capture.add_argument("--seed", type=int, default=1)
-    capture.add_argument("--frames", type=int, default=2000, help="frames per device")
-    capture.add_argument("--stress", type=float, default=1.0, help="multiply every link's fault rates")
     capture.set_defaults(run=_capture)
 
 
@@ -126,7 +124,7 @@ def _verify(generated, labelled, args, console):
         return verify_in_process(generated.devices, labelled)
     from .broker_run import verify_through_broker
 
-    return verify_through_broker(generated.devices, labelled, args.broker, args.out, console), None
+    return verify_through_broker(generated.devices, labelled, args.broker, args.out, console)
 
 
 def _finish(generated, header, events, labelled, ledger, hub, outcomes, out_dir, console):
@@ -264,14 +262,38 @@ def _proxy(args):
 def _capture(args):
     from hub.capture import encode_line
 
-    from . import scenario
+    from .run import generate, label
 
-    if args.frames < 1:
-        raise InputError("--frames must be at least 1")
+    scenario = _scenario(args)
     keyfile = new_keyfile(args.keys_out, args.insecure_plaintext)
-    traffic = scenario.build(seed=args.seed, frames=args.frames, stress=args.stress, keyfile=keyfile)
+    generated = generate(scenario, keyfile=keyfile)
+    labelled, _ = label(generated.events, generated.device_links)
     with open(args.out, "w") as out:
-        for t, topic, data, _ in traffic.messages:
-            out.write(encode_line(t, topic, data) + "\n")
-    print(f"wrote {len(traffic.messages)} messages to {args.out} and the keys of "
-          f"{len(traffic.devices)} devices to {args.keys_out}")
+        for t, topic, data, _, _ in labelled:
+            out.write(encode_line(round(t, 6), topic, data) + "\n")
+    print(f"wrote {len(labelled)} messages to {args.out} and the keys of {len(generated.devices)} devices "
+          f"to {args.keys_out}")
+
+
+def run_demo(no_broker: bool, out: Path, seed: int) -> int:
+    """`linkseal demo`: a dozen devices on six link types, faults and attacks, through the embedded
+    broker to the hub; then the tables and where the report and plots went."""
+    from .run import Scenario, generate, label
+
+    console = Console(width=80)
+    scenario = Scenario(devices=12, duration=300, rate=5, seed=seed)
+    console.print(f"linkseal demo: {scenario.devices} devices on {', '.join(scenario.links)}; "
+                  f"{int(scenario.duration)} simulated seconds at {scenario.rate:g} frames/s each, with link faults "
+                  "and attacks, through " + ("the hub core directly." if no_broker else
+                                             "an embedded MQTT broker (amqtt) to the hub service."), highlight=False)
+    with console.status("generating traffic through the fault models..."):
+        generated = generate(scenario)
+        labelled, ledger = label(generated.events, generated.device_links)
+
+    class Options:
+        broker = None
+
+    options = Options()
+    options.no_broker, options.out = no_broker, out
+    hub, outcomes = _verify(generated, labelled, options, console)
+    return _finish(generated, generated.header(), generated.events, labelled, ledger, hub, outcomes, out, console)

@@ -109,10 +109,15 @@ def device_specs(keys: dict, device_links: dict) -> list:
     return [DeviceKeys(d, {0: keys[d]}, device_links[d]) for d in keys]
 
 
-def generate(scenario: Scenario, fates=None) -> Generated:
-    """The run's events. fates: fates to use instead of the models' (a recorded loss pattern)."""
+def generate(scenario: Scenario, fates=None, keyfile=None) -> Generated:
+    """The run's events. fates: fates to use instead of the models' (a recorded loss pattern);
+    keyfile: provision the devices in this hub key file and seal with its keys."""
     scenario.check()
     keys, device_links = make_devices(scenario.seed, scenario.devices, scenario.links)
+    if keyfile is not None:
+        for device, link in device_links.items():
+            keys[device] = bytes.fromhex(keyfile.provision(device, link, save=False)["key"])
+        keyfile.save()
     rng = random.Random(scenario.seed + 1)
     registry = load_links()
     sealers = {d: Sealer(d, keys[d], link=device_links[d], epoch=1) for d in keys}

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from agent import Sealer, topic_for
 from hub.counters import BURSTS, L2R, LOST, R2L
-from hub.link_registry import links_by_code
+from hub.link_registry import links_by_code, load_links
 from hub.report import build_report
 from hub.verifier import DeviceKeys, Verifier
-from simulator import scenario
+from simulator.run import Scenario, generate, label, verify_in_process
 from simulator.truth import Ledger, mismatches
 
 from .conftest import KEY
@@ -104,16 +104,14 @@ def test_burst_statistics_equal_brute_force(seed, count, keep, spread, new_epoch
     assert (link[R2L], link[L2R], link[BURSTS], link[LOST]) == got
 
 
-def test_demo_scenario_matches_ground_truth_across_seeds_and_stress():
-    for seed, stress in ((1, 1.0), (2, 20.0), (3, 60.0)):
-        traffic = scenario.build(seed=seed, frames=1500, stress=stress)
-        verifier = Verifier(traffic.devices, {code: link.name for code, link in links_by_code().items()})
-        wrong = [(t, expected, verifier.verify(topic, data, t).outcome)
-                 for t, topic, data, expected in traffic.messages]
-        wrong = [w for w in wrong if w[1] != w[2]]
-        assert wrong == []
-        report = build_report(verifier)
-        assert mismatches(traffic.ledger.report(), report) == []
+def test_simulated_runs_match_ground_truth_across_seeds_and_stress():
+    stressed = {"loss": "bernoulli", "loss_rate": 0.2, "burst_rate": 0.05, "duplicate": 0.05, "jitter_ms": 400.0}
+    for seed, profiles in ((1, {}), (2, {link: stressed for link in ("wifi", "ble", "lora", "fiber")})):
+        generated = generate(Scenario(devices=16, links=tuple(load_links()), duration=260, rate=5, seed=seed,
+                                      profiles=profiles))
+        labelled, ledger = label(generated.events, generated.device_links)
+        report, outcomes = verify_in_process(generated.devices, labelled)
+        assert [o for o, (*_, want) in zip(outcomes, labelled) if o != want] == []
+        assert mismatches(ledger.report(), report) == []
         assert sum(link["lost"] for link in report["links"].values()) > 0
-        kinds = {e["kind"] for e in report["events"]}
-        assert kinds == {"forged", "replay", "unknown_device"}
+        assert {e["kind"] for e in report["events"]} == {"forged", "replay", "unknown_device"}

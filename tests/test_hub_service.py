@@ -12,7 +12,7 @@ from hub.keys import KeyFile
 from hub.link_registry import links_by_code
 from hub.report import build_report
 from hub.verifier import Verifier
-from simulator import scenario
+from simulator.run import Scenario, generate, label
 
 from tools.services import HubProcess, Mosquitto, frames_seen, publish, stored_report, wait_for
 
@@ -53,22 +53,25 @@ def counters(entry):
 
 def test_frames_through_the_broker_report_exactly_as_offline_verify(tmp_path, broker):
     keyfile = KeyFile.create(tmp_path / "hub.keys")
-    traffic = scenario.build(seed=11, frames=400, stress=20, keyfile=keyfile)
+    stressed = {"loss": "bernoulli", "loss_rate": 0.1, "burst_rate": 0.03, "duplicate": 0.03, "jitter_ms": 300.0}
+    generated = generate(Scenario(devices=12, duration=60, rate=5, seed=11,
+                                  profiles={link: stressed for link in ("wifi", "ble", "lora")}), keyfile=keyfile)
+    messages = [(topic, data) for _, topic, data, _, _ in label(generated.events, generated.device_links)[0]]
     hub = start_hub(tmp_path, broker, keyfile)
     try:
-        publish(broker.port, [(topic, data) for _, topic, data, _ in traffic.messages])
-        wait_for(lambda: frames_seen(hub.db) == len(traffic.messages), 60, "every message to be committed")
+        publish(broker.port, messages)
+        wait_for(lambda: frames_seen(hub.db) == len(messages), 60, "every message to be committed")
         hub.signal(signal.SIGTERM)
         assert hub.wait() == 0
     finally:
         hub.stop()
     offline = Verifier(KeyFile.load(keyfile.path, allow_plaintext=True).device_keys(), {c: l.name for c, l in links_by_code().items()})
-    for _, topic, data, _ in traffic.messages:
+    for topic, data in messages:
         offline.verify(topic, data, 0.0)
     want, got = build_report(offline), stored_report(hub.db)
     assert {n: counters(e) for n, e in got["links"].items()} == {n: counters(e) for n, e in want["links"].items()}
     assert {n: counters(e) for n, e in got["devices"].items()} == {n: counters(e) for n, e in want["devices"].items()}
-    assert got["unknown_device"] == want["unknown_device"] == 1
+    assert got["unknown_device"] == want["unknown_device"] == 53
     assert [(e["device"], e["kind"]) for e in got["events"]] == [(e["device"], e["kind"]) for e in want["events"]]
     assert sum(e["lost"] for e in got["links"].values()) > 0
     log = hub.log.read_text()

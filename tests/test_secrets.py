@@ -63,8 +63,8 @@ def test_no_command_reveals_key_material(tmp_path):
     (tmp_path / "report.json").write_bytes(report.stdout)
     run("hub", "verify", capture, "--keys", tmp_path / "nope.keys", ok=False)
     run("keys", "provision", "bad/id", "--keys", keys, "--link", "wifi", "--out", tmp_path / "x.json", ok=False)
-    run("sim", "capture", "--out", tmp_path / "sim.jsonl", "--keys-out", tmp_path / "sim.keys", "--frames", "50")
-    run("demo", "--frames", "200")
+    run("sim", "capture", "--out", tmp_path / "sim.jsonl", "--keys-out", tmp_path / "sim.keys", "--duration", "20")
+    run("demo", "--no-broker", "--out", tmp_path / "demo")
 
     broker_dir = tmp_path / "broker"
     broker_dir.mkdir()
