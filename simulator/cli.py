@@ -84,6 +84,9 @@ def _scenario_options(parser):
     parser.add_argument("--rate", type=float, help="frames per second per device (default 5)")
     parser.add_argument("--seed", type=int, help="random seed (default 7)")
     parser.add_argument("--attacks", help=ATTACK_HELP)
+    parser.add_argument("--set", action="append", default=[], metavar="LINK.KEY=VALUE",
+                        help="override a link profile, e.g. wifi.loss_rate=0.05 or lora.jitter_dist=exponential "
+                             "(docs/simulator.md lists the keys)")
 
 
 def _scenario(args):
@@ -93,12 +96,30 @@ def _scenario(args):
                  "links": tuple(args.links.split(",")) if args.links else None, "attacks": _attacks(args.attacks)}
     try:
         if args.scenario:
-            return load_scenario(args.scenario, **overrides)
-        scenario = Scenario(**{k: v for k, v in overrides.items() if v is not None})
+            scenario = load_scenario(args.scenario, **overrides)
+        else:
+            scenario = Scenario(**{k: v for k, v in overrides.items() if v is not None})
+        for link, settings in _profile_overrides(args.set).items():
+            scenario.profiles[link] = {**scenario.profiles.get(link, {}), **settings}
         scenario.check()
         return scenario
     except (ScenarioError, TypeError) as exc:
         raise InputError(str(exc)) from None
+
+
+def _profile_overrides(items) -> dict:
+    profiles = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        link, _, key = name.partition(".")
+        if not (link and key and value):
+            raise InputError(f"--set {item!r}: expected LINK.KEY=VALUE, e.g. wifi.loss_rate=0.05")
+        try:
+            parsed = value if key in ("loss", "jitter_dist") else float(value)
+        except ValueError:
+            raise InputError(f"--set {item!r}: the value must be a number") from None
+        profiles.setdefault(link, {})[key] = parsed
+    return profiles
 
 
 def _attacks(text):
@@ -233,13 +254,7 @@ def _proxy(args):
     registry = load_links()
     if args.profile not in registry:
         raise InputError(f"--profile {args.profile!r}: not a link type ({', '.join(sorted(registry))})")
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            overrides[key] = value if key == "loss" else float(value)
-        except ValueError:
-            raise InputError(f"--set {item!r}: the value must be a number") from None
+    overrides = _profile_overrides(f"{args.profile}.{item}" for item in args.set).get(args.profile, {})
     outages = []
     for item in args.outage:
         try:

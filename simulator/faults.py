@@ -125,6 +125,7 @@ class LinkModel:
     duplicate: float = 0.0
     delay_s: float = 0.0
     jitter_s: float = 0.0
+    jitter_dist: str = "normal"  # normal (clipped at 0), uniform (+-jitter), or exponential (mean jitter)
     rate_limit: float = 0.0  # frames per second the sender may put on the link; 0: none
     outages: list = field(default_factory=list)
     _next_free: float = field(default=0.0, repr=False)
@@ -160,6 +161,10 @@ class LinkModel:
     def _delay(self, rng: random.Random) -> float:
         if not self.jitter_s:
             return self.delay_s
+        if self.jitter_dist == "uniform":
+            return max(0.0, self.delay_s + rng.uniform(-self.jitter_s, self.jitter_s))
+        if self.jitter_dist == "exponential":  # a long tail: queues that sometimes build up
+            return self.delay_s + rng.expovariate(1.0 / self.jitter_s)
         return max(0.0, rng.gauss(self.delay_s, self.jitter_s))
 
     def _flips(self, rng: random.Random, nbits: int) -> tuple:
@@ -206,7 +211,9 @@ def model_for(link: Link, overrides: dict | None = None) -> LinkModel:
     model = LinkModel(name=link.name, loss=loss, ber=o.pop("ber", 0.0), burst_rate=o.pop("burst_rate", link.corrupt),
                       burst_bits=o.pop("burst_bits", 16), duplicate=o.pop("duplicate", link.duplicate),
                       delay_s=o.pop("delay_ms", link.delay_ms) / 1000, jitter_s=o.pop("jitter_ms", link.jitter_ms) / 1000,
-                      rate_limit=o.pop("rate_limit", 0.0), outages=outages)
+                      jitter_dist=o.pop("jitter_dist", "normal"), rate_limit=o.pop("rate_limit", 0.0), outages=outages)
+    if model.jitter_dist not in ("normal", "uniform", "exponential"):
+        raise ValueError(f"{link.name}: jitter_dist must be normal, uniform or exponential")
     if o:
         raise ValueError(f"{link.name}: unknown profile settings {', '.join(sorted(o))}")
     return model

@@ -84,3 +84,16 @@ def test_bad_scenarios_are_named(tmp_path):
     assert result.returncode == 0, result.stderr
     wifi = json.loads((tmp_path / "o" / "report.json").read_text())["comparison"]["links"]["wifi"]
     assert abs(wifi["loss"]["configured"] - 0.3) < 0.01
+
+
+def test_profiles_overridden_on_the_command_line(tmp_path):
+    result = run("sim", "run", "--no-broker", "--devices", "2", "--links", "wifi", "--duration", "200",
+                 "--attacks", "none", "--set", "wifi.loss=bernoulli", "--set", "wifi.loss_rate=0.25",
+                 "--set", "wifi.jitter_dist=exponential", "--out", tmp_path / "o")
+    assert result.returncode == 0, result.stderr
+    wifi = json.loads((tmp_path / "o" / "report.json").read_text())["comparison"]["links"]["wifi"]
+    assert abs(wifi["loss"]["configured"] - 0.25) < 0.01 and wifi["loss"]["inside"]
+    bad = run("sim", "run", "--no-broker", "--set", "wifi.loss_rate")
+    assert bad.returncode == 2 and "LINK.KEY=VALUE" in bad.stderr
+    bad = run("sim", "run", "--no-broker", "--set", "wifi.jitter_dist=pareto")
+    assert bad.returncode == 2 and "jitter_dist must be" in bad.stderr
