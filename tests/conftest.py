@@ -5,6 +5,7 @@ import pytest
 
 from hub.link_registry import links_by_code
 from hub.verifier import DeviceKeys, Verifier
+from tools.services import Mosquitto
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
 KEY = bytes(range(0x20, 0x40))
@@ -27,3 +28,13 @@ def make_verifier(*devices):
 @pytest.fixture
 def verifier():
     return make_verifier()
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A real Mosquitto on a free loopback port, with its own config, stopped afterwards."""
+    directory = tmp_path / "broker"
+    directory.mkdir()
+    mosquitto = Mosquitto(directory).start_on_a_free_port()
+    yield mosquitto
+    mosquitto.stop()

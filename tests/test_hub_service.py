@@ -14,19 +14,10 @@ from hub.report import build_report
 from hub.verifier import Verifier
 from simulator.run import Scenario, generate, label
 
-from tools.services import HubProcess, Mosquitto, frames_seen, publish, stored_report, wait_for
+from tools.services import HubProcess, frames_seen, publish, stored_report, wait_for
 
 COUNTERS = ("received", "valid", "lost", "duplicate", "reordered", "corrupt", "forged", "replay", "malformed",
             "rate_limited")
-
-
-@pytest.fixture
-def broker(tmp_path):
-    directory = tmp_path / "broker"
-    directory.mkdir()
-    mosquitto = Mosquitto(directory).start_on_a_free_port()
-    yield mosquitto
-    mosquitto.stop()
 
 
 @pytest.fixture

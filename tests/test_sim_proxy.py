@@ -12,19 +12,10 @@ import pytest
 
 from agent import Sealer, topic_for
 from hub.keys import KeyFile
-from tools.services import HubProcess, Mosquitto, frames_seen, stored_report, wait_for
+from tools.services import HubProcess, frames_seen, stored_report, wait_for
 
 LINKSEAL = Path(sys.executable).parent / "linkseal"
 COUNTERS = ("received", "valid", "lost", "duplicate", "reordered", "corrupt", "forged")
-
-
-@pytest.fixture
-def broker(tmp_path):
-    directory = tmp_path / "broker"
-    directory.mkdir()
-    mosquitto = Mosquitto(directory).start_on_a_free_port()
-    yield mosquitto
-    mosquitto.stop()
 
 
 def start_proxy(broker, trace, *settings):
