@@ -137,15 +137,16 @@ def _attacks(text):
     return attacks
 
 
-def _verify(generated, labelled, args, console):
-    """The hub's report and per-frame outcomes (None through a broker)."""
+def _verify(generated, labelled, no_broker: bool, broker_url, out_dir, console):
+    """The hub's report and its outcome per arrival: from the hub core directly, or through a
+    broker (broker_url, or an embedded one when None) to the hub service."""
     from .run import verify_in_process
 
-    if args.no_broker:
+    if no_broker:
         return verify_in_process(generated.devices, labelled)
     from .broker_run import verify_through_broker
 
-    return verify_through_broker(generated.devices, labelled, args.broker, args.out, console)
+    return verify_through_broker(generated.devices, labelled, broker_url, out_dir, console)
 
 
 def _finish(generated, header, events, labelled, ledger, hub, outcomes, out_dir, console):
@@ -171,7 +172,7 @@ def _run(args):
     with console.status("generating traffic through the fault models..."):
         generated = generate(scenario)
         labelled, ledger = label(generated.events, generated.device_links)
-    hub, outcomes = _verify(generated, labelled, args, console)
+    hub, outcomes = _verify(generated, labelled, args.no_broker, args.broker, args.out, console)
     return _finish(generated, generated.header(), generated.events, labelled, ledger, hub, outcomes, args.out,
                    console)
 
@@ -232,7 +233,7 @@ def _replay(args):
         raise InputError(f"{args.trace}:1: header lacks {exc}") from None
     generated = Generated(scenario, specs, device_links, keys, events, models)
     labelled, ledger = label(events, device_links)
-    hub, outcomes = _verify(generated, labelled, args, console)
+    hub, outcomes = _verify(generated, labelled, args.no_broker, args.broker, args.out, console)
     return _finish(generated, header, events, labelled, ledger, hub, outcomes, args.out, console)
 
 
@@ -304,11 +305,5 @@ def run_demo(no_broker: bool, out: Path, seed: int) -> int:
     with console.status("generating traffic through the fault models..."):
         generated = generate(scenario)
         labelled, ledger = label(generated.events, generated.device_links)
-
-    class Options:
-        broker = None
-
-    options = Options()
-    options.no_broker, options.out = no_broker, out
-    hub, outcomes = _verify(generated, labelled, options, console)
+    hub, outcomes = _verify(generated, labelled, no_broker, None, out, console)
     return _finish(generated, generated.header(), generated.events, labelled, ledger, hub, outcomes, out, console)

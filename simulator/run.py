@@ -52,11 +52,12 @@ class Scenario:
         if self.devices < 1 or self.duration <= 0 or self.rate <= 0:
             raise ScenarioError("devices, duration and rate must be positive")
         for link, overrides in self.profiles.items():
-            model_for(known[link] if link in known else _unknown(link), overrides)  # raises on bad settings
-
-
-def _unknown(link):
-    raise ScenarioError(f"profile for unknown link {link!r}")
+            if link not in known:
+                raise ScenarioError(f"profile for unknown link {link!r}")
+            try:
+                model_for(known[link], overrides)
+            except (TypeError, ValueError) as exc:  # a bad setting: say which
+                raise ScenarioError(str(exc)) from None
 
 
 def load_scenario(path: Path, **overrides) -> Scenario:
