@@ -1,5 +1,6 @@
 // Runs Python code on real MicroPython (the npm WebAssembly port) for tests and benchmarks.
-// stdin: JSON {"files": {"/path/in/vfs.py": "source", ...}, "code": "python source"}
+// stdin: JSON {"files": {"/path/in/vfs.py": "source", ...}, "binary_files": {"/lib/x.mpy": "base64"},
+//              "code": "python source"}
 // stdout: what the code printed. Exit status 1 with the traceback on stderr if it raised.
 import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
 
@@ -9,11 +10,13 @@ const job = JSON.parse(Buffer.concat(chunks).toString("utf8"));
 
 let out = "";
 const mp = await loadMicroPython({ stdout: (line) => { out += line + "\n"; }, linebuffer: true });
-for (const [path, text] of Object.entries(job.files || {})) {
+const put = (path, data) => {
   const dir = path.substring(0, path.lastIndexOf("/"));
   if (dir) mp.FS.mkdirTree(dir);
-  mp.FS.writeFile(path, text);
-}
+  mp.FS.writeFile(path, data);
+};
+for (const [path, text] of Object.entries(job.files || {})) put(path, text);
+for (const [path, b64] of Object.entries(job.binary_files || {})) put(path, Buffer.from(b64, "base64"));
 try {
   mp.runPython(job.code);
   process.stdout.write(out);

@@ -4,6 +4,7 @@ Used by the tests and the benchmarks to check that agent code runs unchanged on 
 runtime. `make test` installs the runtime; without it this raises, it never skips.
 """
 
+import base64
 import json
 import shutil
 import subprocess
@@ -24,14 +25,17 @@ def agent_files() -> dict:
     return {f"/lib/agent/{name}": (ROOT / "agent" / name).read_text() for name in AGENT_FILES}
 
 
-def run_micropython(code: str, files: dict | None = None, timeout: float = 300) -> str:
-    """Run code on MicroPython with the agent package installed; return what it printed."""
+def run_micropython(code: str, files: dict | None = None, timeout: float = 300, binary_files: dict | None = None,
+                    agent_source: bool = True) -> str:
+    """Run code on MicroPython with the agent package installed (as source unless
+    agent_source=False; binary_files maps device paths to bytes, e.g. .mpy); return its output."""
     node = shutil.which("node")
     if node is None:
         raise MicroPythonError("node is not on PATH: install Node.js 20 to run MicroPython")
     if not RUNTIME.exists():
         raise MicroPythonError(f"{RUNTIME} is missing: run `make test` (it runs `npm ci`)")
-    job = {"files": {**agent_files(), **(files or {})}, "code": code}
+    job = {"files": {**(agent_files() if agent_source else {}), **(files or {})}, "code": code,
+           "binary_files": {path: base64.b64encode(data).decode() for path, data in (binary_files or {}).items()}}
     proc = subprocess.run([node, str(RUNNER)], input=json.dumps(job), capture_output=True, text=True,
                           cwd=ROOT, timeout=timeout)
     if proc.returncode != 0:
