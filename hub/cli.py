@@ -40,8 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     seal.add_argument("--timestamp", action="store_true", help="carry the device time in each frame")
     seal.set_defaults(run=_agent_seal)
 
-    firmware = groups.add_parser("firmware", help="build and flash device firmware (not available yet)")
-    firmware.set_defaults(run=_firmware)
+    firmware = groups.add_parser("firmware", help="build device firmware (flashing: not available yet)")
+    firmware_sub = firmware.add_subparsers(dest="command", required=True)
+    build = command(firmware_sub, "build", "Compile the agent and firmware to .mpy for one device and board, with "
+                    "its config, first epoch and a manifest.py for custom firmware images.",
+                    ["linkseal firmware build --device pump-12.json --board esp32 --out build/pump-12"])
+    build.add_argument("--device", required=True, type=Path, help="device config from `keys provision`")
+    build.add_argument("--board", required=True, help="a board from hardware/boards (esp32, esp32-s3, rp2-pico-w)")
+    build.add_argument("--out", required=True, type=Path, help="build directory (replaced)")
+    build.set_defaults(run=_firmware_build)
 
     demo = command(groups, "demo", "A dozen devices on six link types, with link faults and attacks, through an "
                    "embedded MQTT broker to the hub: per-link tables, security events, report and plots.",
@@ -73,8 +80,15 @@ def _agent_seal(args):
         print(encode_line(round(now, 3), topic, data), flush=False)
 
 
-def _firmware(args):
-    raise InputError("the firmware group has no commands yet: building and flashing arrive with the firmware issue")
+def _firmware_build(args):
+    from .boards import board
+    from .firmware_build import AGENT_BUDGET, FIRMWARE_BUDGET, build
+
+    sizes = build(args.device, board(args.board), args.out)
+    print(f"built {args.out} for {args.board}: agent core {sizes['agent']} bytes of .mpy (budget {AGENT_BUDGET}), "
+          f"firmware {sizes['firmware']} bytes (budget {FIRMWARE_BUDGET}); device.json is 0600")
+    if sizes["agent"] > AGENT_BUDGET or sizes["firmware"] > FIRMWARE_BUDGET:
+        raise InputError("the build is over its size budget")
 
 
 def _demo(args):

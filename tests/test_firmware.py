@@ -73,3 +73,55 @@ print(os.stat('/q')[6] if 'q' in os.listdir('/') else 0)
     assert int(drops) + int(delivered) == 20 and int(drops) > 0
     assert first == "b'frame-%02d'" % int(drops) and last == "b'frame-19'"  # oldest dropped, order kept
     assert int(out[1]) <= 60
+
+
+def test_build_loads_on_micropython_and_seals_the_vectors(tmp_path):
+    import json
+    import stat
+    import subprocess
+    import sys
+
+    from hub.keys import KeyFile, write_private_json
+
+    from .conftest import load_vectors
+
+    keyfile = KeyFile.create(tmp_path / "hub.keys")
+    device = tmp_path / "pump-1.json"
+    write_private_json(device, keyfile.provision("pump-1", "wifi"))
+    linkseal = Path(sys.executable).parent / "linkseal"
+    result = subprocess.run([str(linkseal), "firmware", "build", "--device", str(device), "--board", "esp32",
+                             "--out", str(tmp_path / "build")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    build = tmp_path / "build"
+    agent_bytes = sum(p.stat().st_size for p in (build / "lib" / "agent").glob("*.mpy"))
+    all_bytes = sum(p.stat().st_size for p in (build / "lib").rglob("*.mpy"))
+    assert agent_bytes <= 6 * 1024 and all_bytes <= 16 * 1024  # the budgets
+    assert stat.S_IMODE((build / "device.json").stat().st_mode) == 0o600
+    assert json.loads((build / "device.json").read_text())["device_id"] == "pump-1"
+    assert 'require("hmac")' in (build / "manifest.py").read_text()
+    assert 'require("umqtt.simple")' not in (build / "manifest.py").read_text()  # esp32 firmware has it
+    binaries = {"/" + str(p.relative_to(build)): p.read_bytes() for p in build.rglob("*") if p.is_file()}
+    vectors = load_vectors("frames")
+    out = run_micropython(
+        "import json, binascii, epoch\n"
+        "from agent import Sealer\n"
+        "import agent.frame\n"
+        "print(epoch.advance('/epoch'), epoch.advance('/epoch'))\n"
+        f"for v in json.loads({json.dumps(json.dumps(vectors))}):\n"
+        "    s = Sealer(v['device_id'], binascii.unhexlify(v['key']), key_id=v['key_id'], link=v['link'],\n"
+        "               epoch=v['epoch'], tag_len=v['tag_len'])\n"
+        "    s.seq = v['seq']\n"
+        "    print(binascii.hexlify(s.seal(binascii.unhexlify(v['payload']), v['timestamp_ms'])).decode())\n",
+        binary_files=binaries, agent_source=False).split()
+    assert out[:2] == ["1", "2"]  # the build's first epoch is 0; each boot advances it
+    assert out[2:] == [v["frame"] for v in vectors]
+
+
+def test_unknown_board_is_an_input_error(tmp_path):
+    import subprocess
+    import sys
+
+    linkseal = Path(sys.executable).parent / "linkseal"
+    result = subprocess.run([str(linkseal), "firmware", "build", "--device", str(tmp_path / "d.json"), "--board",
+                             "arduino-uno", "--out", str(tmp_path / "b")], capture_output=True, text=True)
+    assert result.returncode == 2 and "unknown board 'arduino-uno'" in result.stderr

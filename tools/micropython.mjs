@@ -1,6 +1,9 @@
 // Runs Python code on real MicroPython (the npm WebAssembly port) for tests and benchmarks.
 // stdin: JSON {"files": {"/path/in/vfs.py": "source", ...}, "binary_files": {"/lib/x.mpy": "base64"},
-//              "code": "python source"}
+//              "code": "python source" or ["chunk", "chunk", ...]}
+// Chunks run one after another in the same interpreter. gc.collect() only frees memory
+// between chunks on this port (it cannot scan the stack mid-run), so heap measurements
+// put gc.collect() at the start of a chunk of its own.
 // stdout: what the code printed. Exit status 1 with the traceback on stderr if it raised.
 import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
 
@@ -18,7 +21,7 @@ const put = (path, data) => {
 for (const [path, text] of Object.entries(job.files || {})) put(path, text);
 for (const [path, b64] of Object.entries(job.binary_files || {})) put(path, Buffer.from(b64, "base64"));
 try {
-  mp.runPython(job.code);
+  for (const chunk of Array.isArray(job.code) ? job.code : [job.code]) mp.runPython(chunk);
   process.stdout.write(out);
 } catch (err) {
   process.stdout.write(out);

@@ -25,10 +25,11 @@ def agent_files() -> dict:
     return {f"/lib/agent/{name}": (ROOT / "agent" / name).read_text() for name in AGENT_FILES}
 
 
-def run_micropython(code: str, files: dict | None = None, timeout: float = 300, binary_files: dict | None = None,
+def run_micropython(code: str | list, files: dict | None = None, timeout: float = 300, binary_files: dict | None = None,
                     agent_source: bool = True) -> str:
     """Run code on MicroPython with the agent package installed (as source unless
-    agent_source=False; binary_files maps device paths to bytes, e.g. .mpy); return its output."""
+    agent_source=False; binary_files maps device paths to bytes, e.g. .mpy); return its output.
+    code may be a list of chunks run in turn in one interpreter (see micropython.mjs on gc)."""
     node = shutil.which("node")
     if node is None:
         raise MicroPythonError("node is not on PATH: install Node.js 20 to run MicroPython")

@@ -1,0 +1,59 @@
+"""Board files (hardware/boards/*.toml): what the firmware build needs to know of each board."""
+
+import tomllib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+BOARDS_DIR = Path(__file__).resolve().parent.parent / "hardware" / "boards"
+_FIELDS = {"name": str, "description": str, "port": str, "board": str, "ram_kib": int, "flash_mib": int,
+           "network": list, "watchdog": bool, "tls": bool, "freezes_umqtt_simple": bool, "mpy_version": str,
+           "min_micropython": str}
+
+
+class BoardError(ValueError):
+    """A board file that is missing a field or an unknown board name."""
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    description: str
+    port: str
+    board: str
+    ram_kib: int
+    flash_mib: int
+    network: list
+    watchdog: bool
+    tls: bool
+    freezes_umqtt_simple: bool
+    mpy_version: str
+    min_micropython: str
+
+    @property
+    def mpy_major(self) -> int:
+        return int(self.mpy_version.split(".")[0])
+
+
+@lru_cache(maxsize=None)
+def load_boards(directory: Path = BOARDS_DIR) -> dict:
+    boards = {}
+    for path in sorted(Path(directory).glob("*.toml")):
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise BoardError(f"{path}: not valid TOML ({exc})") from None
+        for field, kind in _FIELDS.items():
+            if not isinstance(data.get(field), kind):
+                raise BoardError(f"{path}: {field} must be a {kind.__name__}")
+        if data["name"] != path.stem:
+            raise BoardError(f"{path}: name {data['name']!r} must match the file name")
+        boards[data["name"]] = Board(**{field: data[field] for field in _FIELDS})
+    return boards
+
+
+def board(name: str) -> Board:
+    boards = load_boards()
+    if name not in boards:
+        raise BoardError(f"unknown board {name!r}; known: {', '.join(sorted(boards))}")
+    return boards[name]

@@ -1,0 +1,97 @@
+"""`linkseal firmware build`: the agent and firmware compiled to .mpy for one device and board.
+
+The build directory mirrors the device's filesystem: lib/agent/*.mpy and lib/*.mpy,
+device.json (0600, it holds the device key), the first boot epoch, and a manifest.py that
+freezes the same code into a custom MicroPython image for those who build their own.
+"""
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .boards import Board
+from .keys import load_device_config, write_private_json
+
+ROOT = Path(__file__).resolve().parent.parent
+AGENT_MODULES = ("__init__", "frame", "sealer", "link_codes")
+FIRMWARE_DIR = ROOT / "firmware"
+AGENT_BUDGET = 6 * 1024  # bytes of .mpy for the agent core (the issue's bar)
+FIRMWARE_BUDGET = 16 * 1024  # bytes of .mpy for everything we ship, umqtt aside
+
+
+class BuildError(ValueError):
+    """The build cannot go on; says why."""
+
+
+def firmware_modules() -> list:
+    """Device modules compiled to .mpy (boot.py and main.py stay source, as MicroPython runs them)."""
+    return sorted(p for p in FIRMWARE_DIR.glob("*.py") if p.name not in ("boot.py", "main.py"))
+
+
+def _mpy_cross(source: Path, target: Path, name: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # -s: the name recorded in the .mpy, so tracebacks say frame.py and no build path leaks.
+    result = subprocess.run([sys.executable, "-m", "mpy_cross", "-s", name, "-o", str(target), str(source)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BuildError(f"mpy-cross failed on {source}: {result.stderr.strip()}")
+
+
+def mpy_major(path: Path) -> int:
+    header = path.read_bytes()[:2]
+    if header[:1] != b"M":
+        raise BuildError(f"{path}: not a .mpy file")
+    return header[1]
+
+
+def first_epoch_file(path: Path, epoch: int = 0) -> None:
+    """The device's epoch file, written by the firmware's own code (one format, one writer)."""
+    spec = importlib.util.spec_from_file_location("linkseal_firmware_epoch", FIRMWARE_DIR / "epoch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.write(str(path), epoch)
+
+
+def manifest_text(board: Board) -> str:
+    lines = [
+        "# Freeze linkseal into a custom MicroPython image for board " + board.board + ":",
+        f"#   make -C ports/{board.port} BOARD={board.board} FROZEN_MANIFEST=$PWD/manifest.py",
+        'include("$(PORT_DIR)/boards/manifest.py")',
+        'require("hmac")',
+    ]
+    if not board.freezes_umqtt_simple:
+        lines.append('require("umqtt.simple")')
+    lines.append(f'package("agent", base_path="{ROOT}")')
+    lines += [f'module("{p.name}", base_path="{FIRMWARE_DIR}")' for p in firmware_modules()]
+    return "\n".join(lines) + "\n"
+
+
+def build(device_json: Path, board: Board, out: Path) -> dict:
+    """Compile, copy and describe one device's build; returns the sizes in bytes."""
+    config = load_device_config(device_json)
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "lib" / "agent").mkdir(parents=True)
+    os.chmod(out, 0o700)  # it will hold the device key
+    sizes = {"agent": 0, "firmware": 0}
+    for name in AGENT_MODULES:
+        target = out / "lib" / "agent" / f"{name}.mpy"
+        _mpy_cross(ROOT / "agent" / f"{name}.py", target, f"agent/{name}.py")
+        sizes["agent"] += target.stat().st_size
+    for source in firmware_modules():
+        target = out / "lib" / f"{source.stem}.mpy"
+        _mpy_cross(source, target, source.name)
+        sizes["firmware"] += target.stat().st_size
+    sizes["firmware"] += sizes["agent"]
+    for path in (out / "lib").rglob("*.mpy"):
+        if mpy_major(path) != board.mpy_major:
+            raise BuildError(f"{path}: .mpy version {mpy_major(path)}, but {board.name} loads {board.mpy_version}: "
+                             "install an mpy-cross that matches the board's MicroPython")
+    write_private_json(out / "device.json", config)
+    first_epoch_file(out / "epoch")
+    (out / "manifest.py").write_text(manifest_text(board))
+    return sizes
