@@ -1,8 +1,8 @@
 """Secrets hygiene: every command, run with known keys, never prints, logs, reports or stores them.
 
 Excluded from the search, because holding secrets is their job: the encrypted key file,
-device configs (a device's own key and broker password), the hub's broker password file,
-and certificate private keys.
+device configs (a device's own key and broker password, also in a firmware build), the hub's
+broker password file, and certificate private keys.
 """
 
 import base64
@@ -65,6 +65,8 @@ def test_no_command_reveals_key_material(tmp_path):
     run("keys", "provision", "bad/id", "--keys", keys, "--link", "wifi", "--out", tmp_path / "x.json", ok=False)
     run("sim", "capture", "--out", tmp_path / "sim.jsonl", "--keys-out", tmp_path / "sim.keys", "--duration", "20")
     run("demo", "--no-broker", "--out", tmp_path / "demo")
+    run("sim", "run", "--no-broker", "--duration", "20", "--out", tmp_path / "sim-run")
+    run("firmware", "build", "--device", devices / "pump-1.json", "--board", "esp32", "--out", tmp_path / "build")
 
     broker_dir = tmp_path / "broker"
     broker_dir.mkdir()
@@ -97,6 +99,7 @@ def test_no_command_reveals_key_material(tmp_path):
         secrets += [bytes.fromhex(config["key"]), config["mqtt_password"].encode()]
     secrets += [bytes.fromhex(json.loads((devices / "monitor-2.json").read_text())["key"])]
     excluded = {keys, tmp_path / "sim.keys", passphrase_file, tmp_path / "broker-config" / "hub.password",
+                tmp_path / "build" / "device.json",
                 *devices.iterdir(), *(tmp_path / "ca").glob("*-key.pem"), *(tmp_path / "certs").glob("*-key.pem")}
     stored = [p for p in tmp_path.rglob("*") if p.is_file() and p not in excluded]
     assert any(p.name == "hub.db" for p in stored) and any(p.name == "hub.log" for p in stored)
