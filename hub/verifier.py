@@ -27,7 +27,7 @@ OUTCOMES = ("valid", "corrupt", "forged", "duplicate", "replay", "malformed", "r
 # Epoch windows kept per device: the newest and the three before it, so a device that
 # buffered frames and rebooted (even a few times) can still flush them, exactly once.
 RETAINED_EPOCHS = 4
-MAC_CACHE = 8192
+MAC_CACHE = 4096
 _TOPIC_SUFFIX = "/rec"
 _decode = wire.decode
 _Corrupt = wire.CorruptFrame
@@ -323,8 +323,8 @@ class Verifier:
         if version != 1:
             raise ValueError(f"device {device_id}: stored state has unknown format {version}")
         offset = self._DEVICE_HEAD.size
-        counters = array("q")
-        counters.frombytes(data[offset : offset + 8 * SLOTS])
+        counters = new_counters()
+        counters[:] = _counters_from(data[offset : offset + 8 * SLOTS])
         offset += 8 * SLOTS
         windows = []
         for _ in range(count):
@@ -339,14 +339,20 @@ class Verifier:
     def restore_link(self, name: str, counters: bytes) -> None:
         code = next((c for c, n in self.link_names.items() if n == name), None)
         if code is not None:
-            restored = array("q")
-            restored.frombytes(counters)
+            restored = new_counters()
+            restored[:] = _counters_from(counters)
             self.link_counters[code] = restored
 
     def drain_events(self) -> list:
         """Hand the security events so far to an adapter (storage) and forget them."""
         events, self.events = self.events, []
         return events
+
+
+def _counters_from(data: bytes) -> array:
+    counters = array("q")
+    counters.frombytes(data)
+    return counters
 
 
 def _record_topic(device_id: str) -> str:
