@@ -127,6 +127,13 @@ class Store:
             return True
         return False
 
+    def frames(self):
+        """Every undelivered frame, oldest first (file, then RAM)."""
+        for _, frame in self._file_records():
+            yield frame
+        for frame in self.ram:
+            yield frame
+
     def peek(self):
         """The oldest undelivered frame, or None."""
         for _, frame in self._file_records():

@@ -5,6 +5,7 @@ exit status 2, no traceback. Keys are never printed.
 """
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,24 @@ def build_parser() -> argparse.ArgumentParser:
     seal.add_argument("--epoch", type=int, default=0, help="boot epoch (the firmware persists it)")
     seal.add_argument("--timestamp", action="store_true", help="carry the device time in each frame")
     seal.set_defaults(run=_agent_seal)
+    agent_run = command(agent_sub, "run", "Run the agent on a Linux device: one record per input line, sealed, queued "
+                        "in the state directory and published; survives kill -9 without losing or resealing a record "
+                        "(with a FILE source; standard input cannot be re-read).",
+                        ["linkseal agent run --config pump-12.json --broker mqtt://broker:1883 --source readings.log",
+                         "sensor-reader | linkseal agent run --config pump-12.json --broker mqtts://broker:8883 "
+                         "--ca-file ca.pem"])
+    agent_run.add_argument("--config", required=True, type=Path, help="device config from `keys provision`")
+    agent_run.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    agent_run.add_argument("--state-dir", type=Path, help="epoch and queue (default ./linkseal-state/DEVICE)")
+    agent_run.add_argument("--source", default="stdin", help="stdin (default) or a file of one record per line")
+    agent_run.add_argument("--qos", type=int, choices=(0, 1), default=1)
+    agent_run.add_argument("--max-rate", type=float, default=50.0,
+                           help="frames per second at most, below the hub's rate limit (default 50; 0: none)")
+    agent_run.add_argument("--ca-file", help="CA certificate of the broker (mqtts)")
+    agent_run.add_argument("--cert-file", help="client certificate for mutual TLS")
+    agent_run.add_argument("--key-file", help="client certificate's key for mutual TLS")
+    agent_run.add_argument("--log-json", action="store_true", help="log JSON Lines")
+    agent_run.set_defaults(run=_agent_run)
 
     firmware = groups.add_parser("firmware", help="build device firmware (flashing: not available yet)")
     firmware_sub = firmware.add_subparsers(dest="command", required=True)
@@ -78,6 +97,31 @@ def _agent_seal(args):
         except ValueError as exc:
             raise InputError(f"stdin line {number}: {exc}") from None
         print(encode_line(round(now, 3), topic, data), flush=False)
+
+
+def _agent_run(args):
+    from .agent_run import AgentState, LinuxAgent, epoch_module
+    from .config import parse_broker
+    from .keys import load_device_config
+    from .log import EventLog
+
+    config = load_device_config(args.config)
+    broker = parse_broker(args.broker, args.ca_file, args.cert_file, args.key_file)
+    try:
+        state = AgentState(args.state_dir or Path("linkseal-state") / config["device_id"])
+    except epoch_module.EpochError as exc:
+        raise InputError(str(exc)) from None
+    agent = LinuxAgent(config, broker, state, EventLog(json_lines=args.log_json), qos=args.qos,
+                       max_rate=args.max_rate)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
+    if args.source == "stdin":
+        return agent.run(sys.stdin.buffer)
+    try:
+        source = open(args.source, "rb")
+    except OSError as exc:
+        raise InputError(f"--source {args.source}: {exc.strerror}") from None
+    with source:
+        return agent.run(source)
 
 
 def _firmware_build(args):

@@ -1,0 +1,186 @@
+"""`linkseal agent run`: the agent core on a Linux device, with paho-mqtt.
+
+The same pieces as the MicroPython firmware (agent.Sealer, firmware/epoch.py,
+firmware/store.py), with the state directory in place of flash:
+
+- the boot epoch advances and is persisted before the first record of every run;
+- every sealed frame is appended to the store file before anything else happens to it,
+  together with the source offset just past its record, so after `kill -9` the source is
+  read again from exactly where sealed records end: nothing is lost, nothing sealed twice;
+- frames go to the broker oldest first, one at a time at QoS 1, and leave the store only
+  when the broker has acknowledged them; the resume offset is saved before that, so a crash
+  in between re-sends a frame (a duplicate the hub absorbs), never re-reads a record.
+"""
+
+import importlib.util
+import struct
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from agent import Sealer, topic_for
+
+FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
+_OFFSET = struct.Struct(">Q")
+
+
+def _firmware_module(name: str):
+    """Load firmware/<name>.py: one implementation for devices and Linux alike."""
+    spec = importlib.util.spec_from_file_location(f"linkseal_firmware_{name}", FIRMWARE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+epoch_module = _firmware_module("epoch")
+store_module = _firmware_module("store")
+
+
+class AgentState:
+    """The state directory: epoch, queue of (source offset, frame), resume offset."""
+
+    def __init__(self, directory: Path, queue_bytes: int = 16 * 1024 * 1024):
+        self.dir = Path(directory)
+        fresh = not self.dir.exists()
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.epoch_path = str(self.dir / "epoch")
+        if fresh:
+            epoch_module.write(self.epoch_path, 0)
+        self.epoch = epoch_module.advance(self.epoch_path)  # EpochError: refuse to seal
+        self.store = store_module.Store(str(self.dir / "queue"), ram_frames=0, file_bytes=queue_bytes)
+        self.offset_path = self.dir / "source-offset"
+        self.lock = threading.Lock()
+
+    def resume_offset(self) -> int:
+        """Where the source continues: past the last record sealed, queued or delivered."""
+        try:
+            saved = int(self.offset_path.read_text())
+        except (OSError, ValueError):
+            saved = 0
+        last = 0
+        for item in self.store.frames():
+            last = _OFFSET.unpack_from(item)[0]
+        return max(saved, last)
+
+    def queue(self, offset: int, frame: bytes) -> None:
+        with self.lock:
+            self.store.put(_OFFSET.pack(offset) + frame)
+
+    def oldest(self):
+        with self.lock:
+            item = self.store.peek()
+        return None if item is None else (_OFFSET.unpack_from(item)[0], item[_OFFSET.size:])
+
+    def delivered(self, offset: int) -> None:
+        tmp = self.offset_path.with_suffix(".tmp")
+        tmp.write_text(str(offset))
+        tmp.replace(self.offset_path)
+        with self.lock:
+            self.store.pop()
+
+    def depth(self) -> int:
+        with self.lock:
+            return len(self.store)
+
+
+def read_records(source, start: int):
+    """(record, offset just past it) for each line of a binary file from byte offset start
+    (standard input cannot seek: it starts where it is)."""
+    if source.seekable():
+        source.seek(start)
+    else:
+        start = 0
+    offset = start
+    for line in iter(source.readline, b""):
+        offset += len(line)
+        if line.endswith(b"\n"):
+            yield line.rstrip(b"\r\n"), offset
+        else:
+            return  # a last line still being written: take it next time
+
+
+class LinuxAgent:
+    def __init__(self, config: dict, broker, state: AgentState, log, qos: int = 1, max_rate: float = 50.0):
+        """max_rate: frames per second at most (0: no limit), so that a backlog flushed after an
+        outage stays under the hub's per-device rate limit (100/s by default) instead of being
+        refused as rate_limited."""
+        self.config = config
+        self.max_rate = max_rate
+        self.broker = broker
+        self.state = state
+        self.log = log
+        self.qos = qos
+        self.sealer = Sealer(config["device_id"], bytes.fromhex(config["key"]), key_id=config["key_id"],
+                             link=config["link"], epoch=state.epoch, tag_len=config["tag_len"])
+        self.topic = topic_for(config["device_id"])
+        self.stopping = threading.Event()
+        self.source_done = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"linkseal-agent-{config['device_id']}")
+        if broker.tls:
+            self.client.tls_set(ca_certs=broker.ca_file, certfile=broker.cert_file, keyfile=broker.key_file)
+        username = broker.username or config.get("mqtt_username")
+        if username:
+            self.client.username_pw_set(username, broker.password or config.get("mqtt_password"))
+        self.client.reconnect_delay_set(1, 30)
+
+    def seal_from(self, source, start: int) -> None:
+        """Seal every record of the source into the state's queue (the reader thread)."""
+        for record, offset in read_records(source, start):
+            if self.stopping.is_set():
+                return
+            try:
+                frame = self.sealer.seal(record)
+            except ValueError as exc:  # too long for the link: reported, skipped, not fatal
+                self.log("record_refused", offset=offset, error=str(exc))
+                continue
+            self.state.queue(offset, frame)
+        self.source_done.set()
+
+    def publish_queue(self) -> None:
+        """Send the oldest frame until the broker acknowledges it, then the next (main thread)."""
+        next_send = time.monotonic()
+        while not self.stopping.is_set():
+            oldest = self.state.oldest()
+            if oldest is None:
+                if self.source_done.is_set():
+                    return
+                self.stopping.wait(0.05)  # idle poll for new records; the queue itself is the signal
+                continue
+            offset, frame = oldest
+            if not self.client.is_connected():
+                self.stopping.wait(0.2)
+                continue
+            if self.max_rate:
+                self.stopping.wait(max(0.0, next_send - time.monotonic()))  # pacing, not synchronisation
+                next_send = max(next_send, time.monotonic()) + 1.0 / self.max_rate
+            info = self.client.publish(self.topic, frame, qos=self.qos)
+            try:
+                info.wait_for_publish(10)
+            except (RuntimeError, ValueError):
+                continue  # not sent (disconnected): try again after the reconnect
+            if info.is_published():
+                self.state.delivered(offset)
+
+    def run(self, source) -> int:
+        self.client.on_connect = lambda c, u, f, rc, p: self.log("connected", broker=f"{self.broker.host}:"
+                                                                 f"{self.broker.port}", reason=str(rc))
+        self.client.on_disconnect = lambda c, u, f, rc, p: self.log("disconnected", reason=str(rc))
+        self.client.connect_async(self.broker.host, self.broker.port, keepalive=30)
+        self.client.loop_start()
+        start = self.state.resume_offset()
+        self.log("started", device=self.config["device_id"], epoch=self.state.epoch, resume_offset=start,
+                 queued=self.state.depth())
+        reader = threading.Thread(target=self.seal_from, args=(source, start), name="reader", daemon=True)
+        reader.start()
+        try:
+            self.publish_queue()
+        finally:
+            self.stopping.set()
+            reader.join(5)
+            self.client.disconnect()
+            self.client.loop_stop()
+        self.log("stopped", queued=self.state.depth(), source_drops=self.state.store.source_drops,
+                 next_seq=self.sealer.seq)
+        return 0
