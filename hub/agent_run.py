@@ -12,7 +12,6 @@ firmware/store.py), with the state directory in place of flash:
   in between re-sends a frame (a duplicate the hub absorbs), never re-reads a record.
 """
 
-import importlib.util
 import struct
 import threading
 import time
@@ -22,20 +21,11 @@ import paho.mqtt.client as mqtt
 
 from agent import Sealer, topic_for
 
-FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
+from .device_code import firmware_module
+
 _OFFSET = struct.Struct(">Q")
-
-
-def _firmware_module(name: str):
-    """Load firmware/<name>.py: one implementation for devices and Linux alike."""
-    spec = importlib.util.spec_from_file_location(f"linkseal_firmware_{name}", FIRMWARE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-epoch_module = _firmware_module("epoch")
-store_module = _firmware_module("store")
+epoch_module = firmware_module("epoch")
+store_module = firmware_module("store")
 
 
 class AgentState:

@@ -5,7 +5,6 @@ device.json (0600, it holds the device key), the first boot epoch, and a manifes
 freezes the same code into a custom MicroPython image for those who build their own.
 """
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -13,11 +12,11 @@ import sys
 from pathlib import Path
 
 from .boards import Board
+from .device_code import FIRMWARE_DIR, firmware_module
 from .keys import load_device_config, write_private_json
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT_MODULES = ("__init__", "frame", "sealer", "link_codes")
-FIRMWARE_DIR = ROOT / "firmware"
 AGENT_BUDGET = 6 * 1024  # bytes of .mpy for the agent core (the issue's bar)
 FIRMWARE_BUDGET = 16 * 1024  # bytes of .mpy for everything we ship, umqtt aside
 
@@ -49,10 +48,7 @@ def mpy_major(path: Path) -> int:
 
 def first_epoch_file(path: Path, epoch: int = 0) -> None:
     """The device's epoch file, written by the firmware's own code (one format, one writer)."""
-    spec = importlib.util.spec_from_file_location("linkseal_firmware_epoch", FIRMWARE_DIR / "epoch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.write(str(path), epoch)
+    firmware_module("epoch").write(str(path), epoch)
 
 
 def manifest_text(board: Board) -> str:
