@@ -19,9 +19,10 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from agent import Sealer, topic_for
+from agent import topic_for
 
 from .device_code import firmware_module
+from .keys import sealer_for
 
 _OFFSET = struct.Struct(">Q")
 epoch_module = firmware_module("epoch")
@@ -102,8 +103,7 @@ class LinuxAgent:
         self.state = state
         self.log = log
         self.qos = qos
-        self.sealer = Sealer(config["device_id"], bytes.fromhex(config["key"]), key_id=config["key_id"],
-                             link=config["link"], epoch=state.epoch, tag_len=config["tag_len"])
+        self.sealer = sealer_for(config, state.epoch)
         self.topic = topic_for(config["device_id"])
         self.stopping = threading.Event()
         self.source_done = threading.Event()

@@ -80,14 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _agent_seal(args):
-    from agent import Sealer, topic_for
+    from agent import topic_for
 
     from .capture import encode_line
-    from .keys import load_device_config
+    from .keys import load_device_config, sealer_for
 
-    config = load_device_config(args.device)
-    sealer = Sealer(config["device_id"], bytes.fromhex(config["key"]), key_id=config["key_id"],
-                    link=config["link"], epoch=args.epoch, tag_len=config["tag_len"])
+    sealer = sealer_for(load_device_config(args.device), args.epoch)
     topic = topic_for(sealer.device_id)
     for number, line in enumerate(sys.stdin.buffer, start=1):
         record = line.rstrip(b"\r\n")
