@@ -41,6 +41,11 @@ class MalformedFrame(ValueError):
 crc32 = binascii.crc32
 
 
+def crc_trailer(data):
+    """The 4 bytes that end a frame: CRC-32 of everything before it, big-endian."""
+    return struct.pack(">I", crc32(data))
+
+
 def put_varint(out, value):
     # Unsigned LEB128: 7 bits a byte, low bits first, high bit set on all but the last.
     while value > 0x7F:

@@ -1,7 +1,6 @@
 # The agent core: seals records into v1 frames. Pure (no I/O, no clock), and written for
-# MicroPython first: hashlib, binascii and struct only, no per-call key handling.
+# MicroPython first: hashlib (and the codec), no per-call key handling.
 import hashlib
-import struct
 
 from . import frame
 from .link_codes import LINKS
@@ -107,6 +106,6 @@ class Sealer:
         outer = hashlib.sha256(self._opad)
         outer.update(inner.digest())
         out.extend(outer.digest()[: self.tag_len])
-        out.extend(struct.pack(">I", frame.crc32(out)))
+        out.extend(frame.crc_trailer(out))
         self.seq += 1
         return bytes(out)

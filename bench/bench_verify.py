@@ -10,7 +10,6 @@ import os
 import time
 
 from agent import Sealer, topic_for
-from agent import frame as wire
 from hub.link_registry import links_by_code
 from hub.counters import VALID
 from hub.verifier import DeviceKeys, Verifier

@@ -4,7 +4,6 @@ Each returns (topic, bytes) for one attack; the ground truth decides the expecte
 """
 
 import random
-import struct
 
 from agent import Sealer, topic_for
 from agent import frame as wire
@@ -17,7 +16,7 @@ EXPECTED = {"tamper": "forged", "forge": "forged", "cross_device": "forged", "do
 
 
 def _reseal_crc(body: bytes) -> bytes:
-    return body + struct.pack(">I", wire.crc32(body))
+    return body + wire.crc_trailer(body)
 
 
 def tamper(rng: random.Random, frame: bytes, topic: str):

@@ -8,6 +8,7 @@ import urllib.request
 import pytest
 
 from agent import Sealer, topic_for
+from agent import frame as wire
 from hub.keys import KeyFile
 from hub.link_registry import links_by_code
 from hub.report import build_report
@@ -211,7 +212,7 @@ def test_report_and_audit_commands(tmp_path, broker, keys):
     stream = sealed_stream(keys, devices=2, frames=10)
     forged = bytearray(stream[0][1])
     forged[-6] ^= 1
-    forged = bytes(forged[:-4]) + __import__("struct").pack(">I", __import__("binascii").crc32(bytes(forged[:-4])))
+    forged = bytes(forged[:-4]) + wire.crc_trailer(bytes(forged[:-4]))
     hub = start_hub(tmp_path, broker, keys)
     try:
         publish(broker.port, stream + [(stream[0][0], forged)] * 3)

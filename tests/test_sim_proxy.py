@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-import pytest
 
 from agent import Sealer, topic_for
 from hub.keys import KeyFile

@@ -5,7 +5,6 @@ are frozen: the tests check every implementation against them, never regenerate 
 """
 
 import json
-import struct
 from pathlib import Path
 
 from agent import Sealer, topic_for
@@ -46,7 +45,7 @@ def frame_vectors():
 
 
 def _reseal(body: bytes) -> bytes:
-    return body + struct.pack(">I", wire.crc32(body))
+    return body + wire.crc_trailer(body)
 
 
 def outcome_vectors():
