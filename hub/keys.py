@@ -66,6 +66,16 @@ def write_private_json(path: Path, data: dict) -> None:
         raise
 
 
+def write_file(path: Path, data, private: bool = False) -> Path:
+    """Write text or bytes; private files are 0600 even when they existed with wider modes."""
+    mode = 0o600 if private else 0o644
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as out:
+        os.fchmod(out.fileno(), mode)  # O_CREAT's mode only applies to a new file
+        out.write(data)
+    return Path(path)
+
+
 def _read_private_json(path: Path, what: str) -> dict:
     try:
         keystore.check_private(path)

@@ -7,7 +7,6 @@ identity the broker sees (`use_identity_as_username`): the device id, or linksea
 
 import datetime
 import ipaddress
-import os
 from pathlib import Path
 
 from cryptography import x509
@@ -15,17 +14,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .keys import write_file
+
 CA_CERT, CA_KEY = "ca.pem", "ca-key.pem"
 
 
 class PKIError(ValueError):
     """A CA directory or certificate request that cannot be used; names the path."""
-
-
-def _write(path: Path, data: bytes, private: bool) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -53,8 +48,8 @@ def init_ca(directory: Path) -> Path:
                                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
                                          crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
             .sign(key, hashes.SHA256()))
-    _write(directory / CA_KEY, _key_pem(key), private=True)
-    _write(directory / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), private=False)
+    write_file(directory / CA_KEY, _key_pem(key), private=True)
+    write_file(directory / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), private=False)
     return directory / CA_CERT
 
 
@@ -94,6 +89,6 @@ def issue(ca_dir: Path, common_name: str, out_dir: Path, file_stem: str, server_
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = out_dir / f"{file_stem}.pem", out_dir / f"{file_stem}-key.pem"
-    _write(key_path, _key_pem(key), private=True)
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), private=False)
+    write_file(key_path, _key_pem(key), private=True)
+    write_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), private=False)
     return cert_path, key_path

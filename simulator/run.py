@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent import Sealer, topic_for
+from agent.sealer import TOPIC_PREFIX
 from agent import frame as wire
 from hub.keys import derive_device_key
 from hub.link_registry import links_by_code, load_links
@@ -189,7 +190,8 @@ def _attacks(scenario, rng, sent, keys, device_links) -> list:
 
 
 def device_of(topic: str) -> str:
-    return topic[len("linkseal/v1/"):-len("/rec")]
+    """The device id in a record topic the simulator made (topic_for's inverse)."""
+    return topic[len(TOPIC_PREFIX):-len("/rec")]
 
 
 def label(events: list, device_links: dict) -> tuple[list, Ledger]:
