@@ -13,9 +13,11 @@ _ZERO = bytes(8 * SLOTS)
 
 
 class Ingest:
-    def __init__(self, verifier: Verifier, storage: Storage):
+    def __init__(self, verifier: Verifier, storage: Storage, on_verdict=None):
+        """on_verdict(verdict): called for every message handled (the simulator collects them)."""
         self.verifier = verifier
         self.storage = storage
+        self.on_verdict = on_verdict
         stored = storage.load()
         for device, state in stored.devices:
             verifier.restore_device(device, state)
@@ -53,6 +55,8 @@ class Ingest:
             self._records.append((verdict.device_id, verdict.epoch, verdict.seq, verdict.link,
                                   verdict.device_time_ms, t, verdict.payload))
         self.pending += 1
+        if self.on_verdict is not None:
+            self.on_verdict(verdict)
         return verdict
 
     def _close_minute(self):

@@ -82,16 +82,8 @@ def verify_through_broker(devices, labelled, broker_url, out_dir: Path, console)
     embedded = EmbeddedBroker().start() if broker_url is None else None
     url = embedded.url if embedded else broker_url
     verifier = Verifier(devices, {code: link.name for code, link in links_by_code().items()})
-    ingest = Ingest(verifier, SQLiteStorage(db))
-    outcomes = []
-    handle = ingest.handle
-
-    def recording(topic, payload, t):  # the hub's outcome for each message, in the order it got them
-        verdict = handle(topic, payload, t)
-        outcomes.append(verdict.outcome)
-        return verdict
-
-    ingest.handle = recording
+    outcomes = []  # the hub's outcome for each message, in the order it got them
+    ingest = Ingest(verifier, SQLiteStorage(db), on_verdict=lambda verdict: outcomes.append(verdict.outcome))
     settings = HubSettings(client_id=f"linkseal-sim-{os.getpid()}-{time.monotonic_ns()}")
     with open(out_dir / "hub.log", "w") as log_file:
         service = HubService(parse_broker(url), settings, ingest, EventLog(json_lines=True, stream=log_file))

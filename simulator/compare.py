@@ -51,8 +51,8 @@ def compare(generated, truth: dict, hub: dict, labelled: list, outcomes: list | 
                                 "configured_r": getattr(model.loss, "r", None),
                                 "measured_p": h["ge_p"], "measured_r": h["ge_r"]},
         }
-    result = {"links": links, "counters_match_truth": mismatches(truth, hub) == [],
-              "counter_mismatches": mismatches(truth, hub)[:50]}
+    problems = mismatches(truth, hub)
+    result = {"links": links, "counters_match_truth": problems == [], "counter_mismatches": problems[:50]}
     if outcomes is not None:
         injected = {kind: 0 for kind in KINDS}
         detected = {kind: 0 for kind in KINDS}
