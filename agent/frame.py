@@ -15,6 +15,9 @@ import struct
 
 VERSION = 1
 MAC_DOMAIN = b"linkseal/v1 frame\x00"
+# Status messages (birth, death, heartbeat) are sealed the same way under their own domain,
+# with their own sequence numbers: no status message can pass for a record, or the reverse.
+STATUS_DOMAIN = b"linkseal/v1 status\x00"
 TAG_LENGTHS = (8, 16, 32)  # index = tag code
 FLAG_TIMESTAMP = 0x04
 FLAGS_RESERVED = 0x08
@@ -100,13 +103,13 @@ def encode_header(key_id, link_code, epoch, seq, tag_len, timestamp_ms=None):
     return out
 
 
-def mac_prefix(device_id):
+def mac_prefix(device_id, domain=MAC_DOMAIN):
     """The bytes the MAC covers before the frame: domain constant and the device id.
 
     The device id is length-prefixed so that no (id, header) pair can be read as another.
     """
     raw = device_id.encode() if isinstance(device_id, str) else bytes(device_id)
-    return MAC_DOMAIN + bytes((len(raw),)) + raw
+    return domain + bytes((len(raw),)) + raw
 
 
 def decode(frame):

@@ -31,6 +31,12 @@ def topic_for(device_id):
     return TOPIC_PREFIX + device_id + "/rec"
 
 
+def status_topic_for(device_id):
+    """The MQTT topic of a device's birth, death and heartbeat messages."""
+    check_device_id(device_id)
+    return TOPIC_PREFIX + device_id + "/status"
+
+
 def _xor_pad(key, byte):
     return bytes([b ^ byte for b in key]) + bytes([byte]) * (_BLOCK - len(key))
 
@@ -41,6 +47,7 @@ class Sealer:
     `epoch` and `seq` are the numbers the next frame carries. When seq would pass
     frame.MAX_COUNTER the epoch advances and seq restarts at 0, so no (epoch, seq) repeats;
     whoever persists the boot epoch must persist the new value (see firmware).
+    Status messages (seal_status) count in `status_seq`, their own sequence per epoch.
     """
 
     def __init__(self, device_id, key, key_id=0, link="wifi", epoch=0, tag_len=16):
@@ -62,12 +69,16 @@ class Sealer:
         self.tag_len = tag_len
         self.epoch = epoch
         self.seq = 0
+        self.status_seq = 0
+        self._status_epoch = epoch
         # HMAC (RFC 2104) split so that everything depending only on the key is done once:
         # micropython-lib's hmac.new re-pads the key in bytecode on every call. The inner
         # hash starts with the padded key and the MAC prefix (domain, device id) together.
         if len(key) > _BLOCK:
             key = hashlib.sha256(key).digest()
-        self._inner_start = _xor_pad(key, 0x36) + frame.mac_prefix(device_id)
+        ipad = _xor_pad(key, 0x36)
+        self._inner_start = ipad + frame.mac_prefix(device_id)
+        self._status_start = ipad + frame.mac_prefix(device_id, frame.STATUS_DOMAIN)
         self._opad = _xor_pad(key, 0x5C)
         self._starts = None  # (epoch, header start without, with timestamp), see _header_starts
 
@@ -90,22 +101,35 @@ class Sealer:
                 raise ValueError("epoch and sequence space exhausted: provision a new key id")
             self.epoch += 1
             self.seq = 0
+        out = self._seal(payload, self.seq, self._inner_start, timestamp_ms)
+        self.seq += 1
+        return out
+
+    def seal_status(self, payload):
+        """Return the next status frame (birth, death, heartbeat) for payload."""
+        if self._status_epoch != self.epoch:
+            self._status_epoch = self.epoch
+            self.status_seq = 0
+        out = self._seal(payload, self.status_seq, self._status_start, None)
+        self.status_seq += 1
+        return out
+
+    def _seal(self, payload, seq, inner_start, timestamp_ms):
         starts = self._header_starts()
         if timestamp_ms is None:
             out = bytearray(starts[1])
-            frame.put_varint(out, self.seq)
+            frame.put_varint(out, seq)
         else:
             if not 0 <= timestamp_ms <= frame.MAX_TIMESTAMP:
                 raise ValueError("timestamp_ms must be 0..2**53-1")
             out = bytearray(starts[2])
-            frame.put_varint(out, self.seq)
+            frame.put_varint(out, seq)
             frame.put_varint(out, timestamp_ms)
         out.extend(payload)
-        inner = hashlib.sha256(self._inner_start)
+        inner = hashlib.sha256(inner_start)
         inner.update(out)
         outer = hashlib.sha256(self._opad)
         outer.update(inner.digest())
         out.extend(outer.digest()[: self.tag_len])
         out.extend(frame.crc_trailer(out))
-        self.seq += 1
         return bytes(out)

@@ -86,7 +86,7 @@ def _verify(args):
 
     verifier = _verifier(args)
     for t, topic, payload in read_capture(args.capture):
-        verifier.verify(topic, payload, t)
+        verifier.verify_message(topic, payload, t)
     report = build_report(verifier)
     if args.json:
         print(to_json(report))

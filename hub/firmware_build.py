@@ -16,7 +16,7 @@ from .device_code import FIRMWARE_DIR, firmware_module
 from .keys import load_device_config, write_private_json
 
 ROOT = Path(__file__).resolve().parent.parent
-AGENT_MODULES = ("__init__", "frame", "sealer", "link_codes")
+AGENT_MODULES = tuple(sorted(path.stem for path in (ROOT / "agent").glob("*.py")))
 AGENT_BUDGET = 6 * 1024  # bytes of .mpy for the agent core (the bar)
 FIRMWARE_BUDGET = 16 * 1024  # bytes of .mpy for everything we ship, umqtt aside
 

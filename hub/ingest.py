@@ -7,6 +7,7 @@ restored verifier state turns the redelivery into a duplicate, never a second re
 
 from .counters import SLOT_NAMES, SLOTS
 from .storage import Batch, Storage
+from .status import is_status_topic
 from .verifier import Verifier
 
 _ZERO = bytes(8 * SLOTS)
@@ -23,6 +24,8 @@ class Ingest:
             verifier.restore_device(device, state)
         for link, state in stored.links:
             verifier.restore_link(link, state)
+        for device, text in stored.statuses:
+            verifier.restore_status(device, text)
         verifier.unknown_device = stored.unknown_device
         self._start_batch()
 
@@ -31,6 +34,7 @@ class Ingest:
         self._records = []
         self._counts = []
         self._touched = set()  # devices whose state this commit must write
+        self._statuses = set()  # devices whose status this commit must write
         self._minute = None
         self._start_minute()
 
@@ -50,10 +54,15 @@ class Ingest:
         if known is not None and known[0] not in self._before:
             self._before[known[0]] = known[1].tobytes()
             self._touched.add(known[0])
-        verdict = self.verifier.verify(topic, payload, t)
-        if verdict.outcome == "valid":
-            self._records.append((verdict.device_id, verdict.epoch, verdict.seq, verdict.link,
-                                  verdict.device_time_ms, t, verdict.payload))
+        if is_status_topic(topic):  # birth, death, heartbeat: kept as the device's status
+            verdict = self.verifier.verify_status(topic, payload, t)
+            if verdict.outcome == "valid":
+                self._statuses.add(verdict.device_id)
+        else:
+            verdict = self.verifier.verify(topic, payload, t)
+            if verdict.outcome == "valid":
+                self._records.append((verdict.device_id, verdict.epoch, verdict.seq, verdict.link,
+                                      verdict.device_time_ms, t, verdict.payload))
         self.pending += 1
         if self.on_verdict is not None:
             self.on_verdict(verdict)
@@ -81,6 +90,7 @@ class Ingest:
         verifier = self.verifier
         batch = Batch(records=self._records, counts=self._counts, events=verifier.drain_events())
         batch.devices = [(d, verifier.current_link(d), verifier.device_state(d)) for d in self._touched]
+        batch.statuses = [(d, verifier.status[d].to_json()) for d in self._statuses]
         batch.links = [(verifier.link_names[code], c.tobytes()) for code, c in verifier.link_counters.items()]
         self.storage.commit(batch)
         self._start_batch()

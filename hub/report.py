@@ -70,16 +70,28 @@ def abnormal_reasons(name: str, link_entry: dict, registry: dict | None = None) 
     return reasons
 
 
-def _assemble(links: dict, devices: dict, device_links: dict, unknown: int, events: list) -> dict:
+def _assemble(links: dict, devices: dict, device_links: dict, unknown: int, events: list, statuses: dict) -> dict:
+    """statuses: device -> the fields of its latest status message (hub/status.py). A device's
+    source_drops are records it dropped itself, never sent: not link loss, shown apart."""
     registry = load_links()
+    for device in statuses:
+        devices.setdefault(device, new_counters())
+    source_drops = {}
+    for device, status in statuses.items():
+        link = device_links.get(device)
+        source_drops[link] = source_drops.get(link, 0) + status["source_drops"]
     link_entries = {}
     for name, counters in links.items():
         item = entry(counters)
         item["abnormal"] = abnormal_reasons(name, item, registry)
+        item["source_drops"] = source_drops.get(name, 0)
         link_entries[name] = item
     return {
         "links": link_entries,
-        "devices": {device: {**entry(counters), "link": device_links[device]} for device, counters in devices.items()},
+        "devices": {device: {**entry(counters), "link": device_links[device],
+                             "source_drops": statuses[device]["source_drops"] if device in statuses else 0,
+                             "status": statuses.get(device)}
+                    for device, counters in devices.items()},
         "unknown_device": unknown,
         "events": events,
     }
@@ -90,7 +102,9 @@ def build_report(verifier) -> dict:
     devices, device_links = {}, {}
     for device, link, counters in verifier.devices():
         devices[device], device_links[device] = counters, link
-    return _assemble(dict(verifier.links()), devices, device_links, verifier.unknown_device, list(verifier.events))
+    statuses = {device: dict(status.fields) for device, status in verifier.status.items()}
+    return _assemble(dict(verifier.links()), devices, device_links, verifier.unknown_device, list(verifier.events),
+                     statuses)
 
 
 def build_stored_report(storage, since: float | None = None, link: str | None = None) -> dict:
@@ -104,12 +118,14 @@ def build_stored_report(storage, since: float | None = None, link: str | None = 
         table = links if scope == "link" else devices
         table.setdefault(name, new_counters())[SLOT_NAMES.index(counter)] = total
     device_links = storage.device_links()
+    statuses = storage.device_statuses()
     events = storage.events_since(since)
     if link is not None:
         links = {name: c for name, c in links.items() if name == link}
         devices = {d: c for d, c in devices.items() if device_links.get(d) == link}
+        statuses = {d: s for d, s in statuses.items() if device_links.get(d) == link}
         events = [e for e in events if e["link"] == link]
-    return _assemble(links, devices, device_links, unknown, events)
+    return _assemble(links, devices, device_links, unknown, events, statuses)
 
 
 def to_json(report: dict) -> str:

@@ -18,7 +18,8 @@ import paho.mqtt.client as mqtt
 
 from .report import abnormal_reasons, entry
 
-RECORD_TOPICS = "linkseal/v1/+/rec"
+# Records and the devices' status messages (birth, death, heartbeat).
+TOPICS = [("linkseal/v1/+/rec", 1), ("linkseal/v1/+/status", 1)]
 CONNACK_TIMEOUT = 10.0  # a broker that accepts TCP but never answers is treated as down
 
 
@@ -62,17 +63,17 @@ class HubService:
         if reason_code.is_failure:
             self.log("broker_refused", reason=str(reason_code))
             return
-        client.subscribe(RECORD_TOPICS, qos=1)
+        client.subscribe(TOPICS)
         self._connected = True
         self.log("connected", broker=f"{self.broker.host}:{self.broker.port}",
                  session_present=bool(flags.session_present))
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
         if any(code.is_failure for code in reason_codes):
-            self.log("subscribe_refused", topics=RECORD_TOPICS, reason=str(reason_codes[0]))
+            self.log("subscribe_refused", topics=[topic for topic, _ in TOPICS], reason=str(reason_codes[0]))
             return
         self.subscribed.set()
-        self.log("subscribed", topics=RECORD_TOPICS)
+        self.log("subscribed", topics=[topic for topic, _ in TOPICS])
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         if self._connected and not self.stopping.is_set():

@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS counts (
     value INTEGER NOT NULL, PRIMARY KEY (minute, scope, name, counter)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY, link TEXT NOT NULL, state BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS links (link TEXT PRIMARY KEY, state BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS device_status (device TEXT PRIMARY KEY, status TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, t REAL NOT NULL, device TEXT, link TEXT,
     kind TEXT NOT NULL, reason TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
@@ -48,6 +49,7 @@ class Batch:
     records: list = field(default_factory=list)  # (device, epoch, seq, link, device_time_ms, arrival, payload)
     counts: list = field(default_factory=list)  # (minute, scope, name, counter, delta): scope device|link|hub
     devices: list = field(default_factory=list)  # (device, current link, verifier state bytes)
+    statuses: list = field(default_factory=list)  # (device, hub.status.DeviceStatus JSON)
     links: list = field(default_factory=list)  # (link, counter bytes)
     events: list = field(default_factory=list)  # {"t", "device", "link", "kind", "reason"}
 
@@ -59,6 +61,7 @@ class Stored:
     devices: list  # (device, state bytes)
     links: list  # (link, counter bytes)
     unknown_device: int
+    statuses: list = field(default_factory=list)  # (device, DeviceStatus JSON)
 
 
 class Storage(Protocol):
@@ -68,6 +71,7 @@ class Storage(Protocol):
     def commit(self, batch: Batch) -> None: ...  # all of it in one transaction, or nothing
     def counts_since(self, since_minute: int | None) -> list: ...  # (scope, name, counter, total)
     def device_links(self) -> dict: ...  # device -> current link
+    def device_statuses(self) -> dict: ...  # device -> its latest status (hub.status fields)
     def events_since(self, since: float | None) -> list: ...
     def audit(self) -> tuple[int, str | None]: ...  # (events checked, first break or None)
     def close(self) -> None: ...
@@ -112,7 +116,8 @@ class SQLiteStorage:
         links = self.db.execute("SELECT link, state FROM links").fetchall()
         unknown = self.db.execute("SELECT COALESCE(SUM(value), 0) FROM counts WHERE scope = 'hub' "
                                   "AND counter = 'unknown_device'").fetchone()[0]
-        return Stored(devices, links, unknown)
+        statuses = self.db.execute("SELECT device, status FROM device_status").fetchall()
+        return Stored(devices, links, unknown, statuses)
 
     def commit(self, batch: Batch) -> None:
         db = self.db
@@ -124,6 +129,7 @@ class SQLiteStorage:
                            "SET value = value + excluded.value", batch.counts)
             db.executemany("INSERT OR REPLACE INTO devices VALUES (?, ?, ?)", batch.devices)
             db.executemany("INSERT OR REPLACE INTO links VALUES (?, ?)", batch.links)
+            db.executemany("INSERT OR REPLACE INTO device_status VALUES (?, ?)", batch.statuses)
             for event in batch.events:
                 new_hash = event_hash(last_hash, event)
                 db.execute("INSERT INTO events (t, device, link, kind, reason, prev_hash, hash) "
@@ -148,6 +154,11 @@ class SQLiteStorage:
         return self.db.execute(
             "SELECT scope, name, counter, SUM(value) FROM counts WHERE minute >= ? GROUP BY scope, name, counter",
             (since_minute if since_minute is not None else -(2**62),)).fetchall()
+
+    def device_statuses(self) -> dict:
+        """device -> what its latest status message said (hub.status.DeviceStatus fields)."""
+        return {device: json.loads(text)["fields"] for device, text in self.db.execute(
+            "SELECT device, status FROM device_status")}
 
     def device_links(self) -> dict:
         return dict(self.db.execute("SELECT device, link FROM devices"))

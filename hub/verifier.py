@@ -19,7 +19,8 @@ except ImportError:  # a CPython built without OpenSSL
 from agent import frame as wire
 from agent.sealer import TOPIC_PREFIX
 
-from .counters import CORRUPT, FORGED, MALFORMED, OUTCOME_OF, RATE_LIMITED, REPLAY, SLOTS, VALID, new_counters, received
+from .status import STATUS_SUFFIX, DeviceStatus, describe, is_status_topic, parse_status
+from .counters import CORRUPT, FORGED, LOST, MALFORMED, OUTCOME_OF, RATE_LIMITED, REPLAY, SLOTS, VALID, new_counters, received
 from .window import EpochWindow
 
 # Exactly one of these per frame (docs/protocol.md, "Outcomes").
@@ -121,6 +122,7 @@ class Verifier:
         self.unknown_device = 0
         self.events = []
         self._mac_holders = []
+        self.status = {}  # device id -> DeviceStatus, for devices that sent one
 
     # -- the hot path -------------------------------------------------------------
 
@@ -174,6 +176,77 @@ class Verifier:
             self.record_event(t, dev.device_id, name, "replay", reason)
             return _verdict(Verdict, ("replay", dev.device_id, name, epoch, seq, stamp, None, reason))
         return _verdict(Verdict, ("duplicate", dev.device_id, name, epoch, seq, stamp, None, "already accepted"))
+
+    def verify_message(self, topic: str, data: bytes, t: float) -> Verdict:
+        """verify() for a record, verify_status() for a status message."""
+        if is_status_topic(topic):
+            return self.verify_status(topic, data, t)
+        return self.verify(topic, data, t)
+
+    # -- status messages (birth, death, heartbeat) -------------------------------------
+
+    def verify_status(self, topic: str, data: bytes, t: float) -> Verdict:
+        """Check a status message like a record (CRC, MAC under the status domain, its own
+        replay window), then keep what it says; a heartbeat's `sent` reveals tail losses.
+        The Verdict's reason is the status type when it is valid."""
+        device_id = _device_in_topic(topic)
+        dev = self._devices.get(_record_topic(device_id)) if device_id is not None else None
+        if dev is None or not topic.endswith(STATUS_SUFFIX):
+            return self._unknown(topic, t)
+        name = self.link_names[dev.link]
+        try:
+            key_id, link, epoch, seq, _, body, tag_at, tag_len = _decode(data)
+        except (_Corrupt, _Malformed) as exc:
+            kind = "corrupt" if isinstance(exc, _Corrupt) else "malformed"
+            return _verdict(Verdict, (kind, dev.device_id, name, None, None, None, None, "status: %s" % exc))
+        problem = self._status_forgery(dev, key_id, link, tag_len, tag_at, data, t)
+        if problem is not None:
+            self.record_event(t, dev.device_id, name, "forged", "status: " + problem)
+            return _verdict(Verdict, ("forged", dev.device_id, name, None, None, None, None, "status: " + problem))
+        name = self.link_names[link]
+        try:
+            doc = parse_status(data[body:tag_at])
+        except ValueError as exc:
+            return _verdict(Verdict, ("malformed", dev.device_id, name, epoch, seq, None, None, str(exc)))
+        status = self.status.get(dev.device_id) or self.status.setdefault(dev.device_id, DeviceStatus())
+        if not status.accept(epoch, seq):
+            reason = "status %d of epoch %d was seen before or is too old" % (seq, epoch)
+            self.record_event(t, dev.device_id, name, "replay", reason)
+            return _verdict(Verdict, ("replay", dev.device_id, name, epoch, seq, None, None, reason))
+        status.update(doc, name, epoch, t)
+        if doc["type"] != "heartbeat":
+            self.record_event(t, dev.device_id, name, doc["type"], describe(doc, epoch))
+        sent = doc.get("sent")
+        if sent is not None:
+            window = dev.current if dev.current is not None and dev.current.epoch == sent[0] else None
+            window = window or self._window_for(dev, sent[0], 0)
+            if window is not None:
+                if dev.link not in self.link_counters:
+                    self._new_link(dev.link)
+                window.reveal(sent[1], dev.link, dev.counters, self.link_counters)
+        return _verdict(Verdict, ("valid", dev.device_id, name, epoch, seq, None, data[body:tag_at], doc["type"]))
+
+    def _status_forgery(self, dev, key_id, link, tag_len, tag_at, data, t):
+        """Why a status message is not authentic, or None when it is."""
+        if link not in self.link_names:
+            return "unknown link code %d" % link
+        if dev.revoked:
+            return "device revoked"
+        if tag_len < dev.min_tag:
+            return "%d-byte tag below the device minimum of %d" % (tag_len, dev.min_tag)
+        key = dev.key if key_id == dev.key_id else (dev.other_keys or {}).get(key_id)
+        if key is None:
+            return "unknown key id %d" % key_id
+        if key_id != dev.key_id and dev.until is not None and t > dev.until.get(key_id, float("inf")):
+            return "retired key"
+        mac = _digest(key, wire.mac_prefix(dev.device_id, wire.STATUS_DOMAIN) + data[:tag_at], "sha256")
+        if not compare_digest(mac[:tag_len], data[tag_at : tag_at + tag_len]):
+            return "MAC mismatch"
+        return None
+
+    def restore_status(self, device_id: str, text: str) -> None:
+        if _record_topic(device_id) in self._devices:
+            self.status[device_id] = DeviceStatus.from_json(text)
 
     # -- the rarer paths ----------------------------------------------------------
 
@@ -249,7 +322,7 @@ class Verifier:
         # No state is created for a device we hold no key for: only a counter and an event.
         self.unknown_device += 1
         device = _device_in_topic(topic)
-        reason = "no key for this device" if device is not None else "not a linkseal record topic"
+        reason = "no key for this device" if device is not None else "not a linkseal record or status topic"
         self.record_event(t, device, None, "unknown_device", reason)
         return _verdict(Verdict, ("unknown_device", device, None, None, None, None, None, reason))
 
@@ -262,7 +335,7 @@ class Verifier:
     def devices(self):
         """(device id, current link name, counters) for every device that sent anything."""
         for dev in self._devices.values():
-            if received(dev.counters):
+            if received(dev.counters) or dev.counters[LOST] or dev.device_id in self.status:
                 yield dev.device_id, self.link_names[dev.link], dev.counters
 
     def links(self):
@@ -292,8 +365,10 @@ class Verifier:
         return len(self._devices)
 
     def counters_for(self, topic: str):
-        """(device id, live counter array) for a known device's record topic, else None."""
+        """(device id, live counter array) for a known device's record or status topic, else None."""
         dev = self._devices.get(topic)
+        if dev is None and topic.endswith(STATUS_SUFFIX):
+            dev = self._devices.get(topic[: -len(STATUS_SUFFIX)] + _TOPIC_SUFFIX)
         return None if dev is None else (dev.device_id, dev.counters)
 
     def counters_for_device(self, device_id: str):
@@ -361,10 +436,15 @@ def _record_topic(device_id: str) -> str:
 
 
 def _device_in_topic(topic: str):
-    """The device id in a record topic, shortened; None when the topic is not one."""
-    if not topic.startswith(TOPIC_PREFIX) or not topic.endswith(_TOPIC_SUFFIX):
+    """The device id in a record or status topic, shortened; None when the topic is neither."""
+    if not topic.startswith(TOPIC_PREFIX):
         return None
-    device = topic[len(TOPIC_PREFIX) : -len(_TOPIC_SUFFIX)]
+    for suffix in (_TOPIC_SUFFIX, STATUS_SUFFIX):
+        if topic.endswith(suffix):
+            break
+    else:
+        return None
+    device = topic[len(TOPIC_PREFIX) : -len(suffix)]
     if not device or "/" in device:
         return None
     return device[:64]

@@ -7,6 +7,11 @@ Blocks are bytes here (8 bits), which keeps the ring a single 129-byte bytearray
 Loss follows RFC 3550 A.3: expected = top - base + 1, lost = expected - accepted. Loss
 bursts and Gilbert-Elliott transitions are kept exact as frames arrive: revealing a gap
 adds one loss run; a late frame filling a hole changes only the two pairs around it.
+
+A device's heartbeat can reveal losses at the tail of a stream, which no later frame has
+shown yet (`reveal`): top then moves onto a lost position. The pair after such a top is
+counted ahead as lost->received, so the in-order fast path needs no extra check; a gap or a
+late frame that meets a lost top corrects for it.
 """
 
 import struct
@@ -120,18 +125,8 @@ class EpochWindow:
             self._advance(seq)
             self._set(seq)
             self.top = seq
-            gap = seq - top - 1
-            if gap:
-                # A run of `gap` losses ends at seq; it starts after a received frame
-                # unless the epoch's first frames are the ones missing.
-                lc = link_counters[link]
-                self._owe(link, gap)
-                started = 1 if top >= self.base else 0
-                for c in (device, lc):
-                    c[LOST] += gap
-                    c[BURSTS] += 1
-                    c[L2R] += 1
-                    c[R2L] += started
+            if seq - top - 1:
+                self._lose_after(top, seq - top - 1, link, device, link_counters)
             return VALID
         if seq <= top - WINDOW:
             return REPLAY
@@ -144,6 +139,34 @@ class EpochWindow:
         self._set(seq)
         self._fill_hole(seq, link, device, link_counters)
         return VALID
+
+    def _lose_after(self, top, gap, link, device, link_counters):
+        # A run of `gap` losses follows the old top; it starts after a received frame unless
+        # the epoch's first frames are the ones missing. When the old top is itself a lost
+        # tail (see reveal), the run simply grows: its end was counted ahead already.
+        lc = link_counters[link]
+        self._owe(link, gap)
+        if top >= self.base and not self._bit(top):
+            for c in (device, lc):
+                c[LOST] += gap
+            return
+        started = 1 if top >= self.base else 0
+        for c in (device, lc):
+            c[LOST] += gap
+            c[BURSTS] += 1
+            c[L2R] += 1
+            c[R2L] += started
+
+    def reveal(self, sent_seq: int, link: int, device, link_counters) -> int:
+        """The device says the broker has every frame up to sent_seq: count the ones above
+        top as lost now (late arrivals are then reordered frames). Returns how many."""
+        top = self.top
+        if sent_seq <= top:
+            return 0
+        self._advance(sent_seq)
+        self.top = sent_seq
+        self._lose_after(top, sent_seq - top, link, device, link_counters)
+        return sent_seq - top
 
     def _extend_base(self, seq, link, device, link_counters):
         # A device first seen mid-epoch sends an earlier frame late: counting now starts at
@@ -168,7 +191,7 @@ class EpochWindow:
         # seq was lost and is now received: only the pairs (seq-1, seq) and (seq, seq+1)
         # change. seq+1 <= top always exists; seq-1 may lie before counting began.
         left = None if seq == self.base else self._bit(seq - 1)
-        right = self._bit(seq + 1)
+        right = 1 if seq == self.top else self._bit(seq + 1)  # a lost top's next pair was counted ahead
         for c in (device, owner):
             c[LOST] -= 1
             if left == 1:

@@ -31,8 +31,8 @@ def test_schema_has_exactly_the_documented_keys():
     verifier.verify("linkseal/v1/ghost/rec", frames[0], 2.0)
     report = json.loads(to_json(build_report(verifier)))
     assert set(report) == {"links", "devices", "events", "unknown_device"}
-    assert set(report["links"]["wifi"]) == COUNTERS | FIGURES | {"abnormal"}
-    assert set(report["devices"]["pump-1"]) == COUNTERS | FIGURES | {"link"}
+    assert set(report["links"]["wifi"]) == COUNTERS | FIGURES | {"abnormal", "source_drops"}
+    assert set(report["devices"]["pump-1"]) == COUNTERS | FIGURES | {"link", "source_drops", "status"}
     for name in COUNTERS:
         assert isinstance(report["links"]["wifi"][name], int)
     assert report["links"]["wifi"]["loss_rate"] == 0.2

@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "tools" / "micropython.mjs"
 RUNTIME = ROOT / "node_modules" / "@micropython" / "micropython-webassembly-pyscript"
-AGENT_FILES = ("__init__.py", "frame.py", "sealer.py", "link_codes.py")
+AGENT_FILES = tuple(sorted(path.name for path in (ROOT / "agent").glob("*.py")))
 
 
 class MicroPythonError(RuntimeError):

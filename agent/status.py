@@ -1,0 +1,25 @@
+# Status messages: what a device says about itself on linkseal/v1/<device>/status, sealed
+# with Sealer.seal_status. One JSON object (docs/protocol.md, "Status messages"):
+#   type          "birth" (every connect), "death" (the MQTT last will), "heartbeat"
+#   next_seq      the sequence number the next record will carry (in the frame's epoch)
+#   sent          [epoch, seq] of the newest record the broker has taken, if any: the hub
+#                 counts every record up to it that never arrived as lost (tail loss)
+#   queued        records waiting on the device
+#   source_drops  records the device dropped itself (its queue was full), since provisioning
+#   fw, reset_cause   birth only
+import json
+
+FIRMWARE_VERSION = "0.2.0"
+BIRTH = "birth"
+DEATH = "death"
+HEARTBEAT = "heartbeat"
+
+
+def status_payload(kind, sealer, queued, source_drops, sent=None, reset_cause=None):
+    doc = {"type": kind, "next_seq": sealer.seq, "queued": queued, "source_drops": source_drops}
+    if sent is not None:
+        doc["sent"] = [sent[0], sent[1]]
+    if kind == BIRTH:
+        doc["fw"] = FIRMWARE_VERSION
+        doc["reset_cause"] = reset_cause or "unknown"
+    return json.dumps(doc).encode()

@@ -1,0 +1,102 @@
+"""Devices' status messages at the hub: birth, death and heartbeat (agent/status.py).
+
+They are sealed like records under their own MAC domain and sequence numbers, so they are
+checked the same way (CRC, MAC) but replay-protected by a small window of their own.
+What they say is kept per device (`DeviceStatus`) and shown in reports; a heartbeat's
+`sent` position lets the verifier count records lost at the tail of a stream.
+"""
+
+import json
+
+from agent import status as device_status
+
+STATUS_SUFFIX = "/status"
+KINDS = (device_status.BIRTH, device_status.DEATH, device_status.HEARTBEAT)
+STATUS_WINDOW = 64
+_COUNTER_MAX = 0xFFFFFFFF
+
+
+def is_status_topic(topic: str) -> bool:
+    return topic.endswith(STATUS_SUFFIX)
+
+
+def parse_status(payload: bytes) -> dict:
+    """The status document, checked; ValueError naming the field that is wrong."""
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        raise ValueError("status payload is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("type") not in KINDS:
+        raise ValueError(f"status type must be one of {', '.join(KINDS)}")
+    for field in ("next_seq", "queued", "source_drops"):
+        if not _counter(doc.get(field)):
+            raise ValueError(f"status field {field} must be a whole number 0..{_COUNTER_MAX}")
+    sent = doc.get("sent")
+    if sent is not None and not (isinstance(sent, list) and len(sent) == 2 and all(map(_counter, sent))):
+        raise ValueError("status field sent must be [epoch, seq]")
+    for field in ("fw", "reset_cause"):
+        if field in doc and not (isinstance(doc[field], str) and len(doc[field]) <= 64):
+            raise ValueError(f"status field {field} must be a short string")
+    return doc
+
+
+def _counter(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _COUNTER_MAX
+
+
+class DeviceStatus:
+    """The latest status of one device and the replay window of its status messages."""
+
+    __slots__ = ("epoch", "top", "seen", "fields")
+
+    def __init__(self):
+        self.epoch = -1
+        self.top = -1
+        self.seen = 0  # bit i: status seq top - i was accepted
+        self.fields = {}
+
+    def accept(self, epoch: int, seq: int) -> bool:
+        """True for a status (epoch, seq) never accepted before and not too old."""
+        if epoch > self.epoch:
+            self.epoch, self.top, self.seen = epoch, seq, 1
+            return True
+        if epoch < self.epoch or seq <= self.top - STATUS_WINDOW:
+            return False
+        if seq > self.top:
+            self.seen = ((self.seen << (seq - self.top)) | 1) & ((1 << STATUS_WINDOW) - 1)
+            self.top = seq
+            return True
+        bit = 1 << (self.top - seq)
+        if self.seen & bit:
+            return False
+        self.seen |= bit
+        return True
+
+    def update(self, doc: dict, link: str, epoch: int, t: float) -> None:
+        fields = self.fields
+        fields.update(online=doc["type"] != device_status.DEATH, last=doc["type"], t=t, link=link, epoch=epoch,
+                      next_seq=doc["next_seq"], queued=doc["queued"], source_drops=doc["source_drops"])
+        for name in ("fw", "reset_cause"):
+            if name in doc:
+                fields[name] = doc[name]
+
+    def to_json(self) -> str:
+        return json.dumps({"epoch": self.epoch, "top": self.top, "seen": self.seen, "fields": self.fields})
+
+    @classmethod
+    def from_json(cls, text: str) -> "DeviceStatus":
+        data = json.loads(text)
+        status = cls()
+        status.epoch, status.top, status.seen, status.fields = data["epoch"], data["top"], data["seen"], data["fields"]
+        return status
+
+
+def describe(doc: dict, epoch: int) -> str:
+    """One line for the event log."""
+    if doc["type"] == device_status.DEATH:
+        return f"connection lost (last will of epoch {epoch}); {doc['queued']} records were queued"
+    text = (f"epoch {epoch}, next seq {doc['next_seq']}, {doc['queued']} queued, "
+            f"{doc['source_drops']} dropped at the source")
+    if doc["type"] == device_status.BIRTH:
+        text = f"connected: firmware {doc.get('fw', '?')}, reset cause {doc.get('reset_cause', '?')}, " + text
+    return text

@@ -1,0 +1,128 @@
+"""Status messages at the hub: authenticated birth, death and heartbeat, tail loss."""
+
+import json
+import random
+
+from agent import Sealer, topic_for
+from agent.sealer import status_topic_for
+from agent.status import BIRTH, DEATH, HEARTBEAT, status_payload
+from hub.counters import BURSTS, L2R, LOST, R2L, REORDERED
+from hub.ingest import Ingest
+from hub.report import build_report, build_stored_report
+from hub.storage import SQLiteStorage
+
+from .conftest import KEY, make_verifier
+
+REC, STATUS = topic_for("pump-1"), status_topic_for("pump-1")
+
+
+def status(sealer, kind, queued=0, drops=0, sent=None, cause=None):
+    return sealer.seal_status(status_payload(kind, sealer, queued, drops, sent, cause))
+
+
+def test_birth_heartbeat_death_are_kept_and_reported():
+    verifier, sealer = make_verifier(), Sealer("pump-1", KEY, epoch=3)
+    assert verifier.verify_message(STATUS, status(sealer, BIRTH, queued=5, drops=2, cause="watchdog"), 1.0).outcome \
+        == "valid"
+    for _ in range(4):
+        assert verifier.verify_message(REC, sealer.seal(b"r"), 2.0).outcome == "valid"
+    beat = verifier.verify_message(STATUS, status(sealer, HEARTBEAT, queued=1, drops=2, sent=(3, 3)), 3.0)
+    assert (beat.outcome, beat.reason, beat.epoch, beat.seq) == ("valid", "heartbeat", 3, 1)
+    assert verifier.verify_message(STATUS, status(sealer, DEATH, queued=1, drops=2), 4.0).outcome == "valid"
+    report = build_report(verifier)
+    device = report["devices"]["pump-1"]
+    assert device["source_drops"] == 2 and report["links"]["wifi"]["source_drops"] == 2
+    assert device["status"]["online"] is False and device["status"]["last"] == "death"
+    assert device["status"]["fw"] and device["status"]["reset_cause"] == "watchdog"
+    assert device["status"]["next_seq"] == 4 and device["lost"] == 0
+    kinds = [(e["kind"], e["reason"][:10]) for e in report["events"]]
+    assert kinds == [("birth", "connected:"), ("death", "connection")]
+
+
+def test_a_status_message_never_passes_for_a_record_nor_the_reverse():
+    verifier, sealer = make_verifier(), Sealer("pump-1", KEY)
+    as_record = verifier.verify_message(REC, status(sealer, HEARTBEAT), 1.0)
+    as_status = verifier.verify_message(STATUS, sealer.seal(b'{"type": "death"}'), 1.0)
+    assert (as_record.outcome, as_status.outcome) == ("forged", "forged")
+    assert as_status.reason == "status: MAC mismatch"
+    assert build_report(verifier)["devices"]["pump-1"]["status"] is None
+
+
+def test_status_replays_and_forgeries_are_refused_and_logged():
+    verifier, sealer = make_verifier(), Sealer("pump-1", KEY)
+    birth = status(sealer, BIRTH)
+    assert verifier.verify_message(STATUS, birth, 1.0).outcome == "valid"
+    assert verifier.verify_message(STATUS, birth, 2.0).outcome == "replay"
+    stranger = Sealer("pump-1", bytes(32))
+    assert verifier.verify_message(STATUS, status(stranger, DEATH), 3.0).outcome == "forged"
+    damaged = bytearray(status(sealer, HEARTBEAT))
+    damaged[5] ^= 1
+    assert verifier.verify_message(STATUS, bytes(damaged), 4.0).outcome == "corrupt"
+    # Authentic but not a status document: malformed, and it changes nothing.
+    assert verifier.verify_message(STATUS, sealer.seal_status(b"[1, 2]"), 5.0).outcome == "malformed"
+    assert [e["kind"] for e in verifier.events] == ["birth", "replay", "forged"]
+    assert verifier.status["pump-1"].fields["online"] is True
+
+
+def test_a_death_sealed_before_later_heartbeats_is_still_accepted():
+    # The will is sealed at connect, before the heartbeats, but the broker sends it last.
+    verifier, sealer = make_verifier(), Sealer("pump-1", KEY)
+    birth, will = status(sealer, BIRTH), status(sealer, DEATH)
+    beats = [status(sealer, HEARTBEAT) for _ in range(3)]
+    outcomes = [verifier.verify_message(STATUS, m, float(i)).outcome for i, m in enumerate([birth, *beats, will])]
+    assert outcomes == ["valid"] * 5 and verifier.status["pump-1"].fields["online"] is False
+
+
+def brute_force(received, base, top, tail_counted):
+    """Loss, runs and transitions of a received/lost pattern, computed the slow way."""
+    pattern = [seq in received for seq in range(base, top + 1)]
+    lost = pattern.count(False)
+    r2l = sum(1 for a, b in zip(pattern, pattern[1:]) if a and not b)
+    l2r = sum(1 for a, b in zip(pattern, pattern[1:]) if not a and b) + (tail_counted and not pattern[-1])
+    runs = sum(1 for i, x in enumerate(pattern) if not x and (i == 0 or pattern[i - 1]))
+    return lost, r2l, l2r, runs
+
+
+def test_heartbeats_reveal_tail_loss_exactly_and_late_frames_take_it_back():
+    rng = random.Random(7)
+    for _ in range(60):
+        verifier, sealer = make_verifier(), Sealer("pump-1", KEY, epoch=1)
+        frames = [sealer.seal(b"r") for _ in range(40)]
+        events = [("frame", seq) for seq in range(40) if rng.random() < 0.7]
+        events += [("beat", rng.randrange(40)) for _ in range(3)]
+        rng.shuffle(events)
+        received = set()
+        for kind, seq in events:
+            if kind == "frame":
+                verifier.verify_message(REC, frames[seq], 1.0)
+                received.add(seq)
+            else:
+                verifier.verify_message(STATUS, status(sealer, HEARTBEAT, sent=(1, seq)), 1.0)
+        window = verifier._devices[REC].current if REC in verifier._devices else None
+        counters = verifier.counters_for_device("pump-1")
+        if window is None:
+            continue
+        lost, r2l, l2r, runs = brute_force(received, window.base, window.top, tail_counted=True)
+        assert (counters[LOST], counters[R2L], counters[L2R], counters[BURSTS]) == (lost, r2l, l2r, runs), events
+        assert counters[REORDERED] >= 0
+
+
+def test_status_survives_a_hub_restart_and_shows_in_the_stored_report(tmp_path):
+    sealer = Sealer("pump-1", KEY)
+    db = tmp_path / "hub.db"
+    ingest = Ingest(make_verifier(), SQLiteStorage(db))
+    birth = status(sealer, BIRTH, queued=0, drops=7)
+    for _ in range(5):
+        sealer.seal(b"never arrives")
+    ingest.handle(STATUS, birth, 60.0)
+    ingest.handle(STATUS, status(sealer, HEARTBEAT, drops=7, sent=(0, 4)), 61.0)
+    ingest.commit()
+    ingest.storage.close()
+
+    restarted = Ingest(make_verifier(), SQLiteStorage(db))
+    assert restarted.handle(STATUS, birth, 62.0).outcome == "replay"
+    restarted.commit()
+    report = build_stored_report(restarted.storage)
+    device = report["devices"]["pump-1"]
+    assert device["lost"] == 5 and device["valid"] == 0 and device["source_drops"] == 7
+    assert device["status"]["last"] == "heartbeat" and json.dumps(report)
