@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MICROPYTHON := node_modules/@micropython/micropython-webassembly-pyscript/package.json
+UMQTT := .cache/micropython-lib/umqtt/simple.py
 
 .PHONY: demo test bench link-codes clean mosquitto
 
@@ -16,6 +17,10 @@ $(STAMP): pyproject.toml
 $(MICROPYTHON): package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
+
+# micropython-lib's umqtt.simple for the virtual device (from PyPI, see tools/umqtt.py).
+$(UMQTT): $(STAMP)
+	$(BIN)/python -m tools.umqtt
 
 # The hub tests start their own Mosquitto brokers; install it (Debian package) when missing.
 mosquitto:
@@ -30,10 +35,10 @@ mosquitto:
 demo: $(STAMP)
 	$(BIN)/linkseal demo
 
-test: $(STAMP) $(MICROPYTHON) mosquitto
+test: $(STAMP) $(MICROPYTHON) $(UMQTT) mosquitto
 	$(BIN)/python -m pytest
 
-bench: $(STAMP) $(MICROPYTHON) mosquitto
+bench: $(STAMP) $(MICROPYTHON) $(UMQTT) mosquitto
 	$(BIN)/python bench/run.py
 
 # Regenerate agent/link_codes.py after editing hardware/links/*.toml.
@@ -41,4 +46,4 @@ link-codes: $(STAMP)
 	$(BIN)/python -m hub.link_registry
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) node_modules .cache .pytest_cache .hypothesis *.egg-info

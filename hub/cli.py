@@ -14,6 +14,7 @@ from simulator.cli import add_sim_group
 
 from .cli_common import EXIT_INPUT, InputError, command
 from .cli_hub import add_hub_group
+from .cli_firmware import add_firmware_group
 from .cli_keys import add_keys_group
 
 
@@ -59,15 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent_run.add_argument("--log-json", action="store_true", help="log JSON Lines")
     agent_run.set_defaults(run=_agent_run)
 
-    firmware = groups.add_parser("firmware", help="build device firmware (flashing: not available yet)")
-    firmware_sub = firmware.add_subparsers(dest="command", required=True)
-    build = command(firmware_sub, "build", "Compile the agent and firmware to .mpy for one device and board, with "
-                    "its config, first epoch and a manifest.py for custom firmware images.",
-                    ["linkseal firmware build --device pump-12.json --board esp32 --out build/pump-12"])
-    build.add_argument("--device", required=True, type=Path, help="device config from `keys provision`")
-    build.add_argument("--board", required=True, help="a board from hardware/boards (esp32, esp32-s3, rp2-pico-w)")
-    build.add_argument("--out", required=True, type=Path, help="build directory (replaced)")
-    build.set_defaults(run=_firmware_build)
+    add_firmware_group(groups)
 
     demo = command(groups, "demo", "A dozen devices on six link types, with link faults and attacks, through an "
                    "embedded MQTT broker to the hub: per-link tables, security events, report and plots.",
@@ -120,17 +113,6 @@ def _agent_run(args):
         raise InputError(f"--source {args.source}: {exc.strerror}") from None
     with source:
         return agent.run(source)
-
-
-def _firmware_build(args):
-    from .boards import board
-    from .firmware_build import AGENT_BUDGET, FIRMWARE_BUDGET, build
-
-    sizes = build(args.device, board(args.board), args.out)
-    print(f"built {args.out} for {args.board}: agent core {sizes['agent']} bytes of .mpy (budget {AGENT_BUDGET}), "
-          f"firmware {sizes['firmware']} bytes (budget {FIRMWARE_BUDGET}); device.json is 0600")
-    if sizes["agent"] > AGENT_BUDGET or sizes["firmware"] > FIRMWARE_BUDGET:
-        raise InputError("the build is over its size budget")
 
 
 def _demo(args):

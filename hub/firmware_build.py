@@ -1,8 +1,11 @@
 """`linkseal firmware build`: the agent and firmware compiled to .mpy for one device and board.
 
-The build directory mirrors the device's filesystem: lib/agent/*.mpy and lib/*.mpy,
-device.json (0600, it holds the device key), the first boot epoch, and a manifest.py that
-freezes the same code into a custom MicroPython image for those who build their own.
+The build directory mirrors the device's filesystem: boot.py and main.py (source, as
+MicroPython runs them), lib/agent/*.mpy and lib/*.mpy, device.json (0600, it holds the device
+key), agent.json (0600: broker, WiFi, intervals), the first boot epoch, and a manifest.py
+that freezes the same code into a custom MicroPython image for those who build their own.
+An integrator's own records.py put next to main.py takes the place of lib/records.mpy
+(the board's current directory comes first on sys.path).
 """
 
 import os
@@ -27,7 +30,7 @@ class BuildError(ValueError):
 
 def firmware_modules() -> list:
     """Device modules compiled to .mpy (boot.py and main.py stay source, as MicroPython runs them)."""
-    return sorted(p for p in FIRMWARE_DIR.glob("*.py") if p.name not in ("boot.py", "main.py"))
+    return sorted(p for p in FIRMWARE_DIR.glob("*.py") if p.name not in SOURCE_FILES)
 
 
 def _mpy_cross(source: Path, target: Path, name: str) -> None:
@@ -65,7 +68,24 @@ def manifest_text(board: Board) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build(device_json: Path, board: Board, out: Path) -> dict:
+SOURCE_FILES = ("boot.py", "main.py")
+
+
+def agent_settings(broker, board: Board, wifi_ssid=None, wifi_password=None, qos=1, heartbeat_s=30,
+                   record_interval_ms=1000) -> dict:
+    """agent.json: what the firmware's app.py needs beyond the device config."""
+    if qos not in (0, 1):
+        raise BuildError(f"--qos {qos}: umqtt.simple publishes at QoS 0 or 1")
+    if wifi_ssid and "wifi" not in board.network:
+        raise BuildError(f"--wifi-ssid: board {board.name} has no WiFi ({', '.join(board.network)})")
+    settings = {"broker": {"host": broker.host, "port": broker.port, "tls": broker.tls}, "qos": qos,
+                "heartbeat_s": heartbeat_s, "record_interval_ms": record_interval_ms, "watchdog": board.watchdog}
+    if wifi_ssid:
+        settings["wifi"] = {"ssid": wifi_ssid, "password": wifi_password or ""}
+    return settings
+
+
+def build(device_json: Path, board: Board, out: Path, settings: dict) -> dict:
     """Compile, copy and describe one device's build; returns the sizes in bytes."""
     config = load_device_config(device_json)
     out = Path(out)
@@ -87,7 +107,10 @@ def build(device_json: Path, board: Board, out: Path) -> dict:
         if mpy_major(path) != board.mpy_major:
             raise BuildError(f"{path}: .mpy version {mpy_major(path)}, but {board.name} loads {board.mpy_version}: "
                              "install an mpy-cross that matches the board's MicroPython")
+    for name in SOURCE_FILES:
+        shutil.copyfile(FIRMWARE_DIR / name, out / name)
     write_private_json(out / "device.json", config)
+    write_private_json(out / "agent.json", settings)
     first_epoch_file(out / "epoch")
     (out / "manifest.py").write_text(manifest_text(board))
     return sizes

@@ -90,7 +90,7 @@ def test_build_loads_on_micropython_and_seals_the_vectors(tmp_path):
     write_private_json(device, keyfile.provision("pump-1", "wifi"))
     linkseal = Path(sys.executable).parent / "linkseal"
     result = subprocess.run([str(linkseal), "firmware", "build", "--device", str(device), "--board", "esp32",
-                             "--out", str(tmp_path / "build")], capture_output=True, text=True, timeout=120)
+                             "--broker", "mqtt://127.0.0.1:1883", "--out", str(tmp_path / "build")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     build = tmp_path / "build"
     agent_bytes = sum(p.stat().st_size for p in (build / "lib" / "agent").glob("*.mpy"))
@@ -123,5 +123,5 @@ def test_unknown_board_is_an_input_error(tmp_path):
 
     linkseal = Path(sys.executable).parent / "linkseal"
     result = subprocess.run([str(linkseal), "firmware", "build", "--device", str(tmp_path / "d.json"), "--board",
-                             "arduino-uno", "--out", str(tmp_path / "b")], capture_output=True, text=True)
+                             "arduino-uno", "--broker", "mqtt://localhost", "--out", str(tmp_path / "b")], capture_output=True, text=True)
     assert result.returncode == 2 and "unknown board 'arduino-uno'" in result.stderr

@@ -35,6 +35,8 @@ class socket:
     def write(self, buf, n=None):
         if not self._id:
             raise OSError(_ENOTCONN)
+        if isinstance(buf, str):  # MicroPython's sockets take str too (umqtt.simple relies on it)
+            buf = buf.encode()
         data = bytes(buf) if n is None else bytes(buf[:n])
         sent = _vdev.send(self._id, binascii.hexlify(data).decode())
         if sent < 0:

@@ -1,0 +1,198 @@
+# The agent on a MicroPython board: take records from records.py, seal them, queue them,
+# publish them, and say how the device is doing in status messages.
+#
+# Files on the board (written by `linkseal firmware build` and `firmware flash`):
+#   device.json   the device's id, key and broker credentials (`linkseal keys provision`)
+#   agent.json    broker address, WiFi, QoS, intervals, watchdog (`firmware build` options)
+#   epoch         the boot epoch (epoch.py); queue, queue.state: store-and-forward (store.py)
+#
+# Order at start: advance and persist the epoch before anything is sealed (a missing or
+# damaged epoch file stops the agent: it says so on the console and never seals), bring
+# the network up, then loop. The loop never blocks for long: the watchdog is fed on every
+# turn, and any error short of a broken epoch is reported and retried, never silent.
+import gc
+import json
+import random
+import time
+
+import epoch as epoch_file
+import records
+from agent import frame
+from agent.sealer import Sealer, status_topic_for, topic_for
+from agent.status import BIRTH, DEATH, HEARTBEAT, status_payload
+from store import Store
+from transport import Transport
+
+DEFAULTS = {
+    "qos": 1,  # 0 or 1
+    "record_interval_ms": 1000,
+    "heartbeat_s": 30,
+    "keepalive_s": 60,
+    "ack_timeout_s": 10,
+    "max_rate": 50,  # frames a second at most, under the hub's per-device limit (100/s)
+    "ram_queue": 64,  # frames held in RAM before they spill to flash
+    "queue_bytes": 32768,  # flash for queued frames; beyond it the oldest are dropped
+    "backoff_ms": 1000,  # first reconnect delay; doubles up to backoff_max_ms, with jitter
+    "backoff_max_ms": 60000,
+    "watchdog_ms": 30000,
+}
+_RESET_CAUSES = {1: "power_on", 2: "hard_reset", 3: "watchdog", 4: "deep_sleep", 5: "soft_reset"}
+
+
+def load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def reset_cause():
+    try:
+        import machine
+
+        return _RESET_CAUSES.get(machine.reset_cause(), "unknown")
+    except (ImportError, AttributeError):
+        return "unknown"
+
+
+def start_watchdog(settings):
+    # The hardware watchdog resets the board if the loop stops feeding it.
+    if not settings.get("watchdog"):
+        return None
+    try:
+        from machine import WDT
+
+        return WDT(timeout=settings["watchdog_ms"])
+    except (ImportError, ValueError):
+        return None
+
+
+def network_up(settings, feed):
+    # WiFi boards join the access point in agent.json; others (Ethernet, cellular modems)
+    # bring their link up before main.py runs.
+    wifi = settings.get("wifi")
+    if not wifi:
+        return
+    import network
+
+    wlan = network.WLAN(network.STA_IF)
+    wlan.active(True)
+    if not wlan.isconnected():
+        wlan.connect(wifi["ssid"], wifi.get("password", ""))
+    while not wlan.isconnected():
+        feed()
+        time.sleep_ms(200)
+
+
+class Agent:
+    def __init__(self, config, settings, boot_epoch, store, transport, cause):
+        self.settings = settings
+        self.sealer = Sealer(config["device_id"], bytes.fromhex(config["key"]), key_id=config["key_id"],
+                             link=config["link"], epoch=boot_epoch, tag_len=config["tag_len"])
+        self.topic = topic_for(config["device_id"])
+        self.status_topic = status_topic_for(config["device_id"])
+        self.store = store
+        self.transport = transport
+        self.cause = cause
+        self.sent = None  # (epoch, seq) of the newest record the broker took
+        self.refused = 0  # records too long for the link
+        self.failures = 0  # connection attempts failed in a row
+        now = time.ticks_ms()
+        self.next_record = now
+        self.next_connect = now
+        self.next_heartbeat = now
+        self.next_send = now
+
+    def _status(self, kind):
+        return self.sealer.seal_status(
+            status_payload(kind, self.sealer, len(self.store), self.store.source_drops, self.sent, self.cause))
+
+    def take_record(self):
+        record = records.read()
+        if record is None:
+            return
+        try:
+            self.store.put(self.sealer.seal(record))
+        except ValueError as exc:  # too long for the link: counted, reported, not fatal
+            self.refused += 1
+            print("linkseal: record refused:", exc)
+
+    def connect(self, now):
+        # The death message is sealed now and held by the broker as the last will.
+        will = self._status(DEATH)
+        try:
+            self.transport.connect(self.status_topic, will)
+            self.transport.publish(self.status_topic, self._status(BIRTH), 1)
+        except Exception as exc:  # OSError, MQTTException, a refused login: retry later
+            self.transport.close()
+            self.failures += 1
+            delay = min(self.settings["backoff_max_ms"], self.settings["backoff_ms"] << min(self.failures - 1, 16))
+            delay = delay // 2 + random.getrandbits(16) * delay // 131072  # jitter: 50-100%
+            self.next_connect = time.ticks_add(now, delay)
+            print("linkseal: broker unreachable (%r); retry in %d ms" % (exc, delay))
+            return
+        self.failures = 0
+        self.next_heartbeat = time.ticks_add(now, self.settings["heartbeat_s"] * 1000)
+        print("linkseal: connected, epoch %d, %d queued" % (self.sealer.epoch, len(self.store)))
+
+    def send_one(self, now):
+        """Publish the oldest queued frame; forget it once the broker has it."""
+        data = self.store.peek()
+        if data is None or time.ticks_diff(now, self.next_send) < 0:
+            return False
+        self.transport.publish(self.topic, data, self.settings["qos"])
+        self.store.pop()
+        self.sent = frame.decode(data)[2:4]
+        self.next_send = time.ticks_add(now, 1000 // self.settings["max_rate"])
+        return True
+
+    def step(self):
+        """One turn of the loop; returns True when there is more to send right away."""
+        now = time.ticks_ms()
+        if time.ticks_diff(now, self.next_record) >= 0:
+            self.next_record = time.ticks_add(now, self.settings["record_interval_ms"])
+            self.take_record()
+        if not self.transport.connected():
+            if time.ticks_diff(now, self.next_connect) >= 0:
+                self.connect(now)
+            return False
+        try:
+            busy = self.send_one(now)
+            if time.ticks_diff(now, self.next_heartbeat) >= 0:
+                self.next_heartbeat = time.ticks_add(now, self.settings["heartbeat_s"] * 1000)
+                self.transport.publish(self.status_topic, self._status(HEARTBEAT), 1)
+            self.transport.keep_alive()
+            return busy
+        except Exception as exc:  # the connection broke: the frame stays queued, reconnect
+            print("linkseal: connection lost (%r)" % (exc,))
+            self.transport.close()
+            self.next_connect = now
+            return False
+
+
+def main(config_path="device.json", settings_path="agent.json"):
+    settings = dict(DEFAULTS)
+    settings.update(load_json(settings_path))
+    watchdog = start_watchdog(settings)
+    feed = watchdog.feed if watchdog else (lambda: None)
+    try:
+        boot_epoch = epoch_file.advance("epoch")
+    except epoch_file.EpochError as exc:
+        # Sealing now could reuse an (epoch, seq): refuse, and keep saying why.
+        while True:
+            print("linkseal: not sealing:", exc)
+            for _ in range(50):
+                feed()
+                time.sleep_ms(200)
+    config = load_json(config_path)
+    network_up(settings, feed)
+    broker = settings["broker"]
+    transport = Transport("linkseal-" + config["device_id"], broker["host"], broker["port"],
+                          config.get("mqtt_username"), config.get("mqtt_password"), broker.get("tls", False),
+                          settings["keepalive_s"], settings["ack_timeout_s"])
+    store = Store("queue", ram_frames=settings["ram_queue"], file_bytes=settings["queue_bytes"])
+    agent = Agent(config, settings, boot_epoch, store, transport, reset_cause())
+    print("linkseal: agent started, epoch %d, %d queued" % (boot_epoch, len(store)))
+    gc.collect()
+    while True:
+        feed()
+        if not agent.step():
+            time.sleep_ms(10)

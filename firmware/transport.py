@@ -1,0 +1,64 @@
+# MQTT for the agent: micropython-lib's umqtt.simple, with its known problems worked around.
+#
+# - Its packet id is never wrapped (micropython-lib issue #94): after 65,535 QoS 1 publishes
+#   it sends id 0 (or fails), and the broker drops the connection. We wrap it ourselves.
+# - A QoS 1 publish waits for its PUBACK with no timeout. We give the socket one before each
+#   publish, so a lost PUBACK ends in OSError: the caller reconnects and sends the frame
+#   again (a new packet id, a duplicate at the broker, which the hub's window absorbs).
+# - It sends no keepalive pings by itself: ping() when the link has been quiet.
+import time
+
+from umqtt.simple import MQTTClient
+
+
+class Transport:
+    def __init__(self, client_id, host, port, user=None, password=None, tls=False, keepalive_s=60,
+                 ack_timeout_s=10):
+        self.client_id = client_id
+        self.host = host
+        self.port = port
+        self.user = user
+        self.password = password
+        self.tls = tls
+        self.keepalive_s = keepalive_s
+        self.ack_timeout_s = ack_timeout_s
+        self.client = None
+        self._last_io = 0
+
+    def connect(self, will_topic, will_payload):
+        """Open the connection with a QoS 1 last will; OSError or MQTTException on failure."""
+        self.close()
+        client = MQTTClient(self.client_id, self.host, self.port, self.user, self.password,
+                            keepalive=self.keepalive_s, ssl=self.tls)
+        client.set_last_will(will_topic, will_payload, qos=1)
+        client.connect()
+        self.client = client
+        self._last_io = time.ticks_ms()
+
+    def connected(self):
+        return self.client is not None
+
+    def publish(self, topic, payload, qos=1):
+        client = self.client
+        if client.pid >= 65535:
+            client.pid = 0  # the next publish takes id 1: ids stay within 1..65535
+        if qos:
+            client.sock.settimeout(self.ack_timeout_s)
+        client.publish(topic, payload, qos=qos)
+        self._last_io = time.ticks_ms()
+
+    def keep_alive(self):
+        """Ping when half the keepalive went by in silence, and read what the broker sent."""
+        client = self.client
+        if time.ticks_diff(time.ticks_ms(), self._last_io) > self.keepalive_s * 500:
+            client.ping()
+            self._last_io = time.ticks_ms()
+        client.check_msg()  # drains PINGRESP; raises OSError when the connection is gone
+
+    def close(self):
+        client, self.client = self.client, None
+        if client is not None and client.sock is not None:
+            try:
+                client.sock.close()
+            except OSError:
+                pass

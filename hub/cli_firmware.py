@@ -1,0 +1,65 @@
+"""`linkseal firmware ...`: build a device's firmware files, flash them onto a board."""
+
+from pathlib import Path
+
+from .cli_common import InputError, command
+
+
+def add_firmware_group(groups):
+    firmware = groups.add_parser("firmware", help="build device firmware and flash it with mpremote")
+    sub = firmware.add_subparsers(dest="command", required=True)
+    build = command(sub, "build", "Compile the agent and firmware to .mpy for one device and board, with its "
+                    "config, its settings (broker, WiFi), first epoch and a manifest.py for custom firmware images.",
+                    ["linkseal firmware build --device pump-12.json --board esp32 --broker mqtts://broker.lan "
+                     "--wifi-ssid ward-4 --wifi-password-file wifi.txt --out build/pump-12"])
+    build.add_argument("--device", required=True, type=Path, help="device config from `keys provision`")
+    build.add_argument("--board", required=True, help="a board from hardware/boards (esp32, esp32-s3, rp2-pico-w)")
+    build.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT the device publishes to")
+    build.add_argument("--wifi-ssid", help="WiFi network to join (boards with WiFi)")
+    build.add_argument("--wifi-password-file", type=Path, help="file holding the WiFi password")
+    build.add_argument("--qos", type=int, default=1, choices=(0, 1), help="MQTT QoS of records (default 1)")
+    build.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS",
+                       help="seconds between heartbeats (default 30)")
+    build.add_argument("--record-interval", type=int, default=1000, metavar="MS",
+                       help="how often records.read() is asked for a record (default 1000 ms)")
+    build.add_argument("--out", required=True, type=Path, help="build directory (replaced)")
+    build.set_defaults(run=_build)
+
+    flash = command(sub, "flash", "Copy a build onto a board with mpremote, install umqtt.simple when the board "
+                    "lacks it, optionally check every file's SHA-256, and reset the board.",
+                    ["linkseal firmware flash --port /dev/ttyUSB0 --build build/pump-12 --verify",
+                     "linkseal firmware flash --port /dev/ttyACM0 --build build/pump-12 "
+                     "--micropython-lib ~/src/micropython-lib"])
+    flash.add_argument("--port", required=True, help="the board's serial port (as for `mpremote connect`)")
+    flash.add_argument("--build", required=True, type=Path, help="directory written by `firmware build`")
+    flash.add_argument("--verify", action="store_true", help="compare each file's SHA-256 on the board")
+    flash.add_argument("--micropython-lib", type=Path,
+                       help="local micropython-lib checkout to take umqtt.simple from (else mpremote mip install)")
+    flash.set_defaults(run=_flash)
+
+
+def _build(args):
+    from .boards import board
+    from .config import parse_broker
+    from .firmware_build import AGENT_BUDGET, FIRMWARE_BUDGET, agent_settings, build
+
+    target = board(args.board)
+    wifi_password = None
+    if args.wifi_password_file:
+        try:
+            wifi_password = args.wifi_password_file.read_text().strip()
+        except OSError as exc:
+            raise InputError(f"--wifi-password-file {args.wifi_password_file}: {exc.strerror}") from None
+    settings = agent_settings(parse_broker(args.broker), target, args.wifi_ssid, wifi_password, args.qos,
+                              args.heartbeat, args.record_interval)
+    sizes = build(args.device, target, args.out, settings)
+    print(f"built {args.out} for {args.board}: agent core {sizes['agent']} bytes of .mpy (budget {AGENT_BUDGET}), "
+          f"firmware {sizes['firmware']} bytes (budget {FIRMWARE_BUDGET}); device.json and agent.json are 0600")
+    if sizes["agent"] > AGENT_BUDGET or sizes["firmware"] > FIRMWARE_BUDGET:
+        raise InputError("the build is over its size budget")
+
+
+def _flash(args):
+    from .firmware_flash import flash
+
+    flash(args.port, args.build, verify=args.verify, micropython_lib=args.micropython_lib)

@@ -1,0 +1,122 @@
+"""End to end on a virtual MicroPython board: build, flash with mpremote, boot, publish
+through Mosquitto to `linkseal hub run`, reboot, broker outage, and umqtt.simple's packet-id
+wrap. Everything here is real but the board: MicroPython (WebAssembly), mpremote, umqtt.simple
+from PyPI, Mosquitto, the hub and its SQLite file.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hub.keys import KeyFile, write_private_json
+from tools.micropython import MicroPythonError
+from tools.services import LINKSEAL, HubProcess, stored_report, wait_for
+from tools.umqtt import LIB as MICROPYTHON_LIB, UMQTT
+from tools.virtual_device import VirtualDevice
+
+
+@pytest.fixture(scope="module")
+def micropython_lib():
+    if not UMQTT.exists():
+        pytest.fail(f"{UMQTT} is missing: run `make test` (it fetches umqtt.simple from PyPI)")
+    return MICROPYTHON_LIB
+
+
+def linkseal(*args, timeout=300):
+    result = subprocess.run([str(LINKSEAL), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def provision(tmp_path, device_id="pump-7"):
+    keyfile = KeyFile.create(tmp_path / "hub.keys")
+    config = keyfile.provision(device_id, "wifi")
+    write_private_json(tmp_path / f"{device_id}.json", config)
+    return tmp_path / "hub.keys", tmp_path / f"{device_id}.json", config
+
+
+def device_entry(db: Path, device_id: str):
+    if not db.exists():
+        return None
+    try:
+        return stored_report(db)["devices"].get(device_id)
+    except Exception:  # the hub is creating its schema right now
+        return None
+
+
+def valid_records(db, device_id):
+    entry = device_entry(db, device_id)
+    return entry["valid"] if entry else 0
+
+
+def test_flash_boot_publish_reboot_and_outage(tmp_path, broker, micropython_lib):
+    keys, device_json, config = provision(tmp_path)
+    build = tmp_path / "build"
+    linkseal("firmware", "build", "--device", device_json, "--board", "esp32", "--broker", broker.url,
+             "--heartbeat", 1, "--record-interval", 100, "--out", build)
+    hub = HubProcess(broker, keys, tmp_path / "hub.db", tmp_path / "hub.log").start()
+    board = VirtualDevice(tmp_path / "board")
+    try:
+        hub.wait_connected()
+        board.start()
+        out = linkseal("firmware", "flash", "--port", board.port, "--build", build, "--verify",
+                       "--micropython-lib", micropython_lib)
+        assert "verified" in out and "umqtt.simple: from" in out and config["key"] not in out
+        board.wait_console("linkseal: connected, epoch 1", 60)
+        wait_for(lambda: valid_records(hub.db, "pump-7") >= 20, 60, "20 records from the board")
+
+        # Power cut: the epoch advances, the stream goes on, nothing is flagged.
+        board.power_cycle()
+        board.wait_console("linkseal: connected, epoch 2", 60)
+        before = valid_records(hub.db, "pump-7")
+        wait_for(lambda: valid_records(hub.db, "pump-7") >= before + 20, 60, "records of the second epoch")
+        entry = device_entry(hub.db, "pump-7")
+        assert entry["forged"] == entry["replay"] == entry["corrupt"] == 0
+        assert entry["status"]["epoch"] == 2 and entry["status"]["fw"]
+
+        # The broker goes away: the board buffers; when it is back, the backlog arrives once.
+        broker.stop()
+        board.wait_console("broker unreachable", 60)
+        board.wait_console("broker unreachable", 60, count=3)  # retried with backoff
+        broker.start()
+        hub.wait_connected(count=2)
+        board.wait_console("linkseal: connected, epoch 2", 90, count=2)
+        wait_for(lambda: device_entry(hub.db, "pump-7")["status"]["queued"] == 0
+                 and device_entry(hub.db, "pump-7")["status"]["last"] == "heartbeat", 90, "the backlog to drain")
+        entry = device_entry(hub.db, "pump-7")
+        assert entry["lost"] == 0 and entry["source_drops"] == 0, entry
+        assert entry["forged"] == entry["replay"] == entry["corrupt"] == 0
+    finally:
+        board.stop()
+        hub.stop()
+    kinds = [e["kind"] for e in stored_report(hub.db)["events"]]
+    assert kinds.count("birth") >= 3 and "forged" not in kinds
+
+
+def test_more_than_65535_qos1_publishes_on_one_connection(tmp_path, broker, micropython_lib):
+    """umqtt.simple never wraps its packet id; the firmware's transport does."""
+    board_dir = tmp_path / "board"
+    board_dir.mkdir()
+    (board_dir / "lib" / "umqtt").mkdir(parents=True)
+    (board_dir / "lib" / "umqtt" / "simple.py").write_bytes(UMQTT.read_bytes())
+    firmware = Path(__file__).resolve().parent.parent / "firmware"
+    (board_dir / "lib" / "transport.py").write_bytes((firmware / "transport.py").read_bytes())
+    count = 65_600
+    (board_dir / "main.py").write_text(
+        "from transport import Transport\n"
+        f"t = Transport('wrap-test', '127.0.0.1', {broker.port})\n"
+        "t.connect('wrap/will', b'gone')\n"
+        "sent = 0\n"
+        "try:\n"
+        f"    for sent in range(1, {count + 1}):\n"
+        "        t.publish('wrap/test', b'x', 1)\n"
+        "    print('published', sent, 'last packet id', t.client.pid)\n"
+        "except Exception as exc:\n"
+        "    print('failed after', sent, repr(exc))\n"
+        "print('done')\n")
+    with VirtualDevice(board_dir) as board:
+        out = board.wait_console("done", 900)
+    assert f"published {count} last packet id {count - 65535}" in out, out[-2000:]
