@@ -9,11 +9,14 @@ from array import array
 # Stored slots, in array order; storage uses these names too. `received` is not stored:
 # it is the sum of the per-frame outcomes.
 SLOT_NAMES = ("valid", "lost", "duplicate", "reordered", "corrupt", "forged", "replay", "malformed",
-              "rate_limited", "r2l", "l2r", "bursts")
+              "rate_limited", "r2l", "l2r", "bursts", "source_drops")
 (VALID, LOST, DUPLICATE, REORDERED, CORRUPT, FORGED, REPLAY, MALFORMED, RATE_LIMITED) = range(9)
 # Loss-pattern tallies for Gilbert-Elliott estimates: transitions received->lost and
 # lost->received between consecutive sequence numbers, and the number of loss runs.
 R2L, L2R, BURSTS = range(9, 12)
+# Records a device dropped itself (queue full), from its status messages: they leave gaps in
+# the sequence like link losses do, so the report takes them out of `lost`.
+SOURCE_DROPS = 12
 SLOTS = len(SLOT_NAMES)
 
 # Exactly one of these per frame from a known device.
@@ -22,10 +25,19 @@ OUTCOME_OF = {slot: SLOT_NAMES[slot] for slot in PER_FRAME}
 
 # What the report shows for each device and link, in this order.
 REPORTED = ("received", "valid", "lost", "duplicate", "reordered", "corrupt", "forged", "replay", "malformed",
-            "rate_limited")
+            "rate_limited", "source_drops")
 
 
 _ZEROS = array("q", [0]) * SLOTS
+
+
+def counters_from(data: bytes) -> array:
+    """A counter array from stored bytes; arrays stored before a slot was added get it as 0."""
+    counters = new_counters()
+    stored = array("q")
+    stored.frombytes(data)
+    counters[: len(stored)] = stored
+    return counters
 
 
 def new_counters() -> array:

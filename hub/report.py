@@ -32,6 +32,8 @@ def _ratio(num: int, den: int) -> float:
 def entry(counters) -> dict:
     """Report entry for one counter array (a device or a link)."""
     out = as_dict(counters)
+    # Gaps left by records the device dropped itself are not the link's doing.
+    out["lost"] = max(0, out["lost"] - out["source_drops"])
     lost, valid = out["lost"], out["valid"]
     expected = valid + lost  # RFC 3550: expected = received (unique) + lost
     out["loss_rate"] = _ratio(lost, expected)
@@ -71,26 +73,18 @@ def abnormal_reasons(name: str, link_entry: dict, registry: dict | None = None) 
 
 
 def _assemble(links: dict, devices: dict, device_links: dict, unknown: int, events: list, statuses: dict) -> dict:
-    """statuses: device -> the fields of its latest status message (hub/status.py). A device's
-    source_drops are records it dropped itself, never sent: not link loss, shown apart."""
+    """statuses: device -> the fields of its latest status message (hub/status.py)."""
     registry = load_links()
     for device in statuses:
         devices.setdefault(device, new_counters())
-    source_drops = {}
-    for device, status in statuses.items():
-        link = device_links.get(device)
-        source_drops[link] = source_drops.get(link, 0) + status["source_drops"]
     link_entries = {}
     for name, counters in links.items():
         item = entry(counters)
         item["abnormal"] = abnormal_reasons(name, item, registry)
-        item["source_drops"] = source_drops.get(name, 0)
         link_entries[name] = item
     return {
         "links": link_entries,
-        "devices": {device: {**entry(counters), "link": device_links[device],
-                             "source_drops": statuses[device]["source_drops"] if device in statuses else 0,
-                             "status": statuses.get(device)}
+        "devices": {device: {**entry(counters), "link": device_links[device], "status": statuses.get(device)}
                     for device, counters in devices.items()},
         "unknown_device": unknown,
         "events": events,

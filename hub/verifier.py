@@ -8,7 +8,6 @@ unauthenticated can touch.
 
 import hmac
 import struct
-from array import array
 from hmac import compare_digest
 
 try:  # OpenSSL's HMAC object: copy, update and digest all in C, without hmac.HMAC's Python wrapper
@@ -20,7 +19,8 @@ from agent import frame as wire
 from agent.sealer import TOPIC_PREFIX
 
 from .status import STATUS_SUFFIX, DeviceStatus, describe, is_status_topic, parse_status
-from .counters import CORRUPT, FORGED, LOST, MALFORMED, OUTCOME_OF, RATE_LIMITED, REPLAY, SLOTS, VALID, new_counters, received
+from .counters import (CORRUPT, FORGED, LOST, MALFORMED, OUTCOME_OF, RATE_LIMITED, REPLAY, SLOTS, SOURCE_DROPS, VALID,
+                       counters_from, new_counters, received)
 from .window import EpochWindow
 
 # Exactly one of these per frame (docs/protocol.md, "Outcomes").
@@ -213,6 +213,14 @@ class Verifier:
             reason = "status %d of epoch %d was seen before or is too old" % (seq, epoch)
             self.record_event(t, dev.device_id, name, "replay", reason)
             return _verdict(Verdict, ("replay", dev.device_id, name, epoch, seq, None, None, reason))
+        # Source drops leave gaps the window counts as lost: count them too, so the report can
+        # take them out of the link's loss. The device's figure is cumulative.
+        before = status.fields.get("source_drops", 0)
+        dropped = doc["source_drops"] - before if doc["source_drops"] >= before else doc["source_drops"]
+        if dropped:
+            lc = self.link_counters.get(dev.link) or self._new_link(dev.link)
+            dev.counters[SOURCE_DROPS] += dropped
+            lc[SOURCE_DROPS] += dropped
         status.update(doc, name, epoch, t)
         if doc["type"] != "heartbeat":
             self.record_event(t, dev.device_id, name, doc["type"], describe(doc, epoch))
@@ -382,11 +390,12 @@ class Verifier:
     # so after a restart nothing accepted before is accepted again.
 
     _DEVICE_HEAD = struct.Struct(">BBB")  # format, current link code, number of windows
+    _FORMAT = 2  # 1: before the source_drops counter (12 counters)
 
     def device_state(self, device_id: str) -> bytes:
         dev = self._devices[_record_topic(device_id)]
         windows = ([dev.current] if dev.current else []) + (dev.older or [])
-        return (self._DEVICE_HEAD.pack(1, dev.link, len(windows)) + dev.counters.tobytes()
+        return (self._DEVICE_HEAD.pack(self._FORMAT, dev.link, len(windows)) + dev.counters.tobytes()
                 + b"".join(w.to_bytes() for w in windows))
 
     def restore_device(self, device_id: str, data: bytes) -> bool:
@@ -395,12 +404,12 @@ class Verifier:
         if dev is None:
             return False
         version, link, count = self._DEVICE_HEAD.unpack_from(data)
-        if version != 1:
+        if version not in (1, self._FORMAT):
             raise ValueError(f"device {device_id}: stored state has unknown format {version}")
         offset = self._DEVICE_HEAD.size
-        counters = new_counters()
-        counters[:] = _counters_from(data[offset : offset + 8 * SLOTS])
-        offset += 8 * SLOTS
+        size = 8 * (SLOTS if version == self._FORMAT else SOURCE_DROPS)
+        counters = counters_from(data[offset : offset + size])
+        offset += size
         windows = []
         for _ in range(count):
             window, offset = EpochWindow.from_bytes(data, offset)
@@ -414,20 +423,12 @@ class Verifier:
     def restore_link(self, name: str, counters: bytes) -> None:
         code = next((c for c, n in self.link_names.items() if n == name), None)
         if code is not None:
-            restored = new_counters()
-            restored[:] = _counters_from(counters)
-            self.link_counters[code] = restored
+            self.link_counters[code] = counters_from(counters)
 
     def drain_events(self) -> list:
         """Hand the security events so far to an adapter (storage) and forget them."""
         events, self.events = self.events, []
         return events
-
-
-def _counters_from(data: bytes) -> array:
-    counters = array("q")
-    counters.frombytes(data)
-    return counters
 
 
 def _record_topic(device_id: str) -> str:

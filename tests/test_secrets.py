@@ -66,7 +66,8 @@ def test_no_command_reveals_key_material(tmp_path):
     run("sim", "capture", "--out", tmp_path / "sim.jsonl", "--keys-out", tmp_path / "sim.keys", "--duration", "20")
     run("demo", "--no-broker", "--out", tmp_path / "demo")
     run("sim", "run", "--no-broker", "--duration", "20", "--out", tmp_path / "sim-run")
-    run("firmware", "build", "--device", devices / "pump-1.json", "--board", "esp32", "--out", tmp_path / "build")
+    run("firmware", "build", "--device", devices / "pump-1.json", "--board", "esp32", "--broker", "mqtt://127.0.0.1",
+        "--out", tmp_path / "build")
 
     broker_dir = tmp_path / "broker"
     broker_dir.mkdir()

@@ -107,22 +107,37 @@ def test_heartbeats_reveal_tail_loss_exactly_and_late_frames_take_it_back():
         assert counters[REORDERED] >= 0
 
 
-def test_status_survives_a_hub_restart_and_shows_in_the_stored_report(tmp_path):
+def test_status_survives_a_hub_restart_and_source_drops_are_not_link_loss(tmp_path):
     sealer = Sealer("pump-1", KEY)
     db = tmp_path / "hub.db"
     ingest = Ingest(make_verifier(), SQLiteStorage(db))
-    birth = status(sealer, BIRTH, queued=0, drops=7)
-    for _ in range(5):
-        sealer.seal(b"never arrives")
+    birth = status(sealer, BIRTH)
     ingest.handle(STATUS, birth, 60.0)
-    ingest.handle(STATUS, status(sealer, HEARTBEAT, drops=7, sent=(0, 4)), 61.0)
+    frames = [sealer.seal(b"r") for _ in range(5)]
+    for frame in frames[:2]:  # 2 and 3: dropped on the device (queue full); 4: lost on the link
+        ingest.handle(REC, frame, 61.0)
+    ingest.handle(STATUS, status(sealer, HEARTBEAT, drops=2, sent=(0, 4)), 62.0)
     ingest.commit()
     ingest.storage.close()
 
     restarted = Ingest(make_verifier(), SQLiteStorage(db))
-    assert restarted.handle(STATUS, birth, 62.0).outcome == "replay"
+    assert restarted.handle(STATUS, birth, 63.0).outcome == "replay"
     restarted.commit()
     report = build_stored_report(restarted.storage)
     device = report["devices"]["pump-1"]
-    assert device["lost"] == 5 and device["valid"] == 0 and device["source_drops"] == 7
+    assert (device["valid"], device["lost"], device["source_drops"]) == (2, 1, 2)
+    assert report["links"]["wifi"]["source_drops"] == 2 and report["links"]["wifi"]["loss_rate"] == 1 / 3
     assert device["status"]["last"] == "heartbeat" and json.dumps(report)
+
+
+def test_a_device_state_stored_before_the_source_drops_counter_still_loads():
+    from array import array
+
+    from agent.link_codes import LINKS
+
+    verifier = make_verifier()
+    stored_v1 = bytes((1, LINKS["wifi"][0], 0)) + array("q", range(1, 13)).tobytes()
+    assert verifier.restore_device("pump-1", stored_v1)
+    assert list(verifier.counters_for_device("pump-1")) == list(range(1, 13)) + [0]
+    verifier.restore_link("wifi", array("q", range(12)).tobytes())
+    assert len(dict(verifier.links())["wifi"]) == 13

@@ -5,14 +5,14 @@ from PyPI, Mosquitto, the hub and its SQLite file.
 """
 
 import json
+import socket
 import subprocess
-import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from hub.keys import KeyFile, write_private_json
-from tools.micropython import MicroPythonError
 from tools.services import LINKSEAL, HubProcess, stored_report, wait_for
 from tools.umqtt import LIB as MICROPYTHON_LIB, UMQTT
 from tools.virtual_device import VirtualDevice
@@ -120,3 +120,85 @@ def test_more_than_65535_qos1_publishes_on_one_connection(tmp_path, broker, micr
     with VirtualDevice(board_dir) as board:
         out = board.wait_console("done", 900)
     assert f"published {count} last packet id {count - 65535}" in out, out[-2000:]
+
+
+class AckDroppingRelay:
+    """A TCP relay to the broker that drops the broker's n-th PUBACK (counting from 1): a
+    lost acknowledgement, as a flaky link or a broker failover causes."""
+
+    def __init__(self, upstream_port: int, drop_nth: int):
+        self.upstream_port, self.drop_nth, self.pubacks = upstream_port, drop_nth, 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._copy, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._from_broker, args=(upstream, client), daemon=True).start()
+
+    @staticmethod
+    def _copy(source, target):
+        while data := source.recv(65536):
+            target.sendall(data)
+        target.close()
+
+    def _from_broker(self, source, target):
+        # Broker-to-client packets here are CONNACK, PUBACK and PINGRESP: all fixed-size.
+        buffer = b""
+        while data := source.recv(65536):
+            buffer += data
+            while len(buffer) >= 2 and len(buffer) >= 2 + buffer[1]:
+                packet, buffer = buffer[: 2 + buffer[1]], buffer[2 + buffer[1]:]
+                if packet[0] >> 4 == 4:
+                    self.pubacks += 1
+                    if self.pubacks == self.drop_nth:
+                        continue
+                target.sendall(packet)
+        target.close()
+
+    def close(self):
+        self.server.close()
+
+
+def test_a_lost_puback_times_out_and_the_resent_frame_is_a_duplicate_the_hub_absorbs(tmp_path, broker,
+                                                                                    micropython_lib):
+    keys, device_json, config = provision(tmp_path, "monitor-3")
+    relay = AckDroppingRelay(broker.port, drop_nth=2)  # the birth's goes through, the first record's not
+    build = tmp_path / "build"
+    linkseal("firmware", "build", "--device", device_json, "--board", "rp2-pico-w", "--broker",
+             f"mqtt://127.0.0.1:{relay.port}", "--heartbeat", 1, "--record-interval", 200, "--out", build)
+    settings = json.loads((build / "agent.json").read_text())
+    settings["ack_timeout_s"] = 1  # instead of 10, to keep the test short
+    write_private_json(build / "agent.json", settings)
+    hub = HubProcess(broker, keys, tmp_path / "hub.db", tmp_path / "hub.log").start()
+    board = VirtualDevice(tmp_path / "board")
+    try:
+        hub.wait_connected()
+        board.start()
+        out = linkseal("firmware", "flash", "--port", board.port, "--build", build, "--micropython-lib",
+                       micropython_lib)
+        assert "umqtt.simple: from" in out  # the Pico W's stock firmware lacks it
+        # umqtt.simple alone would wait for that PUBACK for ever; the transport times out.
+        board.wait_console("connection lost (OSError(110", 60)
+        board.wait_console("linkseal: connected", 60, count=2)
+        wait_for(lambda: valid_records(hub.db, "monitor-3") >= 10, 60, "records after the reconnect")
+    finally:
+        board.stop()
+        hub.stop()
+        relay.close()
+    assert relay.connections >= 2
+    report = stored_report(hub.db)
+    # The first record reached the broker twice (resent after the reconnect, with a new
+    # packet id): the hub stored it once and counted one duplicate. The broken connection
+    # made the broker publish the device's death; a birth followed.
+    device = report["devices"]["monitor-3"]
+    assert (device["duplicate"], device["lost"], device["forged"], device["replay"]) == (1, 0, 0, 0)
+    assert [e["kind"] for e in report["events"]] == ["birth", "death", "birth"]
