@@ -13,6 +13,7 @@ from agent import status as device_status
 STATUS_SUFFIX = "/status"
 KINDS = (device_status.BIRTH, device_status.DEATH, device_status.HEARTBEAT)
 STATUS_WINDOW = 64
+NEWEST, LATE = "newest", "late"
 _COUNTER_MAX = 0xFFFFFFFF
 
 
@@ -55,25 +56,31 @@ class DeviceStatus:
         self.seen = 0  # bit i: status seq top - i was accepted
         self.fields = {}
 
-    def accept(self, epoch: int, seq: int) -> bool:
-        """True for a status (epoch, seq) never accepted before and not too old."""
+    def accept(self, epoch: int, seq: int):
+        """NEWEST for the newest status so far, LATE for an older one never seen before (a
+        death message, sealed at connect, comes after the heartbeats), None for a replay."""
         if epoch > self.epoch:
             self.epoch, self.top, self.seen = epoch, seq, 1
-            return True
+            return NEWEST
         if epoch < self.epoch or seq <= self.top - STATUS_WINDOW:
-            return False
+            return None
         if seq > self.top:
             self.seen = ((self.seen << (seq - self.top)) | 1) & ((1 << STATUS_WINDOW) - 1)
             self.top = seq
-            return True
+            return NEWEST
         bit = 1 << (self.top - seq)
         if self.seen & bit:
-            return False
+            return None
         self.seen |= bit
-        return True
+        return LATE
 
-    def update(self, doc: dict, link: str, epoch: int, t: float) -> None:
+    def update(self, doc: dict, link: str, epoch: int, t: float, order) -> None:
+        """Keep what a status says; a LATE one only tells whether the device is online."""
         fields = self.fields
+        if order is LATE:
+            if doc["type"] == device_status.DEATH:
+                fields.update(online=False, last=doc["type"], t=t)
+            return
         fields.update(online=doc["type"] != device_status.DEATH, last=doc["type"], t=t, link=link, epoch=epoch,
                       next_seq=doc["next_seq"], queued=doc["queued"], source_drops=doc["source_drops"])
         for name in ("fw", "reset_cause"):

@@ -18,7 +18,7 @@ except ImportError:  # a CPython built without OpenSSL
 from agent import frame as wire
 from agent.sealer import TOPIC_PREFIX
 
-from .status import STATUS_SUFFIX, DeviceStatus, describe, is_status_topic, parse_status
+from .status import NEWEST, STATUS_SUFFIX, DeviceStatus, describe, is_status_topic, parse_status
 from .counters import (CORRUPT, FORGED, LOST, MALFORMED, OUTCOME_OF, RATE_LIMITED, REPLAY, SLOTS, SOURCE_DROPS, VALID,
                        counters_from, new_counters, received)
 from .window import EpochWindow
@@ -209,7 +209,8 @@ class Verifier:
         except ValueError as exc:
             return _verdict(Verdict, ("malformed", dev.device_id, name, epoch, seq, None, None, str(exc)))
         status = self.status.get(dev.device_id) or self.status.setdefault(dev.device_id, DeviceStatus())
-        if not status.accept(epoch, seq):
+        order = status.accept(epoch, seq)
+        if order is None:
             reason = "status %d of epoch %d was seen before or is too old" % (seq, epoch)
             self.record_event(t, dev.device_id, name, "replay", reason)
             return _verdict(Verdict, ("replay", dev.device_id, name, epoch, seq, None, None, reason))
@@ -217,15 +218,15 @@ class Verifier:
         # take them out of the link's loss. The device's figure is cumulative.
         before = status.fields.get("source_drops", 0)
         dropped = doc["source_drops"] - before if doc["source_drops"] >= before else doc["source_drops"]
-        if dropped:
+        if dropped and order is NEWEST:
             lc = self.link_counters.get(dev.link) or self._new_link(dev.link)
             dev.counters[SOURCE_DROPS] += dropped
             lc[SOURCE_DROPS] += dropped
-        status.update(doc, name, epoch, t)
+        status.update(doc, name, epoch, t, order)
         if doc["type"] != "heartbeat":
             self.record_event(t, dev.device_id, name, doc["type"], describe(doc, epoch))
         sent = doc.get("sent")
-        if sent is not None:
+        if sent is not None and order is NEWEST:
             window = dev.current if dev.current is not None and dev.current.epoch == sent[0] else None
             window = window or self._window_for(dev, sent[0], 0)
             if window is not None:

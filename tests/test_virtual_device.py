@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hub.keys import KeyFile, write_private_json
+from hub.storage import SQLiteStorage
 from tools.services import LINKSEAL, HubProcess, stored_report, wait_for
 from tools.umqtt import LIB as MICROPYTHON_LIB, UMQTT
 from tools.virtual_device import VirtualDevice
@@ -38,6 +39,18 @@ def provision(tmp_path, device_id="pump-7"):
     return tmp_path / "hub.keys", tmp_path / f"{device_id}.json", config
 
 
+def build_for(tmp_path, device_json, broker_url, board="esp32", **settings):
+    """`firmware build` with a 1 s heartbeat; settings override agent.json entries."""
+    build = tmp_path / "build"
+    linkseal("firmware", "build", "--device", device_json, "--board", board, "--broker", broker_url,
+             "--heartbeat", 1, "--record-interval", settings.pop("record_interval_ms", 100), "--out", build)
+    if settings:
+        agent = json.loads((build / "agent.json").read_text())
+        agent.update(settings)
+        write_private_json(build / "agent.json", agent)
+    return build
+
+
 def device_entry(db: Path, device_id: str):
     if not db.exists():
         return None
@@ -54,9 +67,7 @@ def valid_records(db, device_id):
 
 def test_flash_boot_publish_reboot_and_outage(tmp_path, broker, micropython_lib):
     keys, device_json, config = provision(tmp_path)
-    build = tmp_path / "build"
-    linkseal("firmware", "build", "--device", device_json, "--board", "esp32", "--broker", broker.url,
-             "--heartbeat", 1, "--record-interval", 100, "--out", build)
+    build = build_for(tmp_path, device_json, broker.url)
     hub = HubProcess(broker, keys, tmp_path / "hub.db", tmp_path / "hub.log").start()
     board = VirtualDevice(tmp_path / "board")
     try:
@@ -172,12 +183,8 @@ def test_a_lost_puback_times_out_and_the_resent_frame_is_a_duplicate_the_hub_abs
                                                                                     micropython_lib):
     keys, device_json, config = provision(tmp_path, "monitor-3")
     relay = AckDroppingRelay(broker.port, drop_nth=2)  # the birth's goes through, the first record's not
-    build = tmp_path / "build"
-    linkseal("firmware", "build", "--device", device_json, "--board", "rp2-pico-w", "--broker",
-             f"mqtt://127.0.0.1:{relay.port}", "--heartbeat", 1, "--record-interval", 200, "--out", build)
-    settings = json.loads((build / "agent.json").read_text())
-    settings["ack_timeout_s"] = 1  # instead of 10, to keep the test short
-    write_private_json(build / "agent.json", settings)
+    build = build_for(tmp_path, device_json, f"mqtt://127.0.0.1:{relay.port}", "rp2-pico-w", record_interval_ms=200,
+                      ack_timeout_s=1)  # instead of 10 s, to keep the test short
     hub = HubProcess(broker, keys, tmp_path / "hub.db", tmp_path / "hub.log").start()
     board = VirtualDevice(tmp_path / "board")
     try:
@@ -202,3 +209,34 @@ def test_a_lost_puback_times_out_and_the_resent_frame_is_a_duplicate_the_hub_abs
     device = report["devices"]["monitor-3"]
     assert (device["duplicate"], device["lost"], device["forged"], device["replay"]) == (1, 0, 0, 0)
     assert [e["kind"] for e in report["events"]] == ["birth", "death", "birth"]
+
+
+def test_a_full_queue_drops_the_oldest_and_the_hub_does_not_call_it_link_loss(tmp_path, broker, micropython_lib):
+    keys, device_json, _ = provision(tmp_path, "gateway-2")
+    # Room for about 10 frames: 4 in RAM, 6 in the flash file, while the broker is away.
+    build = build_for(tmp_path, device_json, broker.url, record_interval_ms=50, ram_queue=4, queue_bytes=420)
+    hub = HubProcess(broker, keys, tmp_path / "hub.db", tmp_path / "hub.log").start()
+    board = VirtualDevice(tmp_path / "board")
+    try:
+        hub.wait_connected()
+        broker.stop()
+        board.start()
+        linkseal("firmware", "flash", "--port", board.port, "--build", build, "--micropython-lib", micropython_lib)
+        board.wait_console("broker unreachable", 60, count=3)  # about 3 s of records: far more than fit
+        broker.start()
+        hub.wait_connected(count=2)
+        wait_for(lambda: (device_entry(hub.db, "gateway-2") or {}).get("status") is not None
+                 and device_entry(hub.db, "gateway-2")["status"]["last"] == "heartbeat"
+                 and device_entry(hub.db, "gateway-2")["status"]["queued"] == 0, 90, "the queue to drain")
+    finally:
+        board.stop()
+        hub.stop()
+    entry = stored_report(hub.db)["devices"]["gateway-2"]
+    storage = SQLiteStorage(hub.db, create=False)
+    lowest, highest, stored = storage.db.execute(
+        "SELECT MIN(seq), MAX(seq), COUNT(*) FROM records WHERE epoch = 1").fetchone()
+    storage.close()
+    # The oldest records were dropped, as many as the device says; the rest arrived, none lost.
+    assert entry["source_drops"] > 20 and entry["lost"] == 0, entry
+    assert lowest == entry["source_drops"] == entry["status"]["source_drops"]
+    assert highest + 1 - lowest == stored
