@@ -240,3 +240,36 @@ def test_a_full_queue_drops_the_oldest_and_the_hub_does_not_call_it_link_loss(tm
     assert entry["source_drops"] > 20 and entry["lost"] == 0, entry
     assert lowest == entry["source_drops"] == entry["status"]["source_drops"]
     assert highest + 1 - lowest == stored
+
+
+def test_reflashing_keeps_the_boot_epoch_and_a_damaged_epoch_stops_sealing(tmp_path, broker, micropython_lib):
+    keys, device_json, _ = provision(tmp_path, "plc-4")
+    build = build_for(tmp_path, device_json, broker.url)
+    board = VirtualDevice(tmp_path / "board")
+    try:
+        board.start()
+        linkseal("firmware", "flash", "--port", board.port, "--build", build, "--micropython-lib", micropython_lib)
+        board.wait_console("linkseal: connected, epoch 1", 60)
+        board.power_cycle()
+        board.wait_console("linkseal: connected, epoch 2", 60)
+        # A new build flashed over a running agent (mpremote stops main.py with Ctrl-C).
+        out = linkseal("firmware", "flash", "--port", board.port, "--build", build, "--verify",
+                       "--micropython-lib", micropython_lib)
+        assert "keeps its boot epoch" in out and "umqtt.simple: from" not in out  # installed the first time
+        board.wait_console("linkseal: connected, epoch 3", 60)
+        board.stop()
+
+        epoch_file = board.flash_dir / "epoch"
+        epoch_file.write_text("7 0badf00d\n")  # the CRC does not match: damaged
+        board.start()
+        console = board.wait_console("not sealing: epoch file epoch is damaged", 60)
+        assert epoch_file.read_text() == "7 0badf00d\n"
+        assert "agent started, epoch" not in console.split("epoch 3")[-1]
+        board.stop()
+
+        epoch_file.unlink()
+        board.start()
+        board.wait_console("not sealing: epoch file epoch is missing", 60)
+        assert not epoch_file.exists()
+    finally:
+        board.stop()

@@ -16,6 +16,8 @@
 //   synchronous sockets, but it can read and write FIFOs synchronously.
 // - Board shims (machine, network, socket/usocket) live in DIR --shims, mounted like frozen
 //   modules: on sys.path, not on the flash.
+// - Ctrl-C: while a program runs, the socket shim and WDT.feed look at the console for it and
+//   raise KeyboardInterrupt, so mpremote can stop main.py as on a real board.
 import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
 import { execFileSync, spawn } from "node:child_process";
 import fs from "node:fs";
@@ -191,12 +193,33 @@ const net = {
 
 // -- the board -----------------------------------------------------------------------------
 
+// Console input read while the program runs (looking for Ctrl-C), kept for the REPL.
+const pendingInput = [];
+
+// True when Ctrl-C came in on the console: the board's shims then raise KeyboardInterrupt,
+// as MicroPython does when Ctrl-C interrupts a running main.py (mpremote relies on it).
+function interrupted() {
+  const buf = Buffer.alloc(256);
+  let n;
+  try {
+    n = fs.readSync(ttyFd, buf, 0, buf.length, null);
+  } catch (err) {
+    if (err.code === "EAGAIN" || err.code === "EIO") return false;
+    throw err;
+  }
+  const chunk = [...buf.subarray(0, n)];
+  const at = chunk.indexOf(3);
+  pendingInput.push(...(at >= 0 ? chunk.slice(at + 1) : chunk));
+  return at >= 0;
+}
+
 let resetRequested = false;
 let watchdog = null;  // {timeoutMs, fedAt}
 
 const board = {
   ...net,
   unique_id: () => uniqueId,
+  interrupted,
   reset: () => { resetRequested = true; },
   wdt_start: (timeoutMs) => { watchdog = { timeoutMs, fedAt: Date.now() }; },
   wdt_feed: () => { if (watchdog) watchdog.fedAt = Date.now(); },
@@ -233,12 +256,17 @@ mp.replInit();
 const input = Buffer.alloc(256);
 for (;;) {
   let n;
-  try {
-    n = fs.readSync(ttyFd, input, 0, input.length, null);
-  } catch (err) {
-    if (err.code !== "EAGAIN" && err.code !== "EIO") throw err;
-    sleepMs(2);  // idle console
-    continue;
+  if (pendingInput.length) {
+    n = Math.min(pendingInput.length, input.length);
+    input.set(pendingInput.splice(0, n));
+  } else {
+    try {
+      n = fs.readSync(ttyFd, input, 0, input.length, null);
+    } catch (err) {
+      if (err.code !== "EAGAIN" && err.code !== "EIO") throw err;
+      sleepMs(2);  // idle console
+      continue;
+    }
   }
   let i = 0;
   if (n >= 3 && input[0] === 5 && input[1] === 65 && input[2] === 1) {

@@ -26,9 +26,12 @@ SOFT_RESET = 5
 
 
 class WDT:
-    # The watchdog is checked whenever the board waits on the network (see socket.py).
+    # The watchdog is checked whenever the board waits on the network (see socket.py); the
+    # console is checked for Ctrl-C there and at every feed.
     def __init__(self, id=0, timeout=5000):
         _vdev.wdt_start(timeout)
 
     def feed(self):
         _vdev.wdt_feed()
+        if _vdev.interrupted():  # Ctrl-C from the console (mpremote) stops the running program
+            raise KeyboardInterrupt

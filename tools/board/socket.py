@@ -47,6 +47,8 @@ class socket:
     sendall = write
 
     def _recv(self, n):
+        if _vdev.interrupted():
+            raise KeyboardInterrupt
         if _vdev.wdt_expired():
             import machine
             machine.reset()
