@@ -9,7 +9,10 @@ firmware/store.py), with the state directory in place of flash:
   read again from exactly where sealed records end: nothing is lost, nothing sealed twice;
 - frames go to the broker oldest first, one at a time at QoS 1, and leave the store only
   when the broker has acknowledged them; the resume offset is saved before that, so a crash
-  in between re-sends a frame (a duplicate the hub absorbs), never re-reads a record.
+  in between re-sends a frame (a duplicate the hub absorbs), never re-reads a record;
+- status messages as on the firmware (agent/status.py): a birth at every connect, a death
+  registered as the last will (sealed afresh before every connection attempt), and a
+  heartbeat with the position of the newest record the broker has.
 """
 
 import struct
@@ -19,7 +22,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from agent import topic_for
+from agent import frame, topic_for
+from agent.sealer import status_topic_for
+from agent.status import BIRTH, DEATH, HEARTBEAT, status_payload
 
 from .device_code import firmware_module
 from .keys import sealer_for
@@ -55,9 +60,9 @@ class AgentState:
             last = _OFFSET.unpack_from(item)[0]
         return max(saved, last)
 
-    def queue(self, offset: int, frame: bytes) -> None:
+    def queue(self, offset: int, sealed: bytes) -> None:
         with self.lock:
-            self.store.put(_OFFSET.pack(offset) + frame)
+            self.store.put(_OFFSET.pack(offset) + sealed)
 
     def oldest(self):
         with self.lock:
@@ -93,7 +98,8 @@ def read_records(source, start: int):
 
 
 class LinuxAgent:
-    def __init__(self, config: dict, broker, state: AgentState, log, qos: int = 1, max_rate: float = 50.0):
+    def __init__(self, config: dict, broker, state: AgentState, log, qos: int = 1, max_rate: float = 50.0,
+                 heartbeat_s: float = 30.0):
         """max_rate: frames per second at most (0: no limit), so that a backlog flushed after an
         outage stays under the hub's per-device rate limit (100/s by default) instead of being
         refused as rate_limited."""
@@ -104,7 +110,11 @@ class LinuxAgent:
         self.log = log
         self.qos = qos
         self.sealer = sealer_for(config, state.epoch)
+        self.sealing = threading.Lock()  # the reader thread seals records, paho's thread status messages
         self.topic = topic_for(config["device_id"])
+        self.status_topic = status_topic_for(config["device_id"])
+        self.heartbeat_s = heartbeat_s
+        self.sent = None  # (epoch, seq) of the newest record the broker acknowledged
         self.stopping = threading.Event()
         self.source_done = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"linkseal-agent-{config['device_id']}")
@@ -114,6 +124,25 @@ class LinuxAgent:
         if username:
             self.client.username_pw_set(username, broker.password or config.get("mqtt_password"))
         self.client.reconnect_delay_set(1, 30)
+        self._set_will()
+
+    def status(self, kind: str) -> bytes:
+        with self.sealing:
+            return self.sealer.seal_status(status_payload(kind, self.sealer, self.state.depth(),
+                                                          self.state.store.source_drops, self.sent, "process_start"))
+
+    def _set_will(self) -> None:
+        # Each connection gets its own sealed death message: the hub refuses a repeated one.
+        self.client.will_set(self.status_topic, self.status(DEATH), qos=1)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        self.log("connected", broker=f"{self.broker.host}:{self.broker.port}", reason=str(reason_code))
+        if not reason_code.is_failure:
+            client.publish(self.status_topic, self.status(BIRTH), qos=1)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.log("disconnected", reason=str(reason_code))
+        self._set_will()  # for the automatic reconnect
 
     def seal_from(self, source, start: int) -> None:
         """Seal every record of the source into the state's queue (the reader thread)."""
@@ -121,42 +150,47 @@ class LinuxAgent:
             if self.stopping.is_set():
                 return
             try:
-                frame = self.sealer.seal(record)
+                with self.sealing:
+                    sealed = self.sealer.seal(record)
             except ValueError as exc:  # too long for the link: reported, skipped, not fatal
                 self.log("record_refused", offset=offset, error=str(exc))
                 continue
-            self.state.queue(offset, frame)
+            self.state.queue(offset, sealed)
         self.source_done.set()
 
     def publish_queue(self) -> None:
         """Send the oldest frame until the broker acknowledges it, then the next (main thread)."""
         next_send = time.monotonic()
+        next_heartbeat = time.monotonic() + self.heartbeat_s
         while not self.stopping.is_set():
+            if time.monotonic() >= next_heartbeat and self.client.is_connected():
+                next_heartbeat = time.monotonic() + self.heartbeat_s
+                self.client.publish(self.status_topic, self.status(HEARTBEAT), qos=1)
             oldest = self.state.oldest()
             if oldest is None:
                 if self.source_done.is_set():
                     return
                 self.stopping.wait(0.05)  # idle poll for new records; the queue itself is the signal
                 continue
-            offset, frame = oldest
+            offset, data = oldest
             if not self.client.is_connected():
                 self.stopping.wait(0.2)
                 continue
             if self.max_rate:
                 self.stopping.wait(max(0.0, next_send - time.monotonic()))  # pacing, not synchronisation
                 next_send = max(next_send, time.monotonic()) + 1.0 / self.max_rate
-            info = self.client.publish(self.topic, frame, qos=self.qos)
+            info = self.client.publish(self.topic, data, qos=self.qos)
             try:
                 info.wait_for_publish(10)
             except (RuntimeError, ValueError):
                 continue  # not sent (disconnected): try again after the reconnect
             if info.is_published():
                 self.state.delivered(offset)
+                self.sent = frame.decode(data)[2:4]
 
     def run(self, source) -> int:
-        self.client.on_connect = lambda c, u, f, rc, p: self.log("connected", broker=f"{self.broker.host}:"
-                                                                 f"{self.broker.port}", reason=str(rc))
-        self.client.on_disconnect = lambda c, u, f, rc, p: self.log("disconnected", reason=str(rc))
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
         self.client.connect_async(self.broker.host, self.broker.port, keepalive=30)
         self.client.loop_start()
         start = self.state.resume_offset()

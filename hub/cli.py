@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent_run.add_argument("--qos", type=int, choices=(0, 1), default=1)
     agent_run.add_argument("--max-rate", type=float, default=50.0,
                            help="frames per second at most, below the hub's rate limit (default 50; 0: none)")
+    agent_run.add_argument("--heartbeat", type=float, default=30.0, metavar="SECONDS",
+                           help="seconds between heartbeat status messages (default 30)")
     agent_run.add_argument("--ca-file", help="CA certificate of the broker (mqtts)")
     agent_run.add_argument("--cert-file", help="client certificate for mutual TLS")
     agent_run.add_argument("--key-file", help="client certificate's key for mutual TLS")
@@ -103,7 +105,7 @@ def _agent_run(args):
     except epoch_module.EpochError as exc:
         raise InputError(str(exc)) from None
     agent = LinuxAgent(config, broker, state, EventLog(json_lines=args.log_json), qos=args.qos,
-                       max_rate=args.max_rate)
+                       max_rate=args.max_rate, heartbeat_s=args.heartbeat)
     signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
     if args.source == "stdin":
         return agent.run(sys.stdin.buffer)

@@ -17,7 +17,8 @@ def start_agent(tmp_path, broker, config, source, name="agent"):
     log = open(tmp_path / f"{name}.log", "w")
     return subprocess.Popen([str(LINKSEAL), "agent", "run", "--config", str(config), "--broker", broker.url,
                              "--source", str(source), "--state-dir", str(tmp_path / "state"), "--log-json",
-                             "--max-rate", "0"],  # as fast as it goes: the hub below allows it
+                             "--max-rate", "0",  # as fast as it goes: the hub below allows it
+                             "--heartbeat", "0.2"],
                             stdout=log, stderr=log)
 
 
@@ -50,8 +51,14 @@ def test_kill_9_loses_nothing_and_seals_nothing_twice(tmp_path, broker):
         agent = start_agent(tmp_path, broker, config, source, name="agent2")
         assert agent.wait(120) == 0
         wait_for(lambda: len(stored_payloads(hub.db)) >= lines, 60, "every record at the hub")
+        # The broker published the killed agent's last will: its sealed death message.
+        wait_for(lambda: "death" in [e["kind"] for e in stored_report(hub.db)["events"]], 30, "the death message")
     finally:
         hub.stop()
+    report = stored_report(hub.db)
+    kinds = [e["kind"] for e in report["events"]]
+    assert kinds.count("birth") == 2 and kinds.count("death") == 1 and "forged" not in kinds
+    assert report["devices"]["pump-1"]["status"]["reset_cause"] == "process_start"
     payloads = stored_payloads(hub.db)
     assert sorted(payloads) == sorted(f"reading {i}".encode() for i in range(lines))  # each exactly once
     assert payloads == [f"reading {i}".encode() for i in range(lines)]  # and in order
