@@ -168,7 +168,8 @@ class Agent:
             return False
 
 
-def main(config_path="device.json", settings_path="agent.json"):
+def start(config_path="device.json", settings_path="agent.json"):
+    """Everything before the loop: (agent, feed the watchdog)."""
     settings = dict(DEFAULTS)
     settings.update(load_json(settings_path))
     watchdog = start_watchdog(settings)
@@ -191,6 +192,11 @@ def main(config_path="device.json", settings_path="agent.json"):
     store = Store("queue", ram_frames=settings["ram_queue"], file_bytes=settings["queue_bytes"])
     agent = Agent(config, settings, boot_epoch, store, transport, reset_cause())
     print("linkseal: agent started, epoch %d, %d queued" % (boot_epoch, len(store)))
+    return agent, feed
+
+
+def main():
+    agent, feed = start()
     gc.collect()
     while True:
         feed()
