@@ -18,9 +18,9 @@ $(MICROPYTHON): package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-# micropython-lib's umqtt.simple for the virtual device (from PyPI, see tools/umqtt.py).
+# micropython-lib's umqtt.simple for the virtual device (from PyPI, see simulator/micropython_lib.py).
 $(UMQTT): $(STAMP)
-	$(BIN)/python -m tools.umqtt
+	$(BIN)/python -m simulator.micropython_lib
 
 # The hub tests start their own Mosquitto brokers; install it (Debian package) when missing.
 mosquitto:

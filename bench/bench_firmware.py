@@ -1,5 +1,5 @@
 """Firmware budgets: .mpy sizes of a real build, and the heap of the whole agent running on
-the virtual board (tools/virtual_device.py) in steady state with a full 64-frame RAM queue,
+the virtual board (simulator/virtual_device.py) in steady state with a full 64-frame RAM queue,
 connected through umqtt.simple to a real Mosquitto.
 
 The heap is read with gc.mem_alloc / gc.mem_free after gc.collect() in a console command of
@@ -18,8 +18,8 @@ from hub.config import parse_broker
 from hub.firmware_build import AGENT_BUDGET, FIRMWARE_BUDGET, agent_settings, build
 from hub.keys import KeyFile, write_private_json
 from tools.services import Mosquitto
-from tools.umqtt import fetch as fetch_umqtt
-from tools.virtual_device import VirtualDevice
+from simulator.micropython_lib import fetch as fetch_umqtt
+from simulator.virtual_device import VirtualDevice
 
 # main.py for the measurement: the baseline before any of our code, then the code loaded.
 BENCH_MAIN = ("import gc\ngc.collect()\nbase = gc.mem_alloc()\n"

@@ -17,9 +17,13 @@ def add_sim_group(groups):
                   "ends with injected vs measured per link and writes report.json, capture, trace and PNG plots.",
                   ["linkseal sim run --devices 12 --links wifi,lora,fiber --duration 60 --rate 5 --seed 7 "
                    "--no-broker --out sim-out",
-                   "linkseal sim run --scenario bench.toml --broker mqtt://127.0.0.1:1883 --out sim-out"])
+                   "linkseal sim run --scenario bench.toml --broker mqtt://127.0.0.1:1883 --out sim-out",
+                   "linkseal sim run --virtual-devices 3 --links wifi,lora --duration 30 --no-broker --out sim-out"])
     _scenario_options(run)
     _broker_options(run)
+    run.add_argument("--virtual-devices", type=int, metavar="N",
+                     help="run the real firmware on N virtual MicroPython boards instead of simulated agents, "
+                          "through a fault proxy per link type (--duration is then wall-clock seconds)")
     run.add_argument("--out", type=Path, default=Path("sim-out"), help="output directory (default sim-out)")
     run.set_defaults(run=_run)
 
@@ -169,6 +173,8 @@ def _run(args):
 
     console = Console(width=80)
     scenario = _scenario(args)
+    if args.virtual_devices:
+        return _run_virtual(args, scenario, console)
     with console.status("generating traffic through the fault models..."):
         generated = generate(scenario)
         labelled, ledger = label(generated.events, generated.device_links)
@@ -214,12 +220,7 @@ def _replay(args):
     registry = load_links()
     try:
         if args.keys:  # real devices (a proxy trace): their keys and links come from the key file
-            specs = open_keyfile(args).device_keys()
-            keys = {spec.device_id: spec.keys for spec in specs}
-            device_links = {spec.device_id: spec.link for spec in specs}
-            links = sorted({e.link for e in events if hasattr(e, "fate")})
-            scenario = Scenario(devices=len(specs), links=tuple(links) or ("wifi",), seed=header.get("seed", 0))
-            models = {f"profile:{link}": model_for(registry[link]) for link in links}
+            generated = _real_devices(open_keyfile(args), events, header.get("seed", 0))
         else:
             if header.get("source") == "proxy":
                 raise InputError(f"{args.trace}: a proxy trace of real devices: give their key file with --keys")
@@ -229,11 +230,52 @@ def _replay(args):
                                 profiles=header["profiles"])
             specs = device_specs(keys, device_links)
             models = {d: model_for(registry[link], scenario.profiles.get(link)) for d, link in device_links.items()}
+            generated = Generated(scenario, specs, device_links, keys, events, models)
     except (KeyError, TypeError) as exc:
         raise InputError(f"{args.trace}:1: header lacks {exc}") from None
-    generated = Generated(scenario, specs, device_links, keys, events, models)
     labelled, ledger = label(events, device_links)
     hub, outcomes = _verify(generated, labelled, args.no_broker, args.broker, args.out, console)
+    return _finish(generated, header, events, labelled, ledger, hub, outcomes, args.out, console)
+
+
+def _real_devices(keyfile, events: list, seed: int, profiles: dict | None = None):
+    """The run of real devices (proxy traces): their keys and links come from the key file;
+    profiles: the link-model overrides the proxies ran with."""
+    from hub.link_registry import load_links
+
+    from .faults import model_for
+    from .run import Generated, Scenario
+
+    registry = load_links()
+    specs = keyfile.device_keys()
+    keys = {spec.device_id: spec.keys for spec in specs}
+    device_links = {spec.device_id: spec.link for spec in specs}
+    links = sorted({e.link for e in events if hasattr(e, "fate")})
+    profiles = profiles or {}
+    scenario = Scenario(devices=len(specs), links=tuple(links) or ("wifi",), seed=seed, profiles=profiles)
+    models = {f"profile:{link}": model_for(registry[link], profiles.get(link)) for link in links}
+    return Generated(scenario, specs, device_links, keys, events, models)
+
+
+def _run_virtual(args, scenario, console):
+    from .run import label
+    from .virtual_run import run_virtual_devices
+
+    if args.attacks:
+        raise InputError("--attacks: the simulator plays attackers only with its own agents, not --virtual-devices")
+    if args.virtual_devices < 1:
+        raise InputError(f"--virtual-devices {args.virtual_devices}: give 1 or more")
+    scenario.devices, scenario.attacks = args.virtual_devices, {}
+    broker = None
+    if args.broker:
+        from hub.config import parse_broker
+
+        broker = parse_broker(args.broker)
+    keyfile, events = run_virtual_devices(scenario, args.out, broker, console)
+    generated = _real_devices(keyfile, events, scenario.seed, scenario.profiles)
+    labelled, ledger = label(events, generated.device_links)
+    hub, outcomes = _verify(generated, labelled, args.no_broker, args.broker, args.out, console)
+    header = {**generated.header(), "duration": scenario.duration, "rate": scenario.rate, "source": "virtual devices"}
     return _finish(generated, header, events, labelled, ledger, hub, outcomes, args.out, console)
 
 

@@ -172,12 +172,14 @@ class FaultProxy:
             for writer in list(self.writers):
                 writer.close()
 
-    async def serve(self, host: str, port: int, ready=None):
+    async def serve(self, host: str, port: int, ready=None, stop=None):
+        """Serve until stop (an asyncio.Event) is set; without one, until SIGTERM or SIGINT."""
         server = await asyncio.start_server(self.handle, host, port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        if stop is None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
         watcher = asyncio.create_task(self.watch_outages())
         bound = server.sockets[0].getsockname()
         if ready:

@@ -15,8 +15,8 @@ import pytest
 from hub.keys import KeyFile, write_private_json
 from hub.storage import SQLiteStorage
 from tools.services import LINKSEAL, HubProcess, stored_report, wait_for
-from tools.umqtt import LIB as MICROPYTHON_LIB, UMQTT
-from tools.virtual_device import VirtualDevice
+from simulator.micropython_lib import LIB as MICROPYTHON_LIB, UMQTT
+from simulator.virtual_device import VirtualDevice
 
 
 @pytest.fixture(scope="module")

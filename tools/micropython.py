@@ -10,14 +10,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from simulator.virtual_device import RUNTIME, MicroPythonError  # noqa: F401  (tests import it from here)
+
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "tools" / "micropython.mjs"
-RUNTIME = ROOT / "node_modules" / "@micropython" / "micropython-webassembly-pyscript"
 AGENT_FILES = tuple(sorted(path.name for path in (ROOT / "agent").glob("*.py")))
 
 
-class MicroPythonError(RuntimeError):
-    pass
 
 
 def agent_files() -> dict:

@@ -3,7 +3,7 @@
     with VirtualDevice(tmp_path / "board") as board:
         subprocess.run(["mpremote", "connect", board.port, "exec", "print(1)"])
 
-The board is tools/virtual_device.mjs (real MicroPython, WebAssembly, under Node); its
+The board is simulator/virtual_device.mjs (real MicroPython, WebAssembly, under Node); its
 files live in `flash_dir` on the host and survive `power_cycle()` (a kill -9 and a fresh
 start, as when a device loses power). What it prints is kept in `console_path`.
 """
@@ -18,12 +18,17 @@ import time
 import tty
 from pathlib import Path
 
-from .micropython import RUNTIME, MicroPythonError
-
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "tools" / "virtual_device.mjs"
-SHIMS = ROOT / "tools" / "board"
-BRIDGE = ROOT / "tools" / "tcp_bridge.py"
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "virtual_device.mjs"
+SHIMS = HERE / "board"  # machine, network, socket for the board, like frozen modules
+BRIDGE = HERE / "tcp_bridge.py"
+# Real MicroPython: npm's @micropython/micropython-webassembly-pyscript, installed by `make`.
+RUNTIME = ROOT / "node_modules" / "@micropython" / "micropython-webassembly-pyscript"
+
+
+class MicroPythonError(RuntimeError):
+    """The MicroPython runtime is missing, or the board did not do what was asked."""
 
 
 class VirtualDevice:

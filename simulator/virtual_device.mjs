@@ -4,7 +4,7 @@
 //   node virtual_device.mjs --tty-fd N --flash DIR --shims DIR --bridge tcp_bridge.py --python EXE
 //
 // - Console: the raw REPL (the runtime's replInit / replProcessChar) on fd N, the master side
-//   of a pseudo-terminal opened by tools/virtual_device.py; mpremote opens the slave side.
+//   of a pseudo-terminal opened by simulator/virtual_device.py; mpremote opens the slave side.
 //   Everything the board prints also goes to stderr (the harness logs it to a file).
 // - Flash: the interpreter's in-memory filesystem is loaded from DIR at every boot, and every
 //   file closed after writing, renamed, removed or created is mirrored to DIR at once, so the
@@ -12,7 +12,7 @@
 // - Boot: power-on and machine.reset() run boot.py, then main.py; a soft reset (Ctrl-D in the
 //   raw REPL, which mpremote sends) runs boot.py only, as MicroPython does in raw REPL mode.
 // - Network: the `_vdev` JS module gives the board's socket shim TCP connections, each one
-//   a pair of FIFOs to a small Python bridge process (tools/tcp_bridge.py): Node has no
+//   a pair of FIFOs to a small Python bridge process (simulator/tcp_bridge.py): Node has no
 //   synchronous sockets, but it can read and write FIFOs synchronously.
 // - Board shims (machine, network, socket/usocket) live in DIR --shims, mounted like frozen
 //   modules: on sys.path, not on the flash.

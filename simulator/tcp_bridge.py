@@ -1,4 +1,4 @@
-"""One TCP connection for the virtual device (tools/virtual_device.mjs), over two FIFOs.
+"""One TCP connection for the virtual device (simulator/virtual_device.mjs), over two FIFOs.
 
     python tcp_bridge.py HOST PORT TO_BOARD_FIFO FROM_BOARD_FIFO
 

@@ -1,4 +1,4 @@
-# socket for the virtual board: TCP through the harness (tools/virtual_device.mjs), with the
+# socket for the virtual board: TCP through the harness (simulator/virtual_device.mjs), with the
 # parts of MicroPython's socket API that umqtt.simple and the firmware use.
 import binascii
 
