@@ -233,7 +233,7 @@ def _replay(args):
             generated = Generated(scenario, specs, device_links, keys, events, models)
     except (KeyError, TypeError) as exc:
         raise InputError(f"{args.trace}:1: header lacks {exc}") from None
-    labelled, ledger = label(events, device_links)
+    labelled, ledger = label(events, generated.device_links)
     hub, outcomes = _verify(generated, labelled, args.no_broker, args.broker, args.out, console)
     return _finish(generated, header, events, labelled, ledger, hub, outcomes, args.out, console)
 

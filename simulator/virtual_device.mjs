@@ -14,10 +14,11 @@
 // - Network: the `_vdev` JS module gives the board's socket shim TCP connections, each one
 //   a pair of FIFOs to a small Python bridge process (simulator/tcp_bridge.py): Node has no
 //   synchronous sockets, but it can read and write FIFOs synchronously.
-// - Board shims (machine, network, socket/usocket) live in DIR --shims, mounted like frozen
-//   modules: on sys.path, not on the flash.
-// - Ctrl-C: while a program runs, the socket shim and WDT.feed look at the console for it and
-//   raise KeyboardInterrupt, so mpremote can stop main.py as on a real board.
+// - Board shims (machine, network, socket/usocket, time) live in DIR --shims, mounted like
+//   frozen modules: first on sys.path, not on the flash.
+// - Ctrl-C and the watchdog: whenever a program sleeps, waits on the network or feeds the
+//   watchdog, the shims look for Ctrl-C on the console (KeyboardInterrupt, so mpremote can
+//   stop main.py as on a real board) and reset the board if the watchdog has starved.
 import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
 import { execFileSync, spawn } from "node:child_process";
 import fs from "node:fs";
@@ -214,16 +215,18 @@ function interrupted() {
 }
 
 let resetRequested = false;
+let resetCause = 1;  // machine.PWRON_RESET; kept across reboots for machine.reset_cause()
 let watchdog = null;  // {timeoutMs, fedAt}
 
 const board = {
   ...net,
   unique_id: () => uniqueId,
   interrupted,
-  reset: () => { resetRequested = true; },
+  reset: (cause) => { resetRequested = true; resetCause = cause; },
+  reset_cause: () => resetCause,
   wdt_start: (timeoutMs) => { watchdog = { timeoutMs, fedAt: Date.now() }; },
   wdt_feed: () => { if (watchdog) watchdog.fedAt = Date.now(); },
-  // Called from the socket shim while the board waits: a starved watchdog resets the board.
+  // Checked by the board shims (machine._poll): a starved watchdog resets the board.
   wdt_expired: () => watchdog !== null && Date.now() - watchdog.fedAt > watchdog.timeoutMs,
 };
 
@@ -237,7 +240,7 @@ async function boot(runMain) {
   mirrorWrites(mp.FS);
   renumberErrors(mp.FS);
   mp.registerJsModule("_vdev", board);
-  mp.runPython(`import os, sys\nos.chdir("${MOUNT}")\nsys.path.append("${SHIMS}")\nsys.path.append("${MOUNT}/lib")`);
+  mp.runPython(`import os, sys\nos.chdir("${MOUNT}")\nsys.path.insert(0, "${SHIMS}")\nsys.path.append("${MOUNT}/lib")`);
   for (const script of runMain ? ["boot.py", "main.py"] : ["boot.py"]) {
     if (resetRequested || !fs.existsSync(path.join(flashDir, script))) continue;
     try {
@@ -285,6 +288,7 @@ for (;;) {
     }
     if (exit) {  // Ctrl-D in the raw REPL: soft reset, back into the raw REPL
       consoleWrite(Buffer.from("MPY: soft reboot\r\n"));
+      resetCause = 5;  // machine.SOFT_RESET
       mp = await boot(false);
       mp.replInit();
       mp.replProcessChar(1);

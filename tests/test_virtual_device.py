@@ -6,6 +6,7 @@ from PyPI, Mosquitto, the hub and its SQLite file.
 
 import json
 import socket
+import sqlite3
 import subprocess
 import threading
 from pathlib import Path
@@ -273,3 +274,34 @@ def test_reflashing_keeps_the_boot_epoch_and_a_damaged_epoch_stops_sealing(tmp_p
         assert not epoch_file.exists()
     finally:
         board.stop()
+
+
+def test_a_stuck_record_source_is_reset_by_the_watchdog_and_the_birth_says_so(tmp_path, broker, micropython_lib):
+    keys, device_json, _ = provision(tmp_path, "sensor-9")
+    build = build_for(tmp_path, device_json, broker.url, watchdog_ms=2000)
+    # The integrator's own records.py (next to main.py, it wins over lib/records.mpy): its
+    # sensor hangs on the first read after flashing, then works.
+    (build / "records.py").write_text(
+        "import os, time\n"
+        "def read():\n"
+        "    if 'hung-once' not in os.listdir():\n"
+        "        open('hung-once', 'w').close()\n"
+        "        while True:\n"
+        "            time.sleep_ms(100)\n"
+        "    return b'{\"t_c\": 21.5}'\n")
+    hub = HubProcess(broker, keys, tmp_path / "hub.db", tmp_path / "hub.log").start()
+    board = VirtualDevice(tmp_path / "board")
+    try:
+        hub.wait_connected()
+        board.start()
+        linkseal("firmware", "flash", "--port", board.port, "--build", build, "--micropython-lib", micropython_lib)
+        board.wait_console("agent started, epoch 2", 60)  # the watchdog reset the board
+        wait_for(lambda: valid_records(hub.db, "sensor-9") >= 5, 60, "records after the watchdog reset")
+    finally:
+        board.stop()
+        hub.stop()
+    device = device_entry(hub.db, "sensor-9")
+    assert device["status"]["reset_cause"] == "watchdog" and device["status"]["epoch"] == 2
+    assert "connected, epoch 1" not in board.console()  # epoch 1 hung before it could connect
+    payloads = {row[0] for row in sqlite3.connect(hub.db).execute("SELECT payload FROM records")}
+    assert payloads == {b'{"t_c": 21.5}'}

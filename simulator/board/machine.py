@@ -10,12 +10,23 @@ def unique_id():
 
 def reset():
     # The harness reboots the board (boot.py, then main.py) once this code has unwound.
-    _vdev.reset()
+    _vdev.reset(HARD_RESET)
     raise SystemExit
 
 
 def reset_cause():
-    return PWRON_RESET
+    return _vdev.reset_cause()
+
+
+def _poll():
+    # What a real board does on its own, checked whenever the program sleeps, waits on the
+    # network or feeds the watchdog: Ctrl-C on the console stops the program (mpremote
+    # relies on it), and a starved watchdog resets the board.
+    if _vdev.interrupted():
+        raise KeyboardInterrupt
+    if _vdev.wdt_expired():
+        _vdev.reset(WDT_RESET)
+        raise SystemExit
 
 
 PWRON_RESET = 1
@@ -26,12 +37,9 @@ SOFT_RESET = 5
 
 
 class WDT:
-    # The watchdog is checked whenever the board waits on the network (see socket.py); the
-    # console is checked for Ctrl-C there and at every feed.
     def __init__(self, id=0, timeout=5000):
         _vdev.wdt_start(timeout)
 
     def feed(self):
         _vdev.wdt_feed()
-        if _vdev.interrupted():  # Ctrl-C from the console (mpremote) stops the running program
-            raise KeyboardInterrupt
+        _poll()

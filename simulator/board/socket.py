@@ -3,6 +3,7 @@
 import binascii
 
 import _vdev
+import machine
 
 AF_INET = 2
 SOCK_STREAM = 1
@@ -47,11 +48,7 @@ class socket:
     sendall = write
 
     def _recv(self, n):
-        if _vdev.interrupted():
-            raise KeyboardInterrupt
-        if _vdev.wdt_expired():
-            import machine
-            machine.reset()
+        machine._poll()
         got = _vdev.recv(self._id, n, self._timeout_ms)
         if got is None:
             if self._timeout_ms == 0:
