@@ -1,7 +1,8 @@
 """End to end on a virtual MicroPython board: build, flash with mpremote, boot, publish
-through Mosquitto to `linkseal hub run`, reboot, broker outage, and umqtt.simple's packet-id
-wrap. Everything here is real but the board: MicroPython (WebAssembly), mpremote, umqtt.simple
-from PyPI, Mosquitto, the hub and its SQLite file.
+through Mosquitto to `linkseal hub run`; reboot, broker outage, a full queue, re-flashing, a
+damaged epoch, the watchdog, keepalive, and umqtt.simple's known problems (packet-id wrap,
+no PUBACK timeout, duplicates on reconnect). Everything here is real but the board:
+MicroPython (WebAssembly), mpremote, umqtt.simple from PyPI, Mosquitto, the hub and SQLite.
 """
 
 import json
@@ -10,15 +11,16 @@ import sqlite3
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from hub.keys import KeyFile, write_private_json
 from hub.storage import SQLiteStorage
-from tools.services import LINKSEAL, HubProcess, stored_report, wait_for
 from simulator.micropython_lib import LIB as MICROPYTHON_LIB, UMQTT
 from simulator.virtual_device import VirtualDevice
+from tools.services import LINKSEAL, HubProcess, stored_report, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +55,24 @@ def build_for(tmp_path, device_json, broker_url, board="esp32", **settings):
     return build
 
 
+@contextmanager
+def hub_and_board(tmp_path, broker, keys):
+    """`hub run` subscribed to the broker, and a blank virtual board (not started)."""
+    hub = HubProcess(broker, keys, tmp_path / "hub.db", tmp_path / "hub.log").start()
+    board = VirtualDevice(tmp_path / "board")
+    try:
+        hub.wait_connected()
+        yield hub, board
+    finally:
+        board.stop()
+        hub.stop()
+
+
+def flash(board, build, micropython_lib, *options):
+    return linkseal("firmware", "flash", "--port", board.port, "--build", build, "--micropython-lib",
+                    micropython_lib, *options)
+
+
 def device_entry(db: Path, device_id: str):
     if not db.exists():
         return None
@@ -70,13 +90,9 @@ def valid_records(db, device_id):
 def test_flash_boot_publish_reboot_and_outage(tmp_path, broker, micropython_lib):
     keys, device_json, config = provision(tmp_path)
     build = build_for(tmp_path, device_json, broker.url)
-    hub = HubProcess(broker, keys, tmp_path / "hub.db", tmp_path / "hub.log").start()
-    board = VirtualDevice(tmp_path / "board")
-    try:
-        hub.wait_connected()
+    with hub_and_board(tmp_path, broker, keys) as (hub, board):
         board.start()
-        out = linkseal("firmware", "flash", "--port", board.port, "--build", build, "--verify",
-                       "--micropython-lib", micropython_lib)
+        out = flash(board, build, micropython_lib, "--verify")
         assert "verified" in out and "umqtt.simple: from" in out and config["key"] not in out
         board.wait_console("linkseal: connected, epoch 1", 60)
         wait_for(lambda: valid_records(hub.db, "pump-7") >= 20, 60, "20 records from the board")
@@ -102,9 +118,10 @@ def test_flash_boot_publish_reboot_and_outage(tmp_path, broker, micropython_lib)
         entry = device_entry(hub.db, "pump-7")
         assert entry["lost"] == 0 and entry["source_drops"] == 0, entry
         assert entry["forged"] == entry["replay"] == entry["corrupt"] == 0
-    finally:
-        board.stop()
-        hub.stop()
+    # The backlog arrived once: epoch 2 is stored without a gap, each record a single row.
+    highest, stored = sqlite3.connect(hub.db).execute(
+        "SELECT MAX(seq), COUNT(*) FROM records WHERE device = 'pump-7' AND epoch = 2").fetchone()
+    assert stored == highest + 1
     kinds = [e["kind"] for e in stored_report(hub.db)["events"]]
     assert kinds.count("birth") >= 3 and "forged" not in kinds
 
@@ -187,22 +204,15 @@ def test_a_lost_puback_times_out_and_the_resent_frame_is_a_duplicate_the_hub_abs
     relay = AckDroppingRelay(broker.port, drop_nth=2)  # the birth's goes through, the first record's not
     build = build_for(tmp_path, device_json, f"mqtt://127.0.0.1:{relay.port}", "rp2-pico-w", record_interval_ms=200,
                       ack_timeout_s=1)  # instead of 10 s, to keep the test short
-    hub = HubProcess(broker, keys, tmp_path / "hub.db", tmp_path / "hub.log").start()
-    board = VirtualDevice(tmp_path / "board")
-    try:
-        hub.wait_connected()
+    with hub_and_board(tmp_path, broker, keys) as (hub, board):
         board.start()
-        out = linkseal("firmware", "flash", "--port", board.port, "--build", build, "--micropython-lib",
-                       micropython_lib)
+        out = flash(board, build, micropython_lib)
         assert "umqtt.simple: from" in out  # the Pico W's stock firmware lacks it
         # umqtt.simple alone would wait for that PUBACK for ever; the transport times out.
         board.wait_console("connection lost (OSError(110", 60)
         board.wait_console("linkseal: connected", 60, count=2)
         wait_for(lambda: valid_records(hub.db, "monitor-3") >= 10, 60, "records after the reconnect")
-    finally:
-        board.stop()
-        hub.stop()
-        relay.close()
+    relay.close()
     assert relay.connections >= 2
     report = stored_report(hub.db)
     # The first record reached the broker twice (resent after the reconnect, with a new
@@ -217,22 +227,16 @@ def test_a_full_queue_drops_the_oldest_and_the_hub_does_not_call_it_link_loss(tm
     keys, device_json, _ = provision(tmp_path, "gateway-2")
     # Room for about 10 frames: 4 in RAM, 6 in the flash file, while the broker is away.
     build = build_for(tmp_path, device_json, broker.url, record_interval_ms=50, ram_queue=4, queue_bytes=420)
-    hub = HubProcess(broker, keys, tmp_path / "hub.db", tmp_path / "hub.log").start()
-    board = VirtualDevice(tmp_path / "board")
-    try:
-        hub.wait_connected()
+    with hub_and_board(tmp_path, broker, keys) as (hub, board):
         broker.stop()
         board.start()
-        linkseal("firmware", "flash", "--port", board.port, "--build", build, "--micropython-lib", micropython_lib)
+        flash(board, build, micropython_lib)
         board.wait_console("broker unreachable", 60, count=3)  # about 3 s of records: far more than fit
         broker.start()
         hub.wait_connected(count=2)
         wait_for(lambda: (device_entry(hub.db, "gateway-2") or {}).get("status") is not None
                  and device_entry(hub.db, "gateway-2")["status"]["last"] == "heartbeat"
                  and device_entry(hub.db, "gateway-2")["status"]["queued"] == 0, 90, "the queue to drain")
-    finally:
-        board.stop()
-        hub.stop()
     entry = stored_report(hub.db)["devices"]["gateway-2"]
     storage = SQLiteStorage(hub.db, create=False)
     lowest, highest, stored = storage.db.execute(
@@ -250,13 +254,12 @@ def test_reflashing_keeps_the_boot_epoch_and_a_damaged_epoch_stops_sealing(tmp_p
     board = VirtualDevice(tmp_path / "board")
     try:
         board.start()
-        linkseal("firmware", "flash", "--port", board.port, "--build", build, "--micropython-lib", micropython_lib)
+        flash(board, build, micropython_lib)
         board.wait_console("linkseal: connected, epoch 1", 60)
         board.power_cycle()
         board.wait_console("linkseal: connected, epoch 2", 60)
         # A new build flashed over a running agent (mpremote stops main.py with Ctrl-C).
-        out = linkseal("firmware", "flash", "--port", board.port, "--build", build, "--verify",
-                       "--micropython-lib", micropython_lib)
+        out = flash(board, build, micropython_lib, "--verify")
         assert "keeps its boot epoch" in out and "umqtt.simple: from" not in out  # installed the first time
         board.wait_console("linkseal: connected, epoch 3", 60)
         board.stop()
@@ -290,17 +293,11 @@ def test_a_stuck_record_source_is_reset_by_the_watchdog_and_the_birth_says_so(tm
         "        while True:\n"
         "            time.sleep_ms(100)\n"
         "    return b'{\"t_c\": 21.5}'\n")
-    hub = HubProcess(broker, keys, tmp_path / "hub.db", tmp_path / "hub.log").start()
-    board = VirtualDevice(tmp_path / "board")
-    try:
-        hub.wait_connected()
+    with hub_and_board(tmp_path, broker, keys) as (hub, board):
         board.start()
-        linkseal("firmware", "flash", "--port", board.port, "--build", build, "--micropython-lib", micropython_lib)
+        flash(board, build, micropython_lib)
         board.wait_console("agent started, epoch 2", 60)  # the watchdog reset the board
         wait_for(lambda: valid_records(hub.db, "sensor-9") >= 5, 60, "records after the watchdog reset")
-    finally:
-        board.stop()
-        hub.stop()
     device = device_entry(hub.db, "sensor-9")
     assert device["status"]["reset_cause"] == "watchdog" and device["status"]["epoch"] == 2
     assert "connected, epoch 1" not in board.console()  # epoch 1 hung before it could connect
@@ -313,21 +310,15 @@ def test_keepalive_pings_hold_a_quiet_connection(tmp_path, broker, micropython_l
     # Nothing to say for a minute: only pings keep the connection (Mosquitto drops a client
     # silent for 1.5 keepalives).
     build = build_for(tmp_path, device_json, broker.url, record_interval_ms=60000, heartbeat_s=60, keepalive_s=2)
-    hub = HubProcess(broker, keys, tmp_path / "hub.db", tmp_path / "hub.log").start()
-    board = VirtualDevice(tmp_path / "board")
-    try:
-        hub.wait_connected()
+    with hub_and_board(tmp_path, broker, keys) as (hub, board):
         board.start()
-        linkseal("firmware", "flash", "--port", board.port, "--build", build, "--micropython-lib", micropython_lib)
+        flash(board, build, micropython_lib)
         board.wait_console("linkseal: connected, epoch 1", 60)
         wait_for(lambda: "infusion-1" in (broker.dir / "mosquitto.log").read_text(), 30, "the broker's log")
         # Five keepalive periods with no record and no heartbeat: the board must not have had
         # to reconnect.
         time.sleep(10)  # the span under test, not synchronisation
         console = board.console()
-    finally:
-        board.stop()
-        hub.stop()
     assert console.count("linkseal: connected") == 1 and "connection lost" not in console
     assert "exceeded timeout" not in (broker.dir / "mosquitto.log").read_text()
     assert [e["kind"] for e in stored_report(hub.db)["events"]].count("birth") == 1
