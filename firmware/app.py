@@ -29,7 +29,7 @@ DEFAULTS = {
     "heartbeat_s": 30,
     "keepalive_s": 60,
     "ack_timeout_s": 10,
-    "max_rate": 50,  # frames a second at most, under the hub's per-device limit (100/s)
+    "max_rate": 50,  # frames a second at most (0: no limit), under the hub's per-device limit (100/s)
     "ram_queue": 64,  # frames held in RAM before they spill to flash
     "queue_bytes": 32768,  # flash for queued frames; beyond it the oldest are dropped
     "backoff_ms": 1000,  # first reconnect delay; doubles up to backoff_max_ms, with jitter
@@ -141,7 +141,8 @@ class Agent:
         self.transport.publish(self.topic, data, self.settings["qos"])
         self.store.pop()
         self.sent = frame.decode(data)[2:4]
-        self.next_send = time.ticks_add(now, 1000 // self.settings["max_rate"])
+        if self.settings["max_rate"]:
+            self.next_send = time.ticks_add(now, 1000 // self.settings["max_rate"])
         return True
 
     def step(self):
