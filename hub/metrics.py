@@ -8,7 +8,7 @@ storage). Labels are bounded: link type and outcome, never a device.
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .counters import LOST, OUTCOME_OF
+from .counters import OUTCOME_OF
 from .report import abnormal_reasons, entry
 
 
@@ -18,7 +18,10 @@ class VerifierCollector:
 
     def collect(self):
         frames = CounterMetricFamily("linkseal_frames", "Frames by link type and outcome.", labels=["link", "outcome"])
-        lost = CounterMetricFamily("linkseal_lost_frames", "Sequence numbers never received intact.", labels=["link"])
+        lost = CounterMetricFamily("linkseal_lost_frames", "Sequence numbers never received intact, less those the "
+                                   "devices dropped themselves.", labels=["link"])
+        source_drops = CounterMetricFamily("linkseal_source_dropped_frames", "Records devices dropped because their "
+                                           "queue was full (from their status messages).", labels=["link"])
         loss = GaugeMetricFamily("linkseal_loss_ratio", "Lost over expected frames since counting began.",
                                  labels=["link"])
         corrupt = GaugeMetricFamily("linkseal_corrupt_ratio", "Corrupt over received frames.", labels=["link"])
@@ -29,13 +32,14 @@ class VerifierCollector:
             name = self.verifier.link_names[code]
             for slot, outcome in OUTCOME_OF.items():
                 frames.add_metric([name, outcome], counters[slot])
-            lost.add_metric([name], counters[LOST])
             item = entry(counters)
+            lost.add_metric([name], item["lost"])
+            source_drops.add_metric([name], item["source_drops"])
             loss.add_metric([name], item["loss_rate"])
             corrupt.add_metric([name], item["corrupt_rate"])
             abnormal.add_metric([name], 1.0 if abnormal_reasons(name, item) else 0.0)
         frames.add_metric(["none", "unknown_device"], self.verifier.unknown_device)
-        return [frames, lost, loss, corrupt, abnormal]
+        return [frames, lost, source_drops, loss, corrupt, abnormal]
 
 
 class HubMetrics:

@@ -193,6 +193,8 @@ class Verifier:
         dev = self._devices.get(_record_topic(device_id)) if device_id is not None else None
         if dev is None or not topic.endswith(STATUS_SUFFIX):
             return self._unknown(topic, t)
+        if self._limits is not None and not self._take_token(dev, t):  # one bucket for all of a device's frames
+            return self._reject(dev, RATE_LIMITED, "status: over the device rate limit", t)
         name = self.link_names[dev.link]
         try:
             key_id, link, epoch, seq, _, body, tag_at, tag_len = _decode(data)

@@ -141,3 +141,14 @@ def test_a_device_state_stored_before_the_source_drops_counter_still_loads():
     assert list(verifier.counters_for_device("pump-1")) == list(range(1, 13)) + [0]
     verifier.restore_link("wifi", array("q", range(12)).tobytes())
     assert len(dict(verifier.links())["wifi"]) == 13
+
+
+def test_status_messages_share_the_device_rate_limit():
+    from hub.verifier import DeviceKeys, Verifier
+
+    from .conftest import link_names
+
+    verifier = Verifier([DeviceKeys("pump-1", {0: KEY}, "wifi")], link_names(), rate_limits={"wifi": (1.0, 2)})
+    sealer = Sealer("pump-1", KEY)
+    outcomes = [verifier.verify_message(STATUS, status(sealer, HEARTBEAT), 0.0).outcome for _ in range(4)]
+    assert outcomes == ["valid", "valid", "rate_limited", "rate_limited"]
