@@ -66,15 +66,15 @@ def _board_has(port: str, names) -> set:
 
 def flash(port: str, build_dir: Path, verify: bool = False, micropython_lib: Path | None = None, say=print) -> None:
     files = build_files(build_dir)
+    umqtt = find_umqtt(micropython_lib) if micropython_lib else None  # checked before touching the board
     present = _board_has(port, [EPOCH])
     if EPOCH in present:
         files = [(local, remote) for local, remote in files if remote != EPOCH]
         say("the board keeps its boot epoch (never written back)")
     if "umqtt" not in present:
-        source = find_umqtt(micropython_lib) if micropython_lib else None
-        if source is not None:
-            files.append((source, "lib/" + UMQTT))
-            say(f"umqtt.simple: from {source}")
+        if umqtt is not None:
+            files.append((umqtt, "lib/" + UMQTT))
+            say(f"umqtt.simple: from {umqtt}")
         else:
             say("umqtt.simple: mpremote mip install umqtt.simple")
             _mpremote(port, "mip", "install", "umqtt.simple")

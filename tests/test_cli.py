@@ -127,7 +127,7 @@ def test_help_shows_examples_for_every_command():
                  ["keys", "cert", "--help"], ["hub", "run", "--help"], ["hub", "report", "--help"],
                  ["hub", "audit", "--help"], ["hub", "broker-config", "--help"], ["sim", "run", "--help"],
                  ["sim", "record", "--help"], ["sim", "replay", "--help"], ["sim", "proxy", "--help"],
-                 ["firmware", "build", "--help"]):
+                 ["firmware", "build", "--help"], ["firmware", "flash", "--help"], ["agent", "run", "--help"]):
         result = run(*args)
         assert result.returncode == 0 and "example" in result.stdout, args
     assert_input_error(run("hub"), "usage")

@@ -125,3 +125,27 @@ def test_unknown_board_is_an_input_error(tmp_path):
     result = subprocess.run([str(linkseal), "firmware", "build", "--device", str(tmp_path / "d.json"), "--board",
                              "arduino-uno", "--broker", "mqtt://localhost", "--out", str(tmp_path / "b")], capture_output=True, text=True)
     assert result.returncode == 2 and "unknown board 'arduino-uno'" in result.stderr
+
+
+def test_flash_input_errors_name_what_is_wrong(tmp_path):
+    import subprocess
+    import sys
+
+    from hub.keys import KeyFile, write_private_json
+
+    linkseal = Path(sys.executable).parent / "linkseal"
+
+    def flash(*args):
+        return subprocess.run([str(linkseal), "firmware", "flash", *map(str, args)], capture_output=True, text=True,
+                              timeout=120)
+
+    not_a_build = flash("--port", "/dev/ttyUSB9", "--build", tmp_path)
+    assert not_a_build.returncode == 2 and "not a build directory" in not_a_build.stderr
+    keyfile = KeyFile.create(tmp_path / "hub.keys")
+    write_private_json(tmp_path / "d.json", keyfile.provision("pump-1", "wifi"))
+    subprocess.run([str(linkseal), "firmware", "build", "--device", tmp_path / "d.json", "--board", "esp32",
+                    "--broker", "mqtt://127.0.0.1", "--out", tmp_path / "build"], check=True, capture_output=True)
+    no_board = flash("--port", tmp_path / "no-such-port", "--build", tmp_path / "build")
+    assert no_board.returncode == 2 and "no-such-port" in no_board.stderr and "Traceback" not in no_board.stderr
+    no_lib = flash("--port", tmp_path / "no-such-port", "--build", tmp_path / "build", "--micropython-lib", tmp_path)
+    assert no_lib.returncode == 2 and "no umqtt/simple.py in it" in no_lib.stderr
