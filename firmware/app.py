@@ -189,7 +189,7 @@ def start(config_path="device.json", settings_path="agent.json"):
     broker = settings["broker"]
     transport = Transport("linkseal-" + config["device_id"], broker["host"], broker["port"],
                           config.get("mqtt_username"), config.get("mqtt_password"), broker.get("tls", False),
-                          settings["keepalive_s"], settings["ack_timeout_s"])
+                          settings["keepalive_s"], settings["ack_timeout_s"], broker.get("ca"))
     store = Store("queue", ram_frames=settings["ram_queue"], file_bytes=settings["queue_bytes"])
     agent = Agent(config, settings, boot_epoch, store, transport, reset_cause())
     print("linkseal: agent started, epoch %d, %d queued" % (boot_epoch, len(store)))

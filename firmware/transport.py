@@ -6,6 +6,8 @@
 #   publish, so a lost PUBACK ends in OSError: the caller reconnects and sends the frame
 #   again (a new packet id, a duplicate at the broker, which the hub's window absorbs).
 # - It sends no keepalive pings by itself: ping() when the link has been quiet.
+# - TLS: current micropython-lib versions take an ssl.SSLContext, the old PyPI one a flag;
+#   a context serves both (the old one then skips the broker's certificate check).
 import time
 
 from umqtt.simple import MQTTClient
@@ -13,7 +15,7 @@ from umqtt.simple import MQTTClient
 
 class Transport:
     def __init__(self, client_id, host, port, user=None, password=None, tls=False, keepalive_s=60,
-                 ack_timeout_s=10):
+                 ack_timeout_s=10, ca_file=None):
         self.client_id = client_id
         self.host = host
         self.port = port
@@ -22,6 +24,7 @@ class Transport:
         self.tls = tls
         self.keepalive_s = keepalive_s
         self.ack_timeout_s = ack_timeout_s
+        self.ca_file = ca_file  # DER certificate of the CA that signed the broker's, on the board
         self.client = None
         self._last_io = 0
 
@@ -29,11 +32,26 @@ class Transport:
         """Open the connection with a QoS 1 last will; OSError or MQTTException on failure."""
         self.close()
         client = MQTTClient(self.client_id, self.host, self.port, self.user, self.password,
-                            keepalive=self.keepalive_s, ssl=self.tls)
+                            keepalive=self.keepalive_s, ssl=self._tls_context() if self.tls else False)
         client.set_last_will(will_topic, will_payload, qos=1)
         client.connect()
         self.client = client
         self._last_io = time.ticks_ms()
+
+    def _tls_context(self):
+        import ssl
+
+        if not hasattr(ssl, "SSLContext"):
+            return True  # a port without contexts: umqtt.simple wraps the socket itself
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if self.ca_file:
+            with open(self.ca_file, "rb") as f:
+                context.load_verify_locations(cadata=f.read())
+            context.verify_mode = ssl.CERT_REQUIRED
+        else:
+            print("linkseal: TLS without a CA certificate: the broker is not authenticated")
+            context.verify_mode = ssl.CERT_NONE
+        return context
 
     def connected(self):
         return self.client is not None

@@ -15,6 +15,8 @@ def add_firmware_group(groups):
     build.add_argument("--device", required=True, type=Path, help="device config from `keys provision`")
     build.add_argument("--board", required=True, help="a board from hardware/boards (esp32, esp32-s3, rp2-pico-w)")
     build.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT the device publishes to")
+    build.add_argument("--ca-file", type=Path, help="CA certificate of the broker (mqtts), put on the board so it "
+                       "checks the broker's certificate")
     build.add_argument("--wifi-ssid", help="WiFi network to join (boards with WiFi)")
     build.add_argument("--wifi-password-file", type=Path, help="file holding the WiFi password")
     build.add_argument("--qos", type=int, default=1, choices=(0, 1), help="MQTT QoS of records (default 1)")
@@ -50,9 +52,10 @@ def _build(args):
             wifi_password = args.wifi_password_file.read_text().strip()
         except OSError as exc:
             raise InputError(f"--wifi-password-file {args.wifi_password_file}: {exc.strerror}") from None
-    settings = agent_settings(parse_broker(args.broker), target, args.wifi_ssid, wifi_password, args.qos,
-                              args.heartbeat, args.record_interval)
-    sizes = build(args.device, target, args.out, settings)
+    broker = parse_broker(args.broker, ca_file=args.ca_file)
+    settings = agent_settings(broker, target, args.wifi_ssid, wifi_password, args.qos, args.heartbeat,
+                              args.record_interval)
+    sizes = build(args.device, target, args.out, settings, args.ca_file)
     print(f"built {args.out} for {args.board}: agent core {sizes['agent']} bytes of .mpy (budget {AGENT_BUDGET}), "
           f"firmware {sizes['firmware']} bytes (budget {FIRMWARE_BUDGET}); device.json and agent.json are 0600")
     if sizes["agent"] > AGENT_BUDGET or sizes["firmware"] > FIRMWARE_BUDGET:

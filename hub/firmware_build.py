@@ -76,17 +76,37 @@ def agent_settings(broker, board: Board, wifi_ssid=None, wifi_password=None, qos
     """agent.json: what the firmware's app.py needs beyond the device config."""
     if qos not in (0, 1):
         raise BuildError(f"--qos {qos}: umqtt.simple publishes at QoS 0 or 1")
+    if broker.tls and not board.tls:
+        raise BuildError(f"--broker {broker.host}: mqtts, but board {board.name} has no TLS")
     if wifi_ssid and "wifi" not in board.network:
         raise BuildError(f"--wifi-ssid: board {board.name} has no WiFi ({', '.join(board.network)})")
     settings = {"broker": {"host": broker.host, "port": broker.port, "tls": broker.tls}, "qos": qos,
                 "heartbeat_s": heartbeat_s, "record_interval_ms": record_interval_ms, "watchdog": board.watchdog}
     if wifi_ssid:
         settings["wifi"] = {"ssid": wifi_ssid, "password": wifi_password or ""}
+    if broker.ca_file:
+        settings["broker"]["ca"] = CA_FILE
     return settings
 
 
-def build(device_json: Path, board: Board, out: Path, settings: dict) -> dict:
-    """Compile, copy and describe one device's build; returns the sizes in bytes."""
+CA_FILE = "ca.der"  # the broker's CA on the board: DER, which mbedTLS reads without a PEM parser
+
+
+def ca_der(path) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    data = Path(path).read_bytes()
+    try:
+        cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise BuildError(f"--ca-file {path}: not a PEM or DER certificate") from None
+    return cert.public_bytes(Encoding.DER)
+
+
+def build(device_json: Path, board: Board, out: Path, settings: dict, ca_file=None) -> dict:
+    """Compile, copy and describe one device's build; returns the sizes in bytes.
+    ca_file: the broker's CA certificate (PEM or DER), put on the board for TLS."""
     config = load_device_config(device_json)
     out = Path(out)
     if out.exists():
@@ -111,6 +131,8 @@ def build(device_json: Path, board: Board, out: Path, settings: dict) -> dict:
         shutil.copyfile(FIRMWARE_DIR / name, out / name)
     write_private_json(out / "device.json", config)
     write_private_json(out / "agent.json", settings)
+    if ca_file:
+        (out / CA_FILE).write_bytes(ca_der(ca_file))
     first_epoch_file(out / "epoch")
     (out / "manifest.py").write_text(manifest_text(board))
     return sizes

@@ -149,3 +149,28 @@ def test_flash_input_errors_name_what_is_wrong(tmp_path):
     assert no_board.returncode == 2 and "no-such-port" in no_board.stderr and "Traceback" not in no_board.stderr
     no_lib = flash("--port", tmp_path / "no-such-port", "--build", tmp_path / "build", "--micropython-lib", tmp_path)
     assert no_lib.returncode == 2 and "no umqtt/simple.py in it" in no_lib.stderr
+
+
+def test_build_for_a_tls_broker_puts_its_ca_on_the_board(tmp_path):
+    import subprocess
+    import sys
+
+    import json
+
+    from cryptography import x509
+
+    from hub.keys import KeyFile, write_private_json
+    from hub.pki import init_ca
+
+    ca_pem = init_ca(tmp_path / "ca")
+    keyfile = KeyFile.create(tmp_path / "hub.keys")
+    write_private_json(tmp_path / "d.json", keyfile.provision("pump-1", "wifi"))
+    linkseal = Path(sys.executable).parent / "linkseal"
+    result = subprocess.run([str(linkseal), "firmware", "build", "--device", tmp_path / "d.json", "--board",
+                             "rp2-pico-w", "--broker", "mqtts://broker.lan", "--ca-file", ca_pem, "--out",
+                             tmp_path / "build"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    settings = json.loads((tmp_path / "build" / "agent.json").read_text())
+    assert settings["broker"] == {"host": "broker.lan", "port": 8883, "tls": True, "ca": "ca.der"}
+    der = (tmp_path / "build" / "ca.der").read_bytes()
+    assert x509.load_der_x509_certificate(der) == x509.load_pem_x509_certificate(ca_pem.read_bytes())
