@@ -12,6 +12,9 @@ _COLUMNS = (("received", "recv"), ("lost", "lost"), ("loss_rate", "loss%"),
             ("forged", "forg"), ("replay", "repl"), ("malformed", "malf"))
 
 
+DEVICE_EVENTS = ("birth", "death")
+
+
 def _cell(entry: dict, key: str) -> str:
     value = entry[key]
     if key.endswith("_rate"):
@@ -37,18 +40,26 @@ def print_report(report: dict, console: Console | None = None, devices: bool = F
     console.print(link_table(report))
     if devices:
         table = Table(title="Per device", box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, show_edge=False)
-        for header in ("device", "link", "recv", "lost", "loss%", "corr", "forged", "replay"):
-            table.add_column(header, justify="left" if header in ("device", "link") else "right")
+        for header in ("device", "link", "recv", "lost", "loss%", "corr", "forged", "replay", "drops", "state"):
+            table.add_column(header, justify="left" if header in ("device", "link", "state") else "right")
         for device, entry in sorted(report["devices"].items()):
+            status = entry["status"]
+            state = "-" if status is None else ("online" if status["online"] else "offline")
             table.add_row(device, entry["link"], *(_cell(entry, k) for k in
-                          ("received", "lost", "loss_rate", "corrupt", "forged", "replay")))
+                          ("received", "lost", "loss_rate", "corrupt", "forged", "replay", "source_drops")), state)
         console.print(table)
-    kinds = Counter(event["kind"] for event in report["events"])
+    # Births and deaths (status messages) are kept apart, so they never crowd out an attack.
+    security = [event for event in report["events"] if event["kind"] not in DEVICE_EVENTS]
+    kinds = Counter(event["kind"] for event in security)
     summary = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())) or "none"
     console.print(f"Frames from unknown devices: {report['unknown_device']}.")
     console.print(f"Security events: {summary}.")
-    for event in report["events"][:5]:
+    for event in security[:5]:
         console.print(f"  {event['kind']:<14} {event['device']} on {event['link'] or 'no link'}: {event['reason']}",
                       markup=False, highlight=False, no_wrap=True, overflow="ellipsis")
-    if len(report["events"]) > 5:
-        console.print(f"  ... and {len(report['events']) - 5} more (--json lists them all)")
+    if len(security) > 5:
+        console.print(f"  ... and {len(security) - 5} more (--json lists them all)")
+    lifecycle = Counter(event["kind"] for event in report["events"] if event["kind"] in DEVICE_EVENTS)
+    if lifecycle:
+        console.print("Device status: " + ", ".join(f"{lifecycle[k]} {k}s" for k in DEVICE_EVENTS if lifecycle[k])
+                      + " (status messages).")
