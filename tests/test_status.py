@@ -152,3 +152,21 @@ def test_status_messages_share_the_device_rate_limit():
     sealer = Sealer("pump-1", KEY)
     outcomes = [verifier.verify_message(STATUS, status(sealer, HEARTBEAT), 0.0).outcome for _ in range(4)]
     assert outcomes == ["valid", "valid", "rate_limited", "rate_limited"]
+
+
+def test_the_tables_keep_births_apart_from_security_events():
+    from rich.console import Console
+
+    from hub.table import print_report
+
+    verifier, sealer = make_verifier(), Sealer("pump-1", KEY)
+    for i in range(7):  # seven reconnects, then one forgery
+        verifier.verify_message(STATUS, status(sealer, BIRTH, drops=4), float(i))
+    verifier.verify_message(REC, Sealer("pump-1", bytes(32)).seal(b"x"), 9.0)
+    console = Console(width=80, record=True)
+    print_report(build_report(verifier), console, devices=True)
+    text = console.export_text()
+    assert "Security events: 1 forged." in text and "Device status: 7 births" in text
+    assert "  forged" in text and "  birth" not in text
+    row = next(line for line in text.splitlines() if line.startswith(" pump-1"))
+    assert row.split()[-2:] == ["4", "online"]  # source drops, state
