@@ -6,39 +6,53 @@
 # counted as source drops, which the device reports in its status messages so the hub can
 # tell records dropped at the source from records lost on the link.
 #
-# File layout: records of [2-byte big-endian length][frame]. The read position and the
-# drop count live in a small state file, so the queue survives a reboot.
+# File layout: records of [2-byte big-endian length][frame]. The read position, the drop
+# count and the file's generation live in a small state file, replaced atomically, so the
+# queue survives a reboot. Compaction writes the next generation's file and only then
+# switches the state to it: a power cut at any point leaves a state that names an intact
+# file and the right read position in it.
 import os
 import struct
 
 
 class Store:
     def __init__(self, path, ram_frames=64, file_bytes=32768):
-        self.path = path
+        self.base_path = path
         self.state_path = path + ".state"
         self.ram_frames = ram_frames
         self.file_bytes = file_bytes
         self.ram = []
         self.head = 0  # file offset of the oldest undelivered frame
         self.source_drops = 0
+        self.generation = 0  # the file is path for generation 0, then path.1, path.2, ...
         self._load_state()
 
     # -- persistence of the file's read position and the drop count -----------------------
 
+    def _file_for(self, generation):
+        return self.base_path if generation == 0 else "%s.%d" % (self.base_path, generation)
+
     def _load_state(self):
         try:
             with open(self.state_path) as f:
-                head, drops = f.read().split()
-            self.head, self.source_drops = int(head), int(drops)
-        except (OSError, ValueError):
-            self.head, self.source_drops = 0, 0
+                fields = [int(x) for x in f.read().split()]
+            self.head, self.source_drops = fields[0], fields[1]
+            self.generation = fields[2] if len(fields) > 2 else 0
+        except (OSError, ValueError, IndexError):
+            self.head, self.source_drops, self.generation = 0, 0, 0
+        self.path = self._file_for(self.generation)
+        if self.generation:
+            try:  # what a power cut right after a compaction left behind
+                os.remove(self._file_for(self.generation - 1))
+            except OSError:
+                pass
         if self.head > self._file_size():
             self.head = 0
 
     def _save_state(self):
         tmp = self.state_path + ".tmp"
         with open(tmp, "w") as f:
-            f.write("%d %d\n" % (self.head, self.source_drops))
+            f.write("%d %d %d\n" % (self.head, self.source_drops, self.generation))
         try:
             os.rename(tmp, self.state_path)
         except OSError:
@@ -103,22 +117,21 @@ class Store:
         self._save_state()
 
     def _compact(self):
-        # Copy the undelivered tail to a new file in small chunks (little RAM), then swap it in.
-        tmp = self.path + ".tmp"
-        with open(self.path, "rb") as src, open(tmp, "wb") as dst:
+        # Copy the undelivered tail to the next generation's file in small chunks (little
+        # RAM), switch the state to it, then remove the old file.
+        old = self.path
+        new = self._file_for(self.generation + 1)
+        with open(old, "rb") as src, open(new, "wb") as dst:
             src.seek(self.head)
             while True:
                 chunk = src.read(512)
                 if not chunk:
                     break
                 dst.write(chunk)
-        try:
-            os.rename(tmp, self.path)
-        except OSError:  # FAT will not rename over an existing file
-            os.remove(self.path)
-            os.rename(tmp, self.path)
-        self.head = 0
+        self.generation += 1
+        self.path, self.head = new, 0
         self._save_state()
+        os.remove(old)
 
     def _drop_oldest_in_file(self):
         for offset, frame in self._file_records():
