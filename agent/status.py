@@ -6,6 +6,8 @@
 #                 counts every record up to it that never arrived as lost (tail loss)
 #   queued        records waiting on the device
 #   source_drops  records the device dropped itself (its queue was full), since provisioning
+#   refused       records the source gave that were too long for the link (never sealed),
+#                 since the device started; present when not 0
 #   fw, reset_cause   birth only
 import json
 
@@ -15,8 +17,10 @@ DEATH = "death"
 HEARTBEAT = "heartbeat"
 
 
-def status_payload(kind, sealer, queued, source_drops, sent=None, reset_cause=None):
+def status_payload(kind, sealer, queued, source_drops, sent=None, reset_cause=None, refused=0):
     doc = {"type": kind, "next_seq": sealer.seq, "queued": queued, "source_drops": source_drops}
+    if refused:
+        doc["refused"] = refused
     if sent is not None:
         doc["sent"] = [sent[0], sent[1]]
     if kind == BIRTH:

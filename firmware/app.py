@@ -103,7 +103,8 @@ class Agent:
 
     def _status(self, kind):
         return self.sealer.seal_status(
-            status_payload(kind, self.sealer, len(self.store), self.store.source_drops, self.sent, self.cause))
+            status_payload(kind, self.sealer, len(self.store), self.store.source_drops, self.sent, self.cause,
+                           self.refused))
 
     def take_record(self):
         record = records.read()

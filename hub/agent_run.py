@@ -115,6 +115,7 @@ class LinuxAgent:
         self.status_topic = status_topic_for(config["device_id"])
         self.heartbeat_s = heartbeat_s
         self.sent = None  # (epoch, seq) of the newest record the broker acknowledged
+        self.refused = 0  # records too long for the link, never sealed
         self.stopping = threading.Event()
         self.source_done = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"linkseal-agent-{config['device_id']}")
@@ -129,7 +130,8 @@ class LinuxAgent:
     def status(self, kind: str) -> bytes:
         with self.sealing:
             return self.sealer.seal_status(status_payload(kind, self.sealer, self.state.depth(),
-                                                          self.state.store.source_drops, self.sent, "process_start"))
+                                                          self.state.store.source_drops, self.sent, "process_start",
+                                                          self.refused))
 
     def _set_will(self) -> None:
         # Each connection gets its own sealed death message: the hub refuses a repeated one.
@@ -153,6 +155,7 @@ class LinuxAgent:
                 with self.sealing:
                     sealed = self.sealer.seal(record)
             except ValueError as exc:  # too long for the link: reported, skipped, not fatal
+                self.refused += 1
                 self.log("record_refused", offset=offset, error=str(exc))
                 continue
             self.state.queue(offset, sealed)

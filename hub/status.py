@@ -32,6 +32,8 @@ def parse_status(payload: bytes) -> dict:
     for field in ("next_seq", "queued", "source_drops"):
         if not _counter(doc.get(field)):
             raise ValueError(f"status field {field} must be a whole number 0..{_COUNTER_MAX}")
+    if "refused" in doc and not _counter(doc["refused"]):
+        raise ValueError(f"status field refused must be a whole number 0..{_COUNTER_MAX}")
     sent = doc.get("sent")
     if sent is not None and not (isinstance(sent, list) and len(sent) == 2 and all(map(_counter, sent))):
         raise ValueError("status field sent must be [epoch, seq]")
@@ -82,7 +84,8 @@ class DeviceStatus:
                 fields.update(online=False, last=doc["type"], t=t)
             return
         fields.update(online=doc["type"] != device_status.DEATH, last=doc["type"], t=t, link=link, epoch=epoch,
-                      next_seq=doc["next_seq"], queued=doc["queued"], source_drops=doc["source_drops"])
+                      next_seq=doc["next_seq"], queued=doc["queued"], source_drops=doc["source_drops"],
+                      refused=doc.get("refused", 0))
         for name in ("fw", "reset_cause"):
             if name in doc:
                 fields[name] = doc[name]

@@ -170,3 +170,12 @@ def test_the_tables_keep_births_apart_from_security_events():
     assert "  forged" in text and "  birth" not in text
     row = next(line for line in text.splitlines() if line.startswith(" pump-1"))
     assert row.split()[-2:] == ["4", "online"]  # source drops, state
+
+
+def test_records_refused_at_the_source_are_reported():
+    verifier, sealer = make_verifier(), Sealer("pump-1", KEY)
+    beat = sealer.seal_status(status_payload(HEARTBEAT, sealer, 0, 0, refused=3))
+    assert verifier.verify_message(STATUS, beat, 1.0).outcome == "valid"
+    assert build_report(verifier)["devices"]["pump-1"]["status"]["refused"] == 3
+    bad = sealer.seal_status(b'{"type": "heartbeat", "next_seq": 0, "queued": 0, "source_drops": 0, "refused": -1}')
+    assert verifier.verify_message(STATUS, bad, 2.0).outcome == "malformed"
