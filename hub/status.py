@@ -48,39 +48,40 @@ def _counter(value) -> bool:
 
 
 class DeviceStatus:
-    """The latest status of one device and the replay window of its status messages."""
+    """The latest status of one device, and the replay windows of its status messages in
+    the newest epoch and the one before (a power-cut device's death can arrive after its
+    next birth: the broker publishes the will when it notices the old connection is gone)."""
 
-    __slots__ = ("epoch", "top", "seen", "fields")
+    __slots__ = ("epoch", "top", "seen", "previous", "fields")
 
     def __init__(self):
         self.epoch = -1
         self.top = -1
         self.seen = 0  # bit i: status seq top - i was accepted
+        self.previous = None  # [epoch, top, seen] of the epoch before
         self.fields = {}
 
     def accept(self, epoch: int, seq: int):
         """NEWEST for the newest status so far, LATE for an older one never seen before (a
         death message, sealed at connect, comes after the heartbeats), None for a replay."""
         if epoch > self.epoch:
+            if self.epoch >= 0:
+                self.previous = [self.epoch, self.top, self.seen]
             self.epoch, self.top, self.seen = epoch, seq, 1
             return NEWEST
-        if epoch < self.epoch or seq <= self.top - STATUS_WINDOW:
-            return None
-        if seq > self.top:
-            self.seen = ((self.seen << (seq - self.top)) | 1) & ((1 << STATUS_WINDOW) - 1)
-            self.top = seq
-            return NEWEST
-        bit = 1 << (self.top - seq)
-        if self.seen & bit:
-            return None
-        self.seen |= bit
-        return LATE
+        if epoch == self.epoch:
+            self.top, self.seen, order = _mark(self.top, self.seen, seq)
+            return order
+        if self.previous is not None and epoch == self.previous[0]:
+            self.previous[1], self.previous[2], order = _mark(self.previous[1], self.previous[2], seq)
+            return LATE if order else None
+        return None
 
     def update(self, doc: dict, link: str, epoch: int, t: float, order) -> None:
         """Keep what a status says; a LATE one only tells whether the device is online."""
         fields = self.fields
         if order is LATE:
-            if doc["type"] == device_status.DEATH:
+            if doc["type"] == device_status.DEATH and epoch == self.epoch:
                 fields.update(online=False, last=doc["type"], t=t)
             return
         fields.update(online=doc["type"] != device_status.DEATH, last=doc["type"], t=t, link=link, epoch=epoch,
@@ -91,14 +92,28 @@ class DeviceStatus:
                 fields[name] = doc[name]
 
     def to_json(self) -> str:
-        return json.dumps({"epoch": self.epoch, "top": self.top, "seen": self.seen, "fields": self.fields})
+        return json.dumps({"epoch": self.epoch, "top": self.top, "seen": self.seen, "previous": self.previous,
+                           "fields": self.fields})
 
     @classmethod
     def from_json(cls, text: str) -> "DeviceStatus":
         data = json.loads(text)
         status = cls()
         status.epoch, status.top, status.seen, status.fields = data["epoch"], data["top"], data["seen"], data["fields"]
+        status.previous = data.get("previous")
         return status
+
+
+def _mark(top: int, seen: int, seq: int):
+    """(top, seen, order) after status seq arrives in a window: order NEWEST, LATE or None."""
+    if seq <= top - STATUS_WINDOW:
+        return top, seen, None
+    if seq > top:
+        return seq, ((seen << (seq - top)) | 1) & ((1 << STATUS_WINDOW) - 1), NEWEST
+    bit = 1 << (top - seq)
+    if seen & bit:
+        return top, seen, None
+    return top, seen | bit, LATE
 
 
 def describe(doc: dict, epoch: int) -> str:

@@ -73,6 +73,22 @@ def test_a_death_sealed_before_later_heartbeats_is_still_accepted():
     assert outcomes == ["valid"] * 5 and verifier.status["pump-1"].fields["online"] is False
 
 
+def test_a_death_of_the_epoch_before_arriving_after_the_next_birth_is_kept_not_called_a_replay():
+    verifier = make_verifier()
+    before, after = Sealer("pump-1", KEY, epoch=4), Sealer("pump-1", KEY, epoch=5)
+    verifier.verify_message(STATUS, status(before, BIRTH), 1.0)
+    will = status(before, DEATH)  # sealed at the epoch-4 connect, published by the broker late
+    assert verifier.verify_message(STATUS, status(after, BIRTH), 2.0).outcome == "valid"
+    assert verifier.verify_message(STATUS, will, 3.0).outcome == "valid"
+    assert verifier.verify_message(STATUS, will, 4.0).outcome == "replay"
+    fields = verifier.status["pump-1"].fields
+    assert fields["online"] is True and fields["epoch"] == 5  # the old death does not take epoch 5 offline
+    assert [e["kind"] for e in verifier.events] == ["birth", "birth", "death", "replay"]
+    assert "epoch 4" in verifier.events[2]["reason"]
+    older = Sealer("pump-1", KEY, epoch=3)
+    assert verifier.verify_message(STATUS, status(older, DEATH), 5.0).outcome == "replay"  # two epochs back
+
+
 def brute_force(received, base, top, tail_counted):
     """Loss, runs and transitions of a received/lost pattern, computed the slow way."""
     pattern = [seq in received for seq in range(base, top + 1)]
