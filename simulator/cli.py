@@ -210,13 +210,16 @@ def _replay(args):
 
     from .faults import model_for
     from .run import Generated, Scenario, device_specs, label, make_devices
-    from .trace import TraceError, read_trace
+    from .trace import TraceError, read_trace, without_status
 
     console = Console(width=80)
     try:
         header, events = read_trace(args.trace)
     except TraceError as exc:
         raise InputError(str(exc)) from None
+    events, statuses = without_status(events)
+    if statuses:
+        console.print(f"Left out {statuses} status messages: the comparison covers records.", highlight=False)
     registry = load_links()
     try:
         if args.keys:  # real devices (a proxy trace): their keys and links come from the key file

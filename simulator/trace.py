@@ -84,6 +84,13 @@ def read_trace(path: Path) -> tuple[dict, list]:
     return header, events
 
 
+def without_status(events: list) -> tuple[list, int]:
+    """The events other than devices' status messages (a proxy's trace of real devices has
+    both; the ground truth is about records), and how many were left out."""
+    kept = [e for e in events if not e.topic.endswith("/status")]
+    return kept, len(events) - len(kept)
+
+
 def arrivals(events: list) -> list:
     """What reaches the broker, in arrival order: (t, topic, bytes, event index, damaged)."""
     out = []

@@ -23,7 +23,7 @@ from hub.link_registry import load_links
 
 from .faults import model_for
 from .proxy import FaultProxy
-from .trace import read_trace
+from .trace import read_trace, without_status
 
 BOARD = "esp32"
 
@@ -120,7 +120,7 @@ def run_virtual_devices(scenario, out_dir: Path, broker_url, console):
     events = []
     for path in traces.values():
         events += read_trace(path)[1]
-    records = sorted((e for e in events if e.topic.endswith("/rec")), key=lambda e: e.t)
-    console.print(f"{len(records)} records and {len(events) - len(records)} status messages went through the "
-                  f"proxies; the board consoles are in {work / 'boards'}.", highlight=False)
+    records, statuses = without_status(sorted(events, key=lambda e: e.t))
+    console.print(f"{len(records)} records and {statuses} status messages went through the proxies; the board "
+                  f"consoles are in {work / 'boards'}.", highlight=False)
     return keyfile, records

@@ -10,6 +10,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from agent import Sealer, topic_for
+from agent.sealer import status_topic_for
+from agent.status import BIRTH, status_payload
 from hub.keys import KeyFile
 from tools.services import HubProcess, frames_seen, stored_report, wait_for
 
@@ -40,12 +42,15 @@ def test_proxy_faults_match_its_trace_and_the_hub(tmp_path, broker):
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="device-behind-proxy")
         client.connect("127.0.0.1", port)
         client.loop_start()
+        birth = sealer.seal_status(status_payload(BIRTH, sealer, 0, 0))  # status messages cross the proxy too
+        client.publish(status_topic_for("pump-1"), birth, qos=1).wait_for_publish(30)
         for info in [client.publish(topic_for("pump-1"), sealer.seal(b"%d" % i), qos=1) for i in range(300)]:
             info.wait_for_publish(30)  # a dropped frame is acknowledged by the proxy: nothing hangs
         client.disconnect()
         client.loop_stop()
         lines = [json.loads(line) for line in trace.read_text().splitlines()[1:]]
-        assert len(lines) == 300
+        assert len(lines) == 301 and lines[0]["topic"] == status_topic_for("pump-1")
+        lines = lines[1:]
         arriving = sum(len(line["fate"]["delays"]) for line in lines)
         wait_for(lambda: frames_seen(hub.db) == arriving, 30, "every frame the proxy let through")
     finally:
@@ -60,6 +65,7 @@ def test_proxy_faults_match_its_trace_and_the_hub(tmp_path, broker):
                                "--insecure-plaintext", "--no-broker", "--out", str(tmp_path / "replay")],
                               capture_output=True, text=True, timeout=120)
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "Left out 1 status messages" in replayed.stdout
     offline = json.loads((tmp_path / "replay" / "report.json").read_text())["hub"]["links"]["wifi"]
     assert {k: live[k] for k in COUNTERS} == {k: offline[k] for k in COUNTERS}
     assert live["corrupt"] == damaged and live["forged"] == 0
