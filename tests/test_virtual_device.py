@@ -314,7 +314,6 @@ def test_keepalive_pings_hold_a_quiet_connection(tmp_path, broker, micropython_l
         board.start()
         flash(board, build, micropython_lib)
         board.wait_console("linkseal: connected, epoch 1", 60)
-        wait_for(lambda: "infusion-1" in (broker.dir / "mosquitto.log").read_text(), 30, "the broker's log")
         # Five keepalive periods with no record and no heartbeat: the board must not have had
         # to reconnect.
         time.sleep(10)  # the span under test, not synchronisation
