@@ -133,3 +133,10 @@ class Sealer:
         out.extend(outer.digest()[: self.tag_len])
         out.extend(frame.crc_trailer(out))
         return bytes(out)
+
+
+def sealer_for(config, epoch):
+    """The Sealer for a device config written by `linkseal keys provision` (device.json), on
+    the board and on Linux devices alike."""
+    return Sealer(config["device_id"], bytes.fromhex(config["key"]), key_id=config["key_id"], link=config["link"],
+                  epoch=epoch, tag_len=config["tag_len"])

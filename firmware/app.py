@@ -18,7 +18,7 @@ import time
 import epoch as epoch_file
 import records
 from agent import frame
-from agent.sealer import Sealer, status_topic_for, topic_for
+from agent.sealer import sealer_for, status_topic_for, topic_for
 from agent.status import BIRTH, DEATH, HEARTBEAT, status_payload
 from store import Store
 from transport import Transport
@@ -85,8 +85,7 @@ def network_up(settings, feed):
 class Agent:
     def __init__(self, config, settings, boot_epoch, store, transport, cause):
         self.settings = settings
-        self.sealer = Sealer(config["device_id"], bytes.fromhex(config["key"]), key_id=config["key_id"],
-                             link=config["link"], epoch=boot_epoch, tag_len=config["tag_len"])
+        self.sealer = sealer_for(config, boot_epoch)
         self.topic = topic_for(config["device_id"])
         self.status_topic = status_topic_for(config["device_id"])
         self.store = store

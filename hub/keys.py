@@ -17,7 +17,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from agent import Sealer, check_device_id
+from agent import check_device_id
+from agent.sealer import sealer_for  # noqa: F401  (callers take it from here with the config loader)
 from agent import frame as wire
 
 from . import keystore
@@ -279,9 +280,3 @@ def load_device_config(path: Path) -> dict:
     if len(key) < 16:
         raise KeyFileError(f"{path}: field 'key' is shorter than 16 bytes")
     return config
-
-
-def sealer_for(config: dict, epoch: int) -> Sealer:
-    """The agent's Sealer for a device config from `keys provision` (see load_device_config)."""
-    return Sealer(config["device_id"], bytes.fromhex(config["key"]), key_id=config["key_id"], link=config["link"],
-                  epoch=epoch, tag_len=config["tag_len"])
