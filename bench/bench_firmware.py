@@ -18,7 +18,7 @@ from hub.config import parse_broker
 from hub.firmware_build import AGENT_BUDGET, FIRMWARE_BUDGET, agent_settings, build
 from hub.keys import KeyFile, write_private_json
 from tools.services import Mosquitto
-from simulator.micropython_lib import fetch as fetch_umqtt
+from simulator.micropython_lib import install as install_umqtt
 from simulator.virtual_device import VirtualDevice
 
 # main.py for the measurement: the baseline before any of our code, then the code loaded.
@@ -50,8 +50,7 @@ def main():
             sizes = build(tmp / "d.json", board("esp32"), tmp / "build", settings)
             flash = tmp / "board"
             shutil.copytree(tmp / "build", flash)
-            (flash / "lib" / "umqtt").mkdir()
-            shutil.copyfile(fetch_umqtt(), flash / "lib" / "umqtt" / "simple.py")
+            install_umqtt(flash)
             (flash / "main.py").write_text(BENCH_MAIN)
             with VirtualDevice(flash) as device:
                 device.wait_console(">>>", 60)  # main.py has run: the REPL is up

@@ -36,5 +36,12 @@ def fetch() -> Path:
     return UMQTT
 
 
+def install(flash_dir) -> None:
+    """Put umqtt.simple in a virtual board's flash folder, where `linkseal firmware flash` puts it."""
+    target = Path(flash_dir) / "lib" / "umqtt" / "simple.py"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(fetch(), target)
+
+
 if __name__ == "__main__":
     print(fetch())

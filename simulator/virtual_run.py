@@ -22,8 +22,10 @@ from hub.keys import KeyFile, write_private_json
 from hub.link_registry import load_links
 
 from .faults import model_for
+from .micropython_lib import install as install_umqtt
 from .proxy import FaultProxy
 from .trace import read_trace, without_status
+from .virtual_device import VirtualDevice
 
 BOARD = "esp32"
 
@@ -66,9 +68,6 @@ class ProxyThread:
 def run_virtual_devices(scenario, out_dir: Path, broker_url, console):
     """Run the boards for the scenario's duration (wall-clock seconds); returns the key file
     and the record events of the proxies' traces, in time order."""
-    from simulator.micropython_lib import fetch as fetch_umqtt
-    from simulator.virtual_device import VirtualDevice
-
     out_dir = Path(out_dir)
     work = out_dir / "virtual-devices"
     shutil.rmtree(work, ignore_errors=True)
@@ -95,7 +94,6 @@ def run_virtual_devices(scenario, out_dir: Path, broker_url, console):
     proxies = ProxyThread({link: FaultProxy(model_for(registry[link], scenario.profiles.get(link)), upstream_address,
                                             scenario.seed + i, traces[link])
                            for i, link in enumerate(sorted(traces))}).start()
-    umqtt = fetch_umqtt()
     boards = []
     try:
         for n, (device, link) in enumerate(links.items()):
@@ -106,8 +104,7 @@ def run_virtual_devices(scenario, out_dir: Path, broker_url, console):
             flash = work / "boards" / device
             build(work / f"{device}.json", board(BOARD), flash, settings)
             (flash / "manifest.py").unlink()
-            (flash / "lib" / "umqtt").mkdir()
-            shutil.copyfile(umqtt, flash / "lib" / "umqtt" / "simple.py")
+            install_umqtt(flash)
             boards.append(VirtualDevice(flash, unique_id=f"{n:08x}").start())
         with console.status(f"{len(boards)} virtual boards running for {scenario.duration:g} s..."):
             time.sleep(scenario.duration)  # the run's length, not synchronisation

@@ -18,7 +18,7 @@ import pytest
 
 from hub.keys import KeyFile, write_private_json
 from hub.storage import SQLiteStorage
-from simulator.micropython_lib import LIB as MICROPYTHON_LIB, UMQTT
+from simulator.micropython_lib import LIB as MICROPYTHON_LIB, UMQTT, install as install_umqtt
 from simulator.virtual_device import VirtualDevice
 from tools.services import LINKSEAL, HubProcess, stored_report, wait_for
 
@@ -129,9 +129,7 @@ def test_flash_boot_publish_reboot_and_outage(tmp_path, broker, micropython_lib)
 def test_more_than_65535_qos1_publishes_on_one_connection(tmp_path, broker, micropython_lib):
     """umqtt.simple never wraps its packet id; the firmware's transport does."""
     board_dir = tmp_path / "board"
-    board_dir.mkdir()
-    (board_dir / "lib" / "umqtt").mkdir(parents=True)
-    (board_dir / "lib" / "umqtt" / "simple.py").write_bytes(UMQTT.read_bytes())
+    install_umqtt(board_dir)
     firmware = Path(__file__).resolve().parent.parent / "firmware"
     (board_dir / "lib" / "transport.py").write_bytes((firmware / "transport.py").read_bytes())
     count = 65_600
