@@ -150,12 +150,11 @@ class Verifier:
             mac = mac.copy()
             mac.update(data[:tag_at])
             mac = mac.digest()
-        elif dev.other_keys is not None and key_id in dev.other_keys:
-            if dev.until is not None and t > dev.until.get(key_id, float("inf")):
-                return self._reject(dev, FORGED, "retired key", t)
-            mac = _digest(dev.other_keys[key_id], wire.mac_prefix(dev.device_id) + data[:tag_at], "sha256")
         else:
-            return self._reject(dev, FORGED, "unknown key id %d" % key_id, t)
+            key, problem = _previous_key(dev, key_id, t)
+            if key is None:
+                return self._reject(dev, FORGED, problem, t)
+            mac = _digest(key, wire.mac_prefix(dev.device_id) + data[:tag_at], "sha256")
         if not compare_digest(mac[:tag_len], data[tag_at : tag_at + tag_len]):
             return self._reject(dev, FORGED, "MAC mismatch", t)
 
@@ -245,11 +244,9 @@ class Verifier:
             return "device revoked"
         if tag_len < dev.min_tag:
             return "%d-byte tag below the device minimum of %d" % (tag_len, dev.min_tag)
-        key = dev.key if key_id == dev.key_id else (dev.other_keys or {}).get(key_id)
+        key, problem = (dev.key, None) if key_id == dev.key_id else _previous_key(dev, key_id, t)
         if key is None:
-            return "unknown key id %d" % key_id
-        if key_id != dev.key_id and dev.until is not None and t > dev.until.get(key_id, float("inf")):
-            return "retired key"
+            return problem
         mac = _digest(key, wire.mac_prefix(dev.device_id, wire.STATUS_DOMAIN) + data[:tag_at], "sha256")
         if not compare_digest(mac[:tag_len], data[tag_at : tag_at + tag_len]):
             return "MAC mismatch"
@@ -432,6 +429,15 @@ class Verifier:
         """Hand the security events so far to an adapter (storage) and forget them."""
         events, self.events = self.events, []
         return events
+
+
+def _previous_key(dev, key_id: int, t: float):
+    """(key, None) for a key id the device rotated away from and may still use, else (None, why)."""
+    if dev.other_keys is None or key_id not in dev.other_keys:
+        return None, "unknown key id %d" % key_id
+    if dev.until is not None and t > dev.until.get(key_id, float("inf")):
+        return None, "retired key"
+    return dev.other_keys[key_id], None
 
 
 def _record_topic(device_id: str) -> str:
