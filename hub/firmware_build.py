@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 AGENT_MODULES = tuple(sorted(path.stem for path in (ROOT / "agent").glob("*.py")))
 AGENT_BUDGET = 6 * 1024  # bytes of .mpy for the agent core (the issue's bar)
 FIRMWARE_BUDGET = 16 * 1024  # bytes of .mpy for everything we ship, umqtt aside
+SOURCE_FILES = ("boot.py", "main.py")  # kept as source: MicroPython runs them by name
+CA_FILE = "ca.der"  # the broker's CA on the board: DER, which mbedTLS reads without a PEM parser
 
 
 class BuildError(ValueError):
@@ -68,9 +70,6 @@ def manifest_text(board: Board) -> str:
     return "\n".join(lines) + "\n"
 
 
-SOURCE_FILES = ("boot.py", "main.py")
-
-
 def agent_settings(broker, board: Board, wifi_ssid=None, wifi_password=None, qos=1, heartbeat_s=30,
                    record_interval_ms=1000) -> dict:
     """agent.json: what the firmware's app.py needs beyond the device config."""
@@ -87,9 +86,6 @@ def agent_settings(broker, board: Board, wifi_ssid=None, wifi_password=None, qos
     if broker.ca_file:
         settings["broker"]["ca"] = CA_FILE
     return settings
-
-
-CA_FILE = "ca.der"  # the broker's CA on the board: DER, which mbedTLS reads without a PEM parser
 
 
 def ca_der(path) -> bytes:

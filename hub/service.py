@@ -20,6 +20,7 @@ from .report import abnormal_reasons, entry
 
 # Records and the devices' status messages (birth, death, heartbeat).
 TOPICS = [("linkseal/v1/+/rec", 1), ("linkseal/v1/+/status", 1)]
+_TOPIC_NAMES = [topic for topic, _ in TOPICS]  # for the log
 CONNACK_TIMEOUT = 10.0  # a broker that accepts TCP but never answers is treated as down
 
 
@@ -70,10 +71,10 @@ class HubService:
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
         if any(code.is_failure for code in reason_codes):
-            self.log("subscribe_refused", topics=[topic for topic, _ in TOPICS], reason=str(reason_codes[0]))
+            self.log("subscribe_refused", topics=_TOPIC_NAMES, reason=str(reason_codes[0]))
             return
         self.subscribed.set()
-        self.log("subscribed", topics=[topic for topic, _ in TOPICS])
+        self.log("subscribed", topics=_TOPIC_NAMES)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         if self._connected and not self.stopping.is_set():

@@ -17,8 +17,6 @@ RUNNER = ROOT / "tools" / "micropython.mjs"
 AGENT_FILES = tuple(sorted(path.name for path in (ROOT / "agent").glob("*.py")))
 
 
-
-
 def agent_files() -> dict:
     """The agent package as it would be copied onto a board: /lib/agent/*.py."""
     return {f"/lib/agent/{name}": (ROOT / "agent" / name).read_text() for name in AGENT_FILES}
