@@ -31,6 +31,16 @@ class MicroPythonError(RuntimeError):
     """The MicroPython runtime is missing, or the board did not do what was asked."""
 
 
+def node_with_micropython() -> str:
+    """The node executable, once sure the npm MicroPython runtime is installed; else raises."""
+    node = shutil.which("node")
+    if node is None:
+        raise MicroPythonError("node is not on PATH: install Node.js 20 to run MicroPython")
+    if not RUNTIME.exists():
+        raise MicroPythonError(f"{RUNTIME} is missing: run `make test` (it runs `npm ci`)")
+    return node
+
+
 class VirtualDevice:
     def __init__(self, flash_dir: Path, unique_id: str = "0badc0de", heap_bytes: int = 128 * 1024):
         self.flash_dir = Path(flash_dir)
@@ -43,11 +53,7 @@ class VirtualDevice:
         self.port = None
 
     def start(self) -> "VirtualDevice":
-        node = shutil.which("node")
-        if node is None:
-            raise MicroPythonError("node is not on PATH: install Node.js 20 to run the virtual device")
-        if not RUNTIME.exists():
-            raise MicroPythonError(f"{RUNTIME} is missing: run `make test` (it runs `npm ci`)")
+        node = node_with_micropython()
         master, slave = os.openpty()
         tty.setraw(slave)
         # The board never blocks on its console: with nobody reading, output is dropped as on a UART.

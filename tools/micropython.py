@@ -6,11 +6,10 @@ runtime. `make test` installs the runtime; without it this raises, it never skip
 
 import base64
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
-from simulator.virtual_device import RUNTIME, MicroPythonError  # noqa: F401  (tests import it from here)
+from simulator.virtual_device import MicroPythonError, node_with_micropython
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "tools" / "micropython.mjs"
@@ -27,11 +26,7 @@ def run_micropython(code: str | list, files: dict | None = None, timeout: float 
     """Run code on MicroPython with the agent package installed (as source unless
     agent_source=False; binary_files maps device paths to bytes, e.g. .mpy); return its output.
     code may be a list of chunks run in turn in one interpreter (see micropython.mjs on gc)."""
-    node = shutil.which("node")
-    if node is None:
-        raise MicroPythonError("node is not on PATH: install Node.js 20 to run MicroPython")
-    if not RUNTIME.exists():
-        raise MicroPythonError(f"{RUNTIME} is missing: run `make test` (it runs `npm ci`)")
+    node = node_with_micropython()
     job = {"files": {**(agent_files() if agent_source else {}), **(files or {})}, "code": code,
            "binary_files": {path: base64.b64encode(data).decode() for path, data in (binary_files or {}).items()}}
     proc = subprocess.run([node, str(RUNNER)], input=json.dumps(job), capture_output=True, text=True,
