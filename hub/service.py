@@ -123,6 +123,7 @@ class HubService:
                 self.log("connect_failed", broker=where, error=failure, retry_in_s=round(wait, 2))
             self.stopping.wait(wait)
             delay = min(delay * 2, self.settings.backoff_max)
+        self.log("stopping")
         # Keep the loop turning while the ingest thread commits and acknowledges its last batch.
         while worker.is_alive():
             self.client.loop(timeout=0.05)
@@ -213,8 +214,8 @@ class HubService:
             self._reload.set()
 
     def stop(self, *_):
-        if not self.stopping.is_set():
-            self.log("stopping")
+        # Also the SIGTERM/SIGINT handler: it may interrupt the main thread inside self.log, so
+        # it only sets the event (logging here could wait for ever on the log's own lock).
         self.stopping.set()
 
     def run(self, handle_signals: bool = True) -> int:

@@ -302,3 +302,30 @@ def test_slow_storage_stops_intake_instead_of_dropping(tmp_path, broker, keys):
         service.stop()
         runner.join(30)
     assert stored_report(tmp_path / "hub.db")["links"]["wifi"]["valid"] == len(stream)
+
+
+def test_a_stop_signal_in_the_middle_of_a_log_line_does_not_deadlock(tmp_path):
+    """SIGTERM runs its handler on the main thread, possibly while that thread holds the log's
+    lock (writing "subscribed", say): the handler must not log, or it waits for ever."""
+    import io
+    import threading
+
+    from hub.config import HubSettings, parse_broker
+    from hub.ingest import Ingest
+    from hub.log import EventLog
+    from hub.service import HubService
+    from hub.storage import SQLiteStorage
+
+    log = EventLog(stream=io.StringIO())
+    service = HubService(parse_broker("mqtt://127.0.0.1:1"), HubSettings(),
+                         Ingest(Verifier([], {}), SQLiteStorage(tmp_path / "hub.db")), log)
+    done = threading.Event()
+
+    def handler_while_logging():
+        with log._lock:  # what the main thread holds when the signal lands mid-write
+            service.stop()
+        done.set()
+
+    threading.Thread(target=handler_while_logging, daemon=True).start()
+    assert done.wait(10), "stop() waited on the log's lock"
+    assert service.stopping.is_set()
