@@ -43,7 +43,7 @@ bench: $(STAMP) $(MICROPYTHON) $(UMQTT) mosquitto
 
 # Regenerate agent/link_codes.py after editing hardware/links/*.toml.
 link-codes: $(STAMP)
-	$(BIN)/python -m hub.link_registry
+	$(BIN)/python -m hardware.link_registry
 
 clean:
 	rm -rf $(VENV) node_modules .cache .pytest_cache .hypothesis *.egg-info

@@ -118,7 +118,7 @@ def decode(frame):
     Returns (key_id, link_code, epoch, seq, timestamp_ms or None, payload_start, tag_start, tag_len);
     the payload is frame[payload_start:tag_start], the tag frame[tag_start:tag_start + tag_len].
     Raises CorruptFrame when the CRC fails and MalformedFrame when the structure is not v1.
-    The MAC is not checked here: that needs the device key (hub/verifier.py).
+    The MAC is not checked here: that needs the device key (hub/core/verifier.py).
     """
     end = len(frame) - CRC_LEN
     if end < 0 or crc32(frame[:end]) != struct.unpack(">I", frame[end:])[0]:

@@ -5,7 +5,7 @@ import json
 import random
 import time
 
-from hub.link_registry import load_links
+from hardware.link_registry import load_links
 from simulator.faults import model_for
 from simulator.run import Scenario, generate, label, verify_in_process
 

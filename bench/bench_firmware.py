@@ -13,13 +13,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hub.boards import board
-from hub.config import parse_broker
-from hub.firmware_build import AGENT_BUDGET, FIRMWARE_BUDGET, agent_settings, build
-from hub.keys import KeyFile, write_private_json
-from tools.services import Mosquitto
+from firmware.build import AGENT_BUDGET, FIRMWARE_BUDGET, agent_settings, build
+from hardware.board_registry import board
+from hub.keys.keyfile import KeyFile, write_private_json
+from hub.service.config import parse_broker
 from simulator.micropython_lib import install as install_umqtt
 from simulator.virtual_device import VirtualDevice
+from tools.services import Mosquitto
 
 # main.py for the measurement: the baseline before any of our code, then the code loaded.
 BENCH_MAIN = ("import gc\ngc.collect()\nbase = gc.mem_alloc()\n"

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from agent import Sealer, topic_for
-from hub.keys import KeyFile
+from hub.keys.keyfile import KeyFile
 from tools.services import HubProcess, Mosquitto, frames_seen, publish, stored_report, wait_for
 
 DEVICES = 10_000

@@ -11,8 +11,8 @@ import json
 import os
 
 from agent import Sealer, topic_for
-from hub.link_registry import links_by_code
-from hub.verifier import MAC_CACHE, DeviceKeys, Verifier
+from hardware.link_registry import links_by_code
+from hub.core.verifier import MAC_CACHE, DeviceKeys, Verifier
 
 DEVICES = 100_000
 FRAMES_PER_DEVICE = 3

@@ -10,9 +10,9 @@ import os
 import time
 
 from agent import Sealer, topic_for
-from hub.link_registry import links_by_code
-from hub.counters import VALID
-from hub.verifier import DeviceKeys, Verifier
+from hardware.link_registry import links_by_code
+from hub.core.counters import VALID
+from hub.core.verifier import DeviceKeys, Verifier
 
 DEVICES = 100
 FRAMES_PER_DEVICE = 500

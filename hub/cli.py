@@ -1,148 +1,170 @@
-"""The `linkseal` command: groups keys, hub, sim, firmware, agent, demo.
+"""`linkseal hub ...`: verify captures, run the service, report, audit, broker configuration."""
 
-Every input or usage error ends with one line `linkseal: error: ...` naming what and where,
-exit status 2, no traceback. Keys are never printed.
-"""
-
-import argparse
-import signal
-import sys
 import time
 from pathlib import Path
 
-from simulator.cli import add_sim_group
+from rich.console import Console
 
-from .cli_common import EXIT_INPUT, InputError, command
-from .cli_hub import add_hub_group
-from .cli_firmware import add_firmware_group
-from .cli_keys import add_keys_group
+from hub.cli_common import InputError, add_keys_option, command, open_keyfile
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="linkseal",
-        description="Edge integrity for constrained networks: seal records on devices, verify them per link.",
-        epilog="example:\n  linkseal demo\n  linkseal keys init --out hub.keys\n"
-               "  linkseal hub verify capture.jsonl --keys hub.keys",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    groups = parser.add_subparsers(dest="group", metavar="{keys,hub,sim,firmware,agent,demo}")
-    groups.required = True
-    add_keys_group(groups)
-    add_hub_group(groups)
+def add_hub_group(groups):
+    hub = groups.add_parser("hub", help="verify frames, run the hub service, report per link")
+    sub = hub.add_subparsers(dest="command", required=True)
 
-    add_sim_group(groups)
+    verify = command(sub, "verify", "Verify a capture file (JSON Lines of MQTT messages) and print the per-link "
+                     "report.", ["linkseal hub verify capture.jsonl --keys hub.keys",
+                                 "linkseal hub verify capture.jsonl --keys hub.keys --json > report.json"])
+    verify.add_argument("capture", type=Path)
+    add_keys_option(verify)
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument("--devices", action="store_true", help="also show the per-device table")
+    verify.set_defaults(run=_verify)
 
-    agent = groups.add_parser("agent", help="the agent core on a Linux device")
-    agent_sub = agent.add_subparsers(dest="command", required=True)
-    seal = command(agent_sub, "seal", "Seal each line of standard input as one record; print capture lines.",
-                   ["printf 'temp=21.5\\ntemp=21.6\\n' | linkseal agent seal --device pump-12.json --epoch 3 "
-                    "> capture.jsonl"])
-    seal.add_argument("--device", required=True, type=Path, help="device config from `keys provision`")
-    seal.add_argument("--epoch", type=int, default=0, help="boot epoch (the firmware persists it)")
-    seal.add_argument("--timestamp", action="store_true", help="carry the device time in each frame")
-    seal.set_defaults(run=_agent_seal)
-    agent_run = command(agent_sub, "run", "Run the agent on a Linux device: one record per input line, sealed, queued "
-                        "in the state directory and published; survives kill -9 without losing or resealing a record "
-                        "(with a FILE source; standard input cannot be re-read).",
-                        ["linkseal agent run --config pump-12.json --broker mqtt://broker:1883 --source readings.log",
-                         "sensor-reader | linkseal agent run --config pump-12.json --broker mqtts://broker:8883 "
-                         "--ca-file ca.pem"])
-    agent_run.add_argument("--config", required=True, type=Path, help="device config from `keys provision`")
-    agent_run.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
-    agent_run.add_argument("--state-dir", type=Path, help="epoch and queue (default ./linkseal-state/DEVICE)")
-    agent_run.add_argument("--source", default="stdin", help="stdin (default) or a file of one record per line")
-    agent_run.add_argument("--qos", type=int, choices=(0, 1), default=1)
-    agent_run.add_argument("--max-rate", type=float, default=50.0,
-                           help="frames per second at most, below the hub's rate limit (default 50; 0: none)")
-    agent_run.add_argument("--heartbeat", type=float, default=30.0, metavar="SECONDS",
-                           help="seconds between heartbeat status messages (default 30)")
-    agent_run.add_argument("--ca-file", help="CA certificate of the broker (mqtts)")
-    agent_run.add_argument("--cert-file", help="client certificate for mutual TLS")
-    agent_run.add_argument("--key-file", help="client certificate's key for mutual TLS")
-    agent_run.add_argument("--log-json", action="store_true", help="log JSON Lines")
-    agent_run.set_defaults(run=_agent_run)
+    run = command(sub, "run", "Subscribe to the broker, verify and store every frame, serve metrics. Runs until "
+                  "SIGTERM; SIGHUP reloads the key file (rotations, revocations, new devices).",
+                  ["linkseal hub run --broker mqtt://127.0.0.1:1883 --keys hub.keys --db hub.db "
+                   "--metrics 127.0.0.1:9108",
+                   "LINKSEAL_PASSPHRASE_FILE=pass linkseal hub run --broker mqtts://broker:8883 --ca-file ca.pem \\\n"
+                   "      --cert-file hub.pem --key-file hub-key.pem --keys hub.keys --db hub.db"])
+    run.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    add_keys_option(run)
+    run.add_argument("--db", required=True, type=Path, help="SQLite database (created 0600)")
+    run.add_argument("--metrics", help="serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9108; port 0: any)")
+    run.add_argument("--config", type=Path, help="hub.toml: client id, queue and batch sizes, rate limits")
+    run.add_argument("--ca-file", help="CA certificate that signed the broker's certificate (mqtts)")
+    run.add_argument("--cert-file", help="client certificate for mutual TLS")
+    run.add_argument("--key-file", help="client certificate's private key for mutual TLS")
+    run.add_argument("--username", help="MQTT user name; the password comes from LINKSEAL_MQTT_PASSWORD "
+                                        "or --password-file, never the command line")
+    run.add_argument("--password-file", help="file holding the MQTT password")
+    run.add_argument("--log-json", action="store_true", help="log JSON Lines instead of key=value text")
+    run.set_defaults(run=_run)
 
-    add_firmware_group(groups)
+    report = command(sub, "report", "The per-link report over stored data.",
+                     ["linkseal hub report --db hub.db --since 15m",
+                      "linkseal hub report --db hub.db --link wifi --json"])
+    report.add_argument("--db", required=True, type=Path)
+    report.add_argument("--since", help="only the last 15m, 2h, 1d ... (minute resolution)")
+    report.add_argument("--link", help="only this link type")
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
+    report.add_argument("--devices", action="store_true", help="also show the per-device table")
+    report.set_defaults(run=_report)
 
-    demo = command(groups, "demo", "A dozen devices on six link types, with link faults and attacks, through an "
-                   "embedded MQTT broker to the hub: per-link tables, security events, report and plots.",
-                   ["linkseal demo", "linkseal demo --no-broker --out /tmp/demo"])
-    demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--no-broker", action="store_true", help="feed the hub core directly (no MQTT)")
-    demo.add_argument("--out", type=Path, default=Path("demo-out"), help="where report, capture and plots go")
-    demo.set_defaults(run=_demo)
-    return parser
+    audit = command(sub, "audit", "Check the hash chain of stored security events.",
+                    ["linkseal hub audit --db hub.db"])
+    audit.add_argument("--db", required=True, type=Path)
+    audit.set_defaults(run=_audit)
+
+    broker = command(sub, "broker-config", "Write a Mosquitto 2.x configuration (ACL, accounts, limits) that lets "
+                     "each device publish only as itself and the hub only read.",
+                     ["linkseal hub broker-config --keys hub.keys --out /etc/mosquitto/linkseal",
+                      "linkseal hub broker-config --keys hub.keys --out broker/ --tls --ca ca/ --host broker.plant"])
+    add_keys_option(broker)
+    broker.add_argument("--out", required=True, type=Path, help="directory for mosquitto.conf, acl, passwords")
+    broker.add_argument("--port", type=int, help="listener port (default 1883, or 8883 with --tls)")
+    broker.add_argument("--tls", action="store_true", help="a TLS listener that requires client certificates")
+    broker.add_argument("--ca", type=Path, help="CA directory (with --tls)")
+    broker.add_argument("--host", action="append", help="the broker's host name or address for its certificate "
+                        "(repeatable; default localhost and 127.0.0.1)")
+    broker.add_argument("--data-dir", type=Path, help="Mosquitto persistence directory (default /var/lib/mosquitto)")
+    broker.set_defaults(run=_broker_config)
 
 
-def _agent_seal(args):
-    from agent import topic_for
+def _verifier(args, rate_limits=None):
+    from hardware.link_registry import links_by_code
+    from hub.core.verifier import Verifier
 
-    from .capture import encode_line
-    from .keys import load_device_config, sealer_for
+    keyfile = open_keyfile(args)
+    return Verifier(keyfile.device_keys(), {code: link.name for code, link in links_by_code().items()}, rate_limits)
 
-    sealer = sealer_for(load_device_config(args.device), args.epoch)
-    topic = topic_for(sealer.device_id)
-    for number, line in enumerate(sys.stdin.buffer, start=1):
-        record = line.rstrip(b"\r\n")
-        now = time.time()
+
+def _verify(args):
+    from hub.core.report import build_report, to_json
+    from hub.service.capture import read_capture
+    from hub.table import print_report
+
+    verifier = _verifier(args)
+    for t, topic, payload in read_capture(args.capture):
+        verifier.verify_message(topic, payload, t)
+    report = build_report(verifier)
+    if args.json:
+        print(to_json(report))
+    else:
+        print_report(report, Console(width=80), devices=args.devices)
+
+
+def _run(args):
+    from hardware.link_registry import load_links
+    from hub.service.config import load_settings, parse_broker
+    from hub.service.ingest import Ingest
+    from hub.service.log import EventLog
+    from hub.service.metrics import HubMetrics
+    from hub.service.mqtt_adapter import HubService
+    from hub.service.storage import SQLiteStorage
+
+    broker = parse_broker(args.broker, args.ca_file, args.cert_file, args.key_file, args.username,
+                          args.password_file)
+    settings = load_settings(args.config, load_links())
+    log = EventLog(json_lines=args.log_json or settings.log_json)
+    verifier = _verifier(args, settings.rate_limits)
+    ingest = Ingest(verifier, SQLiteStorage(args.db))
+    metrics = HubMetrics(verifier)
+    if args.metrics:
         try:
-            data = sealer.seal(record, int(now * 1000) if args.timestamp else None)
-        except ValueError as exc:
-            raise InputError(f"stdin line {number}: {exc}") from None
-        print(encode_line(round(now, 3), topic, data), flush=False)
+            metrics.address = metrics.serve(args.metrics)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"--metrics {args.metrics}: cannot listen ({exc})") from None
+    reload = lambda: open_keyfile(args).device_keys()  # noqa: E731  (SIGHUP)
+    return HubService(broker, settings, ingest, log, metrics, load_devices=reload).run()
 
 
-def _agent_run(args):
-    from .agent_run import AgentState, LinuxAgent, epoch_module
-    from .config import parse_broker
-    from .keys import load_device_config
-    from .log import EventLog
+def _since(text):
+    from hub.cli_keys import parse_duration
 
-    config = load_device_config(args.config)
-    broker = parse_broker(args.broker, args.ca_file, args.cert_file, args.key_file)
+    return time.time() - parse_duration(text, "--since")
+
+
+def _report(args):
+    from hub.core.report import build_stored_report, to_json
+    from hub.service.storage import SQLiteStorage
+    from hub.table import print_report
+
+    since = _since(args.since) if args.since is not None else None
+    storage = SQLiteStorage(args.db, create=False)
     try:
-        state = AgentState(args.state_dir or Path("linkseal-state") / config["device_id"])
-    except epoch_module.EpochError as exc:
-        raise InputError(str(exc)) from None
-    agent = LinuxAgent(config, broker, state, EventLog(json_lines=args.log_json), qos=args.qos,
-                       max_rate=args.max_rate, heartbeat_s=args.heartbeat)
-    signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
-    if args.source == "stdin":
-        return agent.run(sys.stdin.buffer)
+        report = build_stored_report(storage, since, args.link)
+    finally:
+        storage.close()
+    if args.json:
+        print(to_json(report))
+    else:
+        print_report(report, Console(width=80), devices=args.devices)
+
+
+def _audit(args):
+    from hub.service.storage import SQLiteStorage
+
+    storage = SQLiteStorage(args.db, create=False)
     try:
-        source = open(args.source, "rb")
-    except OSError as exc:
-        raise InputError(f"--source {args.source}: {exc.strerror}") from None
-    with source:
-        return agent.run(source)
+        checked, broken = storage.audit()
+    finally:
+        storage.close()
+    if broken:
+        print(f"BROKEN after {checked} intact events: {broken}")
+        return 1
+    print(f"OK: {checked} security events, hash chain intact")
+    return 0
 
 
-def _demo(args):
-    from simulator.cli import run_demo
+def _broker_config(args):
+    from hub.keys.broker_config import write_broker_config
 
-    return run_demo(args.no_broker, args.out, args.seed)
-
-
-def main(argv=None) -> int:
-    from .capture import CaptureError
-    from .config import ConfigError
-    from .keys import KeyFileError
-    from .keystore import KeystoreError
-    from .link_registry import RegistryError
-    from .pki import PKIError
-    from .storage import StorageError
-
-    args = build_parser().parse_args(argv)
-    try:
-        return args.run(args) or 0
-    except (InputError, CaptureError, ConfigError, KeyFileError, KeystoreError, PKIError, RegistryError,
-            StorageError, ValueError, OSError) as exc:
-        message = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else str(exc)
-        print(f"linkseal: error: {message}", file=sys.stderr)
-        return EXIT_INPUT
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    if args.tls and args.ca is None:
+        raise InputError("--tls needs --ca DIR (create one with `linkseal keys ca init --dir DIR`)")
+    keyfile = open_keyfile(args)
+    files = write_broker_config(keyfile, args.out, port=args.port, tls=args.tls, ca_dir=args.ca,
+                                server_hosts=tuple(args.host or ("localhost", "127.0.0.1")), data_dir=args.data_dir)
+    print(f"wrote {', '.join(str(path) for path in files.values())}")
+    if "hub_password" in files:
+        print(f"run the hub with --username linkseal/hub --password-file {files['hub_password']}")

@@ -25,16 +25,16 @@ def add_keys_option(parser, flag="--keys", help_text="hub key file"):
 
 def open_keyfile(args):
     """The hub key file named by --keys, decrypted with the passphrase from the environment."""
-    from .keys import KeyFile
-    from .keystore import passphrase_from_environment
+    from hub.keys.keyfile import KeyFile
+    from hub.keys.keystore import passphrase_from_environment
 
     return KeyFile.load(args.keys, passphrase=passphrase_from_environment, allow_plaintext=args.insecure_plaintext)
 
 
 def new_keyfile(path, insecure_plaintext: bool):
     """A new key file: encrypted under the passphrase from the environment or a prompt."""
-    from .keys import KeyFile
-    from .keystore import passphrase_from_environment
+    from hub.keys.keyfile import KeyFile
+    from hub.keys.keystore import passphrase_from_environment
 
     if insecure_plaintext:
         return KeyFile.create(path)

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .cli_common import InputError, add_keys_option, command, new_keyfile, open_keyfile
+from hub.cli_common import InputError, add_keys_option, command, new_keyfile, open_keyfile
 
 _DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -87,7 +87,7 @@ def add_keys_group(groups):
 
 
 def _write_device_config(path, config):
-    from .keys import write_private_json
+    from hub.keys.keyfile import write_private_json
 
     write_private_json(path, config)
 
@@ -145,8 +145,8 @@ def _list(args):
 def _encrypt(args):
     import os
 
-    from .keys import KeyFile
-    from .keystore import KeystoreError, passphrase_from_environment
+    from hub.keys.keyfile import KeyFile
+    from hub.keys.keystore import KeystoreError, passphrase_from_environment
 
     keyfile = KeyFile.load(args.keys, passphrase=passphrase_from_environment, allow_plaintext=True)
     if keyfile.encrypted_with:
@@ -167,16 +167,15 @@ def _encrypt(args):
 
 
 def _ca_init(args):
-    from .pki import init_ca
+    from hub.keys.pki import init_ca
 
     print(f"created {init_ca(args.dir)} (its key is {args.dir / 'ca-key.pem'}, mode 0600)")
 
 
 def _cert(args):
     from agent import check_device_id
-
-    from .keys import HUB_MQTT_USER
-    from .pki import issue
+    from hub.keys.keyfile import HUB_MQTT_USER
+    from hub.keys.pki import issue
 
     if args.name == "hub":
         common_name = HUB_MQTT_USER

@@ -16,15 +16,15 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from rich.progress import Progress
 
-from hub.config import HubSettings, parse_broker
-from hub.counters import received
-from hub.ingest import Ingest
-from hub.link_registry import links_by_code
-from hub.log import EventLog
-from hub.report import build_stored_report
-from hub.service import HubService
-from hub.storage import SQLiteStorage
-from hub.verifier import Verifier
+from hardware.link_registry import links_by_code
+from hub.core.counters import received
+from hub.core.report import build_stored_report
+from hub.core.verifier import Verifier
+from hub.service.config import HubSettings, parse_broker
+from hub.service.ingest import Ingest
+from hub.service.log import EventLog
+from hub.service.mqtt_adapter import HubService
+from hub.service.storage import SQLiteStorage
 
 
 class EmbeddedBroker:

@@ -72,6 +72,16 @@ def add_sim_group(groups):
     capture.set_defaults(run=_capture)
 
 
+def add_demo_command(groups):
+    demo = command(groups, "demo", "A dozen devices on six link types, with link faults and attacks, through an "
+                   "embedded MQTT broker to the hub: per-link tables, security events, report and plots.",
+                   ["linkseal demo", "linkseal demo --no-broker --out /tmp/demo"])
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--no-broker", action="store_true", help="feed the hub core directly (no MQTT)")
+    demo.add_argument("--out", type=Path, default=Path("demo-out"), help="where report, capture and plots go")
+    demo.set_defaults(run=lambda args: run_demo(args.no_broker, args.out, args.seed))
+
+
 def _broker_options(parser):
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--no-broker", action="store_true", help="feed the hub core directly (fastest)")
@@ -205,8 +215,8 @@ def _record(args):
 
 
 def _replay(args):
+    from hardware.link_registry import load_links
     from hub.cli_common import open_keyfile
-    from hub.link_registry import load_links
 
     from .faults import model_for
     from .run import Generated, Scenario, device_specs, label, make_devices
@@ -244,7 +254,7 @@ def _replay(args):
 def _real_devices(keyfile, events: list, seed: int, profiles: dict | None = None):
     """The run of real devices (proxy traces): their keys and links come from the key file;
     profiles: the link-model overrides the proxies ran with."""
-    from hub.link_registry import load_links
+    from hardware.link_registry import load_links
 
     from .faults import model_for
     from .run import Generated, Scenario
@@ -271,7 +281,7 @@ def _run_virtual(args, scenario, console):
     scenario.devices, scenario.attacks = args.virtual_devices, {}
     broker = None
     if args.broker:
-        from hub.config import parse_broker
+        from hub.service.config import parse_broker
 
         broker = parse_broker(args.broker)
     keyfile, events = run_virtual_devices(scenario, args.out, broker, console)
@@ -285,7 +295,7 @@ def _run_virtual(args, scenario, console):
 def _proxy(args):
     import asyncio
 
-    from hub.link_registry import load_links
+    from hardware.link_registry import load_links
 
     from .faults import model_for
     from .proxy import FaultProxy
@@ -321,7 +331,7 @@ def _proxy(args):
 
 
 def _capture(args):
-    from hub.capture import encode_line
+    from hub.service.capture import encode_line
 
     from .run import generate, label
 

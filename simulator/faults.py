@@ -15,7 +15,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from hub.link_registry import Link
+from hardware.link_registry import Link
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,17 @@ the hub core; compare() holds the hub's report against the truth, link by link.
 import random
 import tomllib
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 from agent import Sealer, topic_for
-from agent.sealer import TOPIC_PREFIX
 from agent import frame as wire
-from hub.keys import derive_device_key
-from hub.link_registry import links_by_code, load_links
-from hub.report import build_report
-from hub.verifier import DeviceKeys, Verifier
-from hub.window import WINDOW
+from agent.sealer import TOPIC_PREFIX
+from hardware.link_registry import links_by_code, load_links
+from hub.core.report import build_report
+from hub.core.verifier import DeviceKeys, Verifier
+from hub.core.window import WINDOW
+from hub.keys.keyfile import derive_device_key
 
 from . import attacks
 from .faults import model_for
@@ -91,7 +92,7 @@ class Generated:
     def header(self) -> dict:
         s = self.scenario
         return {"seed": s.seed, "devices": s.devices, "links": list(s.links), "duration": s.duration, "rate": s.rate,
-                "attacks": s.attacks, "profiles": s.profiles, "versions": {"linkseal": "0.1.0", "wire": 1}}
+                "attacks": s.attacks, "profiles": s.profiles, "versions": {"linkseal": version("linkseal"), "wire": 1}}
 
 
 def make_devices(seed: int, devices: int, links) -> tuple[dict, dict]:
@@ -225,7 +226,7 @@ def write_outputs(out_dir: Path, header: dict, events: list, labelled: list, hub
     """report.json, capture.jsonl (hub verify's format), trace.jsonl and a PNG per link."""
     import json
 
-    from hub.capture import encode_line
+    from hub.service.capture import encode_line
 
     from .compare import plot
     from .trace import write_trace

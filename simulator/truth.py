@@ -6,9 +6,9 @@ window, so that comparing the two checks the hub rather than repeating it.
 
 from collections import defaultdict
 
-from hub.counters import REPORTED
-from hub.verifier import RETAINED_EPOCHS
-from hub.window import WINDOW
+from hub.core.counters import REPORTED
+from hub.core.verifier import RETAINED_EPOCHS
+from hub.core.window import WINDOW
 
 
 class _Epoch:

@@ -1,7 +1,7 @@
 """`linkseal sim run --virtual-devices N`: the real firmware on virtual MicroPython boards in
 place of the simulator's CPython agents.
 
-Each board (simulator/virtual_device.py) runs the firmware built for it (firmware/app.py with
+Each board (simulator/virtual_device.py) runs the firmware built for it (firmware/device/app.py with
 umqtt.simple) and publishes through a fault proxy for its link type (simulator/proxy.py),
 which applies the link model and writes the fate of every PUBLISH to a trace; the proxies
 forward to a broker (an embedded one unless --broker), which gives the boards their
@@ -15,11 +15,11 @@ import threading
 import time
 from pathlib import Path
 
-from hub.boards import board
-from hub.config import Broker
-from hub.firmware_build import agent_settings, build
-from hub.keys import KeyFile, write_private_json
-from hub.link_registry import load_links
+from firmware.build import agent_settings, build
+from hardware.board_registry import board
+from hardware.link_registry import load_links
+from hub.keys.keyfile import KeyFile, write_private_json
+from hub.service.config import Broker
 
 from .faults import model_for
 from .micropython_lib import install as install_umqtt

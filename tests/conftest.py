@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from hub.link_registry import links_by_code
-from hub.verifier import DeviceKeys, Verifier
+from hardware.link_registry import links_by_code
+from hub.core.verifier import DeviceKeys, Verifier
 from tools.services import Mosquitto
 
 VECTORS = Path(__file__).resolve().parent / "vectors"

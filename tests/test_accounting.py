@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent import Sealer, topic_for
-from hub.counters import BURSTS, L2R, LOST, R2L
-from hub.link_registry import links_by_code, load_links
-from hub.report import build_report
-from hub.verifier import DeviceKeys, Verifier
+from hardware.link_registry import links_by_code, load_links
+from hub.core.counters import BURSTS, L2R, LOST, R2L
+from hub.core.report import build_report
+from hub.core.verifier import DeviceKeys, Verifier
 from simulator.run import Scenario, generate, label, verify_in_process
 from simulator.truth import Ledger, mismatches
 

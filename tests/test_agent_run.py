@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hub.keys import KeyFile, write_private_json
+from hub.keys.keyfile import KeyFile, write_private_json
 from tools.services import HubProcess, stored_report, wait_for
 
 LINKSEAL = Path(sys.executable).parent / "linkseal"

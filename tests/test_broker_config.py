@@ -6,9 +6,9 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from agent import Sealer, topic_for
-from hub.broker_config import write_broker_config
-from hub.keys import HUB_MQTT_USER, KeyFile
-from hub.pki import init_ca, issue
+from hub.keys.broker_config import write_broker_config
+from hub.keys.keyfile import HUB_MQTT_USER, KeyFile
+from hub.keys.pki import init_ca, issue
 from tools.services import HubProcess, Mosquitto, free_port, stored_report, wait_for
 
 

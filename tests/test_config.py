@@ -2,8 +2,8 @@
 
 import pytest
 
-from hub.config import DEFAULT_RATE, ConfigError, load_settings, parse_broker
-from hub.link_registry import load_links
+from hardware.link_registry import load_links
+from hub.service.config import DEFAULT_RATE, ConfigError, load_settings, parse_broker
 
 
 def test_broker_urls(tmp_path, monkeypatch):

@@ -2,13 +2,12 @@
 
 from pathlib import Path
 
+from firmware.board_files import device_sources
 from tools.micropython import run_micropython
-
-FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
 
 
 def on_device(code: str) -> list[str]:
-    files = {f"/lib/{p.name}": p.read_text() for p in FIRMWARE.glob("*.py")}
+    files = {"/" + name: source.read_text() for name, source in device_sources().items()}
     return run_micropython(code, files=files).split("\n")[:-1]
 
 
@@ -78,9 +77,7 @@ print(os.stat(s.path)[6] if s.path[1:] in os.listdir('/') else 0)
 def test_a_power_cut_during_compaction_loses_and_repeats_nothing(tmp_path, monkeypatch):
     """Cut the power at each step of a compaction: after the reboot, the queue still holds
     exactly the undelivered frames, in order."""
-    from hub.device_code import firmware_module
-
-    store = firmware_module("store")
+    from firmware.device import store
 
     class PowerCut(Exception):
         pass
@@ -127,7 +124,7 @@ def test_build_loads_on_micropython_and_seals_the_vectors(tmp_path):
     import subprocess
     import sys
 
-    from hub.keys import KeyFile, write_private_json
+    from hub.keys.keyfile import KeyFile, write_private_json
 
     from .conftest import load_vectors
 
@@ -177,7 +174,7 @@ def test_flash_input_errors_name_what_is_wrong(tmp_path):
     import subprocess
     import sys
 
-    from hub.keys import KeyFile, write_private_json
+    from hub.keys.keyfile import KeyFile, write_private_json
 
     linkseal = Path(sys.executable).parent / "linkseal"
 
@@ -198,15 +195,14 @@ def test_flash_input_errors_name_what_is_wrong(tmp_path):
 
 
 def test_build_for_a_tls_broker_puts_its_ca_on_the_board(tmp_path):
+    import json
     import subprocess
     import sys
 
-    import json
-
     from cryptography import x509
 
-    from hub.keys import KeyFile, write_private_json
-    from hub.pki import init_ca
+    from hub.keys.keyfile import KeyFile, write_private_json
+    from hub.keys.pki import init_ca
 
     ca_pem = init_ca(tmp_path / "ca")
     keyfile = KeyFile.create(tmp_path / "hub.keys")

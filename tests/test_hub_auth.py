@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent import Sealer, topic_for
-from hub.keys import KeyFile
+from hub.keys.keyfile import KeyFile
 from tools.services import HubProcess, Mosquitto, stored_report, wait_for
 
 

@@ -9,12 +9,11 @@ import pytest
 
 from agent import Sealer, topic_for
 from agent import frame as wire
-from hub.keys import KeyFile
-from hub.link_registry import links_by_code
-from hub.report import build_report
-from hub.verifier import Verifier
+from hardware.link_registry import links_by_code
+from hub.core.report import build_report
+from hub.core.verifier import Verifier
+from hub.keys.keyfile import KeyFile
 from simulator.run import Scenario, generate, label
-
 from tools.services import HubProcess, frames_seen, publish, stored_report, wait_for
 
 COUNTERS = ("received", "valid", "lost", "duplicate", "reordered", "corrupt", "forged", "replay", "malformed",
@@ -264,11 +263,11 @@ def test_slow_storage_stops_intake_instead_of_dropping(tmp_path, broker, keys):
     import io
     import threading
 
-    from hub.config import HubSettings, parse_broker
-    from hub.ingest import Ingest
-    from hub.log import EventLog
-    from hub.service import HubService
-    from hub.storage import SQLiteStorage
+    from hub.service.config import HubSettings, parse_broker
+    from hub.service.ingest import Ingest
+    from hub.service.log import EventLog
+    from hub.service.mqtt_adapter import HubService
+    from hub.service.storage import SQLiteStorage
 
     class GatedStorage(SQLiteStorage):
         """SQLite whose commits wait until the test opens the gate: storage that has stalled."""
@@ -310,11 +309,11 @@ def test_a_stop_signal_in_the_middle_of_a_log_line_does_not_deadlock(tmp_path):
     import io
     import threading
 
-    from hub.config import HubSettings, parse_broker
-    from hub.ingest import Ingest
-    from hub.log import EventLog
-    from hub.service import HubService
-    from hub.storage import SQLiteStorage
+    from hub.service.config import HubSettings, parse_broker
+    from hub.service.ingest import Ingest
+    from hub.service.log import EventLog
+    from hub.service.mqtt_adapter import HubService
+    from hub.service.storage import SQLiteStorage
 
     log = EventLog(stream=io.StringIO())
     service = HubService(parse_broker("mqtt://127.0.0.1:1"), HubSettings(),

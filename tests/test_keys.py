@@ -6,9 +6,9 @@ import stat
 import pytest
 
 from agent import Sealer, topic_for
-from hub import keystore
-from hub.keys import KeyFile, KeyFileError, derive_device_key, load_device_config
-from hub.verifier import Verifier
+from hub.core.verifier import Verifier
+from hub.keys import keystore
+from hub.keys.keyfile import KeyFile, KeyFileError, derive_device_key, load_device_config
 
 from .conftest import link_names
 

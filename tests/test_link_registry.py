@@ -3,8 +3,8 @@
 import pytest
 
 from agent.link_codes import LINKS
-from hub import link_registry
-from hub.link_registry import RegistryError, load_link, load_links, render_agent_module
+from hardware import link_registry
+from hardware.link_registry import RegistryError, load_link, load_links, render_agent_module
 
 REQUIRED = {"fiber", "coax", "twisted-pair", "wifi", "ble", "lora", "cellular", "rs485"}
 

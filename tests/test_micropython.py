@@ -5,13 +5,12 @@ These run in `make test` and CI; tools/micropython.py raises if the runtime is m
 
 import ast
 import json
-from pathlib import Path
 
-from tools.micropython import AGENT_FILES, run_micropython
+from firmware.board_files import agent_sources
+from tools.micropython import run_micropython
 
 from .conftest import load_vectors
 
-AGENT = Path(__file__).resolve().parent.parent / "agent"
 ALLOWED_IMPORTS = {"hashlib", "binascii", "struct", "time", "os", "json", "gc", "micropython"}
 
 
@@ -70,8 +69,8 @@ def test_bad_input_raises_valueerror_on_micropython():
 
 
 def test_agent_imports_only_what_micropython_has():
-    for name in AGENT_FILES:
-        tree = ast.parse((AGENT / name).read_text())
+    for name, source in agent_sources().items():
+        tree = ast.parse(source.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 modules = {alias.name.split(".")[0] for alias in node.names}
@@ -79,4 +78,4 @@ def test_agent_imports_only_what_micropython_has():
                 modules = {node.module.split(".")[0]}
             else:
                 continue
-            assert modules <= ALLOWED_IMPORTS, f"agent/{name} imports {modules - ALLOWED_IMPORTS}"
+            assert modules <= ALLOWED_IMPORTS, f"{name} imports {modules - ALLOWED_IMPORTS}"

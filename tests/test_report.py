@@ -4,7 +4,7 @@ import json
 import math
 
 from agent import Sealer, topic_for
-from hub.report import build_report, to_json, wilson_interval
+from hub.core.report import build_report, to_json, wilson_interval
 
 from .conftest import KEY, make_verifier
 
@@ -46,8 +46,8 @@ def test_empty_verifier_gives_an_empty_report():
 
 
 def test_abnormal_only_when_the_excess_is_significant():
-    from hub.report import abnormal_reasons, entry
-    from hub.counters import LOST, VALID, new_counters
+    from hub.core.counters import LOST, VALID, new_counters
+    from hub.core.report import abnormal_reasons, entry
 
     def link_entry(lost, valid):
         counters = new_counters()

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from agent import Sealer, topic_for
-from hub.keys import HUB_MQTT_USER, KeyFile
+from hub.keys.keyfile import HUB_MQTT_USER, KeyFile
 from tools.services import HubProcess, Mosquitto, frames_seen, publish, wait_for
 
 LINKSEAL = Path(sys.executable).parent / "linkseal"

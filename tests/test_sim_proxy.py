@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 from agent import Sealer, topic_for
 from agent.sealer import status_topic_for
 from agent.status import BIRTH, status_payload
-from hub.keys import KeyFile
+from hub.keys.keyfile import KeyFile
 from tools.services import HubProcess, frames_seen, stored_report, wait_for
 
 LINKSEAL = Path(sys.executable).parent / "linkseal"

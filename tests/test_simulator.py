@@ -5,9 +5,9 @@ import random
 import pytest
 
 from agent import Sealer, topic_for
-from hub.counters import CORRUPT, FORGED, MALFORMED, VALID
-from hub.link_registry import links_by_code, load_links
-from hub.verifier import DeviceKeys, Verifier
+from hardware.link_registry import links_by_code, load_links
+from hub.core.counters import CORRUPT, FORGED, MALFORMED, VALID
+from hub.core.verifier import DeviceKeys, Verifier
 from simulator.compare import compare
 from simulator.faults import Bernoulli, Fate, GilbertElliott, LinkModel, Markov4, Outage, apply_fate, model_for
 from simulator.run import Scenario, generate, label, verify_in_process

@@ -6,10 +6,10 @@ import random
 from agent import Sealer, topic_for
 from agent.sealer import status_topic_for
 from agent.status import BIRTH, DEATH, HEARTBEAT, status_payload
-from hub.counters import BURSTS, L2R, LOST, R2L, REORDERED
-from hub.ingest import Ingest
-from hub.report import build_report, build_stored_report
-from hub.storage import SQLiteStorage
+from hub.core.counters import BURSTS, L2R, LOST, R2L, REORDERED
+from hub.core.report import build_report, build_stored_report
+from hub.service.ingest import Ingest
+from hub.service.storage import SQLiteStorage
 
 from .conftest import KEY, make_verifier
 
@@ -160,7 +160,7 @@ def test_a_device_state_stored_before_the_source_drops_counter_still_loads():
 
 
 def test_status_messages_share_the_device_rate_limit():
-    from hub.verifier import DeviceKeys, Verifier
+    from hub.core.verifier import DeviceKeys, Verifier
 
     from .conftest import link_names
 

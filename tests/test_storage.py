@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent import Sealer, topic_for
-from hub.ingest import Ingest
-from hub.report import build_report, build_stored_report
-from hub.storage import SQLiteStorage, StorageError
-from hub.verifier import OUTCOMES
+from hub.core.report import build_report, build_stored_report
+from hub.core.verifier import OUTCOMES
+from hub.service.ingest import Ingest
+from hub.service.storage import SQLiteStorage, StorageError
 
 from .conftest import KEY, link_names, make_verifier
 
@@ -168,7 +168,7 @@ def test_flood_of_unknown_devices_keeps_memory_flat():
 
 
 def test_rate_limit_is_a_token_bucket_per_device():
-    from hub.verifier import DeviceKeys, Verifier
+    from hub.core.verifier import DeviceKeys, Verifier
 
     devices = [DeviceKeys(d, {0: KEY}, "wifi", 16) for d in ("pump-1", "pump-2")]
     verifier = Verifier(devices, link_names(), rate_limits={"wifi": (2.0, 3.0)})  # 2 frames/s, burst 3

@@ -8,8 +8,8 @@ import pytest
 
 from agent import Sealer, topic_for
 from agent import frame as wire
-from hub.keys import derive_device_key
-from hub.verifier import DeviceKeys, Verifier
+from hub.core.verifier import DeviceKeys, Verifier
+from hub.keys.keyfile import derive_device_key
 
 from .conftest import link_names, load_vectors
 

@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 
 from agent import Sealer, topic_for
 from agent import frame as wire
-from hub.report import build_report
-from hub.verifier import RETAINED_EPOCHS, Verdict
-from hub.window import WINDOW
+from hub.core.report import build_report
+from hub.core.verifier import RETAINED_EPOCHS, Verdict
+from hub.core.window import WINDOW
 
 from .conftest import KEY, make_verifier
 
@@ -233,7 +233,7 @@ def test_events_carry_no_key_material(verifier):
 
 
 def test_key_rotation_accepts_each_registered_key_id_once():
-    from hub.verifier import DeviceKeys, Verifier
+    from hub.core.verifier import DeviceKeys, Verifier
 
     from .conftest import link_names
 
@@ -255,7 +255,7 @@ def test_key_rotation_accepts_each_registered_key_id_once():
        tag_len=st.sampled_from([8, 16, 32]), key_id=st.integers(0, 255),
        stamp=st.one_of(st.none(), st.integers(0, 2**53 - 1)), link=st.sampled_from(["lora", "wifi", "rs485"]))
 def test_round_trip_property(payload, epoch, seq, tag_len, key_id, stamp, link):
-    from hub.verifier import DeviceKeys, Verifier
+    from hub.core.verifier import DeviceKeys, Verifier
 
     from .conftest import link_names
 

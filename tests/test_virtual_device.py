@@ -16,9 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from hub.keys import KeyFile, write_private_json
-from hub.storage import SQLiteStorage
-from simulator.micropython_lib import LIB as MICROPYTHON_LIB, UMQTT, install as install_umqtt
+from firmware.board_files import device_sources
+from hub.keys.keyfile import KeyFile, write_private_json
+from hub.service.storage import SQLiteStorage
+from simulator.micropython_lib import LIB as MICROPYTHON_LIB
+from simulator.micropython_lib import UMQTT
+from simulator.micropython_lib import install as install_umqtt
 from simulator.virtual_device import VirtualDevice
 from tools.services import LINKSEAL, HubProcess, stored_report, wait_for
 
@@ -130,8 +133,7 @@ def test_more_than_65535_qos1_publishes_on_one_connection(tmp_path, broker, micr
     """umqtt.simple never wraps its packet id; the firmware's transport does."""
     board_dir = tmp_path / "board"
     install_umqtt(board_dir)
-    firmware = Path(__file__).resolve().parent.parent / "firmware"
-    (board_dir / "lib" / "transport.py").write_bytes((firmware / "transport.py").read_bytes())
+    (board_dir / "lib" / "transport.py").write_bytes(device_sources()["lib/transport.py"].read_bytes())
     count = 65_600
     (board_dir / "main.py").write_text(
         "from transport import Transport\n"

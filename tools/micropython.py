@@ -9,16 +9,16 @@ import json
 import subprocess
 from pathlib import Path
 
+from firmware.board_files import agent_sources
 from simulator.virtual_device import MicroPythonError, node_with_micropython
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "tools" / "micropython.mjs"
-AGENT_FILES = tuple(sorted(path.name for path in (ROOT / "agent").glob("*.py")))
 
 
 def agent_files() -> dict:
-    """The agent package as it would be copied onto a board: /lib/agent/*.py."""
-    return {f"/lib/agent/{name}": (ROOT / "agent" / name).read_text() for name in AGENT_FILES}
+    """The agent core as it goes onto a board (firmware/board_files.py), as source: /lib/agent/*.py."""
+    return {"/" + board_path: source.read_text() for board_path, source in agent_sources().items()}
 
 
 def run_micropython(code: str | list, files: dict | None = None, timeout: float = 300, binary_files: dict | None = None,

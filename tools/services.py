@@ -19,8 +19,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from hub.report import build_stored_report
-from hub.storage import SQLiteStorage
+from hub.core.report import build_stored_report
+from hub.service.storage import SQLiteStorage
 
 LINKSEAL = Path(sys.executable).parent / "linkseal"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from agent import Sealer, topic_for
 from agent import frame as wire
-from hub.keys import derive_device_key
+from hub.keys.keyfile import derive_device_key
 
 HERE = Path(__file__).resolve().parent
 KEY16 = bytes(range(16))

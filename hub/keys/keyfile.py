@@ -2,7 +2,7 @@
 
 The hub holds one random master secret; each device key is derived from it with
 HKDF-SHA256 and the device id and key id in `info` (as OSCORE derives per-sender keys),
-so the hub stores no per-device secret. The file is encrypted at rest (hub/keystore.py)
+so the hub stores no per-device secret. The file is encrypted at rest (hub/keys/keystore.py)
 unless the operator explicitly asks for plaintext. Files holding keys are written 0600,
 atomically, and refused when group or others can read them.
 """
@@ -18,12 +18,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from agent import check_device_id
-from agent.sealer import sealer_for  # noqa: F401  (callers take it from here with the config loader)
 from agent import frame as wire
-
-from . import keystore
-from .link_registry import load_links
-from .verifier import DeviceKeys
+from hardware.link_registry import load_links
+from hub.core.verifier import DeviceKeys
+from hub.keys import keystore
 
 FORMAT = "linkseal-hub-keys/1"
 MASTER_LEN = 32

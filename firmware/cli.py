@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from .cli_common import InputError, command
+from hub.cli_common import InputError, command
 
 
 def add_firmware_group(groups):
@@ -41,9 +41,9 @@ def add_firmware_group(groups):
 
 
 def _build(args):
-    from .boards import board
-    from .config import parse_broker
-    from .firmware_build import AGENT_BUDGET, FIRMWARE_BUDGET, agent_settings, build
+    from firmware.build import AGENT_BUDGET, FIRMWARE_BUDGET, agent_settings, build
+    from hardware.board_registry import board
+    from hub.service.config import parse_broker
 
     target = board(args.board)
     wifi_password = None
@@ -63,6 +63,6 @@ def _build(args):
 
 
 def _flash(args):
-    from .firmware_flash import flash
+    from firmware.flash import flash
 
     flash(args.port, args.build, verify=args.verify, micropython_lib=args.micropython_lib)

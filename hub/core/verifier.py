@@ -17,11 +17,23 @@ except ImportError:  # a CPython built without OpenSSL
 
 from agent import frame as wire
 from agent.sealer import TOPIC_PREFIX
-
-from .status import NEWEST, STATUS_SUFFIX, DeviceStatus, describe, is_status_topic, parse_status
-from .counters import (CORRUPT, FORGED, LOST, MALFORMED, OUTCOME_OF, RATE_LIMITED, REPLAY, SLOTS, SOURCE_DROPS, VALID,
-                       counters_from, new_counters, received)
-from .window import EpochWindow
+from hub.core.counters import (
+    CORRUPT,
+    FORGED,
+    LOST,
+    MALFORMED,
+    OUTCOME_OF,
+    RATE_LIMITED,
+    REPLAY,
+    SLOTS,
+    SOURCE_DROPS,
+    VALID,
+    counters_from,
+    new_counters,
+    received,
+)
+from hub.core.status import NEWEST, STATUS_SUFFIX, DeviceStatus, describe, is_status_topic, parse_status
+from hub.core.window import EpochWindow
 
 # Exactly one of these per frame (docs/protocol.md, "Outcomes").
 OUTCOMES = ("valid", "corrupt", "forged", "duplicate", "replay", "malformed", "rate_limited", "unknown_device")

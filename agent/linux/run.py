@@ -1,7 +1,7 @@
 """`linkseal agent run`: the agent core on a Linux device, with paho-mqtt.
 
-The same pieces as the MicroPython firmware (agent.Sealer, firmware/epoch.py,
-firmware/store.py), with the state directory in place of flash:
+The same pieces as the MicroPython firmware (agent.Sealer, firmware/device/epoch.py,
+firmware/device/store.py), with the state directory in place of flash:
 
 - the boot epoch advances and is persisted before the first record of every run;
 - every sealed frame is appended to the store file before anything else happens to it,
@@ -23,15 +23,12 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from agent import frame, topic_for
-from agent.sealer import status_topic_for
+from agent.sealer import sealer_for, status_topic_for
 from agent.status import BIRTH, DEATH, HEARTBEAT, status_payload
-
-from .device_code import firmware_module
-from .keys import sealer_for
+from firmware.device import epoch as epoch_file
+from firmware.device import store as store_file
 
 _OFFSET = struct.Struct(">Q")
-epoch_module = firmware_module("epoch")
-store_module = firmware_module("store")
 
 
 class AgentState:
@@ -43,9 +40,9 @@ class AgentState:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.epoch_path = str(self.dir / "epoch")
         if fresh:
-            epoch_module.write(self.epoch_path, 0)
-        self.epoch = epoch_module.advance(self.epoch_path)  # EpochError: refuse to seal
-        self.store = store_module.Store(str(self.dir / "queue"), ram_frames=0, file_bytes=queue_bytes)
+            epoch_file.write(self.epoch_path, 0)
+        self.epoch = epoch_file.advance(self.epoch_path)  # EpochError: refuse to seal
+        self.store = store_file.Store(str(self.dir / "queue"), ram_frames=0, file_bytes=queue_bytes)
         self.offset_path = self.dir / "source-offset"
         self.lock = threading.Lock()
 

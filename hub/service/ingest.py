@@ -1,14 +1,14 @@
 """The ingest path without MQTT: verify each message, gather what one commit must hold.
 
-The MQTT adapter (hub/service.py) feeds messages in and acknowledges them only after
+The MQTT adapter (hub/service/mqtt_adapter.py) feeds messages in and acknowledges them only after
 `commit()` returns, so a crash between the two makes the broker redeliver, and the
 restored verifier state turns the redelivery into a duplicate, never a second record.
 """
 
-from .counters import SLOT_NAMES, SLOTS
-from .storage import Batch, Storage
-from .status import is_status_topic
-from .verifier import Verifier
+from hub.core.counters import SLOT_NAMES, SLOTS
+from hub.core.status import is_status_topic
+from hub.core.verifier import Verifier
+from hub.service.storage import Batch, Storage
 
 _ZERO = bytes(8 * SLOTS)
 

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .keys import write_file
+from hub.keys.keyfile import write_file
 
 CA_CERT, CA_KEY = "ca.pem", "ca-key.pem"
 

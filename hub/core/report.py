@@ -8,8 +8,8 @@ ENTRY holds the integer counters of hub.counters.REPORTED and the figures below.
 import json
 import math
 
-from .counters import BURSTS, L2R, LOST, R2L, SLOT_NAMES, VALID, as_dict, new_counters
-from .link_registry import load_links
+from hardware.link_registry import load_links
+from hub.core.counters import BURSTS, L2R, LOST, R2L, SLOT_NAMES, VALID, as_dict, new_counters
 
 _Z95 = 1.959963984540054
 
@@ -73,7 +73,7 @@ def abnormal_reasons(name: str, link_entry: dict, registry: dict | None = None) 
 
 
 def _assemble(links: dict, devices: dict, device_links: dict, unknown: int, events: list, statuses: dict) -> dict:
-    """statuses: device -> the fields of its latest status message (hub/status.py)."""
+    """statuses: device -> the fields of its latest status message (hub/core/status.py)."""
     registry = load_links()
     for device in statuses:
         devices.setdefault(device, new_counters())

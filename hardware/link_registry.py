@@ -13,7 +13,10 @@ from pathlib import Path
 
 from agent import frame
 
-LINKS_DIR = Path(os.environ.get("LINKSEAL_LINKS_DIR", Path(__file__).resolve().parent.parent / "hardware" / "links"))
+from . import data_dir
+
+LINKS_DIR = Path(os.environ.get("LINKSEAL_LINKS_DIR") or data_dir("links"))
+# `make link-codes` writes it in the source tree (the generator is a development step).
 AGENT_MODULE = Path(__file__).resolve().parent.parent / "agent" / "link_codes.py"
 
 _EXPECTED = ("frame_loss", "corrupt", "ber", "duplicate", "reorder", "delay_ms", "jitter_ms")

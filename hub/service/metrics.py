@@ -8,8 +8,8 @@ storage). Labels are bounded: link type and outcome, never a device.
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .counters import OUTCOME_OF
-from .report import abnormal_reasons, entry
+from hub.core.counters import OUTCOME_OF
+from hub.core.report import abnormal_reasons, entry
 
 
 class VerifierCollector:

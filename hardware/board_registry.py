@@ -5,7 +5,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-BOARDS_DIR = Path(__file__).resolve().parent.parent / "hardware" / "boards"
+from . import data_dir
+
+BOARDS_DIR = data_dir("boards")
 _FIELDS = {"name": str, "description": str, "port": str, "board": str, "ram_kib": int, "flash_mib": int,
            "network": list, "watchdog": bool, "tls": bool, "freezes_umqtt_simple": bool, "mpy_version": str,
            "min_micropython": str}

@@ -16,7 +16,7 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from .report import abnormal_reasons, entry
+from hub.core.report import abnormal_reasons, entry
 
 # Records and the devices' status messages (birth, death, heartbeat).
 TOPICS = [("linkseal/v1/+/rec", 1), ("linkseal/v1/+/status", 1)]

@@ -16,9 +16,9 @@ import hashlib
 import secrets
 from pathlib import Path
 
-from .keys import HUB_MQTT_USER, write_file
-from .link_registry import load_links
-from .pki import CA_CERT, issue
+from hardware.link_registry import load_links
+from hub.keys.keyfile import HUB_MQTT_USER, write_file
+from hub.keys.pki import CA_CERT, issue
 
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes ($7$ = PBKDF2-HMAC-SHA512)
 

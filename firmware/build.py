@@ -14,25 +14,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .boards import Board
-from .device_code import FIRMWARE_DIR, firmware_module
-from .keys import load_device_config, write_private_json
+from hardware.board_registry import Board
+from hub.keys.keyfile import load_device_config, write_private_json
 
-ROOT = Path(__file__).resolve().parent.parent
-AGENT_MODULES = tuple(sorted(path.stem for path in (ROOT / "agent").glob("*.py")))
+from .board_files import AGENT_CORE, DEVICE_MODULES, agent_dir, agent_sources, device_dir, device_sources
+from .device import epoch as epoch_file
+
 AGENT_BUDGET = 6 * 1024  # bytes of .mpy for the agent core (the issue's bar)
 FIRMWARE_BUDGET = 16 * 1024  # bytes of .mpy for everything we ship, umqtt aside
-SOURCE_FILES = ("boot.py", "main.py")  # kept as source: MicroPython runs them by name
 CA_FILE = "ca.der"  # the broker's CA on the board: DER, which mbedTLS reads without a PEM parser
 
 
 class BuildError(ValueError):
     """The build cannot go on; says why."""
-
-
-def firmware_modules() -> list:
-    """Device modules compiled to .mpy (boot.py and main.py stay source, as MicroPython runs them)."""
-    return sorted(p for p in FIRMWARE_DIR.glob("*.py") if p.name not in SOURCE_FILES)
 
 
 def _mpy_cross(source: Path, target: Path, name: str) -> None:
@@ -53,7 +47,7 @@ def mpy_major(path: Path) -> int:
 
 def first_epoch_file(path: Path, epoch: int = 0) -> None:
     """The device's epoch file, written by the firmware's own code (one format, one writer)."""
-    firmware_module("epoch").write(str(path), epoch)
+    epoch_file.write(str(path), epoch)
 
 
 def manifest_text(board: Board) -> str:
@@ -65,8 +59,9 @@ def manifest_text(board: Board) -> str:
     ]
     if not board.freezes_umqtt_simple:
         lines.append('require("umqtt.simple")')
-    lines.append(f'package("agent", base_path="{ROOT}")')
-    lines += [f'module("{p.name}", base_path="{FIRMWARE_DIR}")' for p in firmware_modules()]
+    # The agent core only: agent/linux is CPython code and must not be frozen.
+    lines.append(f'package("agent", files={[name + ".py" for name in AGENT_CORE]!r}, base_path="{agent_dir().parent}")')
+    lines += [f'module("{name}.py", base_path="{device_dir()}")' for name in DEVICE_MODULES]
     return "\n".join(lines) + "\n"
 
 
@@ -110,21 +105,19 @@ def build(device_json: Path, board: Board, out: Path, settings: dict, ca_file=No
     (out / "lib" / "agent").mkdir(parents=True)
     os.chmod(out, 0o700)  # it will hold the device key
     sizes = {"agent": 0, "firmware": 0}
-    for name in AGENT_MODULES:
-        target = out / "lib" / "agent" / f"{name}.mpy"
-        _mpy_cross(ROOT / "agent" / f"{name}.py", target, f"agent/{name}.py")
-        sizes["agent"] += target.stat().st_size
-    for source in firmware_modules():
-        target = out / "lib" / f"{source.stem}.mpy"
-        _mpy_cross(source, target, source.name)
-        sizes["firmware"] += target.stat().st_size
+    for part, sources in (("agent", agent_sources()), ("firmware", device_sources())):
+        for board_path, source in sources.items():
+            if board_path.startswith("lib/"):
+                target = out / (board_path[:-3] + ".mpy")
+                _mpy_cross(source, target, board_path[4:])
+                sizes[part] += target.stat().st_size
+            else:  # boot.py and main.py stay source: MicroPython runs them by name
+                shutil.copyfile(source, out / board_path)
     sizes["firmware"] += sizes["agent"]
     for path in (out / "lib").rglob("*.mpy"):
         if mpy_major(path) != board.mpy_major:
             raise BuildError(f"{path}: .mpy version {mpy_major(path)}, but {board.name} loads {board.mpy_version}: "
                              "install an mpy-cross that matches the board's MicroPython")
-    for name in SOURCE_FILES:
-        shutil.copyfile(FIRMWARE_DIR / name, out / name)
     write_private_json(out / "device.json", config)
     write_private_json(out / "agent.json", settings)
     if ca_file:

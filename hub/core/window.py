@@ -16,7 +16,7 @@ late frame that meets a lost top corrects for it.
 
 import struct
 
-from .counters import BURSTS, DUPLICATE, L2R, LOST, R2L, REORDERED, REPLAY, VALID
+from hub.core.counters import BURSTS, DUPLICATE, L2R, LOST, R2L, REORDERED, REPLAY, VALID
 
 WINDOW = 1024
 _RING_BYTES = WINDOW // 8 + 1

@@ -1,0 +1,85 @@
+"""`linkseal agent ...`: the agent on a Linux device (seal lines into a capture, or run against a broker)."""
+
+import signal
+import sys
+import time
+from pathlib import Path
+
+from hub.cli_common import InputError, command
+
+
+def add_agent_group(groups):
+    agent = groups.add_parser("agent", help="the agent core on a Linux device")
+    agent_sub = agent.add_subparsers(dest="command", required=True)
+    seal = command(agent_sub, "seal", "Seal each line of standard input as one record; print capture lines.",
+                   ["printf 'temp=21.5\\ntemp=21.6\\n' | linkseal agent seal --device pump-12.json --epoch 3 "
+                    "> capture.jsonl"])
+    seal.add_argument("--device", required=True, type=Path, help="device config from `keys provision`")
+    seal.add_argument("--epoch", type=int, default=0, help="boot epoch (the firmware persists it)")
+    seal.add_argument("--timestamp", action="store_true", help="carry the device time in each frame")
+    seal.set_defaults(run=_agent_seal)
+    agent_run = command(agent_sub, "run", "Run the agent on a Linux device: one record per input line, sealed, queued "
+                        "in the state directory and published; survives kill -9 without losing or resealing a record "
+                        "(with a FILE source; standard input cannot be re-read).",
+                        ["linkseal agent run --config pump-12.json --broker mqtt://broker:1883 --source readings.log",
+                         "sensor-reader | linkseal agent run --config pump-12.json --broker mqtts://broker:8883 "
+                         "--ca-file ca.pem"])
+    agent_run.add_argument("--config", required=True, type=Path, help="device config from `keys provision`")
+    agent_run.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    agent_run.add_argument("--state-dir", type=Path, help="epoch and queue (default ./linkseal-state/DEVICE)")
+    agent_run.add_argument("--source", default="stdin", help="stdin (default) or a file of one record per line")
+    agent_run.add_argument("--qos", type=int, choices=(0, 1), default=1)
+    agent_run.add_argument("--max-rate", type=float, default=50.0,
+                           help="frames per second at most, below the hub's rate limit (default 50; 0: none)")
+    agent_run.add_argument("--heartbeat", type=float, default=30.0, metavar="SECONDS",
+                           help="seconds between heartbeat status messages (default 30)")
+    agent_run.add_argument("--ca-file", help="CA certificate of the broker (mqtts)")
+    agent_run.add_argument("--cert-file", help="client certificate for mutual TLS")
+    agent_run.add_argument("--key-file", help="client certificate's key for mutual TLS")
+    agent_run.add_argument("--log-json", action="store_true", help="log JSON Lines")
+    agent_run.set_defaults(run=_agent_run)
+
+
+def _agent_seal(args):
+    from agent import topic_for
+    from agent.sealer import sealer_for
+    from hub.keys.keyfile import load_device_config
+    from hub.service.capture import encode_line
+
+    sealer = sealer_for(load_device_config(args.device), args.epoch)
+    topic = topic_for(sealer.device_id)
+    for number, line in enumerate(sys.stdin.buffer, start=1):
+        record = line.rstrip(b"\r\n")
+        now = time.time()
+        try:
+            data = sealer.seal(record, int(now * 1000) if args.timestamp else None)
+        except ValueError as exc:
+            raise InputError(f"stdin line {number}: {exc}") from None
+        print(encode_line(round(now, 3), topic, data), flush=False)
+
+
+def _agent_run(args):
+    from firmware.device.epoch import EpochError
+    from hub.keys.keyfile import load_device_config
+    from hub.service.config import parse_broker
+    from hub.service.log import EventLog
+
+    from .run import AgentState, LinuxAgent
+
+    config = load_device_config(args.config)
+    broker = parse_broker(args.broker, args.ca_file, args.cert_file, args.key_file)
+    try:
+        state = AgentState(args.state_dir or Path("linkseal-state") / config["device_id"])
+    except EpochError as exc:
+        raise InputError(str(exc)) from None
+    agent = LinuxAgent(config, broker, state, EventLog(json_lines=args.log_json), qos=args.qos,
+                       max_rate=args.max_rate, heartbeat_s=args.heartbeat)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
+    if args.source == "stdin":
+        return agent.run(sys.stdin.buffer)
+    try:
+        source = open(args.source, "rb")
+    except OSError as exc:
+        raise InputError(f"--source {args.source}: {exc.strerror}") from None
+    with source:
+        return agent.run(source)

@@ -1,0 +1,52 @@
+"""What goes onto a board: the one list.
+
+`linkseal firmware build` compiles exactly these files, the virtual board is flashed with
+that build, and the MicroPython test runner (tools/micropython.py) installs the same agent
+files; tests/test_layout.py checks that nothing CPython-only is among them or imported by them.
+
+- the agent core: agent/<name>.py -> /lib/agent/<name>.mpy
+- the device application: firmware/device/<name>.py -> /lib/<name>.mpy
+- the two scripts MicroPython runs by name, kept as source: firmware/device/boot.py, main.py -> /
+Everything else under agent/ (agent/linux: the Linux agent) and firmware/ (the build and
+flash tooling) is CPython-only and never reaches a board.
+"""
+
+from importlib import resources
+from pathlib import Path
+
+AGENT_CORE = ("__init__", "frame", "link_codes", "sealer", "status")
+DEVICE_MODULES = ("app", "epoch", "records", "store", "transport")
+DEVICE_SCRIPTS = ("boot", "main")
+# What a board's MicroPython offers the modules above (GUIDE: MicroPython rules), besides each other.
+BOARD_LIBRARIES = ("binascii", "gc", "hashlib", "json", "machine", "micropython", "network", "os", "random", "ssl",
+                   "struct", "time", "umqtt.simple")
+
+
+def _package_dir(package: str) -> Path:
+    # A wheel installs into a plain directory, so the package's files are real files.
+    return Path(str(resources.files(package)))
+
+
+def agent_dir() -> Path:
+    return _package_dir("agent")
+
+
+def device_dir() -> Path:
+    return _package_dir("firmware.device")
+
+
+def agent_sources() -> dict:
+    """Board path -> source file of the agent core."""
+    return {f"lib/agent/{name}.py": agent_dir() / f"{name}.py" for name in AGENT_CORE}
+
+
+def device_sources() -> dict:
+    """Board path -> source file of the device application (modules, then the two scripts)."""
+    files = {f"lib/{name}.py": device_dir() / f"{name}.py" for name in DEVICE_MODULES}
+    files.update({f"{name}.py": device_dir() / f"{name}.py" for name in DEVICE_SCRIPTS})
+    return files
+
+
+def board_sources() -> dict:
+    """Every source file that goes onto a board, by its path there (before compiling to .mpy)."""
+    return {**agent_sources(), **device_sources()}

@@ -1,0 +1,7 @@
+"""`python -m linkseal` is the `linkseal` command."""
+
+import sys
+
+from linkseal.cli import main
+
+sys.exit(main())

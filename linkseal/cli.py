@@ -1,0 +1,64 @@
+"""The `linkseal` command: a thin dispatcher over the groups each part defines.
+
+keys, hub (hub/), sim and demo (simulator/), firmware (firmware/), agent (agent/linux/).
+Every input or usage error ends with one line `linkseal: error: ...` naming what and where,
+exit status 2, no traceback. Keys are never printed.
+"""
+
+import argparse
+import sys
+
+from agent.linux.cli import add_agent_group
+from firmware.cli import add_firmware_group
+from hardware.board_registry import BoardError
+from hardware.link_registry import RegistryError
+from hub.cli import add_hub_group
+from hub.cli_common import EXIT_INPUT, InputError
+from hub.cli_keys import add_keys_group
+from hub.keys.keyfile import KeyFileError
+from hub.keys.keystore import KeystoreError
+from hub.keys.pki import PKIError
+from hub.service.capture import CaptureError
+from hub.service.config import ConfigError
+from hub.service.storage import StorageError
+from simulator.cli import add_demo_command, add_sim_group
+
+from . import __version__
+
+INPUT_ERRORS = (InputError, BoardError, CaptureError, ConfigError, KeyFileError, KeystoreError, PKIError,
+                RegistryError, StorageError, ValueError, OSError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="linkseal",
+        description="Edge integrity for constrained networks: seal records on devices, verify them per link.",
+        epilog="example:\n  linkseal demo\n  linkseal keys init --out hub.keys\n"
+               "  linkseal hub verify capture.jsonl --keys hub.keys",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"linkseal {__version__}")
+    groups = parser.add_subparsers(dest="group", metavar="{keys,hub,sim,firmware,agent,demo}")
+    groups.required = True
+    add_keys_group(groups)
+    add_hub_group(groups)
+    add_sim_group(groups)
+    add_agent_group(groups)
+    add_firmware_group(groups)
+    add_demo_command(groups)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except INPUT_ERRORS as exc:
+        message = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else str(exc)
+        print(f"linkseal: error: {message}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
