@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 MICROPYTHON := node_modules/@micropython/micropython-webassembly-pyscript/package.json
 UMQTT := .cache/micropython-lib/umqtt/simple.py
 
-.PHONY: demo test bench link-codes clean mosquitto
+.PHONY: demo test bench link-codes clean mosquitto postgres
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,13 +32,23 @@ mosquitto:
 		fi; \
 	fi
 
+# The PostgreSQL sink tests use the machine's PostgreSQL on 127.0.0.1:5432 (a database of their own).
+postgres:
+	@if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v pg_ctlcluster >/dev/null 2>&1; then \
+			pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | tail -1) main start; \
+		fi; \
+		pg_isready -q -h 127.0.0.1 -p 5432 || { echo "make test needs PostgreSQL on 127.0.0.1:5432 with trust auth: \
+start it (pg_ctlcluster <version> main start) and try again" >&2; exit 1; }; \
+	fi
+
 demo: $(STAMP)
 	$(BIN)/linkseal demo
 
-test: $(STAMP) $(MICROPYTHON) $(UMQTT) mosquitto
+test: $(STAMP) $(MICROPYTHON) $(UMQTT) mosquitto postgres
 	$(BIN)/python -m pytest
 
-bench: $(STAMP) $(MICROPYTHON) $(UMQTT) mosquitto
+bench: $(STAMP) $(MICROPYTHON) $(UMQTT) mosquitto postgres
 	$(BIN)/python bench/run.py
 
 # Regenerate agent/link_codes.py after editing hardware/links/*.toml.

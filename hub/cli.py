@@ -39,6 +39,10 @@ def add_hub_group(groups):
                                         "or --password-file, never the command line")
     run.add_argument("--password-file", help="file holding the MQTT password")
     run.add_argument("--log-json", action="store_true", help="log JSON Lines instead of key=value text")
+    run.add_argument("--forward", action="append", default=[], metavar="URL",
+                     help="deliver every authentic record inward, at least once: mqtt://HOST:PORT or mqtts://... "
+                          "(topic linkseal/verified/<device>) or postgresql://... (table linkseal_records); "
+                          "repeatable; credentials and TLS files go in hub.toml [[forward]]")
     run.set_defaults(run=_run)
 
     report = command(sub, "report", "The per-link report over stored data.",
@@ -50,6 +54,13 @@ def add_hub_group(groups):
     report.add_argument("--json", action="store_true", help="print the report as JSON")
     report.add_argument("--devices", action="store_true", help="also show the per-device table")
     report.set_defaults(run=_report)
+
+    prune = command(sub, "prune", "Apply the retention settings to a stopped hub's database now, and hand the "
+                    "freed space back to the file system (`hub run` prunes by itself, a small step at a time).",
+                    ["linkseal hub prune --db hub.db", "linkseal hub prune --db hub.db --config hub.toml"])
+    prune.add_argument("--db", required=True, type=Path)
+    prune.add_argument("--config", type=Path, help="hub.toml with a [retention] table (default: the defaults)")
+    prune.set_defaults(run=_prune)
 
     audit = command(sub, "audit", "Check the hash chain of stored security events.",
                     ["linkseal hub audit --db hub.db"])
@@ -108,7 +119,11 @@ def _run(args):
     settings = load_settings(args.config, load_links())
     log = EventLog(json_lines=args.log_json or settings.log_json)
     verifier = _verifier(args, settings.rate_limits)
-    ingest = Ingest(verifier, SQLiteStorage(args.db))
+    sinks = _sinks(args.forward, settings)
+    storage = SQLiteStorage(args.db)
+    for name in storage.set_sinks([name for name, _ in sinks]):
+        log("sink_forgotten", sink=name, reason="no longer configured: it holds no records back any more")
+    ingest = Ingest(verifier, storage)
     metrics = HubMetrics(verifier)
     if args.metrics:
         try:
@@ -116,11 +131,26 @@ def _run(args):
         except (OSError, ValueError) as exc:
             raise InputError(f"--metrics {args.metrics}: cannot listen ({exc})") from None
     reload = lambda: open_keyfile(args).device_keys()  # noqa: E731  (SIGHUP)
-    return HubService(broker, settings, ingest, log, metrics, load_devices=reload).run()
+    return HubService(broker, settings, ingest, log, metrics, load_devices=reload, sinks=sinks).run()
+
+
+def _sinks(urls, settings) -> list:
+    """(name, sink) for --forward URLs and hub.toml [[forward]] tables; the names must differ."""
+    from hub.service.sinks import open_sink, sink_name
+
+    tables = [{"url": url} for url in urls] + settings.forwards
+    sinks = []
+    for number, table in enumerate(tables):
+        name = sink_name(table["url"])
+        if any(name == other for other, _ in sinks):
+            raise InputError(f"--forward {name}: configured twice")
+        options = {key: table.get(key) for key in ("ca_file", "cert_file", "key_file", "username", "password_file")}
+        sinks.append((name, open_sink(table["url"], f"{settings.client_id}-forward-{number}", **options)))
+    return sinks
 
 
 def _since(text):
-    from hub.cli_keys import parse_duration
+    from hub.service.config import parse_duration
 
     return time.time() - parse_duration(text, "--since")
 
@@ -142,18 +172,43 @@ def _report(args):
         print_report(report, Console(width=80), devices=args.devices)
 
 
+def _prune(args):
+    from hardware.link_registry import load_links
+    from hub.service.config import load_settings
+    from hub.service.storage import SQLiteStorage
+
+    retention = load_settings(args.config, load_links()).retention
+    storage = SQLiteStorage(args.db, create=False)
+    total = {}
+    try:
+        while True:
+            done = storage.prune_step(time.time(), retention, limit=20000)
+            if not any(done.values()):
+                break
+            for key, value in done.items():
+                total[key] = total.get(key, 0) + value
+        released = storage.release_space()
+    finally:
+        storage.close()
+    print(f"pruned {total.get('records', 0)} records, {total.get('events', 0)} security events; "
+          f"rolled up {total.get('counts_rolled', 0)} counter rows; {released} bytes handed back")
+
+
 def _audit(args):
     from hub.service.storage import SQLiteStorage
 
     storage = SQLiteStorage(args.db, create=False)
     try:
         checked, broken = storage.audit()
+        anchor_id, anchor_hash = storage.events_anchor()
     finally:
         storage.close()
+    start = (f"from the pruning anchor (events 1-{anchor_id} pruned; anchor hash {anchor_hash[:16]}...)"
+             if anchor_id else "from the first event")
     if broken:
-        print(f"BROKEN after {checked} intact events: {broken}")
+        print(f"BROKEN after {checked} intact events checked {start}: {broken}")
         return 1
-    print(f"OK: {checked} security events, hash chain intact")
+    print(f"OK: {checked} security events, hash chain intact {start}")
     return 0
 
 

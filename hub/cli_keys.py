@@ -1,7 +1,6 @@
 """`linkseal keys ...`: the hub key file, devices, and the certificate authority."""
 
 import json
-import re
 import time
 from pathlib import Path
 
@@ -9,16 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hub.cli_common import InputError, add_keys_option, command, new_keyfile, open_keyfile
-
-_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str, option: str) -> float:
-    match = re.fullmatch(r"(\d+)([smhd])", text or "")
-    if not match:
-        raise InputError(f"{option} {text!r}: expected a number and a unit, like 90s, 15m, 2h or 7d")
-    return int(match[1]) * _DURATION[match[2]]
-
+from hub.service.config import parse_duration
 
 def add_keys_group(groups):
     keys = groups.add_parser("keys", help="the hub key file, devices, keys and certificates")

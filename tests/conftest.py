@@ -38,3 +38,23 @@ def broker(tmp_path):
     mosquitto = Mosquitto(directory).start_on_a_free_port()
     yield mosquitto
     mosquitto.stop()
+
+
+@pytest.fixture
+def postgres():
+    """A PostgreSQL database of the test's own, dropped afterwards (fails, never skips, without a server)."""
+    from tools.services import PostgresDatabase
+
+    database = PostgresDatabase()
+    yield database
+    database.drop()
+
+
+@pytest.fixture
+def sink_broker(tmp_path):
+    """A second Mosquitto: the trusted side's broker the hub forwards to."""
+    directory = tmp_path / "sink-broker"
+    directory.mkdir()
+    mosquitto = Mosquitto(directory).start_on_a_free_port()
+    yield mosquitto
+    mosquitto.stop()

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -189,3 +190,71 @@ def publish(port: int, messages, qos=1):
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+
+
+class PostgresDatabase:
+    """A database of the test's own on the machine's PostgreSQL (trust auth), dropped afterwards."""
+
+    def __init__(self, name_prefix="linkseal_test"):
+        import psycopg
+
+        self.name = f"{name_prefix}_{os.getpid()}_{time.monotonic_ns()}"
+        try:
+            self._admin = psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True, connect_timeout=5)
+        except psycopg.OperationalError as exc:
+            raise RuntimeError(f"PostgreSQL is not reachable on 127.0.0.1:5432 ({exc}); `make test` starts it with "
+                               "pg_ctlcluster, or start it yourself") from None
+        self._admin.execute(f'CREATE DATABASE "{self.name}"')
+        self.url = f"{PG_SERVER}/{self.name}"
+
+    def query(self, sql, params=()):
+        import psycopg
+
+        with psycopg.connect(self.url) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def refuse_connections(self, refuse: bool) -> None:
+        """A sink outage as the hub sees it: connections refused, open ones cut."""
+        self._admin.execute(f'ALTER DATABASE "{self.name}" WITH ALLOW_CONNECTIONS {"false" if refuse else "true"}')
+        if refuse:
+            self._admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                                (self.name,))
+
+    def drop(self) -> None:
+        self._admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        self._admin.close()
+
+
+class Subscriber:
+    """A QoS 1 subscriber that keeps every message it gets (topic, payload), in order."""
+
+    def __init__(self, port: int, topic: str, persistent: bool = False):
+        """persistent: a session the broker keeps (and queues for) while this client or the broker is down."""
+        self.messages = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{time.monotonic_ns()}",
+                                  clean_session=not persistent)
+        self.client.reconnect_delay_set(0.1, 1)
+        self.client.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise AssertionError(f"no SUBACK for {topic} within 10 s")
+
+    def _on_message(self, client, userdata, message):
+        with self._lock:
+            self.messages.append((message.topic, message.payload))
+
+    def received(self) -> list:
+        with self._lock:
+            return list(self.messages)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -41,6 +41,8 @@ OUTCOMES = ("valid", "corrupt", "forged", "duplicate", "replay", "malformed", "r
 # buffered frames and rebooted (even a few times) can still flush them, exactly once.
 RETAINED_EPOCHS = 4
 MAC_CACHE = 4096
+FLOOD_KINDS = ("unknown_device", "forged", "replay")  # events sampled per minute (record_event)
+EVENT_SAMPLES = 10
 _TOPIC_SUFFIX = "/rec"
 _decode = wire.decode
 _Corrupt = wire.CorruptFrame
@@ -133,6 +135,7 @@ class Verifier:
         self.link_counters = {}
         self.unknown_device = 0
         self.events = []
+        self._sampled = {}  # flood kind -> (minute, events recorded in it)
         self._mac_holders = []
         self.status = {}  # device id -> DeviceStatus, for devices that sent one
 
@@ -347,7 +350,22 @@ class Verifier:
         return _verdict(Verdict, ("unknown_device", device, None, None, None, None, None, reason))
 
     def record_event(self, t, device, link, kind, reason):
-        """Add a security or health event; adapters drain them into storage."""
+        """Add a security or health event; adapters drain them into storage.
+
+        Kinds an attacker can repeat at will (FLOOD_KINDS) are sampled: the first
+        EVENT_SAMPLES of a kind in a minute are kept, then one event says the rest of that
+        minute is only counted (the counters hold every frame), so a flood adds a bounded
+        number of event rows instead of one per frame."""
+        if kind in FLOOD_KINDS:
+            minute = int(t // 60)
+            seen_minute, seen = self._sampled.get(kind, (None, 0))
+            seen = seen + 1 if seen_minute == minute else 1
+            self._sampled[kind] = (minute, seen)
+            if seen > EVENT_SAMPLES + 1:
+                return
+            if seen == EVENT_SAMPLES + 1:
+                device, link, reason = None, None, (f"more than {EVENT_SAMPLES} {kind} events this minute: "
+                                                    "the rest are counted, not listed")
         self.events.append({"t": t, "device": device, "link": link, "kind": kind, "reason": reason})
 
     # -- reading the state --------------------------------------------------------

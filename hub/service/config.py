@@ -1,12 +1,18 @@
 """`linkseal hub run` settings: the broker URL and credentials, and hub.toml."""
 
 import os
+import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from hub.service.storage import Retention
+
 DEFAULT_RATE = (100.0, 1000.0)  # frames per second and burst per device: generous on purpose
+DEFAULT_MAX_BACKLOG = 10_000_000  # undelivered records per sink before upstream acks pause (a few GB)
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_FORWARD_KEYS = ("url", "ca_file", "cert_file", "key_file", "username", "password_file")
 
 
 class ConfigError(ValueError):
@@ -35,19 +41,35 @@ class HubSettings:
     report_interval: float = 60.0  # how often rate-limit summaries and link health are logged
     rate_limits: dict = field(default_factory=dict)  # link name -> (rate, burst)
     log_json: bool = False
+    forwards: list = field(default_factory=list)  # [[forward]] tables: url, ca_file, username ...
+    max_backlog: int = DEFAULT_MAX_BACKLOG
+    prune_interval: float = 10.0  # seconds between retention steps in `hub run`
+    retention: Retention = field(default_factory=Retention)
 
 
-def parse_broker(url: str, ca_file=None, cert_file=None, key_file=None, username=None, password_file=None) -> Broker:
+def parse_duration(text: str, where: str) -> float:
+    """"90s", "15m", "2h", "7d" (or, in hub.toml, a plain number of seconds) in seconds;
+    ConfigError naming `where` otherwise."""
+    if isinstance(text, int) and not isinstance(text, bool) and 0 <= text < 10**9:
+        return float(text)
+    match = re.fullmatch(r"(\d{1,9})([smhd])", text if isinstance(text, str) else "")
+    if not match:
+        raise ConfigError(f"{where} {text!r}: expected a number and a unit, like 90s, 15m, 2h or 7d")
+    return int(match[1]) * _DURATION[match[2]]
+
+
+def parse_broker(url: str, ca_file=None, cert_file=None, key_file=None, username=None, password_file=None,
+                 option: str = "--broker") -> Broker:
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ConfigError(f"--broker {url!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
+        raise ConfigError(f"{option} {url!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
     if parts.username or parts.password:
-        raise ConfigError("--broker: put the user name in --username and the password in "
+        raise ConfigError(f"{option}: put the user name in --username and the password in "
                           "LINKSEAL_MQTT_PASSWORD or --password-file, not in the URL")
     try:
         port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
     except ValueError:
-        raise ConfigError(f"--broker {url!r}: the port is not a number in 1..65535") from None
+        raise ConfigError(f"{option} {url!r}: the port is not a number in 1..65535") from None
     tls = parts.scheme == "mqtts"
     if not tls and (ca_file or cert_file or key_file):
         raise ConfigError("--ca-file, --cert-file and --key-file need an mqtts:// broker")
@@ -69,7 +91,8 @@ def parse_broker(url: str, ca_file=None, cert_file=None, key_file=None, username
 _SETTINGS = (("mqtt", "client_id", "client_id"), ("mqtt", "keepalive", "keepalive"),
              ("mqtt", "backoff_max", "backoff_max"), ("ingest", "queue_size", "queue_size"),
              ("ingest", "batch_size", "batch_size"), ("ingest", "report_interval", "report_interval"),
-             ("log", "json", "log_json"))
+             ("log", "json", "log_json"), ("outbox", "max_backlog", "max_backlog"),
+             ("outbox", "prune_interval", "prune_interval"))
 
 
 def load_settings(path: Path | None, known_links) -> HubSettings:
@@ -110,4 +133,29 @@ def load_settings(path: Path | None, known_links) -> HubSettings:
         if rate <= 0 or burst < 1:
             raise ConfigError(f"{path}: [rate_limits] {name}: rate must be > 0 and burst >= 1")
         settings.rate_limits[name] = (rate, burst)
+    settings.forwards = _forwards(path, data.get("forward", []))
+    settings.retention = _retention(path, data.get("retention", {}))
     return settings
+
+
+def _forwards(path, tables) -> list:
+    if not isinstance(tables, list) or not all(isinstance(table, dict) for table in tables):
+        raise ConfigError(f"{path}: forward must be [[forward]] tables")
+    for number, table in enumerate(tables, start=1):
+        unknown = set(table) - set(_FORWARD_KEYS)
+        if unknown or not isinstance(table.get("url"), str):
+            raise ConfigError(f"{path}: [[forward]] number {number} needs url (a string) and takes only "
+                              f"{', '.join(_FORWARD_KEYS)}" + (f"; not {', '.join(sorted(unknown))}" if unknown else ""))
+    return [dict(table) for table in tables]
+
+
+def _retention(path, table) -> Retention:
+    values = {}
+    for item in fields(Retention):
+        if item.name in table:
+            values[item.name] = parse_duration(table[item.name], f"{path}: [retention] {item.name}")
+    unknown = set(table) - set(values)
+    if unknown:
+        raise ConfigError(f"{path}: [retention] {', '.join(sorted(unknown))}: not a retention setting "
+                          f"({', '.join(item.name for item in fields(Retention))})")
+    return Retention(**values)

@@ -5,6 +5,8 @@ per frame and continue across restarts (the verifier's counters are restored fro
 storage). Labels are bounded: link type and outcome, never a device.
 """
 
+import time
+
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -42,6 +44,31 @@ class VerifierCollector:
         return [frames, lost, source_drops, loss, corrupt, abnormal]
 
 
+class SinkCollector:
+    """Each sink's state and backlog, read at scrape time; the label is the configured sink
+    (a few, named by URL without credentials), never a device."""
+
+    def __init__(self, forwarders):
+        self.forwarders = forwarders
+
+    def collect(self):
+        up = GaugeMetricFamily("linkseal_sink_up", "1 when the sink's last delivery succeeded.", labels=["sink"])
+        backlog = GaugeMetricFamily("linkseal_sink_backlog_records", "Stored records the sink has not "
+                                    "acknowledged yet.", labels=["sink"])
+        age = GaugeMetricFamily("linkseal_sink_backlog_oldest_age_seconds", "Age of the oldest record the sink "
+                                "has not acknowledged (0 when none).", labels=["sink"])
+        delivered = CounterMetricFamily("linkseal_sink_delivered_records", "Records the sink acknowledged since "
+                                        "the hub started.", labels=["sink"])
+        now = time.time()
+        for forwarder in self.forwarders:
+            count, oldest = forwarder.backlog()
+            up.add_metric([forwarder.name], 1.0 if forwarder.up else 0.0)
+            backlog.add_metric([forwarder.name], count)
+            age.add_metric([forwarder.name], now - oldest if oldest else 0.0)
+            delivered.add_metric([forwarder.name], forwarder.delivered)
+        return [up, backlog, age, delivered]
+
+
 class HubMetrics:
     def __init__(self, verifier):
         self.address = None  # where /metrics is served, once serve() has run
@@ -52,9 +79,16 @@ class HubMetrics:
         self.ingest_lag = Gauge("linkseal_ingest_lag_seconds",
                                 "From receipt of the oldest message in the last batch to its commit.",
                                 registry=self.registry)
+        self.prune_seconds = Histogram("linkseal_prune_step_seconds", "Time one retention step held the ingest "
+                                       "path.", registry=self.registry,
+                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
         self.commit_seconds = Histogram("linkseal_storage_commit_seconds", "Time to commit one batch.",
                                         registry=self.registry,
                                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+
+    def watch_forwarders(self, forwarders) -> None:
+        if forwarders:
+            self.registry.register(SinkCollector(forwarders))
 
     def serve(self, address: str) -> str:
         """Serve /metrics on HOST:PORT (port 0: any free port); returns the address bound."""

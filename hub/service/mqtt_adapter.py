@@ -5,6 +5,11 @@ ingest thread verifies messages in batches, commits each batch, and only then ac
 its messages (paho manual ack), so a crash before the commit makes the broker redeliver.
 Between them a bounded queue: when storage falls behind, the network loop blocks instead
 of reading more, and the broker holds the backlog in the hub's persistent session.
+
+Forwarders (hub/service/forwarder.py), one thread per sink, deliver committed records
+inward; a commit wakes them. Only when a sink's backlog passes the bound does the ingest
+thread stop taking batches (so stop acknowledging). Between batches the ingest thread also
+runs retention a small step at a time.
 """
 
 import queue
@@ -17,6 +22,7 @@ import time
 import paho.mqtt.client as mqtt
 
 from hub.core.report import abnormal_reasons, entry
+from hub.service.forwarder import Forwarder, wait_for_room
 
 # Records and the devices' status messages (birth, death, heartbeat).
 TOPICS = [("linkseal/v1/+/rec", 1), ("linkseal/v1/+/status", 1)]
@@ -25,8 +31,9 @@ CONNACK_TIMEOUT = 10.0  # a broker that accepts TCP but never answers is treated
 
 
 class HubService:
-    def __init__(self, broker, settings, ingest, log, metrics=None, load_devices=None):
-        """load_devices: returns the key file's DeviceKeys again, for SIGHUP reloads."""
+    def __init__(self, broker, settings, ingest, log, metrics=None, load_devices=None, sinks=(), clock=time.time):
+        """load_devices: returns the key file's DeviceKeys again, for SIGHUP reloads.
+        sinks: (name, sink) pairs records are forwarded to; clock: the time retention uses."""
         self.broker = broker
         self.settings = settings
         self.ingest = ingest
@@ -42,6 +49,13 @@ class HubService:
         self._rate_limited = {}  # link -> frames rate-limited since the last summary
         self._abnormal = {}  # link -> reasons last reported
         self._next_report = time.monotonic() + settings.report_interval
+        self.clock = clock
+        self._next_prune = 0.0  # monotonic time of the next retention step
+        self._wake = threading.Event()  # set after each commit: new records for the forwarders
+        self.forwarders = [Forwarder(name, sink, ingest.storage.path, log, self._wake, self.stopping,
+                                     settings.backoff_max) for name, sink in sinks]
+        if metrics is not None:
+            metrics.watch_forwarders(self.forwarders)
         self.client = self._make_client()
 
     # -- MQTT -------------------------------------------------------------------------
@@ -142,6 +156,11 @@ class HubService:
                         return
                     self._periodic()
                     continue
+                if self.forwarders:  # a sink far behind: stop acknowledging, the broker keeps the rest
+                    wait_for_room(self.forwarders, self.settings.max_backlog, self.stopping, self.log,
+                                  self.ingest.storage.last_record_id)
+                    if self.stopping.is_set():
+                        return
                 items = [first]
                 while len(items) < self.settings.batch_size:
                     try:
@@ -166,6 +185,7 @@ class HubService:
                 self._rate_limited[verdict.link] = self._rate_limited.get(verdict.link, 0) + 1
         started = time.perf_counter()
         self.ingest.commit()
+        self._wake.set()
         committed = time.time()
         for _, _, _, mid, qos in items:
             self.client.ack(mid, qos)
@@ -185,14 +205,37 @@ class HubService:
         self.ingest.verifier.update_devices(devices)
         self.log("keys_reloaded", devices=len(devices), revoked=sum(d.revoked for d in devices))
 
+    def _prune(self):
+        """One retention step; the next one right after the next batch while there is work,
+        else after the prune interval, so ingest never waits for more than one small step."""
+        if time.monotonic() < self._next_prune:
+            return
+        started = time.perf_counter()
+        done = self.ingest.storage.prune_step(self.clock(), self.settings.retention)
+        if self.metrics:
+            self.metrics.prune_seconds.observe(time.perf_counter() - started)
+        busy = any(done.values())
+        if busy:
+            self.log("pruned", **done)
+        self._next_prune = 0.0 if busy else time.monotonic() + self.settings.prune_interval
+
+    def _log_sinks(self):
+        for forwarder in self.forwarders:
+            backlog, oldest = forwarder.backlog()
+            if backlog or forwarder.up is False:
+                self.log("sink_backlog", sink=forwarder.name, up=bool(forwarder.up), records=backlog,
+                         oldest_age_s=round(time.time() - oldest, 1) if oldest else 0)
+
     def _periodic(self):
-        """Between batches: a requested key reload; once per report interval, one log line
-        about rate limiting and the link health events."""
+        """Between batches: a requested key reload and a retention step; once per report
+        interval, log lines about rate limiting, sinks and the link health events."""
         if self._reload.is_set():
             self._reload_keys()
+        self._prune()
         if time.monotonic() < self._next_report:
             return
         self._next_report = time.monotonic() + self.settings.report_interval
+        self._log_sinks()
         if self._rate_limited:
             self.log("rate_limited", frames_by_link=dict(self._rate_limited))
             self._rate_limited = {}
@@ -226,10 +269,14 @@ class HubService:
             signal.signal(signal.SIGHUP, self.request_reload)
         worker = threading.Thread(target=self._work, name="ingest", daemon=True)
         worker.start()
+        for forwarder in self.forwarders:
+            forwarder.start()
         self.log("started", broker=f"{self.broker.host}:{self.broker.port}", tls=self.broker.tls,
                  devices=self.ingest.verifier.device_count, metrics=self.metrics.address if self.metrics else None)
         self._network_loop(worker)
         worker.join()
+        for forwarder in self.forwarders:
+            forwarder.join()
         self.ingest.storage.close()
         self.log("stopped", exit_code=self.exit_code)
         return self.exit_code

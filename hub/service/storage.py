@@ -5,7 +5,13 @@ buckets per link and per device), its security events and the verifier state of 
 device it touched, in one transaction: after a crash the stored state and the stored
 records never disagree, so a frame accepted before is never accepted again.
 
-A PostgreSQL backend would implement the same five methods; the verifier never sees SQL.
+The records table is also the outbox: its `id` is the commit order (never reused), and each
+sink's cursor in `sinks` is the id of the last record that sink acknowledged (Outbox, used by
+hub/service/forwarder.py). Pruning (prune_step) removes what the retention settings let go,
+a small step at a time: delivered records, minute counters rolled up into hours and days
+(totals unchanged), and old security events behind an anchor that keeps the chain checkable.
+
+A PostgreSQL backend would implement the same methods; the verifier never sees SQL.
 """
 
 import hashlib
@@ -16,15 +22,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 GENESIS_HASH = "0" * 64
+HOUR, DAY = 3600, 86400
 
+_RECORDS = """CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, link TEXT NOT NULL,
+    device_time_ms INTEGER, arrival REAL NOT NULL, payload BLOB NOT NULL, UNIQUE (device, epoch, seq));"""
+_RECORD_COLUMNS = "device, epoch, seq, link, device_time_ms, arrival, payload"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS records (
-    device TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, link TEXT NOT NULL,
-    device_time_ms INTEGER, arrival REAL NOT NULL, payload BLOB NOT NULL,
-    PRIMARY KEY (device, epoch, seq)) WITHOUT ROWID;
+""" + _RECORDS + """
+CREATE TABLE IF NOT EXISTS sinks (sink TEXT PRIMARY KEY, delivered_upto INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counts (
     minute INTEGER NOT NULL, scope TEXT NOT NULL, name TEXT NOT NULL, counter TEXT NOT NULL,
     value INTEGER NOT NULL, PRIMARY KEY (minute, scope, name, counter)) WITHOUT ROWID;
@@ -40,6 +50,16 @@ CREATE INDEX IF NOT EXISTS events_t ON events (t);
 
 class StorageError(Exception):
     """The database cannot be opened or is not a linkseal hub database."""
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long things are kept, in seconds (hub.toml [retention]; docs/hub.md)."""
+
+    records: float = 7 * DAY  # delivered records (0: as soon as every sink has them)
+    minute_counts: float = 14 * DAY  # then rolled up into hours
+    hourly_counts: float = 90 * DAY  # then rolled up into days (kept)
+    events: float = 365 * DAY  # security events; an anchor keeps the chain checkable
 
 
 @dataclass
@@ -77,6 +97,12 @@ class Storage(Protocol):
     def close(self) -> None: ...
 
 
+def _connect(path):
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA busy_timeout=10000")  # the forwarders write their cursors beside the ingest path
+    return db
+
+
 def event_hash(prev_hash: str, event: dict) -> str:
     """The chain link of one security event: SHA-256 over the previous hash and the event."""
     body = json.dumps([event["t"], event["device"], event["link"], event["kind"], event["reason"]],
@@ -95,11 +121,16 @@ class SQLiteStorage:
             except OSError as exc:
                 raise StorageError(f"{self.path}: cannot create: {exc.strerror}") from None
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db = _connect(self.path)
+            # Freed pages are reused, and `hub prune` can hand them back (set before any table exists).
+            self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")  # an acknowledged message must survive power loss
             self.db.executescript(_SCHEMA)
             version = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if version is not None and version[0] == "1":
+                self._migrate_from_1()
+                version = (str(SCHEMA_VERSION),)
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"{self.path}: not a usable SQLite database ({exc})") from None
         if version is None:
@@ -108,6 +139,18 @@ class SQLiteStorage:
             raise StorageError(f"{self.path}: schema version {version[0]}, this hub reads {SCHEMA_VERSION}")
         last = self.db.execute("SELECT hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
         self._last_hash = last[0] if last else GENESIS_HASH
+
+    def _migrate_from_1(self):
+        """Schema 1 had no outbox ids: number the records in arrival order, no sink has them yet."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ALTER TABLE records RENAME TO records_v1")
+        db.execute(_RECORDS)
+        db.execute(f"INSERT INTO records ({_RECORD_COLUMNS}) SELECT {_RECORD_COLUMNS} FROM records_v1 "
+                   "ORDER BY arrival, device, epoch, seq")
+        db.execute("DROP TABLE records_v1")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
+        db.execute("COMMIT")
 
     # -- the ingest path --------------------------------------------------------------
 
@@ -124,7 +167,8 @@ class SQLiteStorage:
         last_hash = self._last_hash
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("INSERT OR IGNORE INTO records VALUES (?, ?, ?, ?, ?, ?, ?)", batch.records)
+            db.executemany(f"INSERT OR IGNORE INTO records ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           batch.records)
             db.executemany("INSERT INTO counts VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE "
                            "SET value = value + excluded.value", batch.counts)
             db.executemany("INSERT OR REPLACE INTO devices VALUES (?, ?, ?)", batch.devices)
@@ -147,6 +191,99 @@ class SQLiteStorage:
     def close(self) -> None:
         self.db.close()
 
+    # -- the outbox and retention ---------------------------------------------------------
+
+    def last_record_id(self) -> int:
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+        return row[0] if row else 0
+
+    def set_sinks(self, names) -> list:
+        """Keep a cursor for exactly these sinks: a new sink starts with every retained record, a
+        sink no longer configured is forgotten (it no longer holds records back). Returns those forgotten."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        forgotten = [name for (name,) in db.execute("SELECT sink FROM sinks") if name not in names]
+        db.executemany("DELETE FROM sinks WHERE sink = ?", [(name,) for name in forgotten])
+        # Just before the oldest retained record, so a backlog is newest id - cursor, exactly.
+        start = db.execute("SELECT MIN(id) - 1 FROM records").fetchone()[0]
+        db.executemany("INSERT OR IGNORE INTO sinks VALUES (?, ?)",
+                       [(name, start if start is not None else self.last_record_id()) for name in names])
+        db.execute("COMMIT")
+        return forgotten
+
+    def prune_step(self, now: float, retention: Retention, limit: int = 2000) -> dict:
+        """One small step of retention: at most `limit` rows of each kind, one transaction.
+        Returns what it removed; all zeros when there is nothing (more) to do."""
+        db = self.db
+        done = {"records": 0, "counts_rolled": 0, "events": 0}
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            done["records"] = self._prune_records(now - retention.records, limit)
+            done["counts_rolled"] = (self._roll_up(now - retention.minute_counts, HOUR, "rolled_hours_upto") +
+                                     self._roll_up(now - retention.hourly_counts, DAY, "rolled_days_upto"))
+            done["events"] = self._prune_events(now - retention.events, limit)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return done
+
+    def _prune_records(self, cutoff: float, limit: int) -> int:
+        # Oldest first by id (commit order), stopping at the first one still within retention or
+        # not yet acknowledged by every sink: a walk from the start, never a scan of the table.
+        delivered = self.db.execute("SELECT MIN(delivered_upto) FROM sinks").fetchone()[0]
+        rows = self.db.execute("SELECT id, arrival FROM records WHERE id <= ? ORDER BY id LIMIT ?",
+                               (delivered if delivered is not None else 2**62, limit)).fetchall()
+        last = None
+        for record_id, arrival in rows:
+            if arrival >= cutoff:
+                break
+            last = record_id
+        if last is None:
+            return 0
+        return self.db.execute("DELETE FROM records WHERE id <= ?", (last,)).rowcount
+
+    def _roll_up(self, cutoff: float, size: int, mark: str) -> int:
+        """Merge the counter rows of one bucket of `size` seconds older than cutoff into the
+        bucket's first row (sums kept exact); returns the rows merged away."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (mark,)).fetchone()
+        done_upto = int(row[0]) if row else -(2**62)
+        first = self.db.execute("SELECT MIN(minute) FROM counts WHERE minute >= ? AND minute < ? AND minute % ? != 0",
+                                (done_upto, cutoff, size)).fetchone()[0]
+        if first is None:
+            return 0
+        start = first - first % size
+        end = start + size
+        if end > cutoff:  # the bucket is not wholly past the cutoff yet
+            return 0
+        self.db.execute("INSERT INTO counts SELECT ?, scope, name, counter, SUM(value) FROM counts "
+                        "WHERE minute > ? AND minute < ? GROUP BY scope, name, counter "
+                        "ON CONFLICT DO UPDATE SET value = value + excluded.value", (start, start, end))
+        merged = self.db.execute("DELETE FROM counts WHERE minute > ? AND minute < ?", (start, end)).rowcount
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (mark, str(end)))
+        return merged
+
+    def _prune_events(self, cutoff: float, limit: int) -> int:
+        rows = self.db.execute("SELECT id, t, hash FROM events ORDER BY id LIMIT ?", (limit,)).fetchall()
+        last = None
+        for row_id, t, stored_hash in rows:
+            if t >= cutoff:
+                break
+            last = (row_id, stored_hash)
+        if last is None:
+            return 0
+        removed = self.db.execute("DELETE FROM events WHERE id <= ?", (last[0],)).rowcount
+        # The anchor: the last pruned event's position and hash, where the audit now starts.
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('events_anchor', ?)", (f"{last[0]} {last[1]}",))
+        return removed
+
+    def release_space(self) -> int:
+        """Hand freed pages back to the file system (for a stopped hub); returns bytes released."""
+        before = self.path.stat().st_size
+        self.db.execute("PRAGMA incremental_vacuum")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return max(0, before - self.path.stat().st_size)
+
     # -- reading ------------------------------------------------------------------------
 
     def counts_since(self, since_minute: int | None) -> list:
@@ -168,14 +305,24 @@ class SQLiteStorage:
                                (since if since is not None else float("-inf"),))
         return [dict(zip(("t", "device", "link", "kind", "reason"), row)) for row in rows]
 
+    def events_anchor(self) -> tuple[int, str]:
+        """(id, hash) of the last pruned security event; (0, genesis) when none was pruned."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'events_anchor'").fetchone()
+        if row is None:
+            return 0, GENESIS_HASH
+        anchor_id, anchor_hash = row[0].split()
+        return int(anchor_id), anchor_hash
+
     def audit(self) -> tuple[int, str | None]:
-        """(events checked, None) when the chain holds, else (events checked, what broke)."""
-        prev = GENESIS_HASH
+        """(events checked, None) when the chain holds, else (events checked, what broke).
+        The chain is checked from the anchor left by pruning (events_anchor), or from its start."""
+        anchor_id, prev = self.events_anchor()
+        expected_id = anchor_id + 1
         checked = 0
         for row_id, t, device, link, kind, reason, prev_hash, stored_hash in self.db.execute(
                 "SELECT id, t, device, link, kind, reason, prev_hash, hash FROM events ORDER BY id"):
             event = {"t": t, "device": device, "link": link, "kind": kind, "reason": reason}
-            if prev_hash != prev:
+            if prev_hash != prev or (checked == 0 and row_id != expected_id):
                 return checked, f"event {row_id}: does not follow the event before it (a row was removed or moved)"
             if event_hash(prev, event) != stored_hash:
                 return checked, f"event {row_id}: its contents were changed after it was written"
@@ -185,3 +332,41 @@ class SQLiteStorage:
         if (head[0] if head else GENESIS_HASH) != prev:
             return checked, f"the chain ends at event {checked}, not at the last event written (rows were cut off)"
         return checked, None
+
+
+class Outbox:
+    """The delivery side's view of the records table: one per forwarder thread (its own
+    connection), plus one for metrics. Reads undelivered records, moves a sink's cursor."""
+
+    def __init__(self, path):
+        try:
+            self.db = _connect(path)
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"{path}: not a usable SQLite database ({exc})") from None
+
+    def cursor(self, sink: str) -> int:
+        row = self.db.execute("SELECT delivered_upto FROM sinks WHERE sink = ?", (sink,)).fetchone()
+        return row[0] if row else 0
+
+    def undelivered(self, after_id: int, limit: int) -> list:
+        from hub.service.sinks import StoredRecord
+
+        rows = self.db.execute(f"SELECT id, {_RECORD_COLUMNS} FROM records WHERE id > ? ORDER BY id LIMIT ?",
+                               (after_id, limit))
+        return [StoredRecord(*row) for row in rows]
+
+    def mark_delivered(self, sink: str, upto: int) -> None:
+        self.db.execute("UPDATE sinks SET delivered_upto = ? WHERE sink = ? AND delivered_upto < ?",
+                        (upto, sink, upto))
+
+    def backlog(self, after_id: int) -> tuple[int, float | None]:
+        """(records after the cursor, arrival of the oldest of them or None)."""
+        count, oldest = self.db.execute("SELECT COUNT(*), MIN(arrival) FROM (SELECT arrival FROM records "
+                                        "WHERE id > ? ORDER BY id LIMIT 1)", (after_id,)).fetchone()
+        if not count:
+            return 0, None
+        newest = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()[0]
+        return newest - after_id, oldest
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,94 @@
+"""The outbox's delivery side: one thread per sink moves stored records inward, oldest first.
+
+Each sink has a cursor in the hub's database (the id of the last record it acknowledged).
+A forwarder reads the records after its cursor, hands them to its sink, and moves the
+cursor only when the sink has acknowledged all of them. After a crash or a sink outage it
+starts again from the cursor: nothing undelivered is skipped, and what was delivered but not
+yet marked is delivered again under the same id. Verification never waits for a sink; only
+when a sink's backlog passes the configured bound does the ingest path stop acknowledging
+upstream (HubService), so the broker holds the rest.
+"""
+
+import threading
+
+from hub.service.sinks import SinkError
+from hub.service.storage import Outbox
+
+BATCH = 1000  # records per delivery
+
+
+class Forwarder:
+    def __init__(self, name: str, sink, db_path, log, wake: threading.Event, stopping: threading.Event,
+                 backoff_max: float = 30.0):
+        self.name = name
+        self.sink = sink
+        self.outbox = Outbox(db_path)  # this thread's own connection
+        self._observer = Outbox(db_path)  # for backlog(), from the log and metrics threads
+        self._observer_lock = threading.Lock()
+        self.log = log
+        self.wake = wake
+        self.stopping = stopping
+        self.backoff_max = backoff_max
+        self.up = None  # unknown until the first delivery
+        self.delivered = 0  # records acknowledged by the sink since start
+        self.cursor = self.outbox.cursor(name)
+        self.thread = threading.Thread(target=self._run, name=f"forward {name}", daemon=True)
+
+    def start(self) -> "Forwarder":
+        self.thread.start()
+        return self
+
+    def _run(self):
+        delay = 1.0
+        while not self.stopping.is_set():
+            records = self.outbox.undelivered(self.cursor, BATCH)
+            if not records:
+                self.wake.wait(1.0)
+                self.wake.clear()
+                continue
+            try:
+                self.sink.deliver(records)
+            except SinkError as exc:
+                if self.up is not False:
+                    self.log("sink_down", sink=self.name, error=str(exc), backlog=self.outbox.backlog(self.cursor)[0],
+                             retry_in_s=delay)
+                self.up = False
+                self.stopping.wait(delay)
+                delay = min(delay * 2, self.backoff_max)
+                continue
+            if self.up is not True:
+                self.log("sink_up", sink=self.name, from_record=records[0].id)
+            self.up, delay = True, 1.0
+            self.cursor = records[-1].id
+            self.outbox.mark_delivered(self.name, self.cursor)
+            self.delivered += len(records)
+
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+        self.sink.close()
+        self.outbox.close()
+        self._observer.close()
+
+    def backlog(self) -> tuple[int, float | None]:
+        """(records not yet delivered, arrival time of the oldest of them or None); any thread."""
+        with self._observer_lock:
+            return self._observer.backlog(self.cursor)
+
+
+def wait_for_room(forwarders, bound: int, stopping: threading.Event, log, last_id) -> None:
+    """Block the ingest path while any sink's backlog is past the bound (nothing is dropped:
+    unacknowledged messages stay with the broker)."""
+    def worst():
+        newest = last_id()
+        return max(((newest - f.cursor, f.name) for f in forwarders), default=(0, None))
+
+    backlog, name = worst()
+    if backlog < bound:
+        return
+    log("backlog_full", sink=name, backlog=backlog, bound=bound, action="not acknowledging upstream")
+    while not stopping.is_set():
+        stopping.wait(0.5)
+        backlog, name = worst()
+        if backlog < bound:
+            log("backlog_below_bound", sink=name, backlog=backlog, bound=bound)
+            return

@@ -1,0 +1,193 @@
+"""The hub as a gateway: exactly the authentic records go inward, to a real second Mosquitto and
+a real PostgreSQL, at least once (exactly once in PostgreSQL), through crashes and outages."""
+
+import base64
+import json
+import signal
+import sqlite3
+
+import pytest
+
+from agent import Sealer, topic_for
+from agent import frame as wire
+from agent.sealer import status_topic_for
+from agent.status import BIRTH, status_payload
+from hub.keys.keyfile import KeyFile
+from simulator.run import Scenario, generate, label
+from tools.services import HubProcess, Subscriber, frames_seen, publish, stored_report, wait_for
+
+VERIFIED_KEYS = {"id", "device", "link", "epoch", "seq", "device_time_ms", "verified_at", "payload_b64"}
+
+
+@pytest.fixture
+def keys(tmp_path):
+    return KeyFile.create(tmp_path / "hub.keys")
+
+
+def hub_with_sinks(tmp_path, broker, keyfile, *sinks, settings="", name="hub"):
+    """A hub forwarding to the sinks; its hub.toml lifts the rate limit (streams here come at once)."""
+    config = tmp_path / f"{name}.toml"
+    config.write_text("[rate_limits]\ndefault = { rate = 100000, burst = 100000 }\n" + settings)
+    extra = [arg for url in sinks for arg in ("--forward", url)] + ["--config", config]
+    hub = HubProcess(broker, keyfile.path, tmp_path / "hub.db", tmp_path / f"{name}.log", *extra).start()
+    hub.wait_connected()
+    return hub
+
+
+def attacked_capture(keyfile):
+    """Messages with forgeries, replays, duplicates, corruption and unknown devices, and the
+    records the ground truth says are authentic: id -> payload."""
+    generated = generate(Scenario(devices=6, links=("wifi", "lora"), duration=60, rate=5, seed=5,
+                                  profiles={"wifi": {"duplicate": 0.05, "burst_rate": 0.05, "jitter_ms": 200.0}}),
+                         keyfile=keyfile)
+    labelled, _ = label(generated.events, generated.device_links)
+    valid = {}
+    for _, topic, data, _, expected in labelled:
+        if expected == "valid":
+            _, _, epoch, seq, _, start, end, _ = wire.decode(data)
+            valid[f"{topic.split('/')[2]}/{epoch}/{seq}"] = data[start:end]
+    outcomes = {expected for *_, expected in labelled}
+    assert {"forged", "duplicate", "corrupt", "unknown_device"} <= outcomes, outcomes
+    # Replays: a device's first records again, once more than the replay window (1024) lies between.
+    sealer = Sealer("pump-r", bytes.fromhex(keyfile.provision("pump-r", "wifi")["key"]), link="wifi", epoch=1)
+    stream = [(topic_for("pump-r"), sealer.seal(b"r%d" % i)) for i in range(1100)]
+    valid.update({f"pump-r/1/{i}": b"r%d" % i for i in range(1100)})
+    return [(topic, data) for _, topic, data, _, _ in labelled] + stream + stream[:6], valid
+
+
+def pg_records(postgres) -> dict:
+    if postgres.query("SELECT to_regclass('linkseal_records')")[0][0] is None:
+        return {}  # the hub creates the table with its first delivery
+    rows = postgres.query("SELECT device, epoch, seq, payload FROM linkseal_records")
+    assert len(rows) == len({(d, e, s) for d, e, s, _ in rows})
+    return {f"{d}/{e}/{s}": bytes(p) for d, e, s, p in rows}
+
+
+def mqtt_records(subscriber) -> list:
+    out = []
+    for topic, payload in subscriber.received():
+        doc = json.loads(payload)
+        assert set(doc) == VERIFIED_KEYS, doc
+        assert topic == f"linkseal/verified/{doc['device']}"
+        assert doc["id"] == f"{doc['device']}/{doc['epoch']}/{doc['seq']}"
+        out.append((doc["id"], base64.b64decode(doc["payload_b64"])))
+    return out
+
+
+def test_only_authentic_records_leave_the_hub(tmp_path, broker, sink_broker, postgres, keys):
+    messages, valid = attacked_capture(keys)
+    device = sorted(keys.devices)[0]
+    config = keys.device_config(device)
+    sealer = Sealer(device, bytes.fromhex(config["key"]), link=config["link"], epoch=9)
+    status = (status_topic_for(device), sealer.seal_status(status_payload(BIRTH, sealer, 0, 0)))
+    consumer = Subscriber(sink_broker.port, "linkseal/verified/#")
+    hub = hub_with_sinks(tmp_path, broker, keys, sink_broker.url, postgres.url)
+    try:
+        publish(broker.port, messages + [status])
+        wait_for(lambda: len(pg_records(postgres)) == len(valid), 60, "PostgreSQL to hold every valid record")
+        wait_for(lambda: len(consumer.received()) >= len(valid), 60, "the MQTT sink to get every valid record")
+        hub.signal(signal.SIGTERM)
+        assert hub.wait() == 0
+    finally:
+        hub.stop()
+        consumer.close()
+    links = stored_report(hub.db)["links"]
+    assert sum(link["replay"] for link in links.values()) == 6 and sum(link["forged"] for link in links.values()) > 0
+    assert pg_records(postgres) == valid
+    forwarded = mqtt_records(consumer)
+    assert dict(forwarded) == valid and len(forwarded) == len(valid)  # nothing else, and each once here
+    link_of = dict(postgres.query("SELECT device, link FROM linkseal_records"))
+    assert set(link_of.values()) == {"wifi", "lora"}
+
+
+def test_kill_9_between_commit_and_delivery_loses_and_doubles_nothing(tmp_path, broker, sink_broker, postgres, keys):
+    sealers = [Sealer(d, bytes.fromhex(keys.provision(d, "wifi")["key"]), link="wifi", epoch=1)
+               for d in ("pump-1", "pump-2")]
+    messages = [(topic_for(s.device_id), s.seal(b"r%d" % i)) for i in range(1500) for s in sealers]
+    valid = {f"{s.device_id}/1/{i}" for i in range(1500) for s in sealers}
+    consumer = Subscriber(sink_broker.port, "linkseal/verified/#", persistent=True)
+    # The sink broker is down, so records are committed but cannot be delivered when the hub dies.
+    sink_broker.stop()
+    hub = hub_with_sinks(tmp_path, broker, keys, sink_broker.url, postgres.url)
+    try:
+        publish(broker.port, messages)
+        wait_for(lambda: frames_seen(hub.db) == len(messages), 60, "every frame committed")
+        wait_for(lambda: len(pg_records(postgres)) > 0, 30, "PostgreSQL delivery to start")
+        hub.stop()  # SIGKILL, mid-delivery for PostgreSQL, before any delivery for MQTT
+        sink_broker.start()  # the consumer's session (and subscription) comes back with it
+        hub = hub_with_sinks(tmp_path, broker, keys, sink_broker.url, postgres.url, name="hub-2")
+        wait_for(lambda: len(pg_records(postgres)) == len(valid), 60, "PostgreSQL to catch up")
+        wait_for(lambda: {key for key, _ in mqtt_records(consumer)} >= valid, 60, "the MQTT sink to catch up")
+    finally:
+        hub.stop()
+        consumer.close()
+    assert set(pg_records(postgres)) == valid
+    ids = [key for key, _ in mqtt_records(consumer)]
+    assert set(ids) == valid
+    # Oldest first per device: each device's sequence numbers arrive in order.
+    for device in ("pump-1", "pump-2"):
+        seqs = [int(key.rsplit("/", 1)[1]) for key in ids if key.startswith(device + "/")]
+        assert seqs == sorted(seqs)
+
+
+def test_a_sink_outage_backs_up_then_drains(tmp_path, broker, sink_broker, postgres, keys):
+    sealer = Sealer("pump-1", bytes.fromhex(keys.provision("pump-1", "wifi")["key"]), link="wifi", epoch=1)
+    before = [(topic_for("pump-1"), sealer.seal(b"a%d" % i)) for i in range(300)]
+    during = [(topic_for("pump-1"), sealer.seal(b"b%d" % i)) for i in range(700)]
+    consumer = Subscriber(sink_broker.port, "linkseal/verified/#", persistent=True)
+    hub = hub_with_sinks(tmp_path, broker, keys, sink_broker.url, postgres.url)
+    try:
+        publish(broker.port, before)
+        wait_for(lambda: len(pg_records(postgres)) == 300 and len(consumer.received()) >= 300, 60, "first records")
+        postgres.refuse_connections(True)
+        sink_broker.stop()
+        publish(broker.port, during)
+        # Verification and upstream acknowledgements go on while both sinks are down.
+        wait_for(lambda: frames_seen(hub.db) == 1000, 60, "the hub to keep verifying")
+        wait_for(lambda: {e["sink"] for e in hub.events() if e["event"] == "sink_down"} >= {
+            "mqtt://127.0.0.1:%d" % sink_broker.port, postgres.url.replace("postgres@", "")}, 60, "sink_down lines")
+        postgres.refuse_connections(False)
+        sink_broker.start()
+        wait_for(lambda: len(pg_records(postgres)) == 1000, 90, "PostgreSQL to drain the backlog")
+        wait_for(lambda: len({k for k, _ in mqtt_records(consumer)}) == 1000, 90, "the MQTT sink to drain")
+    finally:
+        hub.stop()
+        consumer.close()
+    assert sorted(pg_records(postgres)) == sorted(f"pump-1/1/{i}" for i in range(1000))
+    assert any(e["event"] == "sink_up" for e in hub.events())
+
+
+def test_a_full_backlog_stops_upstream_acknowledgements_and_nothing_is_dropped(tmp_path, broker, sink_broker, keys):
+    sealer = Sealer("pump-1", bytes.fromhex(keys.provision("pump-1", "wifi")["key"]), link="wifi", epoch=1)
+    messages = [(topic_for("pump-1"), sealer.seal(b"r%d" % i)) for i in range(600)]
+    consumer = Subscriber(sink_broker.port, "linkseal/verified/#", persistent=True)
+    sink_broker.stop()
+    hub = hub_with_sinks(tmp_path, broker, keys, sink_broker.url,
+                         settings="[outbox]\nmax_backlog = 100\n[ingest]\nbatch_size = 50\n")
+    try:
+        publish(broker.port, messages)
+        wait_for(lambda: any(e["event"] == "backlog_full" for e in hub.events()), 60, "the backlog bound")
+        stalled = frames_seen(hub.db)
+        assert stalled < 600  # the rest stays with the broker, unacknowledged
+        sink_broker.start()
+        wait_for(lambda: frames_seen(hub.db) == 600, 90, "ingest to resume once the sink drains")
+        wait_for(lambda: len({k for k, _ in mqtt_records(consumer)}) == 600, 60, "every record delivered")
+    finally:
+        hub.stop()
+        consumer.close()
+    assert frames_seen(hub.db) == 600 and stored_report(hub.db)["links"]["wifi"]["valid"] == 600
+
+
+def test_a_running_hub_deletes_records_once_every_sink_has_them(tmp_path, broker, postgres, keys):
+    sealer = Sealer("pump-1", bytes.fromhex(keys.provision("pump-1", "wifi")["key"]), link="wifi", epoch=1)
+    hub = hub_with_sinks(tmp_path, broker, keys, postgres.url,
+                         settings="[retention]\nrecords = 0\n[outbox]\nprune_interval = 0.2\n")
+    try:
+        publish(broker.port, [(topic_for("pump-1"), sealer.seal(b"r%d" % i)) for i in range(500)])
+        wait_for(lambda: len(pg_records(postgres)) == 500, 60, "PostgreSQL to have every record")
+        wait_for(lambda: sqlite3.connect(hub.db).execute("SELECT COUNT(*) FROM records").fetchone()[0] == 0, 30,
+                 "the hub to prune what the sink has")
+    finally:
+        hub.stop()
+    assert stored_report(hub.db)["links"]["wifi"]["valid"] == 500  # the counts stay
+    assert any(e["event"] == "pruned" and e["records"] > 0 for e in hub.events())
