@@ -79,6 +79,9 @@ def add_hub_group(groups):
     broker.add_argument("--host", action="append", help="the broker's host name or address for its certificate "
                         "(repeatable; default localhost and 127.0.0.1)")
     broker.add_argument("--data-dir", type=Path, help="Mosquitto persistence directory (default /var/lib/mosquitto)")
+    broker.add_argument("--forward-here", action="store_true",
+                        help="the hub forwards authentic records to this broker (--forward mqtt://...): let it write "
+                             "linkseal/verified/#, and add a read-only account linkseal/consumer for them")
     broker.set_defaults(run=_broker_config)
 
 
@@ -190,8 +193,9 @@ def _prune(args):
         released = storage.release_space()
     finally:
         storage.close()
-    print(f"pruned {total.get('records', 0)} records, {total.get('events', 0)} security events; "
-          f"rolled up {total.get('counts_rolled', 0)} counter rows; {released} bytes handed back")
+    print(f"pruned {total.get('records', 0)} records, {total.get('events', 0)} security events, "
+          f"{total.get('device_counts', 0)} per-device counter rows; rolled up {total.get('counts_rolled', 0)} "
+          f"counter rows; {released} bytes handed back")
 
 
 def _audit(args):
@@ -219,7 +223,11 @@ def _broker_config(args):
         raise InputError("--tls needs --ca DIR (create one with `linkseal keys ca init --dir DIR`)")
     keyfile = open_keyfile(args)
     files = write_broker_config(keyfile, args.out, port=args.port, tls=args.tls, ca_dir=args.ca,
-                                server_hosts=tuple(args.host or ("localhost", "127.0.0.1")), data_dir=args.data_dir)
+                                server_hosts=tuple(args.host or ("localhost", "127.0.0.1")), data_dir=args.data_dir,
+                                forward_here=args.forward_here)
     print(f"wrote {', '.join(str(path) for path in files.values())}")
     if "hub_password" in files:
         print(f"run the hub with --username linkseal/hub --password-file {files['hub_password']}")
+    if "consumer_password" in files:
+        print(f"consumers of linkseal/verified/# log in as linkseal/consumer with the password in "
+              f"{files['consumer_password']}")

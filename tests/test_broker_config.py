@@ -141,3 +141,35 @@ def test_hub_and_devices_over_mutual_tls(tmp_path, keyfile):
     finally:
         hub.stop()
         broker.stop()
+
+
+def test_forward_here_lets_the_hub_write_verified_records_and_no_device_touch_them(tmp_path, keyfile):
+    from hub.keys.keyfile import CONSUMER_MQTT_USER
+
+    port = free_port()
+    files = write_broker_config(keyfile, tmp_path / "broker", port=port, data_dir=tmp_path, forward_here=True)
+    broker = start_broker(tmp_path, files, port)
+    try:
+        consumer = client(broker, "consumer", CONSUMER_MQTT_USER, files["consumer_password"].read_text().strip())
+        seen, subscribed = queue.Queue(), queue.Queue()
+        consumer.on_message = lambda cl, u, m: seen.put((m.topic, m.payload))
+        consumer.on_subscribe = lambda *a: subscribed.put(True)
+        consumer.subscribe("linkseal/verified/#", qos=1)
+        subscribed.get(timeout=10)
+        device = client(broker, "a", "pump-a", keyfile.mqtt_password("pump-a"))
+        device_seen = queue.Queue()
+        device.on_message = lambda cl, u, m: device_seen.put(m.topic)
+        device.subscribe("linkseal/verified/#", qos=1)
+        hub = client(broker, "hub", HUB_MQTT_USER, files["hub_password"].read_text().strip())
+        # A device's attempt first, then the hub's record: the consumer must see only the hub's.
+        device.publish("linkseal/verified/pump-a", b"forged by a device", qos=1).wait_for_publish(10)
+        hub.publish("linkseal/verified/pump-a", b"from the hub", qos=1).wait_for_publish(10)
+        assert seen.get(timeout=10) == ("linkseal/verified/pump-a", b"from the hub")
+        assert seen.empty() and device_seen.empty()  # the device could neither write nor read it
+        for c in (consumer, device, hub):
+            c.disconnect()
+            c.loop_stop()
+    finally:
+        broker.stop()
+    assert "topic write linkseal/verified/#" not in write_broker_config(keyfile, tmp_path / "plain", port=port,
+                                                                         data_dir=tmp_path)["acl"].read_text()

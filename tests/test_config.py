@@ -60,3 +60,50 @@ def test_bad_hub_toml_names_the_setting(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message) as raised:
         load_settings(path, load_links())
     assert str(path) in str(raised.value)
+
+
+def test_forward_and_retention_settings(tmp_path):
+    from hub.service.storage import DAY, Retention
+
+    path = tmp_path / "hub.toml"
+    path.write_text('[[forward]]\nurl = "mqtts://inner:8883"\nca_file = "ca.pem"\n'
+                    '[[forward]]\nurl = "postgresql://db/x"\n'
+                    '[retention]\nrecords = 0\nminute_counts = "2d"\nevents = "30d"\n[outbox]\nmax_backlog = 5000\n')
+    settings = load_settings(path, load_links())
+    assert [f["url"] for f in settings.forwards] == ["mqtts://inner:8883", "postgresql://db/x"]
+    assert settings.retention == Retention(records=0, minute_counts=2 * DAY, hourly_counts=Retention().hourly_counts,
+                                           events=30 * DAY)
+    assert settings.max_backlog == 5000
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[retention]\nrecords = "a week"\n', "[retention] records 'a week': expected a number and a unit"),
+    ('[retention]\nrecrods = "7d"\n', "[retention] recrods: not a retention setting"),
+    ('[[forward]]\nhost = "inner"\n', "[[forward]] number 1 needs url"),
+    ('forward = "mqtt://x"\n', "forward must be [[forward]] tables"),
+    ('[outbox]\nmax_backlog = -1\n', "[outbox] max_backlog must be positive"),
+])
+def test_bad_forward_and_retention_settings_are_named(tmp_path, text, message):
+    path = tmp_path / "hub.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_settings(path, load_links())
+    assert message in str(error.value) and str(path) in str(error.value)
+
+
+def test_a_bad_forward_url_is_an_input_error(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hub.keys.keyfile import KeyFile
+
+    KeyFile.create(tmp_path / "hub.keys")
+    linkseal = Path(sys.executable).parent / "linkseal"
+    for url, message in (("http://inner:80", "expected mqtt://, mqtts:// or postgresql://"),
+                         ("mqtt://user:secret@inner:1883", "not in the URL")):
+        result = subprocess.run([str(linkseal), "hub", "run", "--broker", "mqtt://127.0.0.1:1", "--keys",
+                                 str(tmp_path / "hub.keys"), "--insecure-plaintext", "--db", str(tmp_path / "h.db"),
+                                 "--forward", url], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and "secret" not in result.stderr

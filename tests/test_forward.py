@@ -3,8 +3,10 @@ a real PostgreSQL, at least once (exactly once in PostgreSQL), through crashes a
 
 import base64
 import json
+import re
 import signal
 import sqlite3
+import urllib.request
 
 import pytest
 
@@ -24,12 +26,12 @@ def keys(tmp_path):
     return KeyFile.create(tmp_path / "hub.keys")
 
 
-def hub_with_sinks(tmp_path, broker, keyfile, *sinks, settings="", name="hub"):
+def hub_with_sinks(tmp_path, broker, keyfile, *sinks, settings="", name="hub", extra=()):
     """A hub forwarding to the sinks; its hub.toml lifts the rate limit (streams here come at once)."""
     config = tmp_path / f"{name}.toml"
     config.write_text("[rate_limits]\ndefault = { rate = 100000, burst = 100000 }\n" + settings)
-    extra = [arg for url in sinks for arg in ("--forward", url)] + ["--config", config]
-    hub = HubProcess(broker, keyfile.path, tmp_path / "hub.db", tmp_path / f"{name}.log", *extra).start()
+    args = [arg for url in sinks for arg in ("--forward", url)] + ["--config", config, *extra]
+    hub = HubProcess(broker, keyfile.path, tmp_path / "hub.db", tmp_path / f"{name}.log", *args).start()
     hub.wait_connected()
     return hub
 
@@ -135,7 +137,15 @@ def test_a_sink_outage_backs_up_then_drains(tmp_path, broker, sink_broker, postg
     before = [(topic_for("pump-1"), sealer.seal(b"a%d" % i)) for i in range(300)]
     during = [(topic_for("pump-1"), sealer.seal(b"b%d" % i)) for i in range(700)]
     consumer = Subscriber(sink_broker.port, "linkseal/verified/#", persistent=True)
-    hub = hub_with_sinks(tmp_path, broker, keys, sink_broker.url, postgres.url)
+    hub = hub_with_sinks(tmp_path, broker, keys, sink_broker.url, postgres.url, extra=("--metrics", "127.0.0.1:0"))
+    address = next(e["metrics"] for e in hub.events() if e["event"] == "started")
+
+    def metric(name, sink):
+        text = urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read().decode()
+        found = re.search(rf'^{name}{{sink="{re.escape(sink)}"}} (\S+)$', text, re.M)
+        return float(found[1]) if found else None
+
+    mqtt_name, pg_name = f"mqtt://127.0.0.1:{sink_broker.port}", postgres.url.replace("postgres@", "")
     try:
         publish(broker.port, before)
         wait_for(lambda: len(pg_records(postgres)) == 300 and len(consumer.received()) >= 300, 60, "first records")
@@ -144,12 +154,17 @@ def test_a_sink_outage_backs_up_then_drains(tmp_path, broker, sink_broker, postg
         publish(broker.port, during)
         # Verification and upstream acknowledgements go on while both sinks are down.
         wait_for(lambda: frames_seen(hub.db) == 1000, 60, "the hub to keep verifying")
-        wait_for(lambda: {e["sink"] for e in hub.events() if e["event"] == "sink_down"} >= {
-            "mqtt://127.0.0.1:%d" % sink_broker.port, postgres.url.replace("postgres@", "")}, 60, "sink_down lines")
+        wait_for(lambda: {e["sink"] for e in hub.events() if e["event"] == "sink_down"} >= {mqtt_name, pg_name}, 60,
+                 "sink_down lines")
+        assert metric("linkseal_sink_up", pg_name) == 0.0 and metric("linkseal_sink_backlog_records", pg_name) == 700
+        assert metric("linkseal_sink_backlog_oldest_age_seconds", mqtt_name) > 0
         postgres.refuse_connections(False)
         sink_broker.start()
         wait_for(lambda: len(pg_records(postgres)) == 1000, 90, "PostgreSQL to drain the backlog")
         wait_for(lambda: len({k for k, _ in mqtt_records(consumer)}) == 1000, 90, "the MQTT sink to drain")
+        wait_for(lambda: metric("linkseal_sink_backlog_records", pg_name) == 0, 30, "the backlog metric to drop")
+        assert metric("linkseal_sink_up", mqtt_name) == 1.0
+        assert metric("linkseal_sink_delivered_records_total", pg_name) >= 700
     finally:
         hub.stop()
         consumer.close()

@@ -174,3 +174,17 @@ def test_database_file_stops_growing_under_a_steady_stream(tmp_path):
     # After the first hours fill the retention window, the file holds its size.
     assert sizes[-1] <= sizes[5] * 1.05, sizes
     assert sizes[5] > sizes[0], sizes
+
+
+def test_per_device_counter_history_expires_and_link_totals_stay(tmp_path):
+    ingest = hub(tmp_path / "hub.db", ("pump-1", "pump-2"))
+    now = twenty_days(ingest)
+    storage = ingest.storage
+    links_before, devices_before, unknown_before = totals(build_stored_report(storage))
+    prune_all(storage, now, Retention(device_counts=5 * DAY))
+    links_after, devices_after, unknown_after = totals(build_stored_report(storage))
+    assert (links_after, unknown_after) == (links_before, unknown_before)
+    assert devices_after["pump-1"]["received"] < devices_before["pump-1"]["received"] / 3
+    oldest = storage.db.execute("SELECT MIN(minute) FROM counts WHERE scope = 'device'").fetchone()[0]
+    assert oldest >= now - 5 * DAY
+    assert storage.load().unknown_device == unknown_before  # what a restarted hub counts on from

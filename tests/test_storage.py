@@ -180,3 +180,28 @@ def test_rate_limit_is_a_token_bucket_per_device():
     assert [verifier.verify(TOPIC, d, 101.0).outcome for d in noisy[3:6]] == ["valid", "valid", "rate_limited"]
     assert build_report(verifier)["devices"]["pump-1"]["rate_limited"] == 3
 
+
+
+def test_a_schema_1_database_is_migrated_to_the_outbox_in_arrival_order(tmp_path):
+    import sqlite3
+
+    from hub.service.storage import SCHEMA_VERSION, SQLiteStorage
+
+    db = tmp_path / "old.db"
+    old = sqlite3.connect(db)
+    old.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '1');
+        CREATE TABLE records (device TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, link TEXT NOT NULL,
+            device_time_ms INTEGER, arrival REAL NOT NULL, payload BLOB NOT NULL,
+            PRIMARY KEY (device, epoch, seq)) WITHOUT ROWID;
+        INSERT INTO records VALUES ('b', 1, 0, 'wifi', NULL, 20.0, x'02'), ('a', 1, 0, 'wifi', NULL, 10.0, x'01'),
+                                   ('a', 1, 1, 'wifi', NULL, 30.0, x'03');""")
+    old.commit()
+    old.close()
+    storage = SQLiteStorage(db)
+    rows = storage.db.execute("SELECT id, device, seq, payload FROM records ORDER BY id").fetchall()
+    assert rows == [(1, "a", 0, b"\x01"), (2, "b", 0, b"\x02"), (3, "a", 1, b"\x03")]
+    assert storage.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == str(SCHEMA_VERSION)
+    assert storage.last_record_id() == 3
+    storage.close()

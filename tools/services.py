@@ -216,6 +216,12 @@ class PostgresDatabase:
         with psycopg.connect(self.url) as conn:
             return conn.execute(sql, params).fetchall()
 
+    def execute(self, sql, params=()) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url) as conn:
+            conn.execute(sql, params)
+
     def refuse_connections(self, refuse: bool) -> None:
         """A sink outage as the hub sees it: connections refused, open ones cut."""
         self._admin.execute(f'ALTER DATABASE "{self.name}" WITH ALLOW_CONNECTIONS {"false" if refuse else "true"}')

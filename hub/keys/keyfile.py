@@ -28,6 +28,7 @@ MASTER_LEN = 32
 DEVICE_KEY_LEN = 32
 DEFAULT_GRACE_S = 7 * 86400
 HUB_MQTT_USER = "linkseal/hub"  # a '/' keeps Mosquitto's %u ACL patterns from ever matching the hub
+CONSUMER_MQTT_USER = "linkseal/consumer"  # reads linkseal/verified/# on the trusted side (broker-config)
 _HKDF_SALT = b"linkseal/v1 device key"
 
 

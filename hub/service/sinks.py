@@ -7,13 +7,12 @@ once; the record id `device/epoch/seq` is the idempotency key, and PostgreSQL's 
 makes it exactly once there.
 """
 
-import base64
-import json
+import binascii
 import ssl
-import threading
-import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
+
+from hub.service.mqtt_publisher import MqttPublisher, MqttPublishError
 
 VERIFIED_PREFIX = "linkseal/verified/"
 PG_TABLE = "linkseal_records"
@@ -47,10 +46,17 @@ class StoredRecord:
 
 
 def verified_json(record: StoredRecord) -> bytes:
-    """The one encoder of a verified record (MQTT sink; the contract in docs/hub.md)."""
-    return json.dumps({"id": record.key, "device": record.device, "link": record.link, "epoch": record.epoch,
-                       "seq": record.seq, "device_time_ms": record.device_time_ms, "verified_at": record.verified_at,
-                       "payload_b64": base64.b64encode(record.payload).decode()}, separators=(",", ":")).encode()
+    """The one encoder of a verified record (MQTT sink; the contract in docs/hub.md).
+
+    Formatted directly rather than through json.dumps (three times faster): device ids and link
+    names are restricted to letters, digits and - _ . : (agent.check_device_id, the link
+    registry), so they need no escaping, and floats print as JSON numbers."""
+    device_time = b"null" if record.device_time_ms is None else b"%d" % record.device_time_ms
+    return (b'{"id":"%s/%d/%d","device":"%s","link":"%s","epoch":%d,"seq":%d,"device_time_ms":%s,'
+            b'"verified_at":%s,"payload_b64":"%s"}' % (
+                record.device.encode(), record.epoch, record.seq, record.device.encode(), record.link.encode(),
+                record.epoch, record.seq, device_time, repr(float(record.verified_at)).encode(),
+                binascii.b2a_base64(record.payload, newline=False)))
 
 
 def sink_name(url: str) -> str:
@@ -66,78 +72,22 @@ class MqttSink:
     """QoS 1 publishes on linkseal/verified/<device>; a batch is delivered when every PUBACK is in."""
 
     def __init__(self, broker, client_id: str):
-        import paho.mqtt.client as mqtt
-
-        self.broker = broker
-        self._mqtt = mqtt
-        self._lock = threading.Condition()
-        self._pending = set()
-        self._connected = False
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
-                             protocol=mqtt.MQTTv311)
+        tls = None
         if broker.tls:
-            client.tls_set(ca_certs=broker.ca_file, certfile=broker.cert_file, keyfile=broker.key_file,
-                           cert_reqs=ssl.CERT_REQUIRED)
-        if broker.username:
-            client.username_pw_set(broker.username, broker.password)
-        client.max_inflight_messages_set(1000)
-        client.max_queued_messages_set(0)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        self.client = client
-        self._started = False
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties):
-        with self._lock:
-            self._connected = not reason_code.is_failure
-            self._lock.notify_all()
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
-        with self._lock:
-            self._connected = False
-            self._lock.notify_all()
-
-    def _on_publish(self, client, userdata, mid, reason_code, properties):
-        with self._lock:
-            self._pending.discard(mid)
-            self._lock.notify_all()
-
-    def _ensure_connected(self):
-        if not self._started:
-            try:
-                self.client.connect(self.broker.host, self.broker.port, keepalive=30)
-            except (OSError, ssl.SSLError) as exc:
-                raise SinkError(f"cannot connect to {self.broker.host}:{self.broker.port}: "
-                                f"{exc.strerror or exc}") from None
-            self.client.loop_start()  # paho reconnects by itself from here on
-            self._started = True
-        with self._lock:
-            if not self._lock.wait_for(lambda: self._connected, timeout=ACK_TIMEOUT):
-                raise SinkError(f"no connection to {self.broker.host}:{self.broker.port}")
+            tls = ssl.create_default_context(cafile=broker.ca_file)
+            if broker.cert_file:
+                tls.load_cert_chain(broker.cert_file, broker.key_file)
+        self.publisher = MqttPublisher(broker.host, broker.port, client_id, broker.username, broker.password, tls,
+                                       timeout=ACK_TIMEOUT)
 
     def deliver(self, records) -> None:
-        self._ensure_connected()
-        with self._lock:
-            self._pending.clear()
-        for record in records:
-            info = self.client.publish(VERIFIED_PREFIX + record.device, verified_json(record), qos=1)
-            if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
-                raise SinkError(f"publish refused: {self._mqtt.error_string(info.rc)}")
-            with self._lock:
-                if not info.is_published():
-                    self._pending.add(info.mid)
-        deadline = time.monotonic() + ACK_TIMEOUT
-        with self._lock:
-            while self._pending:
-                if not self._lock.wait(timeout=max(0.0, deadline - time.monotonic())):
-                    if time.monotonic() >= deadline:
-                        raise SinkError(f"{len(self._pending)} PUBACKs missing after {ACK_TIMEOUT:g} s")
+        try:
+            self.publisher.publish_batch([((VERIFIED_PREFIX + r.device).encode(), verified_json(r)) for r in records])
+        except MqttPublishError as exc:
+            raise SinkError(str(exc)) from None
 
     def close(self) -> None:
-        if self._started:
-            self.client.disconnect()
-            self.client.loop_stop()
+        self.publisher.close()
 
 
 class PostgresSink:

@@ -58,7 +58,8 @@ class Retention:
 
     records: float = 7 * DAY  # delivered records (0: as soon as every sink has them)
     minute_counts: float = 14 * DAY  # then rolled up into hours
-    hourly_counts: float = 90 * DAY  # then rolled up into days (kept)
+    hourly_counts: float = 90 * DAY  # then rolled up into days
+    device_counts: float = 400 * DAY  # per-device days older than this go (link and hub totals stay)
     events: float = 365 * DAY  # security events; an anchor keeps the chain checkable
 
 
@@ -215,12 +216,13 @@ class SQLiteStorage:
         """One small step of retention: at most `limit` rows of each kind, one transaction.
         Returns what it removed; all zeros when there is nothing (more) to do."""
         db = self.db
-        done = {"records": 0, "counts_rolled": 0, "events": 0}
+        done = {"records": 0, "counts_rolled": 0, "device_counts": 0, "events": 0}
         db.execute("BEGIN IMMEDIATE")
         try:
             done["records"] = self._prune_records(now - retention.records, limit)
             done["counts_rolled"] = (self._roll_up(now - retention.minute_counts, HOUR, "rolled_hours_upto") +
                                      self._roll_up(now - retention.hourly_counts, DAY, "rolled_days_upto"))
+            done["device_counts"] = self._expire_device_counts(now - retention.device_counts)
             done["events"] = self._prune_events(now - retention.events, limit)
             db.execute("COMMIT")
         except BaseException:
@@ -262,6 +264,16 @@ class SQLiteStorage:
         merged = self.db.execute("DELETE FROM counts WHERE minute > ? AND minute < ?", (start, end)).rowcount
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (mark, str(end)))
         return merged
+
+    def _expire_device_counts(self, cutoff: float) -> int:
+        """Delete the oldest bucket of per-device counters older than cutoff: the one part of the
+        counter history that grows with the fleet. Link and hub rows stay (a few per day), so
+        link totals and the restored unknown-device count never go backwards."""
+        oldest = self.db.execute("SELECT MIN(minute) FROM counts WHERE minute < ? AND scope = 'device'",
+                                 (cutoff,)).fetchone()[0]
+        if oldest is None:
+            return 0
+        return self.db.execute("DELETE FROM counts WHERE minute = ? AND scope = 'device'", (oldest,)).rowcount
 
     def _prune_events(self, cutoff: float, limit: int) -> int:
         rows = self.db.execute("SELECT id, t, hash FROM events ORDER BY id LIMIT ?", (limit,)).fetchall()
