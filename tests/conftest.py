@@ -30,14 +30,19 @@ def verifier():
     return make_verifier()
 
 
-@pytest.fixture
-def broker(tmp_path):
-    """A real Mosquitto on a free loopback port, with its own config, stopped afterwards."""
-    directory = tmp_path / "broker"
+def own_mosquitto(tmp_path, name):
+    """A real Mosquitto on a free loopback port, with its own config and directory, stopped afterwards."""
+    directory = tmp_path / name
     directory.mkdir()
     mosquitto = Mosquitto(directory).start_on_a_free_port()
     yield mosquitto
     mosquitto.stop()
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """The device network's broker."""
+    yield from own_mosquitto(tmp_path, "broker")
 
 
 @pytest.fixture
@@ -53,8 +58,4 @@ def postgres():
 @pytest.fixture
 def sink_broker(tmp_path):
     """A second Mosquitto: the trusted side's broker the hub forwards to."""
-    directory = tmp_path / "sink-broker"
-    directory.mkdir()
-    mosquitto = Mosquitto(directory).start_on_a_free_port()
-    yield mosquitto
-    mosquitto.stop()
+    yield from own_mosquitto(tmp_path, "sink-broker")

@@ -2,7 +2,8 @@
 
 Each sink has a cursor in the hub's database (the id of the last record it acknowledged).
 A forwarder reads the records after its cursor, hands them to its sink, and moves the
-cursor only when the sink has acknowledged all of them. After a crash or a sink outage it
+cursor only when the sink has acknowledged all of them (written to the database at least
+every CURSOR_SAVE_S while busy, and whenever it runs out of work). After a crash or a sink outage it
 starts again from the cursor: nothing undelivered is skipped, and what was delivered but not
 yet marked is delivered again under the same id. Verification never waits for a sink; only
 when a sink's backlog passes the configured bound does the ingest path stop acknowledging
@@ -10,28 +11,31 @@ upstream (HubService), so the broker holds the rest.
 """
 
 import threading
+import time
 
 from hub.service.sinks import SinkError
 from hub.service.storage import Outbox
 
 BATCH = 1000  # records per delivery
+LINGER_S = 0.1  # a partial batch waits this long for more records: fewer, fuller deliveries under load
+CURSOR_SAVE_S = 0.5  # how often a busy forwarder writes its cursor: a crash re-delivers at most this much
 
 
 class Forwarder:
-    def __init__(self, name: str, sink, db_path, log, wake: threading.Event, stopping: threading.Event,
-                 backoff_max: float = 30.0):
+    def __init__(self, name: str, sink, db_path, log, stopping: threading.Event, backoff_max: float = 30.0):
         self.name = name
         self.sink = sink
         self.outbox = Outbox(db_path)  # this thread's own connection
         self._observer = Outbox(db_path)  # for backlog(), from the log and metrics threads
         self._observer_lock = threading.Lock()
         self.log = log
-        self.wake = wake
+        self.wake = threading.Event()  # set by the ingest path after each commit
         self.stopping = stopping
         self.backoff_max = backoff_max
         self.up = None  # unknown until the first delivery
         self.delivered = 0  # records acknowledged by the sink since start
         self.cursor = self.outbox.cursor(name)
+        self._saved_cursor, self._saved_at = self.cursor, time.monotonic()
         self.thread = threading.Thread(target=self._run, name=f"forward {name}", daemon=True)
 
     def start(self) -> "Forwarder":
@@ -41,11 +45,16 @@ class Forwarder:
     def _run(self):
         delay = 1.0
         while not self.stopping.is_set():
+            self.wake.clear()  # before reading: a commit after this read sets it again
             records = self.outbox.undelivered(self.cursor, BATCH)
             if not records:
+                self._save_cursor()
                 self.wake.wait(1.0)
-                self.wake.clear()
                 continue
+            young = LINGER_S - (time.time() - records[0].verified_at)
+            if len(records) < BATCH and young > 0:
+                self.stopping.wait(young)
+                records = self.outbox.undelivered(self.cursor, BATCH)
             try:
                 self.sink.deliver(records)
             except SinkError as exc:
@@ -60,8 +69,18 @@ class Forwarder:
                 self.log("sink_up", sink=self.name, from_record=records[0].id)
             self.up, delay = True, 1.0
             self.cursor = records[-1].id
-            self.outbox.mark_delivered(self.name, self.cursor)
             self.delivered += len(records)
+            if time.monotonic() - self._saved_at >= CURSOR_SAVE_S:
+                self._save_cursor()
+        self._save_cursor()
+
+    def _save_cursor(self):
+        # Written now and then rather than after every batch: each write takes the database's
+        # write lock beside the ingest path, and a lost update only means records delivered again.
+        if self.cursor != self._saved_cursor:
+            self.outbox.mark_delivered(self.name, self.cursor)
+            self._saved_cursor = self.cursor
+        self._saved_at = time.monotonic()
 
     def join(self, timeout: float | None = None) -> None:
         self.thread.join(timeout)

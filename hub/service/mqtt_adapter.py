@@ -51,9 +51,8 @@ class HubService:
         self._next_report = time.monotonic() + settings.report_interval
         self.clock = clock
         self._next_prune = 0.0  # monotonic time of the next retention step
-        self._wake = threading.Event()  # set after each commit: new records for the forwarders
-        self.forwarders = [Forwarder(name, sink, ingest.storage.path, log, self._wake, self.stopping,
-                                     settings.backoff_max) for name, sink in sinks]
+        self.forwarders = [Forwarder(name, sink, ingest.storage.path, log, self.stopping, settings.backoff_max)
+                           for name, sink in sinks]
         if metrics is not None:
             metrics.watch_forwarders(self.forwarders)
         self.client = self._make_client()
@@ -185,7 +184,8 @@ class HubService:
                 self._rate_limited[verdict.link] = self._rate_limited.get(verdict.link, 0) + 1
         started = time.perf_counter()
         self.ingest.commit()
-        self._wake.set()
+        for forwarder in self.forwarders:  # new records to deliver
+            forwarder.wake.set()
         committed = time.time()
         for _, _, _, mid, qos in items:
             self.client.ack(mid, qos)
