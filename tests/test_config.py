@@ -107,3 +107,16 @@ def test_a_bad_forward_url_is_an_input_error(tmp_path):
                                  "--forward", url], capture_output=True, text=True, timeout=30)
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr and "secret" not in result.stderr
+
+
+def test_a_sink_never_gets_the_hubs_own_broker_password(tmp_path, monkeypatch):
+    from hub.service.sinks import open_sink
+
+    monkeypatch.setenv("LINKSEAL_MQTT_PASSWORD", "the device network's password")
+    (tmp_path / "inner.password").write_text("inner secret\n")
+    sink = open_sink("mqtt://inner:1883", "hub-forward-0", username="linkseal-hub")
+    assert sink.publisher.password is None
+    sink = open_sink("mqtt://inner:1883", "hub-forward-0", username="linkseal-hub",
+                     password_file=tmp_path / "inner.password")
+    assert sink.publisher.password == "inner secret"
+    assert parse_broker("mqtt://devices:1883", username="hub").password == "the device network's password"

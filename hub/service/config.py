@@ -59,13 +59,16 @@ def parse_duration(text: str, where: str) -> float:
 
 
 def parse_broker(url: str, ca_file=None, cert_file=None, key_file=None, username=None, password_file=None,
-                 option: str = "--broker") -> Broker:
+                 option: str = "--broker", password_from_environment: bool = True) -> Broker:
+    """The hub's (or the agent's) broker; for a sink, option names it and the environment's
+    password (the hub's own, for the device network's broker) is never used."""
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise ConfigError(f"{option} {url!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
     if parts.username or parts.password:
-        raise ConfigError(f"{option}: put the user name in --username and the password in "
-                          "LINKSEAL_MQTT_PASSWORD or --password-file, not in the URL")
+        where = ("--username and the password in LINKSEAL_MQTT_PASSWORD or --password-file"
+                 if password_from_environment else "username and password_file of its hub.toml [[forward]] table")
+        raise ConfigError(f"{option}: put the user name in {where}, not in the URL")
     try:
         port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
     except ValueError:
@@ -78,7 +81,7 @@ def parse_broker(url: str, ca_file=None, cert_file=None, key_file=None, username
     for option, path in (("--ca-file", ca_file), ("--cert-file", cert_file), ("--key-file", key_file)):
         if path and not Path(path).is_file():
             raise ConfigError(f"{option} {path}: no such file")
-    password = os.environ.get("LINKSEAL_MQTT_PASSWORD")
+    password = os.environ.get("LINKSEAL_MQTT_PASSWORD") if password_from_environment else None
     if password_file:
         try:
             password = Path(password_file).read_text().strip()

@@ -152,7 +152,8 @@ def open_sink(url: str, client_id: str, ca_file=None, cert_file=None, key_file=N
 
     scheme = urlsplit(url).scheme
     if scheme in ("mqtt", "mqtts"):
-        broker = parse_broker(url, ca_file, cert_file, key_file, username, password_file, option="--forward")
+        broker = parse_broker(url, ca_file, cert_file, key_file, username, password_file, option="--forward",
+                              password_from_environment=False)
         return MqttSink(broker, client_id)
     if scheme in ("postgresql", "postgres"):
         return PostgresSink(url)
