@@ -1,6 +1,6 @@
 """The baseline subscriber, run as its own process like the hub: paho, QoS 1, counts messages.
 
-    python bench/count_subscriber.py PORT EXPECTED CLIENT_ID [--persistent] [--subscribe-only]
+    python bench/count_subscriber.py PORT EXPECTED CLIENT_ID [--persistent] [--subscribe-only] [--topic FILTER]
 
 Prints `subscribed` once the broker confirmed the subscription, then `done SECONDS` when
 EXPECTED messages have arrived, SECONDS counted from the moment it was subscribed.
@@ -16,6 +16,7 @@ import paho.mqtt.client as mqtt
 def main():
     port, expected, client_id = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     persistent, subscribe_only = "--persistent" in sys.argv, "--subscribe-only" in sys.argv
+    topic = sys.argv[sys.argv.index("--topic") + 1] if "--topic" in sys.argv else "linkseal/v1/+/rec"
     count = 0
     done, subscribed = threading.Event(), threading.Event()
 
@@ -29,7 +30,7 @@ def main():
     client.on_message = on_message
     client.on_subscribe = lambda *args: subscribed.set()
     client.connect("127.0.0.1", port)
-    client.subscribe("linkseal/v1/+/rec", qos=1)
+    client.subscribe(topic, qos=1)
     client.loop_start()
     if not subscribed.wait(10):
         sys.exit("the broker did not confirm the subscription")

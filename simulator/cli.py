@@ -272,6 +272,7 @@ def _real_devices(keyfile, events: list, seed: int, profiles: dict | None = None
 
 def _run_virtual(args, scenario, console):
     from .run import label
+    from .virtual_device import MicroPythonError, node_with_micropython
     from .virtual_run import run_virtual_devices
 
     if args.attacks:
@@ -279,6 +280,10 @@ def _run_virtual(args, scenario, console):
     if args.virtual_devices < 1:
         raise InputError(f"--virtual-devices {args.virtual_devices}: give 1 or more")
     scenario.devices, scenario.attacks = args.virtual_devices, {}
+    try:  # the npm MicroPython runtime lives in a checkout (`make test`), not in the wheel
+        node_with_micropython()
+    except MicroPythonError as exc:
+        raise InputError(f"--virtual-devices: {exc}") from None
     broker = None
     if args.broker:
         from hub.service.config import parse_broker
