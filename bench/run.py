@@ -10,8 +10,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import (  # noqa: E402
-    bench_faults, bench_firmware, bench_forward, bench_ingest, bench_memory, bench_micropython, bench_overhead,
-    bench_verify)
+    bench_faults,
+    bench_firmware,
+    bench_forward,
+    bench_ingest,
+    bench_memory,
+    bench_micropython,
+    bench_overhead,
+    bench_verify,
+)
 
 if __name__ == "__main__":
     for module in (bench_overhead, bench_verify, bench_memory, bench_micropython, bench_ingest, bench_forward,

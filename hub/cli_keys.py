@@ -7,8 +7,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from hub.cli_common import InputError, add_keys_option, command, new_keyfile, open_keyfile
+from hub.cli_common import add_keys_option, command, new_keyfile, open_keyfile
 from hub.service.config import parse_duration
+
 
 def add_keys_group(groups):
     keys = groups.add_parser("keys", help="the hub key file, devices, keys and certificates")
