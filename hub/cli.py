@@ -115,7 +115,7 @@ def _run(args):
     from hub.service.log import EventLog
     from hub.service.metrics import HubMetrics
     from hub.service.mqtt_adapter import HubService
-    from hub.service.storage import SQLiteStorage
+    from hub.service.storage import SQLiteStorage, WriterLock
 
     broker = parse_broker(args.broker, args.ca_file, args.cert_file, args.key_file, args.username,
                           args.password_file)
@@ -123,6 +123,7 @@ def _run(args):
     log = EventLog(json_lines=args.log_json or settings.log_json)
     verifier = _verifier(args, settings.rate_limits)
     sinks = _sinks(args.forward, settings)
+    lock = WriterLock(args.db)  # one writer per database, for as long as this hub runs
     storage = SQLiteStorage(args.db)
     for name in storage.set_sinks([name for name, _ in sinks]):
         log("sink_forgotten", sink=name, reason="no longer configured: it holds no records back any more")
@@ -131,10 +132,13 @@ def _run(args):
     if args.metrics:
         try:
             metrics.address = metrics.serve(args.metrics)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, OverflowError) as exc:  # OverflowError: a port past 65535
             raise InputError(f"--metrics {args.metrics}: cannot listen ({exc})") from None
     reload = lambda: open_keyfile(args).device_keys()  # noqa: E731  (SIGHUP)
-    return HubService(broker, settings, ingest, log, metrics, load_devices=reload, sinks=sinks).run()
+    try:
+        return HubService(broker, settings, ingest, log, metrics, load_devices=reload, sinks=sinks).run()
+    finally:
+        lock.release()
 
 
 def _sinks(urls, settings) -> list:
@@ -178,9 +182,12 @@ def _report(args):
 def _prune(args):
     from hardware.link_registry import load_links
     from hub.service.config import load_settings
-    from hub.service.storage import SQLiteStorage
+    from hub.service.storage import SQLiteStorage, WriterLock
 
     retention = load_settings(args.config, load_links()).retention
+    if not args.db.is_file():
+        raise InputError(f"{args.db}: no such hub database")
+    lock = WriterLock(args.db)  # not beside a running hub
     storage = SQLiteStorage(args.db, create=False)
     total = {}
     try:
@@ -193,6 +200,7 @@ def _prune(args):
         released = storage.release_space()
     finally:
         storage.close()
+        lock.release()
     print(f"pruned {total.get('records', 0)} records, {total.get('events', 0)} security events, "
           f"{total.get('device_counts', 0)} per-device counter rows; rolled up {total.get('counts_rolled', 0)} "
           f"counter rows; {released} bytes handed back")

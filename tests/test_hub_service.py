@@ -3,6 +3,7 @@
 import os
 import random
 import signal
+import subprocess
 import urllib.request
 
 import pytest
@@ -14,7 +15,7 @@ from hub.core.report import build_report
 from hub.core.verifier import Verifier
 from hub.keys.keyfile import KeyFile
 from simulator.run import Scenario, generate, label
-from tools.services import HubProcess, frames_seen, publish, stored_report, wait_for
+from tools.services import LINKSEAL, HubProcess, frames_seen, publish, stored_report, wait_for
 
 COUNTERS = ("received", "valid", "lost", "duplicate", "reordered", "corrupt", "forged", "replay", "malformed",
             "rate_limited")
@@ -207,7 +208,6 @@ def test_report_and_audit_commands(tmp_path, broker, keys):
     import sqlite3
     import subprocess
 
-    from tools.services import LINKSEAL
 
     stream = sealed_stream(keys, devices=2, frames=10)
     forged = bytearray(stream[0][1])
@@ -328,3 +328,27 @@ def test_a_stop_signal_in_the_middle_of_a_log_line_does_not_deadlock(tmp_path):
     threading.Thread(target=handler_while_logging, daemon=True).start()
     assert done.wait(10), "stop() waited on the log's lock"
     assert service.stopping.is_set()
+
+
+def test_one_hub_per_database(tmp_path, broker, keys):
+    """A second hub (or `hub prune`) on a database a hub is writing is refused, naming the holder;
+    after a kill -9 the lock is gone with the process."""
+    first = start_hub(tmp_path, broker, keys)
+    try:
+        second = subprocess.run([str(LINKSEAL), "hub", "run", "--broker", broker.url, "--keys", str(keys.path),
+                                 "--insecure-plaintext", "--db", str(first.db)],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2, second.stderr
+        assert f"another hub (pid {first.process.pid})" in second.stderr and "Traceback" not in second.stderr
+        prune = subprocess.run([str(LINKSEAL), "hub", "prune", "--db", str(first.db)], capture_output=True,
+                               text=True, timeout=60)
+        assert prune.returncode == 2 and f"pid {first.process.pid}" in prune.stderr
+        assert first.process.poll() is None  # the first one runs on
+    finally:
+        first.stop()  # SIGKILL
+    again = start_hub(tmp_path, broker, keys, name="hub-again")
+    again.stop()
+    metrics = subprocess.run([str(LINKSEAL), "hub", "run", "--broker", broker.url, "--keys", str(keys.path),
+                              "--insecure-plaintext", "--db", str(tmp_path / "other.db"), "--metrics",
+                              "127.0.0.1:99999"], capture_output=True, text=True, timeout=60)
+    assert metrics.returncode == 2 and "--metrics 127.0.0.1:99999: cannot listen" in metrics.stderr

@@ -14,6 +14,7 @@ a small step at a time: delivered records, minute counters rolled up into hours 
 A PostgreSQL backend would implement the same methods; the verifier never sees SQL.
 """
 
+import fcntl
 import hashlib
 import json
 import os
@@ -344,6 +345,35 @@ class SQLiteStorage:
         if (head[0] if head else GENESIS_HASH) != prev:
             return checked, f"the chain ends at event {checked}, not at the last event written (rows were cut off)"
         return checked, None
+
+
+class WriterLock:
+    """One writer per database: `hub run` and `hub prune` hold an exclusive lock on DB.lock
+    (flock: released by the kernel when the process dies, kill -9 included). A second writer
+    is refused with the holder's pid instead of verifying the same stream twice (doubled
+    counters, and a hash chain that then looks tampered with)."""
+
+    def __init__(self, db_path):
+        self.path = Path(str(db_path) + ".lock")
+        try:
+            self.file = open(self.path, "a+")
+        except OSError as exc:
+            raise StorageError(f"{self.path}: cannot create the lock file: {exc.strerror}") from None
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise StorageError(f"{db_path}: another hub (pid {holder}) is writing this database; "
+                               "stop it first, or give this one a --db of its own") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        self.file.close()
 
 
 class Outbox:
