@@ -1,6 +1,8 @@
 """`linkseal agent run` on a "Linux device": through Mosquitto to `hub run`, across kill -9 and
 broker outages: every record arrives once, none lost, none sealed twice."""
 
+import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -94,3 +96,46 @@ def test_damaged_epoch_file_refuses_to_seal(tmp_path, broker):
                              "--source", str(source), "--state-dir", str(tmp_path / "state")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "damaged" in result.stderr and "refusing to seal" in result.stderr
+
+
+def test_a_refused_login_is_logged_as_one_and_credentials_come_from_a_file_or_the_environment(tmp_path):
+    from hub.keys.broker_config import mosquitto_password_line
+    from tools.services import Mosquitto
+
+    passwords = tmp_path / "passwords"
+    passwords.write_text(mosquitto_password_line("pump-1", "the right one") + "\n")
+    (tmp_path / "broker").mkdir()
+    broker = Mosquitto(tmp_path / "broker", auth=("allow_anonymous false", f"password_file {passwords}"))
+    broker.start_on_a_free_port()
+    keyfile = KeyFile.create(tmp_path / "hub.keys")
+    config = tmp_path / "pump-1.json"
+    write_private_json(config, keyfile.provision("pump-1", "wifi"))
+    source = tmp_path / "readings.log"
+    source.write_text("a\nb\nc\n")
+    (tmp_path / "wrong.txt").write_text("not it\n")
+
+    def agent(name, *extra, env=None):
+        log = open(tmp_path / f"{name}.log", "w")
+        return subprocess.Popen([str(LINKSEAL), "agent", "run", "--config", str(config), "--broker", broker.url,
+                                 "--source", str(source), "--state-dir", str(tmp_path / "state"), "--log-json",
+                                 "--username", "pump-1", *extra], stdout=log, stderr=log, env=env)
+
+    def events(name):
+        return [json.loads(line) for line in (tmp_path / f"{name}.log").read_text().splitlines()
+                if line.startswith("{")]
+
+    try:
+        refused = agent("refused", "--password-file", str(tmp_path / "wrong.txt"))
+        wait_for(lambda: any(e["event"] == "connect_refused" for e in events("refused")), 30, "a refused login")
+        refused.send_signal(signal.SIGTERM)
+        refused.wait(30)
+        logged = [e["event"] for e in events("refused")]
+        assert "connected" not in logged and "disconnected" not in logged
+        assert next(e for e in events("refused") if e["event"] == "connect_refused")["reason"] == "Not authorized"
+        accepted = agent("accepted", env={**os.environ, "LINKSEAL_MQTT_PASSWORD": "the right one"})
+        assert accepted.wait(60) == 0  # every record acknowledged by the broker, then done
+        assert "connected" in [e["event"] for e in events("accepted")]
+    finally:
+        broker.stop()
+    for name in ("refused", "accepted"):
+        assert "the right one" not in (tmp_path / f"{name}.log").read_text()

@@ -36,6 +36,9 @@ def add_agent_group(groups):
     agent_run.add_argument("--ca-file", help="CA certificate of the broker (mqtts)")
     agent_run.add_argument("--cert-file", help="client certificate for mutual TLS")
     agent_run.add_argument("--key-file", help="client certificate's key for mutual TLS")
+    agent_run.add_argument("--username", help="MQTT user name (default: the device config's); the password comes "
+                           "from LINKSEAL_MQTT_PASSWORD or --password-file, never the command line")
+    agent_run.add_argument("--password-file", help="file holding the MQTT password")
     agent_run.add_argument("--log-json", action="store_true", help="log JSON Lines")
     agent_run.set_defaults(run=_agent_run)
 
@@ -67,7 +70,7 @@ def _agent_run(args):
     from .run import AgentState, LinuxAgent
 
     config = load_device_config(args.config)
-    broker = parse_broker(args.broker, args.ca_file, args.cert_file, args.key_file)
+    broker = parse_broker(args.broker, args.ca_file, args.cert_file, args.key_file, args.username, args.password_file)
     try:
         state = AgentState(args.state_dir or Path("linkseal-state") / config["device_id"])
     except EpochError as exc:

@@ -122,6 +122,7 @@ class LinuxAgent:
         if username:
             self.client.username_pw_set(username, broker.password or config.get("mqtt_password"))
         self.client.reconnect_delay_set(1, 30)
+        self._connected = False
         self._set_will()
 
     def status(self, kind: str) -> bytes:
@@ -135,12 +136,18 @@ class LinuxAgent:
         self.client.will_set(self.status_topic, self.status(DEATH), qos=1)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
-        self.log("connected", broker=f"{self.broker.host}:{self.broker.port}", reason=str(reason_code))
-        if not reason_code.is_failure:
-            client.publish(self.status_topic, self.status(BIRTH), qos=1)
+        where = f"{self.broker.host}:{self.broker.port}"
+        if reason_code.is_failure:  # a refused login is not a connection; paho retries with backoff (1-30 s)
+            self.log("connect_refused", broker=where, reason=str(reason_code), code=reason_code.value)
+            return
+        self._connected = True
+        self.log("connected", broker=where)
+        client.publish(self.status_topic, self.status(BIRTH), qos=1)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
-        self.log("disconnected", reason=str(reason_code))
+        if self._connected:  # not after a refused login: that was never a connection
+            self.log("disconnected", reason=str(reason_code))
+        self._connected = False
         self._set_will()  # for the automatic reconnect
 
     def seal_from(self, source, start: int) -> None:
