@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from hub.cli_common import add_keys_option, command, new_keyfile, open_keyfile
+from hub.cli_common import InputError, add_keys_option, command, new_keyfile, open_keyfile
 from hub.service.config import parse_duration
 
 
@@ -32,6 +32,8 @@ def add_keys_group(groups):
                       help="tag length; also the minimum the hub accepts from this device (default 16)")
     prov.add_argument("--key-id", type=int, default=0, help="key id, 0..255 (default 0)")
     prov.add_argument("--out", required=True, type=Path, help="where to write the device config")
+    prov.add_argument("--force", action="store_true",
+                      help="re-provision a device the key file already has, or replace an existing --out file")
     prov.set_defaults(run=_provision)
 
     rotate = command(sub, "rotate", "Give a device a new key id and write its new config; the hub accepts the "
@@ -91,7 +93,18 @@ def _init(args):
 
 
 def _provision(args):
+    if args.out.is_dir():
+        raise InputError(f"--out {args.out}: is a directory; name the device config file")
+    if args.out.exists() and not args.force:
+        raise InputError(f"--out {args.out}: exists; add --force to replace it")
     keyfile = open_keyfile(args)
+    entry = keyfile.devices.get(args.device_id)
+    if entry is not None and not args.force:
+        wanted = {"link": args.link, "tag_len": args.tag_len, "key_id": args.key_id}
+        changes = [f"{name} {entry[name]} -> {value}" for name, value in wanted.items() if entry[name] != value]
+        raise InputError(f"{args.device_id}: already provisioned ({entry['state']}, {entry['link']}); "
+                         + (f"this would change {', '.join(changes)}" if changes else "nothing would change")
+                         + "; add --force to re-provision it (`keys rotate` gives it a new key)")
     _write_device_config(args.out, keyfile.provision(args.device_id, args.link, args.tag_len, args.key_id))
     print(f"provisioned {args.device_id} on {args.link} (tag {args.tag_len} bytes, key id {args.key_id}); "
           f"device config written to {args.out} (mode 0600)")

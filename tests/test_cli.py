@@ -203,3 +203,26 @@ def test_ca_cert_and_broker_config_commands(tmp_path):
     assert written.returncode == 0
     conf = (tmp_path / "b" / "mosquitto.conf").read_text()
     assert "require_certificate true" in conf and "allow_anonymous false" in conf
+
+
+def test_provision_never_overwrites_silently(tmp_path):
+    keys = tmp_path / "hub.keys"
+    run("keys", "init", "--out", keys, "--insecure-plaintext")
+    device = tmp_path / "pump-1.json"
+    assert run("keys", "provision", "pump-1", "--keys", keys, "--insecure-plaintext", "--link", "wifi", "--out",
+               device).returncode == 0
+    before = device.read_bytes()
+    assert_input_error(run("keys", "provision", "pump-1", "--keys", keys, "--insecure-plaintext", "--link", "lora",
+                           "--out", tmp_path / "other.json"),
+                       "pump-1: already provisioned", "this would change link wifi -> lora", "--force")
+    assert_input_error(run("keys", "provision", "pump-2", "--keys", keys, "--insecure-plaintext", "--link", "wifi",
+                           "--out", device), f"--out {device}: exists; add --force")
+    assert device.read_bytes() == before and not (tmp_path / "other.json").exists()
+    listing = json.loads(run("keys", "list", "--keys", keys, "--insecure-plaintext", "--json").stdout)
+    assert [(d["device"], d["link"]) for d in listing["devices"]] == [("pump-1", "wifi")]  # nothing moved
+    forced = run("keys", "provision", "pump-1", "--keys", keys, "--insecure-plaintext", "--link", "lora", "--out",
+                 device, "--force")
+    assert forced.returncode == 0 and json.loads(device.read_text())["link"] == "lora"
+    assert_input_error(run("keys", "list", "--keys", tmp_path, "--insecure-plaintext"), "is a directory")
+    assert_input_error(run("keys", "provision", "pump-3", "--keys", keys, "--insecure-plaintext", "--link", "wifi",
+                           "--out", tmp_path), "is a directory")

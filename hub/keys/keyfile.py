@@ -77,6 +77,8 @@ def write_file(path: Path, data, private: bool = False) -> Path:
 
 
 def _read_private_json(path: Path, what: str) -> dict:
+    if path.is_dir():  # before the permission check, which would ask to chmod the directory
+        raise KeyFileError(f"{path}: is a directory, not a {what}")
     try:
         keystore.check_private(path)
         return json.loads(path.read_text())
