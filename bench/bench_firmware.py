@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from firmware.build import AGENT_BUDGET, FIRMWARE_BUDGET, agent_settings, build
+from firmware.host.build import AGENT_BUDGET, FIRMWARE_BUDGET, agent_settings, build
 from hardware.board_registry import board
 from hub.keys.keyfile import KeyFile, write_private_json
 from hub.service.config import parse_broker

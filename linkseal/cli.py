@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from agent.linux.cli import add_agent_group
-from firmware.cli import add_firmware_group
+from firmware.host.cli import add_firmware_group
 from hardware.board_registry import BoardError
 from hardware.link_registry import RegistryError
 from hub.cli import add_hub_group

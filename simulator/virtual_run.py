@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from firmware.build import agent_settings, build
+from firmware.host.build import agent_settings, build
 from hardware.board_registry import board
 from hardware.link_registry import load_links
 from hub.keys.keyfile import KeyFile, write_private_json

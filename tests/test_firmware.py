@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from firmware.board_files import device_sources
+from firmware.host.board_files import device_sources
 from tools.micropython import run_micropython
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware.board_files import AGENT_CORE, BOARD_LIBRARIES, DEVICE_MODULES, board_sources
+from firmware.host.board_files import AGENT_CORE, BOARD_LIBRARIES, DEVICE_MODULES, board_sources
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("agent", "firmware", "hardware", "hub", "simulator", "linkseal")
@@ -126,14 +126,24 @@ def test_board_code_imports_only_board_code_and_micropython_modules():
 
 def test_no_cpython_only_module_is_listed_for_a_board():
     cpython_only = {path.relative_to(ROOT) for path in (ROOT / "agent" / "linux").rglob("*.py")}
-    cpython_only |= {path.relative_to(ROOT) for path in (ROOT / "firmware").glob("*.py")}
+    cpython_only |= {path.relative_to(ROOT) for path in (ROOT / "firmware" / "host").rglob("*.py")}
     listed = {source.resolve().relative_to(ROOT) for source in board_sources().values()}
     assert listed and not listed & cpython_only
     assert all(path.parts[:2] == ("firmware", "device") or path.parts[0] == "agent" for path in listed)
 
 
+def test_host_only_code_lives_in_the_host_folders():
+    """Under agent/ and firmware/, whatever is not board code sits in agent/linux or firmware/host."""
+    listed = {source.resolve() for source in board_sources().values()}
+    package_markers = {ROOT / "firmware" / "__init__.py", ROOT / "firmware" / "device" / "__init__.py"}
+    stray = [path.relative_to(ROOT) for part in ("agent", "firmware") for path in (ROOT / part).rglob("*.py")
+             if path.resolve() not in listed | package_markers
+             and path.relative_to(ROOT).parts[:2] not in (("agent", "linux"), ("firmware", "host"))]
+    assert not stray, f"host-only code outside agent/linux and firmware/host: {stray}"
+
+
 def test_a_build_holds_exactly_the_board_files(tmp_path):
-    from firmware.build import agent_settings, build
+    from firmware.host.build import agent_settings, build
     from hardware.board_registry import board
     from hub.keys.keyfile import KeyFile, write_private_json
     from hub.service.config import parse_broker

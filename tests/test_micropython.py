@@ -6,7 +6,7 @@ These run in `make test` and CI; tools/micropython.py raises if the runtime is m
 import ast
 import json
 
-from firmware.board_files import agent_sources
+from firmware.host.board_files import agent_sources
 from tools.micropython import run_micropython
 
 from .conftest import load_vectors

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware.board_files import device_sources
+from firmware.host.board_files import device_sources
 from hub.keys.keyfile import KeyFile, write_private_json
 from hub.service.storage import SQLiteStorage
 from simulator.micropython_lib import LIB as MICROPYTHON_LIB

@@ -9,7 +9,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from firmware.board_files import agent_sources
+from firmware.host.board_files import agent_sources
 from simulator.virtual_device import MicroPythonError, node_with_micropython
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,7 +17,7 @@ RUNNER = ROOT / "tools" / "micropython.mjs"
 
 
 def agent_files() -> dict:
-    """The agent core as it goes onto a board (firmware/board_files.py), as source: /lib/agent/*.py."""
+    """The agent core as it goes onto a board (firmware/host/board_files.py), as source: /lib/agent/*.py."""
     return {"/" + board_path: source.read_text() for board_path, source in agent_sources().items()}
 
 

@@ -41,7 +41,7 @@ def add_firmware_group(groups):
 
 
 def _build(args):
-    from firmware.build import AGENT_BUDGET, FIRMWARE_BUDGET, agent_settings, build
+    from firmware.host.build import AGENT_BUDGET, FIRMWARE_BUDGET, agent_settings, build
     from hardware.board_registry import board
     from hub.service.config import parse_broker
 
@@ -63,6 +63,6 @@ def _build(args):
 
 
 def _flash(args):
-    from firmware.flash import flash
+    from firmware.host.flash import flash
 
     flash(args.port, args.build, verify=args.verify, micropython_lib=args.micropython_lib)

@@ -14,11 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from firmware.device import epoch as epoch_file
 from hardware.board_registry import Board
 from hub.keys.keyfile import load_device_config, write_private_json
 
 from .board_files import AGENT_CORE, DEVICE_MODULES, agent_dir, agent_sources, device_dir, device_sources
-from .device import epoch as epoch_file
 
 AGENT_BUDGET = 6 * 1024  # bytes of .mpy for the agent core (the bar)
 FIRMWARE_BUDGET = 16 * 1024  # bytes of .mpy for everything we ship, umqtt aside
