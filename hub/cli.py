@@ -5,7 +5,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from hub.cli_common import InputError, add_keys_option, command, open_keyfile
+from hub.cli_common import InputError, add_broker_options, add_keys_option, broker_from_args, command, open_keyfile
 
 
 def add_hub_group(groups):
@@ -27,17 +27,11 @@ def add_hub_group(groups):
                    "--metrics 127.0.0.1:9108",
                    "LINKSEAL_PASSPHRASE_FILE=pass linkseal hub run --broker mqtts://broker:8883 --ca-file ca.pem \\\n"
                    "      --cert-file hub.pem --key-file hub-key.pem --keys hub.keys --db hub.db"])
-    run.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    add_broker_options(run)
     add_keys_option(run)
     run.add_argument("--db", required=True, type=Path, help="SQLite database (created 0600)")
     run.add_argument("--metrics", help="serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9108; port 0: any)")
     run.add_argument("--config", type=Path, help="hub.toml: client id, queue and batch sizes, rate limits")
-    run.add_argument("--ca-file", help="CA certificate that signed the broker's certificate (mqtts)")
-    run.add_argument("--cert-file", help="client certificate for mutual TLS")
-    run.add_argument("--key-file", help="client certificate's private key for mutual TLS")
-    run.add_argument("--username", help="MQTT user name; the password comes from LINKSEAL_MQTT_PASSWORD "
-                                        "or --password-file, never the command line")
-    run.add_argument("--password-file", help="file holding the MQTT password")
     run.add_argument("--log-json", action="store_true", help="log JSON Lines instead of key=value text")
     run.add_argument("--forward", action="append", default=[], metavar="URL",
                      help="deliver every authentic record inward, at least once: mqtt://HOST:PORT or mqtts://... "
@@ -110,15 +104,14 @@ def _verify(args):
 
 def _run(args):
     from hardware.link_registry import load_links
-    from hub.service.config import load_settings, parse_broker
+    from hub.service.config import load_settings
     from hub.service.ingest import Ingest
     from hub.service.log import EventLog
     from hub.service.metrics import HubMetrics
     from hub.service.mqtt_adapter import HubService
     from hub.service.storage import SQLiteStorage, WriterLock
 
-    broker = parse_broker(args.broker, args.ca_file, args.cert_file, args.key_file, args.username,
-                          args.password_file)
+    broker = broker_from_args(args)
     settings = load_settings(args.config, load_links())
     log = EventLog(json_lines=args.log_json or settings.log_json)
     verifier = _verifier(args, settings.rate_limits)
@@ -143,6 +136,7 @@ def _run(args):
 
 def _sinks(urls, settings) -> list:
     """(name, sink) for --forward URLs and hub.toml [[forward]] tables; the names must differ."""
+    from hub.service.config import FORWARD_OPTIONS
     from hub.service.sinks import open_sink, sink_name
 
     tables = [{"url": url} for url in urls] + settings.forwards
@@ -151,7 +145,7 @@ def _sinks(urls, settings) -> list:
         name = sink_name(table["url"])
         if any(name == other for other, _ in sinks):
             raise InputError(f"--forward {name}: configured twice")
-        options = {key: table.get(key) for key in ("ca_file", "cert_file", "key_file", "username", "password_file")}
+        options = {key: table.get(key) for key in FORWARD_OPTIONS}
         sinks.append((name, open_sink(table["url"], f"{settings.client_id}-forward-{number}", **options)))
     return sinks
 

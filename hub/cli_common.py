@@ -23,6 +23,24 @@ def add_keys_option(parser, flag="--keys", help_text="hub key file"):
                         help="allow an unencrypted key file (tests and demos only)")
 
 
+def add_broker_options(parser, username_note=""):
+    """--broker and its TLS files and login, as `hub run` and `agent run` both take them."""
+    parser.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    parser.add_argument("--ca-file", help="CA certificate that signed the broker's certificate (mqtts)")
+    parser.add_argument("--cert-file", help="client certificate for mutual TLS")
+    parser.add_argument("--key-file", help="client certificate's private key for mutual TLS")
+    parser.add_argument("--username", help=f"MQTT user name{username_note}; the password comes from "
+                                           "LINKSEAL_MQTT_PASSWORD or --password-file, never the command line")
+    parser.add_argument("--password-file", help="file holding the MQTT password")
+
+
+def broker_from_args(args):
+    """The Broker the options of add_broker_options describe (ConfigError names the option)."""
+    from hub.service.config import parse_broker
+
+    return parse_broker(args.broker, args.ca_file, args.cert_file, args.key_file, args.username, args.password_file)
+
+
 def open_keyfile(args):
     """The hub key file named by --keys, decrypted with the passphrase from the environment."""
     from hub.keys.keyfile import KeyFile

@@ -10,23 +10,29 @@ import sys
 
 from agent.linux.cli import add_agent_group
 from firmware.host.cli import add_firmware_group
-from hardware.board_registry import BoardError
-from hardware.link_registry import RegistryError
 from hub.cli import add_hub_group
-from hub.cli_common import EXIT_INPUT, InputError
+from hub.cli_common import EXIT_INPUT
 from hub.cli_keys import add_keys_group
-from hub.keys.keyfile import KeyFileError
-from hub.keys.keystore import KeystoreError
-from hub.keys.pki import PKIError
-from hub.service.capture import CaptureError
-from hub.service.config import ConfigError
-from hub.service.storage import StorageError
 from simulator.cli import add_demo_command, add_sim_group
 
 from . import __version__
 
-INPUT_ERRORS = (InputError, BoardError, CaptureError, ConfigError, KeyFileError, KeystoreError, PKIError,
-                RegistryError, StorageError, ValueError, OSError)
+
+def input_errors() -> tuple:
+    """What a command raises for bad input; imported only when something was raised, so that
+    start-up does not load the key, PKI and storage modules a command may never use."""
+    from hardware.board_registry import BoardError
+    from hardware.link_registry import RegistryError
+    from hub.cli_common import InputError
+    from hub.keys.keyfile import KeyFileError
+    from hub.keys.keystore import KeystoreError
+    from hub.keys.pki import PKIError
+    from hub.service.capture import CaptureError
+    from hub.service.config import ConfigError
+    from hub.service.storage import StorageError
+
+    return (InputError, BoardError, CaptureError, ConfigError, KeyFileError, KeystoreError, PKIError, RegistryError,
+            StorageError, ValueError, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,12 +58,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0
-    except INPUT_ERRORS as exc:
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if not isinstance(exc, input_errors()):
+            raise
         message = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else str(exc)
         print(f"linkseal: error: {message}", file=sys.stderr)
         return EXIT_INPUT
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":

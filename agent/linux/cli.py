@@ -5,7 +5,7 @@ import sys
 import time
 from pathlib import Path
 
-from hub.cli_common import InputError, command
+from hub.cli_common import InputError, add_broker_options, broker_from_args, command
 
 
 def add_agent_group(groups):
@@ -25,7 +25,7 @@ def add_agent_group(groups):
                          "sensor-reader | linkseal agent run --config pump-12.json --broker mqtts://broker:8883 "
                          "--ca-file ca.pem"])
     agent_run.add_argument("--config", required=True, type=Path, help="device config from `keys provision`")
-    agent_run.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    add_broker_options(agent_run, " (default: the device config's)")
     agent_run.add_argument("--state-dir", type=Path, help="epoch and queue (default ./linkseal-state/DEVICE)")
     agent_run.add_argument("--source", default="stdin", help="stdin (default) or a file of one record per line")
     agent_run.add_argument("--qos", type=int, choices=(0, 1), default=1)
@@ -33,12 +33,6 @@ def add_agent_group(groups):
                            help="frames per second at most, below the hub's rate limit (default 50; 0: none)")
     agent_run.add_argument("--heartbeat", type=float, default=30.0, metavar="SECONDS",
                            help="seconds between heartbeat status messages (default 30)")
-    agent_run.add_argument("--ca-file", help="CA certificate of the broker (mqtts)")
-    agent_run.add_argument("--cert-file", help="client certificate for mutual TLS")
-    agent_run.add_argument("--key-file", help="client certificate's key for mutual TLS")
-    agent_run.add_argument("--username", help="MQTT user name (default: the device config's); the password comes "
-                           "from LINKSEAL_MQTT_PASSWORD or --password-file, never the command line")
-    agent_run.add_argument("--password-file", help="file holding the MQTT password")
     agent_run.add_argument("--log-json", action="store_true", help="log JSON Lines")
     agent_run.set_defaults(run=_agent_run)
 
@@ -64,13 +58,12 @@ def _agent_seal(args):
 def _agent_run(args):
     from firmware.device.epoch import EpochError
     from hub.keys.keyfile import load_device_config
-    from hub.service.config import parse_broker
     from hub.service.log import EventLog
 
     from .run import AgentState, LinuxAgent
 
     config = load_device_config(args.config)
-    broker = parse_broker(args.broker, args.ca_file, args.cert_file, args.key_file, args.username, args.password_file)
+    broker = broker_from_args(args)
     try:
         state = AgentState(args.state_dir or Path("linkseal-state") / config["device_id"])
     except EpochError as exc:

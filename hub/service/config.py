@@ -12,7 +12,8 @@ from hub.service.storage import Retention
 DEFAULT_RATE = (100.0, 1000.0)  # frames per second and burst per device: generous on purpose
 DEFAULT_MAX_BACKLOG = 10_000_000  # undelivered records per sink before upstream acks pause (a few GB)
 _DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_FORWARD_KEYS = ("url", "ca_file", "cert_file", "key_file", "username", "password_file")
+FORWARD_OPTIONS = ("ca_file", "cert_file", "key_file", "username", "password_file")  # [[forward]], beside url
+_FORWARD_KEYS = ("url", *FORWARD_OPTIONS)
 
 
 class ConfigError(ValueError):

@@ -9,10 +9,10 @@ makes it exactly once there.
 
 import binascii
 import ssl
-from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from hub.service.mqtt_publisher import MqttPublisher, MqttPublishError
+from hub.service.storage import StoredRecord
 
 VERIFIED_PREFIX = "linkseal/verified/"
 PG_TABLE = "linkseal_records"
@@ -25,24 +25,6 @@ ACK_TIMEOUT = 10.0  # seconds for a batch's PUBACKs before the sink counts as do
 
 class SinkError(Exception):
     """A delivery failed (the sink is down or refused); the batch stays undelivered."""
-
-
-@dataclass(frozen=True)
-class StoredRecord:
-    """One row of the hub's records table (the outbox)."""
-
-    id: int  # the outbox position: commit order, never reused
-    device: str
-    epoch: int
-    seq: int
-    link: str
-    device_time_ms: int | None
-    verified_at: float
-    payload: bytes
-
-    @property
-    def key(self) -> str:
-        return f"{self.device}/{self.epoch}/{self.seq}"
 
 
 def verified_json(record: StoredRecord) -> bytes:

@@ -54,6 +54,24 @@ class StorageError(Exception):
 
 
 @dataclass(frozen=True)
+class StoredRecord:
+    """One row of the hub's records table (the outbox)."""
+
+    id: int  # the outbox position: commit order, never reused
+    device: str
+    epoch: int
+    seq: int
+    link: str
+    device_time_ms: int | None
+    verified_at: float
+    payload: bytes
+
+    @property
+    def key(self) -> str:
+        return f"{self.device}/{self.epoch}/{self.seq}"
+
+
+@dataclass(frozen=True)
 class Retention:
     """How long things are kept, in seconds (hub.toml [retention]; docs/hub.md)."""
 
@@ -103,6 +121,12 @@ def _connect(path):
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA busy_timeout=10000")  # the forwarders write their cursors beside the ingest path
     return db
+
+
+def _last_record_id(db) -> int:
+    """The newest outbox id ever given (AUTOINCREMENT keeps it in sqlite_sequence, even after pruning)."""
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+    return row[0] if row else 0
 
 
 def event_hash(prev_hash: str, event: dict) -> str:
@@ -196,8 +220,7 @@ class SQLiteStorage:
     # -- the outbox and retention ---------------------------------------------------------
 
     def last_record_id(self) -> int:
-        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
-        return row[0] if row else 0
+        return _last_record_id(self.db)
 
     def set_sinks(self, names) -> list:
         """Keep a cursor for exactly these sinks: a new sink starts with every retained record, a
@@ -393,8 +416,6 @@ class Outbox:
         return row[0] if row else 0
 
     def undelivered(self, after_id: int, limit: int) -> list:
-        from hub.service.sinks import StoredRecord
-
         rows = self.db.execute(f"SELECT id, {_RECORD_COLUMNS} FROM records WHERE id > ? ORDER BY id LIMIT ?",
                                (after_id, limit))
         return [StoredRecord(*row) for row in rows]
@@ -409,8 +430,7 @@ class Outbox:
                                         "WHERE id > ? ORDER BY id LIMIT 1)", (after_id,)).fetchone()
         if not count:
             return 0, None
-        newest = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()[0]
-        return newest - after_id, oldest
+        return _last_record_id(self.db) - after_id, oldest
 
     def close(self) -> None:
         self.db.close()
