@@ -109,7 +109,7 @@ def _run(args):
     from hub.service.log import EventLog
     from hub.service.metrics import HubMetrics
     from hub.service.mqtt_adapter import HubService
-    from hub.service.storage import SQLiteStorage, WriterLock
+    from hub.service.storage import WriterLock
 
     broker = broker_from_args(args)
     settings = load_settings(args.config, load_links())
@@ -117,7 +117,7 @@ def _run(args):
     verifier = _verifier(args, settings.rate_limits)
     sinks = _sinks(args.forward, settings)
     lock = WriterLock(args.db)  # one writer per database, for as long as this hub runs
-    storage = SQLiteStorage(args.db)
+    storage = _open_waiting(args.db, log)
     for name in storage.set_sinks([name for name, _ in sinks]):
         log("sink_forgotten", sink=name, reason="no longer configured: it holds no records back any more")
     ingest = Ingest(verifier, storage)
@@ -132,6 +132,27 @@ def _run(args):
         return HubService(broker, settings, ingest, log, metrics, load_devices=reload, sinks=sinks).run()
     finally:
         lock.release()
+
+
+def _open_waiting(path, log, backoff_max=30.0):
+    """The hub's database; a full, locked or read-only one is waited for (logged once), not
+    exited on: a service manager restarting the hub in a loop would not free the disk."""
+    from hub.service.storage import SQLiteStorage, StorageFault
+
+    delay, reported = 0.5, None
+    while True:
+        try:
+            storage = SQLiteStorage(path)
+        except StorageFault as exc:
+            if exc.kind != reported:
+                log(exc.kind, error=str(exc), action="waiting for the database before connecting to the broker")
+                reported = exc.kind
+            time.sleep(delay)  # SIGTERM still ends the process: nothing is held yet
+            delay = min(delay * 2, backoff_max)
+            continue
+        if reported:
+            log("storage_recovered", after=reported)
+        return storage
 
 
 def _sinks(urls, settings) -> list:

@@ -40,6 +40,14 @@ def own_mosquitto(tmp_path, name):
 
 
 @pytest.fixture
+def keys(tmp_path):
+    """A hub key file (plaintext: tests only) to provision devices into."""
+    from hub.keys.keyfile import KeyFile
+
+    return KeyFile.create(tmp_path / "hub.keys")
+
+
+@pytest.fixture
 def broker(tmp_path):
     """The device network's broker."""
     yield from own_mosquitto(tmp_path, "broker")

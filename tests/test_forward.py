@@ -8,22 +8,14 @@ import signal
 import sqlite3
 import urllib.request
 
-import pytest
-
 from agent import Sealer, topic_for
 from agent import frame as wire
 from agent.sealer import status_topic_for
 from agent.status import BIRTH, status_payload
-from hub.keys.keyfile import KeyFile
 from simulator.run import Scenario, generate, label
 from tools.services import HubProcess, Subscriber, frames_seen, publish, stored_report, wait_for
 
 VERIFIED_KEYS = {"id", "device", "link", "epoch", "seq", "device_time_ms", "verified_at", "payload_b64"}
-
-
-@pytest.fixture
-def keys(tmp_path):
-    return KeyFile.create(tmp_path / "hub.keys")
 
 
 def hub_with_sinks(tmp_path, broker, keyfile, *sinks, settings="", name="hub", extra=()):

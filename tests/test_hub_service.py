@@ -6,8 +6,6 @@ import signal
 import subprocess
 import urllib.request
 
-import pytest
-
 from agent import Sealer, topic_for
 from agent import frame as wire
 from hardware.link_registry import links_by_code
@@ -21,14 +19,8 @@ COUNTERS = ("received", "valid", "lost", "duplicate", "reordered", "corrupt", "f
             "rate_limited")
 
 
-@pytest.fixture
-def keys(tmp_path):
-    keyfile = KeyFile.create(tmp_path / "hub.keys")
-    return keyfile
-
-
-def start_hub(tmp_path, broker, keyfile, *extra, name="hub"):
-    hub = HubProcess(broker, keyfile.path, tmp_path / "hub.db", tmp_path / f"{name}.log", *extra).start()
+def start_hub(tmp_path, broker, keyfile, *extra, name="hub", db=None):
+    hub = HubProcess(broker, keyfile.path, db or tmp_path / "hub.db", tmp_path / f"{name}.log", *extra).start()
     hub.wait_connected()
     return hub
 

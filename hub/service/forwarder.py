@@ -14,7 +14,7 @@ import threading
 import time
 
 from hub.service.sinks import SinkError
-from hub.service.storage import Outbox
+from hub.service.storage import Outbox, passing_fault
 
 BATCH = 1000  # records per delivery
 LINGER_S = 0.1  # a partial batch waits this long for more records: fewer, fuller deliveries under load
@@ -45,34 +45,47 @@ class Forwarder:
     def _run(self):
         delay = 1.0
         while not self.stopping.is_set():
-            self.wake.clear()  # before reading: a commit after this read sets it again
-            records = self.outbox.undelivered(self.cursor, BATCH)
-            if not records:
-                self._save_cursor()
-                self.wake.wait(1.0)
-                continue
-            young = LINGER_S - (time.time() - records[0].verified_at)
-            if len(records) < BATCH and young > 0:
-                self.stopping.wait(young)
-                records = self.outbox.undelivered(self.cursor, BATCH)
             try:
-                self.sink.deliver(records)
-            except SinkError as exc:
-                if self.up is not False:
-                    self.log("sink_down", sink=self.name, error=str(exc), backlog=self.outbox.backlog(self.cursor)[0],
-                             retry_in_s=delay)
-                self.up = False
-                self.stopping.wait(delay)
-                delay = min(delay * 2, self.backoff_max)
-                continue
-            if self.up is not True:
-                self.log("sink_up", sink=self.name, from_record=records[0].id)
-            self.up, delay = True, 1.0
-            self.cursor = records[-1].id
-            self.delivered += len(records)
-            if time.monotonic() - self._saved_at >= CURSOR_SAVE_S:
-                self._save_cursor()
-        self._save_cursor()
+                delay = self._step(delay)
+            except Exception as exc:  # the database full or locked: wait it out, as the ingest path does
+                if passing_fault(exc) is None:
+                    raise
+                self.stopping.wait(1.0)
+        try:
+            self._save_cursor()
+        except Exception as exc:
+            if passing_fault(exc) is None:
+                raise  # else a lost cursor update only means records delivered again
+
+    def _step(self, delay: float) -> float:
+        """One delivery, or a wait for work; returns the backoff delay for the next failure."""
+        self.wake.clear()  # before reading: a commit after this read sets it again
+        records = self.outbox.undelivered(self.cursor, BATCH)
+        if not records:
+            self._save_cursor()
+            self.wake.wait(1.0)
+            return delay
+        young = LINGER_S - (time.time() - records[0].verified_at)
+        if len(records) < BATCH and young > 0:
+            self.stopping.wait(young)
+            records = self.outbox.undelivered(self.cursor, BATCH)
+        try:
+            self.sink.deliver(records)
+        except SinkError as exc:
+            if self.up is not False:
+                self.log("sink_down", sink=self.name, error=str(exc), backlog=self.outbox.backlog(self.cursor)[0],
+                         retry_in_s=delay)
+            self.up = False
+            self.stopping.wait(delay)
+            return min(delay * 2, self.backoff_max)
+        if self.up is not True:
+            self.log("sink_up", sink=self.name, from_record=records[0].id)
+        self.up = True
+        self.cursor = records[-1].id
+        self.delivered += len(records)
+        if time.monotonic() - self._saved_at >= CURSOR_SAVE_S:
+            self._save_cursor()
+        return 1.0
 
     def _save_cursor(self):
         # Written now and then rather than after every batch: each write takes the database's

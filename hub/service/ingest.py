@@ -27,6 +27,7 @@ class Ingest:
         for device, text in stored.statuses:
             verifier.restore_status(device, text)
         verifier.unknown_device = stored.unknown_device
+        self._unwritten = None  # a batch storage refused, written again by the next commit()
         self._start_batch()
 
     def _start_batch(self):
@@ -83,17 +84,25 @@ class Ingest:
         self._start_minute()
 
     def commit(self) -> None:
-        """Write everything handled since the last commit in one transaction."""
-        if not self.pending and not self.verifier.events:
-            return
+        """Write everything handled since the last commit in one transaction. When storage
+        fails, the batch is kept and the next commit() writes it again (nothing is lost)."""
+        while True:  # a kept batch first, then what was handled since
+            if self._unwritten is None:
+                if not self.pending and not self.verifier.events:
+                    return
+                self._unwritten = self._take_batch()
+            self.storage.commit(self._unwritten)
+            self._unwritten = None
+
+    def _take_batch(self) -> Batch:
         self._close_minute()
         verifier = self.verifier
         batch = Batch(records=self._records, counts=self._counts, events=verifier.drain_events())
         batch.devices = [(d, verifier.current_link(d), verifier.device_state(d)) for d in self._touched]
         batch.statuses = [(d, verifier.status[d].to_json()) for d in self._statuses]
         batch.links = [(verifier.link_names[code], c.tobytes()) for code, c in verifier.link_counters.items()]
-        self.storage.commit(batch)
         self._start_batch()
+        return batch
 
 
 def _deltas(minute, scope, name, before: bytes, now) -> list:

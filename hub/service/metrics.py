@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from hub.core.counters import OUTCOME_OF
 from hub.core.report import abnormal_reasons, entry
+from hub.service.storage import FAULT_KINDS
 
 
 class VerifierCollector:
@@ -85,6 +86,16 @@ class HubMetrics:
         self.commit_seconds = Histogram("linkseal_storage_commit_seconds", "Time to commit one batch.",
                                         registry=self.registry,
                                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+
+        self.storage_fault = Gauge("linkseal_storage_fault", "1 while storage refuses writes for this reason "
+                                   "(the hub then pauses and retries, acknowledging nothing).", ["kind"],
+                                   registry=self.registry)
+        for kind in FAULT_KINDS:
+            self.storage_fault.labels(kind).set(0)
+
+    def set_storage_fault(self, kind: str | None) -> None:
+        for each in FAULT_KINDS:
+            self.storage_fault.labels(each).set(1 if each == kind else 0)
 
     def watch_forwarders(self, forwarders) -> None:
         if forwarders:

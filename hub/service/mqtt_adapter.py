@@ -23,6 +23,7 @@ import paho.mqtt.client as mqtt
 
 from hub.core.report import abnormal_reasons, entry
 from hub.service.forwarder import Forwarder, wait_for_room
+from hub.service.storage import describe_fault, passing_fault
 
 # Records and the devices' status messages (birth, death, heartbeat).
 TOPICS = [("linkseal/v1/+/rec", 1), ("linkseal/v1/+/status", 1)]
@@ -168,10 +169,40 @@ class HubService:
                         break
                 self._process(items)
                 self._periodic()
-        except Exception as exc:  # storage failed: stop without acknowledging what is not stored
-            self.log("storage_error", error=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # storage damaged: stop without acknowledging what is not stored
+            self.log("storage_error", error=describe_fault(exc, self.ingest.storage.path))
             self.exit_code = 1
             self.stopping.set()
+
+    def _commit(self) -> bool:
+        """Commit, waiting out passing storage faults (disk full, locked, read-only): nothing is
+        acknowledged meanwhile, so the broker keeps the backlog. False only when stopping."""
+        fault, delay = None, 0.5
+        while True:
+            try:
+                self.ingest.commit()
+            except Exception as exc:
+                kind = passing_fault(exc)
+                if kind is None:
+                    raise
+                if kind != fault:  # the cause, once (and again only if it changes)
+                    self.log(kind, error=describe_fault(exc, self.ingest.storage.path),
+                             action="not acknowledging upstream; retrying")
+                    self._set_fault(kind)
+                fault = kind
+                if self.stopping.wait(delay):
+                    self.log("stopping_unstored", reason=kind, note="the broker redelivers what was not stored")
+                    return False
+                delay = min(delay * 2, self.settings.backoff_max)
+                continue
+            if fault:
+                self.log("storage_recovered", after=fault)
+                self._set_fault(None)
+            return True
+
+    def _set_fault(self, kind):
+        if self.metrics:
+            self.metrics.set_storage_fault(kind)
 
     def _process(self, items):
         for topic, payload, t, _, _ in items:
@@ -183,7 +214,8 @@ class HubService:
             if verdict.outcome == "rate_limited":
                 self._rate_limited[verdict.link] = self._rate_limited.get(verdict.link, 0) + 1
         started = time.perf_counter()
-        self.ingest.commit()
+        if not self._commit():
+            return
         for forwarder in self.forwarders:  # new records to deliver
             forwarder.wake.set()
         committed = time.time()
@@ -211,7 +243,13 @@ class HubService:
         if time.monotonic() < self._next_prune:
             return
         started = time.perf_counter()
-        done = self.ingest.storage.prune_step(self.clock(), self.settings.retention)
+        try:
+            done = self.ingest.storage.prune_step(self.clock(), self.settings.retention)
+        except Exception as exc:
+            if passing_fault(exc) is None:
+                raise
+            self._next_prune = time.monotonic() + self.settings.prune_interval  # the next commit reports it
+            return
         if self.metrics:
             self.metrics.prune_seconds.observe(time.perf_counter() - started)
         busy = any(done.values())
@@ -248,7 +286,7 @@ class HubService:
             elif not reasons and self._abnormal.get(name):
                 self.log("link_normal", link=name)
             self._abnormal[name] = reasons
-        self.ingest.commit()
+        self._commit()
 
     # -- lifecycle --------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ a small step at a time: delivered records, minute counters rolled up into hours 
 A PostgreSQL backend would implement the same methods; the verifier never sees SQL.
 """
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -51,6 +52,48 @@ CREATE INDEX IF NOT EXISTS events_t ON events (t);
 
 class StorageError(Exception):
     """The database cannot be opened or is not a linkseal hub database."""
+
+
+class StorageFault(StorageError):
+    """The database cannot be used now for a reason that passes (full, locked, read-only);
+    `kind` is one of FAULT_KINDS. `hub run` waits it out; other commands report it."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+# SQLite result codes of faults that pass (space freed, a lock released, a mount made
+# writable again): the hub pauses and retries. Anything else (a damaged file) stops it.
+_PASSING_FAULTS = (("SQLITE_FULL", "storage_full"), ("SQLITE_BUSY", "storage_locked"),
+                   ("SQLITE_LOCKED", "storage_locked"), ("SQLITE_READONLY", "storage_readonly"),
+                   ("SQLITE_IOERR", "storage_io_error"), ("SQLITE_CANTOPEN", "storage_io_error"))
+
+
+FAULT_KINDS = ("storage_full", "storage_locked", "storage_readonly", "storage_io_error")
+
+
+def passing_fault(exc: BaseException) -> str | None:
+    """storage_full, storage_locked, storage_readonly or storage_io_error when exc is a storage
+    fault worth waiting out; None for anything else."""
+    name = getattr(exc, "sqlite_errorname", None) if isinstance(exc, sqlite3.Error) else None
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "storage_full"
+    for prefix, kind in _PASSING_FAULTS:
+        if name and (name == prefix or name.startswith(prefix + "_")):
+            return kind
+    return None
+
+
+def describe_fault(exc: BaseException, path: Path) -> str:
+    """The real cause in one line: SQLite's code and message, and the file system's free space."""
+    detail = f"{getattr(exc, 'sqlite_errorname', type(exc).__name__)}: {exc}"
+    try:
+        stat = os.statvfs(path.parent)
+        detail += f"; {stat.f_bavail * stat.f_frsize} bytes free on its file system"
+    except OSError:
+        pass
+    return detail
 
 
 @dataclass(frozen=True)
@@ -119,8 +162,17 @@ class Storage(Protocol):
 
 def _connect(path):
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA busy_timeout=10000")  # the forwarders write their cursors beside the ingest path
+    # The forwarders write their cursors beside the ingest path, in milliseconds; a lock held
+    # longer than this (another process) is a storage fault the hub waits out.
+    db.execute("PRAGMA busy_timeout=3000")
     return db
+
+
+def _rollback(db) -> None:
+    # On some errors (SQLITE_FULL among them) SQLite has already rolled the transaction back;
+    # a second ROLLBACK would raise "no transaction is active" and hide the real cause.
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 def _last_record_id(db) -> int:
@@ -157,11 +209,18 @@ class SQLiteStorage:
             if version is not None and version[0] == "1":
                 self._migrate_from_1()
                 version = (str(SCHEMA_VERSION),)
+            if version is None:
+                self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                version = (str(SCHEMA_VERSION),)
         except sqlite3.DatabaseError as exc:
+            kind = passing_fault(exc)
+            if kind == "storage_locked":
+                raise StorageFault(f"{self.path}: locked by another process ({exc}); the database is not damaged: "
+                                   "try again when that process has finished", kind) from None
+            if kind:  # full, read-only, I/O error: say so, not "damaged"
+                raise StorageFault(f"{self.path}: cannot write ({describe_fault(exc, self.path)})", kind) from None
             raise StorageError(f"{self.path}: not a usable SQLite database ({exc})") from None
-        if version is None:
-            self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif version[0] != str(SCHEMA_VERSION):
+        if version[0] != str(SCHEMA_VERSION):
             raise StorageError(f"{self.path}: schema version {version[0]}, this hub reads {SCHEMA_VERSION}")
         last = self.db.execute("SELECT hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
         self._last_hash = last[0] if last else GENESIS_HASH
@@ -210,7 +269,7 @@ class SQLiteStorage:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('events_head', ?)", (last_hash,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         self._last_hash = last_hash
 
@@ -250,7 +309,7 @@ class SQLiteStorage:
             done["events"] = self._prune_events(now - retention.events, limit)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         return done
 
