@@ -5,7 +5,17 @@ from pathlib import Path
 
 from rich.console import Console
 
-from hub.cli_common import InputError, add_broker_options, add_keys_option, broker_from_args, command, open_keyfile
+from hub.cli_common import (
+    PORT,
+    InputError,
+    add_broker_options,
+    add_keys_option,
+    broker_from_args,
+    command,
+    duration,
+    host_port,
+    open_keyfile,
+)
 
 
 def add_hub_group(groups):
@@ -30,7 +40,8 @@ def add_hub_group(groups):
     add_broker_options(run)
     add_keys_option(run)
     run.add_argument("--db", required=True, type=Path, help="SQLite database (created 0600)")
-    run.add_argument("--metrics", help="serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9108; port 0: any)")
+    run.add_argument("--metrics", type=host_port,
+                     help="serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9108; port 0: any)")
     run.add_argument("--config", type=Path, help="hub.toml: client id, queue and batch sizes, rate limits")
     run.add_argument("--log-json", action="store_true", help="log JSON Lines instead of key=value text")
     run.add_argument("--forward", action="append", default=[], metavar="URL",
@@ -43,7 +54,7 @@ def add_hub_group(groups):
                      ["linkseal hub report --db hub.db --since 15m",
                       "linkseal hub report --db hub.db --link wifi --json"])
     report.add_argument("--db", required=True, type=Path)
-    report.add_argument("--since", help="only the last 15m, 2h, 1d ... (minute resolution)")
+    report.add_argument("--since", type=duration, help="only the last 15m, 2h, 1d ... (minute resolution)")
     report.add_argument("--link", help="only this link type")
     report.add_argument("--json", action="store_true", help="print the report as JSON")
     report.add_argument("--devices", action="store_true", help="also show the per-device table")
@@ -67,7 +78,7 @@ def add_hub_group(groups):
                       "linkseal hub broker-config --keys hub.keys --out broker/ --tls --ca ca/ --host broker.plant"])
     add_keys_option(broker)
     broker.add_argument("--out", required=True, type=Path, help="directory for mosquitto.conf, acl, passwords")
-    broker.add_argument("--port", type=int, help="listener port (default 1883, or 8883 with --tls)")
+    broker.add_argument("--port", type=PORT, help="listener port (default 1883, or 8883 with --tls)")
     broker.add_argument("--tls", action="store_true", help="a TLS listener that requires client certificates")
     broker.add_argument("--ca", type=Path, help="CA directory (with --tls)")
     broker.add_argument("--host", action="append", help="the broker's host name or address for its certificate "
@@ -124,9 +135,9 @@ def _run(args):
     metrics = HubMetrics(verifier)
     if args.metrics:
         try:
-            metrics.address = metrics.serve(args.metrics)
-        except (OSError, ValueError, OverflowError) as exc:  # OverflowError: a port past 65535
-            raise InputError(f"--metrics {args.metrics}: cannot listen ({exc})") from None
+            metrics.address = metrics.serve(*args.metrics)
+        except OSError as exc:
+            raise InputError(f"--metrics {':'.join(map(str, args.metrics))}: cannot listen ({exc})") from None
     reload = lambda: open_keyfile(args).device_keys()  # noqa: E731  (SIGHUP)
     try:
         return HubService(broker, settings, ingest, log, metrics, load_devices=reload, sinks=sinks).run()
@@ -171,18 +182,12 @@ def _sinks(urls, settings) -> list:
     return sinks
 
 
-def _since(text):
-    from hub.service.config import parse_duration
-
-    return time.time() - parse_duration(text, "--since")
-
-
 def _report(args):
     from hub.core.report import build_stored_report, to_json
     from hub.service.storage import SQLiteStorage
     from hub.table import print_report
 
-    since = _since(args.since) if args.since is not None else None
+    since = time.time() - args.since if args.since is not None else None
     storage = SQLiteStorage(args.db, create=False)
     try:
         report = build_stored_report(storage, since, args.link)

@@ -3,7 +3,8 @@
 import argparse
 from pathlib import Path
 
-EXIT_INPUT = 2
+EXIT_INPUT = 2  # usage and input errors
+EXIT_INTERNAL = 1  # a bug
 
 
 class InputError(Exception):
@@ -57,3 +58,49 @@ def new_keyfile(path, insecure_plaintext: bool):
     if insecure_plaintext:
         return KeyFile.create(path)
     return KeyFile.create(path, passphrase_from_environment(confirm=True))
+
+
+# -- numeric options: checked while parsing, so a bad value is a usage error (exit 2) naming
+# the option, never a traceback from deep inside a command. tests/test_cli_options.py walks
+# every option of every command with extreme values and holds all of them to these types.
+
+class Number:
+    """An argparse type for an int or a finite float within [low, high]."""
+
+    def __init__(self, kind, low, high, unit=""):
+        self.kind, self.low, self.high, self.unit = kind, low, high, unit
+        self.__name__ = kind.__name__  # argparse names the type in its messages
+
+    def __call__(self, text: str):
+        try:
+            value = self.kind(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole' if self.kind is int else 'a'} number")
+        if not (self.low <= value <= self.high):  # also refuses nan (every comparison is false)
+            raise argparse.ArgumentTypeError(f"{text!r} is outside {self.low:g}..{self.high:g}{self.unit}")
+        return value
+
+    def __repr__(self):
+        return f"{self.kind.__name__} in {self.low:g}..{self.high:g}"
+
+
+SEED = Number(int, 0, 2**32 - 1)
+PORT = Number(int, 1, 65535)
+
+
+def duration(text: str) -> float:
+    """An argparse type for 90s, 15m, 2h, 7d (at most 9 digits)."""
+    from hub.service.config import ConfigError, parse_duration
+
+    try:
+        return parse_duration(text, "")
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number and a unit, like 90s, 15m, 2h or 7d") from None
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """An argparse type for HOST:PORT (port 0: any free port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535 or len(port) > 5:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT with a port in 0..65535")
+    return host, int(port)

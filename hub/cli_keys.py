@@ -7,8 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from hub.cli_common import InputError, add_keys_option, command, new_keyfile, open_keyfile
-from hub.service.config import parse_duration
+from hub.cli_common import InputError, Number, add_keys_option, command, duration, new_keyfile, open_keyfile
 
 
 def add_keys_group(groups):
@@ -30,7 +29,7 @@ def add_keys_group(groups):
     prov.add_argument("--link", required=True, help="home link type (see hardware/links)")
     prov.add_argument("--tag-len", type=int, default=16, choices=(8, 16, 32),
                       help="tag length; also the minimum the hub accepts from this device (default 16)")
-    prov.add_argument("--key-id", type=int, default=0, help="key id, 0..255 (default 0)")
+    prov.add_argument("--key-id", type=Number(int, 0, 255), default=0, help="key id, 0..255 (default 0)")
     prov.add_argument("--out", required=True, type=Path, help="where to write the device config")
     prov.add_argument("--force", action="store_true",
                       help="re-provision a device the key file already has, or replace an existing --out file")
@@ -42,7 +41,8 @@ def add_keys_group(groups):
     rotate.add_argument("device_id")
     add_keys_option(rotate)
     rotate.add_argument("--out", required=True, type=Path, help="where to write the new device config")
-    rotate.add_argument("--grace", default="7d", help="how long the previous key stays valid (default 7d)")
+    rotate.add_argument("--grace", type=duration, default="7d",
+                        help="how long the previous key stays valid (default 7d)")
     rotate.set_defaults(run=_rotate)
 
     revoke = command(sub, "revoke", "Refuse every later frame from a device (restart the hub or send it SIGHUP; "
@@ -111,7 +111,7 @@ def _provision(args):
 
 
 def _rotate(args):
-    grace = parse_duration(args.grace, "--grace")
+    grace = args.grace
     keyfile = open_keyfile(args)
     config = keyfile.rotate(args.device_id, grace)
     _write_device_config(args.out, config)
@@ -184,7 +184,10 @@ def _cert(args):
     if args.name == "hub":
         common_name = HUB_MQTT_USER
     else:
-        check_device_id(args.name)
+        try:
+            check_device_id(args.name)
+        except ValueError as exc:  # the agent core's check: a plain ValueError, it runs on MicroPython
+            raise InputError(f"{args.name!r}: {exc}") from None
         common_name = args.name
     cert, key = issue(args.ca, common_name, args.out, args.name)
     print(f"issued {cert} (CN={common_name}) and {key} (mode 0600)")

@@ -11,7 +11,7 @@ import sys
 from agent.linux.cli import add_agent_group
 from firmware.host.cli import add_firmware_group
 from hub.cli import add_hub_group
-from hub.cli_common import EXIT_INPUT
+from hub.cli_common import EXIT_INPUT, EXIT_INTERNAL
 from hub.cli_keys import add_keys_group
 from simulator.cli import add_demo_command, add_sim_group
 
@@ -19,8 +19,11 @@ from . import __version__
 
 
 def input_errors() -> tuple:
-    """What a command raises for bad input; imported only when something was raised, so that
-    start-up does not load the key, PKI and storage modules a command may never use."""
+    """What a command raises for bad input (or a file it cannot use); imported only when
+    something was raised, so that start-up does not load modules a command may never use.
+    Anything else is a bug: exit status 1, its traceback only with --debug."""
+    from firmware.host.build import BuildError
+    from firmware.host.flash import FlashError
     from hardware.board_registry import BoardError
     from hardware.link_registry import RegistryError
     from hub.cli_common import InputError
@@ -30,9 +33,11 @@ def input_errors() -> tuple:
     from hub.service.capture import CaptureError
     from hub.service.config import ConfigError
     from hub.service.storage import StorageError
+    from simulator.run import ScenarioError
+    from simulator.trace import TraceError
 
-    return (InputError, BoardError, CaptureError, ConfigError, KeyFileError, KeystoreError, PKIError, RegistryError,
-            StorageError, ValueError, OSError)
+    return (InputError, BoardError, BuildError, CaptureError, ConfigError, FlashError, KeyFileError, KeystoreError,
+            PKIError, RegistryError, ScenarioError, StorageError, TraceError, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  linkseal hub verify capture.jsonl --keys hub.keys",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"linkseal {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an internal error")
     groups = parser.add_subparsers(dest="group", metavar="{keys,hub,sim,firmware,agent,demo}")
     groups.required = True
     add_keys_group(groups)
@@ -62,7 +68,11 @@ def main(argv=None) -> int:
         return 130
     except Exception as exc:
         if not isinstance(exc, input_errors()):
-            raise
+            if args.debug:
+                raise
+            print(f"linkseal: internal error: {type(exc).__name__}: {exc} (a bug in linkseal, not in your input; "
+                  "run again with --debug for the traceback, and please report it)", file=sys.stderr)
+            return EXIT_INTERNAL
         message = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else str(exc)
         print(f"linkseal: error: {message}", file=sys.stderr)
         return EXIT_INPUT

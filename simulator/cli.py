@@ -4,7 +4,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from hub.cli_common import InputError, command, new_keyfile
+from hub.cli_common import SEED, InputError, Number, command, host_port, new_keyfile
 
 ATTACK_HELP = "attacks and counts, e.g. tamper=3,replay_old=2,flood=100 (default: every kind), or none"
 
@@ -21,7 +21,7 @@ def add_sim_group(groups):
                    "linkseal sim run --virtual-devices 3 --links wifi,lora --duration 30 --no-broker --out sim-out"])
     _scenario_options(run)
     _broker_options(run)
-    run.add_argument("--virtual-devices", type=int, metavar="N",
+    run.add_argument("--virtual-devices", type=Number(int, 1, 64), metavar="N",
                      help="run the real firmware on N virtual MicroPython boards instead of simulated agents, "
                           "through a fault proxy per link type (--duration is then wall-clock seconds)")
     run.add_argument("--out", type=Path, default=Path("sim-out"), help="output directory (default sim-out)")
@@ -50,15 +50,16 @@ def add_sim_group(groups):
                     ["linkseal sim proxy --listen 127.0.0.1:1884 --upstream 127.0.0.1:1883 --profile wifi",
                      "linkseal sim proxy --listen :1884 --upstream broker:1883 --profile lora --set loss_rate=0.2 "
                      "--set loss=bernoulli --outage 60:20 --trace bench.trace.jsonl"])
-    proxy.add_argument("--listen", required=True, help="HOST:PORT devices connect to (port 0: any free port)")
-    proxy.add_argument("--upstream", required=True, help="HOST:PORT of the broker")
+    proxy.add_argument("--listen", required=True, type=host_port,
+                       help="HOST:PORT devices connect to (port 0: any free port)")
+    proxy.add_argument("--upstream", required=True, type=host_port, help="HOST:PORT of the broker")
     proxy.add_argument("--profile", required=True, help="link type from hardware/links")
     proxy.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a profile setting (loss, loss_rate, p, r, ber, burst_rate, duplicate, "
                             "delay_ms, jitter_ms, rate_limit)")
     proxy.add_argument("--outage", action="append", default=[], metavar="START:DURATION",
                        help="seconds after start: cut every connection for DURATION seconds")
-    proxy.add_argument("--seed", type=int, default=1)
+    proxy.add_argument("--seed", type=SEED, default=1)
     proxy.add_argument("--trace", type=Path, default=Path("proxy.trace.jsonl"), help="trace file to write")
     proxy.set_defaults(run=_proxy)
 
@@ -76,7 +77,7 @@ def add_demo_command(groups):
     demo = command(groups, "demo", "A dozen devices on six link types, with link faults and attacks, through an "
                    "embedded MQTT broker to the hub: per-link tables, security events, report and plots.",
                    ["linkseal demo", "linkseal demo --no-broker --out /tmp/demo"])
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--seed", type=SEED, default=7)
     demo.add_argument("--no-broker", action="store_true", help="feed the hub core directly (no MQTT)")
     demo.add_argument("--out", type=Path, default=Path("demo-out"), help="where report, capture and plots go")
     demo.set_defaults(run=lambda args: run_demo(args.no_broker, args.out, args.seed))
@@ -92,11 +93,12 @@ def _broker_options(parser):
 def _scenario_options(parser):
     parser.add_argument("--scenario", type=Path, help="scenario TOML (devices, links, duration, rate, seed, "
                         "[attacks], [profiles.LINK]); options given here override it")
-    parser.add_argument("--devices", type=int, help="number of devices (default 12)")
+    parser.add_argument("--devices", type=Number(int, 1, 1_000_000), help="number of devices (default 12)")
     parser.add_argument("--links", help="comma-separated link types (default fiber,twisted-pair,coax,wifi,ble,lora)")
-    parser.add_argument("--duration", type=float, help="simulated seconds (default 60)")
-    parser.add_argument("--rate", type=float, help="frames per second per device (default 5)")
-    parser.add_argument("--seed", type=int, help="random seed (default 7)")
+    parser.add_argument("--duration", type=Number(float, 0.001, 1e7, " s"), help="simulated seconds (default 60)")
+    parser.add_argument("--rate", type=Number(float, 0.001, 1e4, " frames/s"),
+                        help="frames per second per device (default 5)")
+    parser.add_argument("--seed", type=SEED, help="random seed (default 7)")
     parser.add_argument("--attacks", help=ATTACK_HELP)
     parser.add_argument("--set", action="append", default=[], metavar="LINK.KEY=VALUE",
                         help="override a link profile, e.g. wifi.loss_rate=0.05 or lora.jitter_dist=exponential "
@@ -122,6 +124,8 @@ def _scenario(args):
 
 
 def _profile_overrides(items) -> dict:
+    from .faults import check_ranges
+
     profiles = {}
     for item in items:
         name, _, value = item.partition("=")
@@ -129,9 +133,13 @@ def _profile_overrides(items) -> dict:
         if not (link and key and value):
             raise InputError(f"--set {item!r}: expected LINK.KEY=VALUE, e.g. wifi.loss_rate=0.05")
         try:
-            parsed = value if key in ("loss", "jitter_dist") else float(value)
+            parsed = value if key in ("loss", "jitter_dist") else int(value) if key == "burst_bits" else float(value)
         except ValueError:
             raise InputError(f"--set {item!r}: the value must be a number") from None
+        try:
+            check_ranges(link, {key: parsed})
+        except ValueError as exc:
+            raise InputError(f"--set {item!r}: {exc}") from None
         profiles.setdefault(link, {})[key] = parsed
     return profiles
 
@@ -305,13 +313,6 @@ def _proxy(args):
     from .faults import model_for
     from .proxy import FaultProxy
 
-    def address(text, option):
-        host, _, port = text.rpartition(":")
-        try:
-            return host or "127.0.0.1", int(port)
-        except ValueError:
-            raise InputError(f"{option} {text!r}: expected HOST:PORT") from None
-
     registry = load_links()
     if args.profile not in registry:
         raise InputError(f"--profile {args.profile!r}: not a link type ({', '.join(sorted(registry))})")
@@ -319,12 +320,14 @@ def _proxy(args):
     outages = []
     for item in args.outage:
         try:
-            start, duration = (float(x) for x in item.split(":"))
+            start, length = (float(x) for x in item.split(":"))
         except ValueError:
-            raise InputError(f"--outage {item!r}: expected START:DURATION in seconds") from None
-        outages.append((start, duration))
+            start = length = float("nan")
+        if not (0 <= start < 1e9 and 0 < length < 1e9):  # nan fails too
+            raise InputError(f"--outage {item!r}: expected START:DURATION in seconds, START >= 0, DURATION > 0")
+        outages.append((start, length))
     model = model_for(registry[args.profile], overrides)
-    listen, upstream = address(args.listen, "--listen"), address(args.upstream, "--upstream")
+    listen, upstream = [(host or "127.0.0.1", port) for host, port in (args.listen, args.upstream)]
     proxy = FaultProxy(model, upstream, args.seed, args.trace, outages)
 
     def ready(bound):

@@ -188,6 +188,22 @@ class LinkModel:
         return tuple(sorted(flips))
 
 
+# Profile settings that are numbers, and the range each must lie in (ValueError otherwise).
+_PROBABILITIES = ("loss_rate", "p", "r", "one_minus_h", "one_minus_k", "p13", "p31", "p32", "p23", "p14", "ber",
+                  "burst_rate", "duplicate")
+_RANGES = {**{key: (0.0, 1.0) for key in _PROBABILITIES}, "burst_bits": (1, 10**6), "delay_ms": (0.0, 1e7),
+           "jitter_ms": (0.0, 1e7), "rate_limit": (0.0, 1e9)}
+
+
+def check_ranges(link_name: str, overrides: dict) -> None:
+    for key, (low, high) in _RANGES.items():
+        value = overrides.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:  # nan too
+            raise ValueError(f"{link_name}: {key} = {value!r} must be a number in {low:g}..{high:g}")
+
+
 def model_for(link: Link, overrides: dict | None = None) -> LinkModel:
     """The model of a hardware/links profile; overrides (scenario file, command line) win.
 
@@ -195,6 +211,7 @@ def model_for(link: Link, overrides: dict | None = None) -> LinkModel:
     links drop most bit-damaged frames at layer 2, so what remains is rare, whole-frame damage.
     Set `ber` to model a raw channel instead.
     """
+    check_ranges(link.name, overrides or {})
     o = dict(overrides or {})
     loss_kind = o.pop("loss", "gilbert")
     if loss_kind == "bernoulli":

@@ -158,6 +158,8 @@ def _attacks(scenario, rng, sent, keys, device_links) -> list:
             t = scenario.duration * rng.random()
             out += [Attack(kind, t, topic, data) for topic, data in attacks.flood(rng, count)]
             continue
+        if kind == "cross_device" and len(devices) < 2:
+            continue  # no other device to pass a frame off as; the report shows 0 injected
         for _ in range(count):
             device = rng.choice(devices)
             history = by_device.get(topic_for(device), [])

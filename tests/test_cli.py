@@ -180,7 +180,7 @@ def test_keys_lifecycle_commands(tmp_path):
     assert_input_error(run("keys", "list", "--keys", keys, env={"LINKSEAL_PASSPHRASE": "wrong"}), "wrong passphrase")
     assert_input_error(run("keys", "rotate", "nobody", "--keys", keys, "--out", tmp_path / "n.json"), "not in")
     assert_input_error(run("keys", "rotate", "pump-1", "--keys", keys, "--out", tmp_path / "n.json", "--grace",
-                           "soon"), "--grace 'soon'")
+                           "soon"), "argument --grace: 'soon'")
     keys.chmod(0o644)
     assert_input_error(run("keys", "list", "--keys", keys), f"chmod 600 {keys}")
 

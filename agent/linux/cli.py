@@ -5,7 +5,8 @@ import sys
 import time
 from pathlib import Path
 
-from hub.cli_common import InputError, add_broker_options, broker_from_args, command
+from agent.frame import MAX_COUNTER
+from hub.cli_common import InputError, Number, add_broker_options, broker_from_args, command
 
 
 def add_agent_group(groups):
@@ -15,7 +16,8 @@ def add_agent_group(groups):
                    ["printf 'temp=21.5\\ntemp=21.6\\n' | linkseal agent seal --device pump-12.json --epoch 3 "
                     "> capture.jsonl"])
     seal.add_argument("--device", required=True, type=Path, help="device config from `keys provision`")
-    seal.add_argument("--epoch", type=int, default=0, help="boot epoch (the firmware persists it)")
+    seal.add_argument("--epoch", type=Number(int, 0, MAX_COUNTER), default=0,
+                      help="boot epoch (the firmware persists it)")
     seal.add_argument("--timestamp", action="store_true", help="carry the device time in each frame")
     seal.set_defaults(run=_agent_seal)
     agent_run = command(agent_sub, "run", "Run the agent on a Linux device: one record per input line, sealed, queued "
@@ -29,9 +31,9 @@ def add_agent_group(groups):
     agent_run.add_argument("--state-dir", type=Path, help="epoch and queue (default ./linkseal-state/DEVICE)")
     agent_run.add_argument("--source", default="stdin", help="stdin (default) or a file of one record per line")
     agent_run.add_argument("--qos", type=int, choices=(0, 1), default=1)
-    agent_run.add_argument("--max-rate", type=float, default=50.0,
+    agent_run.add_argument("--max-rate", type=Number(float, 0, 1e6, " frames/s"), default=50.0,
                            help="frames per second at most, below the hub's rate limit (default 50; 0: none)")
-    agent_run.add_argument("--heartbeat", type=float, default=30.0, metavar="SECONDS",
+    agent_run.add_argument("--heartbeat", type=Number(float, 0.1, 86400, " s"), default=30.0, metavar="SECONDS",
                            help="seconds between heartbeat status messages (default 30)")
     agent_run.add_argument("--log-json", action="store_true", help="log JSON Lines")
     agent_run.set_defaults(run=_agent_run)

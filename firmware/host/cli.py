@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from hub.cli_common import InputError, command
+from hub.cli_common import InputError, Number, command
 
 
 def add_firmware_group(groups):
@@ -20,9 +20,9 @@ def add_firmware_group(groups):
     build.add_argument("--wifi-ssid", help="WiFi network to join (boards with WiFi)")
     build.add_argument("--wifi-password-file", type=Path, help="file holding the WiFi password")
     build.add_argument("--qos", type=int, default=1, choices=(0, 1), help="MQTT QoS of records (default 1)")
-    build.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS",
+    build.add_argument("--heartbeat", type=Number(int, 1, 86400, " s"), default=30, metavar="SECONDS",
                        help="seconds between heartbeats (default 30)")
-    build.add_argument("--record-interval", type=int, default=1000, metavar="MS",
+    build.add_argument("--record-interval", type=Number(int, 10, 86_400_000, " ms"), default=1000, metavar="MS",
                        help="how often records.read() is asked for a record (default 1000 ms)")
     build.add_argument("--out", required=True, type=Path, help="build directory (replaced)")
     build.set_defaults(run=_build)

@@ -167,12 +167,15 @@ class KeyFile:
 
         save=False defers writing the key file (many devices at once: call save() after).
         """
-        check_device_id(device_id)
+        try:
+            check_device_id(device_id)
+            wire.tag_code(tag_len)
+        except ValueError as exc:  # the agent core's checks (plain ValueError: it runs on MicroPython)
+            raise KeyFileError(f"{device_id!r}: {exc}") from None
         if link not in load_links():
-            raise ValueError(f"unknown link {link!r}; known: {', '.join(sorted(load_links()))}")
-        wire.tag_code(tag_len)
+            raise KeyFileError(f"unknown link {link!r}; known: {', '.join(sorted(load_links()))}")
         if not 0 <= key_id <= 255:
-            raise ValueError("key id must be 0..255")
+            raise KeyFileError("key id must be 0..255")
         previous = self.devices.get(device_id, {})
         self.devices[device_id] = {"link": link, "tag_len": tag_len, "key_id": key_id, "state": "active",
                                    "previous": previous.get("previous", [])}
@@ -201,7 +204,7 @@ class KeyFile:
         new_id = next((k % 256 for k in range(entry["key_id"] + 1, entry["key_id"] + 257) if k % 256 not in used),
                       None)
         if new_id is None:
-            raise ValueError(f"device {device_id}: all 256 key ids have been used; provision a new device id")
+            raise KeyFileError(f"device {device_id}: all 256 key ids have been used; provision a new device id")
         entry["previous"].append({"key_id": entry["key_id"], "accept_until": now + grace_s})
         entry["key_id"] = new_id
         self.save()
@@ -218,7 +221,7 @@ class KeyFile:
 
     def _entry(self, device_id: str) -> dict:
         if device_id not in self.devices:
-            raise ValueError(f"device {device_id!r} is not in {self.path}")
+            raise KeyFileError(f"device {device_id!r} is not in {self.path}")
         return self.devices[device_id]
 
     def device_keys(self) -> list[DeviceKeys]:

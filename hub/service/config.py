@@ -71,7 +71,9 @@ def parse_broker(url: str, ca_file=None, cert_file=None, key_file=None, username
                  if password_from_environment else "username and password_file of its hub.toml [[forward]] table")
         raise ConfigError(f"{option}: put the user name in {where}, not in the URL")
     try:
-        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        port = parts.port if parts.port is not None else (8883 if parts.scheme == "mqtts" else 1883)
+        if port == 0:
+            raise ValueError(port)
     except ValueError:
         raise ConfigError(f"{option} {url!r}: the port is not a number in 1..65535") from None
     tls = parts.scheme == "mqtts"

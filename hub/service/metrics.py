@@ -101,9 +101,8 @@ class HubMetrics:
         if forwarders:
             self.registry.register(SinkCollector(forwarders))
 
-    def serve(self, address: str) -> str:
-        """Serve /metrics on HOST:PORT (port 0: any free port); returns the address bound."""
-        host, _, port = address.rpartition(":")
-        server, _ = start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+    def serve(self, host: str, port: int) -> str:
+        """Serve /metrics on host:port (port 0: any free port); returns the address bound."""
+        server, _ = start_http_server(port, addr=host or "127.0.0.1", registry=self.registry)
         bound_host, bound_port = server.server_address[:2]
         return f"{bound_host}:{bound_port}"

@@ -44,9 +44,7 @@ def verified_json(record: StoredRecord) -> bytes:
 def sink_name(url: str) -> str:
     """How a sink is named in logs, metrics and the outbox: its URL without credentials or query."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
+    host = parts.netloc.rpartition("@")[2]  # as written: a bad port is reported by open_sink, not here
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
