@@ -9,7 +9,7 @@ from hub.core.report import build_report, to_json, wilson_interval
 from .conftest import KEY, make_verifier
 
 COUNTERS = {"received", "valid", "lost", "duplicate", "reordered", "corrupt", "forged", "replay", "malformed",
-            "rate_limited"}
+            "rate_limited", "redelivered"}
 FIGURES = {"loss_rate", "loss_rate_ci", "corrupt_rate", "corrupt_rate_ci", "burst_mean", "ge_p", "ge_r"}
 
 

@@ -150,13 +150,17 @@ def test_a_device_state_stored_before_the_source_drops_counter_still_loads():
     from array import array
 
     from agent.link_codes import LINKS
+    from hub.core.counters import SLOTS
 
     verifier = make_verifier()
     stored_v1 = bytes((1, LINKS["wifi"][0], 0)) + array("q", range(1, 13)).tobytes()
     assert verifier.restore_device("pump-1", stored_v1)
-    assert list(verifier.counters_for_device("pump-1")) == list(range(1, 13)) + [0]
+    assert list(verifier.counters_for_device("pump-1")) == list(range(1, 13)) + [0, 0]
+    stored_v2 = bytes((2, LINKS["wifi"][0], 0)) + array("q", range(1, 14)).tobytes()  # before redelivered
+    assert verifier.restore_device("pump-1", stored_v2)
+    assert list(verifier.counters_for_device("pump-1")) == list(range(1, 14)) + [0]
     verifier.restore_link("wifi", array("q", range(12)).tobytes())
-    assert len(dict(verifier.links())["wifi"]) == 13
+    assert len(dict(verifier.links())["wifi"]) == SLOTS
 
 
 def test_status_messages_share_the_device_rate_limit():

@@ -144,6 +144,24 @@ def test_reordering_inside_the_window_is_accepted_once(verifier):
     assert (counts["valid"], counts["lost"], counts["reordered"]) == (7, 0, 4)
 
 
+def test_a_broker_redelivery_is_neither_reordering_nor_a_link_duplicate(verifier):
+    """Frames 0, 1, 3 arrive; 2 comes last only because the broker redelivered it (DUP flag),
+    then the broker delivers 3 again: the link figures equal those of an in-order stream."""
+    frames = sealed(4)
+    for i in (0, 1, 3):
+        verifier.verify(TOPIC, frames[i], 1.0)
+    assert verifier.verify(TOPIC, frames[2], 2.0, redelivered=True).outcome == "valid"
+    again = verifier.verify(TOPIC, frames[3], 2.0, redelivered=True)
+    assert (again.outcome, again.payload) == ("redelivered", None)
+    in_order = make_verifier()
+    for frame in frames:
+        in_order.verify(TOPIC, frame, 1.0)
+    got, want = device(verifier), device(in_order)
+    assert got["redelivered"] == 2 and want["redelivered"] == 0
+    assert {k: v for k, v in got.items() if k != "redelivered"} == {k: v for k, v in want.items() if k != "redelivered"}
+    assert verifier.verify(TOPIC, frames[3], 3.0).outcome == "duplicate"  # without DUP: the link's duplicate
+
+
 def test_hand_computed_counters():
     verifier = make_verifier()
     frames = sealed(12)

@@ -19,11 +19,13 @@ from agent import frame as wire
 from agent.sealer import TOPIC_PREFIX
 from hub.core.counters import (
     CORRUPT,
+    DUPLICATE,
     FORGED,
     LOST,
     MALFORMED,
     OUTCOME_OF,
     RATE_LIMITED,
+    REDELIVERED,
     REPLAY,
     SLOTS,
     SOURCE_DROPS,
@@ -36,7 +38,8 @@ from hub.core.status import NEWEST, STATUS_SUFFIX, DeviceStatus, describe, is_st
 from hub.core.window import EpochWindow
 
 # Exactly one of these per frame (docs/protocol.md, "Outcomes").
-OUTCOMES = ("valid", "corrupt", "forged", "duplicate", "replay", "malformed", "rate_limited", "unknown_device")
+OUTCOMES = ("valid", "corrupt", "forged", "duplicate", "replay", "malformed", "rate_limited", "unknown_device",
+            "redelivered")
 # Epoch windows kept per device: the newest and the three before it, so a device that
 # buffered frames and rebooted (even a few times) can still flush them, exactly once.
 RETAINED_EPOCHS = 4
@@ -141,11 +144,13 @@ class Verifier:
 
     # -- the hot path -------------------------------------------------------------
 
-    def verify(self, topic: str, data: bytes, t: float) -> Verdict:
+    def verify(self, topic: str, data: bytes, t: float, redelivered: bool = False) -> Verdict:
+        """redelivered: the broker says it delivers this message again (MQTT DUP flag)."""
         dev = self._devices.get(topic)
         if dev is None:
             return self._unknown(topic, t)
-        if self._limits is not None and not self._take_token(dev, t):
+        # The broker's redeliveries come at its pace, not the device's: no token for them.
+        if self._limits is not None and not redelivered and not self._take_token(dev, t):
             return self._reject(dev, RATE_LIMITED, "over the device rate limit", t)
         try:
             key_id, link, epoch, seq, stamp, body, tag_at, tag_len = _decode(data)
@@ -178,7 +183,9 @@ class Verifier:
         window = dev.current
         if window is None or window.epoch != epoch:
             window = self._window_for(dev, epoch, seq)
-        slot = window.accept(seq, link, dev.counters, self.link_counters) if window is not None else REPLAY
+        slot = window.accept(seq, link, dev.counters, self.link_counters, redelivered) if window is not None else REPLAY
+        if slot == DUPLICATE and redelivered:  # the broker's second copy, not the link's
+            slot = REDELIVERED
         dev.counters[slot] += 1
         lc[slot] += 1
         if slot == VALID:
@@ -189,13 +196,16 @@ class Verifier:
                       else "seq %d is older than the replay window" % seq)
             self.record_event(t, dev.device_id, name, "replay", reason)
             return _verdict(Verdict, ("replay", dev.device_id, name, epoch, seq, stamp, None, reason))
+        if slot == REDELIVERED:
+            return _verdict(Verdict, ("redelivered", dev.device_id, name, epoch, seq, stamp, None,
+                                      "already accepted; delivered again by the broker"))
         return _verdict(Verdict, ("duplicate", dev.device_id, name, epoch, seq, stamp, None, "already accepted"))
 
-    def verify_message(self, topic: str, data: bytes, t: float) -> Verdict:
+    def verify_message(self, topic: str, data: bytes, t: float, redelivered: bool = False) -> Verdict:
         """verify() for a record, verify_status() for a status message."""
         if is_status_topic(topic):
             return self.verify_status(topic, data, t)
-        return self.verify(topic, data, t)
+        return self.verify(topic, data, t, redelivered)
 
     # -- status messages (birth, death, heartbeat) -------------------------------------
 
@@ -420,7 +430,9 @@ class Verifier:
     # so after a restart nothing accepted before is accepted again.
 
     _DEVICE_HEAD = struct.Struct(">BBB")  # format, current link code, number of windows
-    _FORMAT = 2  # 1: before the source_drops counter (12 counters)
+    _FORMAT = 3
+    # Counters stored by each format: 1 before source_drops, 2 before redelivered.
+    _FORMAT_SLOTS = {1: SOURCE_DROPS, 2: REDELIVERED, 3: SLOTS}
 
     def device_state(self, device_id: str) -> bytes:
         dev = self._devices[_record_topic(device_id)]
@@ -434,10 +446,10 @@ class Verifier:
         if dev is None:
             return False
         version, link, count = self._DEVICE_HEAD.unpack_from(data)
-        if version not in (1, self._FORMAT):
+        if version not in self._FORMAT_SLOTS:
             raise ValueError(f"device {device_id}: stored state has unknown format {version}")
         offset = self._DEVICE_HEAD.size
-        size = 8 * (SLOTS if version == self._FORMAT else SOURCE_DROPS)
+        size = 8 * self._FORMAT_SLOTS[version]
         counters = counters_from(data[offset : offset + size])
         offset += size
         windows = []

@@ -16,7 +16,7 @@ late frame that meets a lost top corrects for it.
 
 import struct
 
-from hub.core.counters import BURSTS, DUPLICATE, L2R, LOST, R2L, REORDERED, REPLAY, VALID
+from hub.core.counters import BURSTS, DUPLICATE, L2R, LOST, R2L, REDELIVERED, REORDERED, REPLAY, VALID
 
 WINDOW = 1024
 _RING_BYTES = WINDOW // 8 + 1
@@ -106,11 +106,12 @@ class EpochWindow:
                 return other
         raise AssertionError("a hole was filled that no link owed")
 
-    def accept(self, seq: int, link: int, device, link_counters) -> str:
+    def accept(self, seq: int, link: int, device, link_counters, redelivered: bool = False) -> str:
         """Account one authentic frame; returns its counter slot: VALID, DUPLICATE or REPLAY.
 
         device and link_counters[link] are counter arrays (hub.counters); the caller counts
-        the returned slot, this method the loss pattern and reordering.
+        the returned slot, this method the loss pattern and reordering. redelivered: the
+        broker delivered it again, so arriving late is not the link reordering it.
         """
         top = self.top
         if seq == top + 1:  # the common case, inlined: the next frame in order
@@ -130,14 +131,15 @@ class EpochWindow:
             return VALID
         if seq <= top - WINDOW:
             return REPLAY
+        late = REDELIVERED if redelivered else REORDERED
         if seq < self.base:
             self._set(seq)
-            self._extend_base(seq, link, device, link_counters)
+            self._extend_base(seq, link, device, link_counters, late)
             return VALID
         if self._bit(seq):
             return DUPLICATE
         self._set(seq)
-        self._fill_hole(seq, link, device, link_counters)
+        self._fill_hole(seq, link, device, link_counters, late)
         return VALID
 
     def _lose_after(self, top, gap, link, device, link_counters):
@@ -168,14 +170,14 @@ class EpochWindow:
         self._lose_after(top, sent_seq - top, link, device, link_counters)
         return sent_seq - top
 
-    def _extend_base(self, seq, link, device, link_counters):
+    def _extend_base(self, seq, link, device, link_counters, late):
         # A device first seen mid-epoch sends an earlier frame late: counting now starts at
         # seq, and the positions between it and the old base become one loss run.
         holes = self.base - seq - 1
         self.base = seq
         lc = link_counters[link]
         for c in (device, lc):
-            c[REORDERED] += 1
+            c[late] += 1
         if holes:
             self._owe(link, holes)
             for c in (device, lc):
@@ -184,10 +186,10 @@ class EpochWindow:
                 c[R2L] += 1
                 c[L2R] += 1
 
-    def _fill_hole(self, seq, link, device, link_counters):
+    def _fill_hole(self, seq, link, device, link_counters, late):
         owner = link_counters[self._pay(link)]
-        link_counters[link][REORDERED] += 1
-        device[REORDERED] += 1
+        link_counters[link][late] += 1
+        device[late] += 1
         # seq was lost and is now received: only the pairs (seq-1, seq) and (seq, seq+1)
         # change. seq+1 <= top always exists; seq-1 may lie before counting began.
         left = None if seq == self.base else self._bit(seq - 1)

@@ -45,8 +45,8 @@ class Ingest:
         self._links_before = {code: c.tobytes() for code, c in self.verifier.link_counters.items()}
         self._unknown_before = self.verifier.unknown_device
 
-    def handle(self, topic: str, payload: bytes, t: float):
-        """Verify one message; returns the verifier's Verdict."""
+    def handle(self, topic: str, payload: bytes, t: float, redelivered: bool = False):
+        """Verify one message; returns the verifier's Verdict. redelivered: the MQTT DUP flag."""
         minute = int(t // 60) * 60
         if minute != self._minute:
             self._close_minute()
@@ -60,7 +60,7 @@ class Ingest:
             if verdict.outcome == "valid":
                 self._statuses.add(verdict.device_id)
         else:
-            verdict = self.verifier.verify(topic, payload, t)
+            verdict = self.verifier.verify(topic, payload, t, redelivered)
             if verdict.outcome == "valid":
                 self._records.append((verdict.device_id, verdict.epoch, verdict.seq, verdict.link,
                                       verdict.device_time_ms, t, verdict.payload))

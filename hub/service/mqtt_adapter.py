@@ -96,7 +96,7 @@ class HubService:
         self._connected = False
 
     def _on_message(self, client, userdata, message):
-        item = (message.topic, message.payload, time.time(), message.mid, message.qos)
+        item = (message.topic, message.payload, time.time(), message.mid, message.qos, message.dup)
         while not self.stopping.is_set():
             try:
                 self.queue.put(item, timeout=0.2)
@@ -205,9 +205,9 @@ class HubService:
             self.metrics.set_storage_fault(kind)
 
     def _process(self, items):
-        for topic, payload, t, _, _ in items:
+        for topic, payload, t, _, _, dup in items:
             try:
-                verdict = self.ingest.handle(topic, payload, t)
+                verdict = self.ingest.handle(topic, payload, t, dup)
             except Exception as exc:  # must not happen (fuzzed); never let one message stop the hub
                 self.log("internal_error", error=type(exc).__name__, topic=topic[:120])
                 continue
@@ -219,7 +219,7 @@ class HubService:
         for forwarder in self.forwarders:  # new records to deliver
             forwarder.wake.set()
         committed = time.time()
-        for _, _, _, mid, qos in items:
+        for _, _, _, mid, qos, _ in items:
             self.client.ack(mid, qos)
         if self.metrics:
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
