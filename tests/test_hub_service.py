@@ -426,3 +426,18 @@ def test_one_hub_per_database(tmp_path, broker, keys):
                               "--insecure-plaintext", "--db", str(tmp_path / "other.db"), "--metrics",
                               "127.0.0.1:99999"], capture_output=True, text=True, timeout=60)
     assert metrics.returncode == 2 and "--metrics 127.0.0.1:99999: cannot listen" in metrics.stderr
+
+
+def test_two_hubs_with_one_client_id_are_told_apart_from_a_flaky_broker(tmp_path, broker, keys):
+    """Two hubs on different databases but the same client id knock each other off the broker
+    (MQTT 3.1.1 allows one session per client id): at least one of them says so."""
+    first = start_hub(tmp_path, broker, keys)
+    second = HubProcess(broker, keys.path, tmp_path / "second.db", tmp_path / "second.log").start()
+    try:
+        wait_for(lambda: any(e["event"] == "client_id_conflict" for hub in (first, second) for e in hub.events()),
+                 60, "a client_id_conflict line")
+    finally:
+        first.stop()
+        second.stop()
+    line = next(e for hub in (first, second) for e in hub.events() if e["event"] == "client_id_conflict")
+    assert line["client_id"] == "linkseal-hub" and "same client id" in line["note"]

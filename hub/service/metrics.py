@@ -7,7 +7,7 @@ storage). Labels are bounded: link type and outcome, never a device.
 
 import time
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from hub.core.counters import OUTCOME_OF
@@ -92,6 +92,10 @@ class HubMetrics:
                                    registry=self.registry)
         for kind in FAULT_KINDS:
             self.storage_fault.labels(kind).set(0)
+
+        self.client_id_conflicts = Counter("linkseal_client_id_conflicts", "Times the broker kept closing the "
+                                           "hub's connection right after accepting it (another client with the same "
+                                           "client id).", registry=self.registry)
 
     def set_storage_fault(self, kind: str | None) -> None:
         for each in FAULT_KINDS:

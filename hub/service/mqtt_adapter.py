@@ -29,6 +29,11 @@ from hub.service.storage import describe_fault, passing_fault
 TOPICS = [("linkseal/v1/+/rec", 1), ("linkseal/v1/+/status", 1)]
 _TOPIC_NAMES = [topic for topic, _ in TOPICS]  # for the log
 CONNACK_TIMEOUT = 10.0  # a broker that accepts TCP but never answers is treated as down
+# Two clients with one client id knock each other off the broker (MQTT 3.1.1, 3.1.4-2), each
+# reconnecting within a second or two: this many connections in a row closed by the broker
+# within SHORT_CONNECTION_S of being accepted is reported as a client id conflict.
+SHORT_CONNECTIONS = 3
+SHORT_CONNECTION_S = 5.0
 
 
 class HubService:
@@ -46,6 +51,8 @@ class HubService:
         self.load_devices = load_devices
         self._reload = threading.Event()
         self._connected = False
+        self._connected_at = 0.0
+        self._short_connections = 0  # broker-closed connections in a row that lasted < SHORT_CONNECTION_S
         self.subscribed = threading.Event()  # the broker confirmed the record subscription
         self._rate_limited = {}  # link -> frames rate-limited since the last summary
         self._abnormal = {}  # link -> reasons last reported
@@ -80,6 +87,7 @@ class HubService:
             return
         client.subscribe(TOPICS)
         self._connected = True
+        self._connected_at = time.monotonic()
         self.log("connected", broker=f"{self.broker.host}:{self.broker.port}",
                  session_present=bool(flags.session_present))
 
@@ -93,7 +101,18 @@ class HubService:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         if self._connected and not self.stopping.is_set():
             self.log("disconnected", reason=str(reason_code))
+            self._count_short_connection(time.monotonic() - self._connected_at)
         self._connected = False
+
+    def _count_short_connection(self, lasted: float) -> None:
+        self._short_connections = self._short_connections + 1 if lasted < SHORT_CONNECTION_S else 0
+        if self._short_connections == SHORT_CONNECTIONS:  # once per run of them
+            self.log("client_id_conflict", client_id=self.settings.client_id, closed_within_s=SHORT_CONNECTION_S,
+                     times=SHORT_CONNECTIONS, note="the broker keeps closing this connection right after accepting "
+                     "it: another client (a second hub?) is probably connected with the same client id; give each "
+                     "hub its own client_id in hub.toml [mqtt]")
+            if self.metrics:
+                self.metrics.client_id_conflicts.inc()
 
     def _on_message(self, client, userdata, message):
         item = (message.topic, message.payload, time.time(), message.mid, message.qos, message.dup)
