@@ -1,5 +1,6 @@
 """`linkseal hub ...`: verify captures, run the service, report, audit, broker configuration."""
 
+import sys
 import time
 from pathlib import Path
 
@@ -99,18 +100,25 @@ def _verifier(args, rate_limits=None):
 
 
 def _verify(args):
-    from hub.core.report import build_report, to_json
-    from hub.service.capture import read_capture
+    from hub.core.report import build_report, write_json
+    from hub.service.capture import EventSpool, read_capture
     from hub.table import print_report
 
     verifier = _verifier(args)
-    for t, topic, payload in read_capture(args.capture):
-        verifier.verify_message(topic, payload, t)
-    report = build_report(verifier)
-    if args.json:
-        print(to_json(report))
-    else:
-        print_report(report, Console(width=80), devices=args.devices)
+    events = EventSpool()  # memory independent of the capture's size: events go to disk
+    try:
+        for t, topic, payload in read_capture(args.capture):
+            verifier.verify_message(topic, payload, t)
+            if len(verifier.events) >= 1000:
+                events.extend(verifier.drain_events())
+        events.extend(verifier.drain_events())
+        report = build_report(verifier, events)
+        if args.json:
+            write_json(report, sys.stdout)
+        else:
+            print_report(report, Console(width=80), devices=args.devices)
+    finally:
+        events.close()
 
 
 def _run(args):

@@ -49,17 +49,23 @@ def print_report(report: dict, console: Console | None = None, devices: bool = F
                           ("received", "lost", "loss_rate", "corrupt", "forged", "replay", "source_drops")), state)
         console.print(table)
     # Births and deaths (status messages) are kept apart, so they never crowd out an attack.
-    security = [event for event in report["events"] if event["kind"] not in DEVICE_EVENTS]
-    kinds = Counter(event["kind"] for event in security)
+    # One pass over the events, keeping only the first few: they may be spooled on disk.
+    kinds, lifecycle, first = Counter(), Counter(), []
+    for event in report["events"]:
+        if event["kind"] in DEVICE_EVENTS:
+            lifecycle[event["kind"]] += 1
+            continue
+        kinds[event["kind"]] += 1
+        if len(first) < 5:
+            first.append(event)
     summary = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())) or "none"
     console.print(f"Frames from unknown devices: {report['unknown_device']}.")
     console.print(f"Security events: {summary}.")
-    for event in security[:5]:
+    for event in first:
         console.print(f"  {event['kind']:<14} {event['device']} on {event['link'] or 'no link'}: {event['reason']}",
                       markup=False, highlight=False, no_wrap=True, overflow="ellipsis")
-    if len(security) > 5:
-        console.print(f"  ... and {len(security) - 5} more (--json lists them all)")
-    lifecycle = Counter(event["kind"] for event in report["events"] if event["kind"] in DEVICE_EVENTS)
+    if sum(kinds.values()) > 5:
+        console.print(f"  ... and {sum(kinds.values()) - 5} more (--json lists them all)")
     if lifecycle:
         console.print("Device status: " + ", ".join(f"{lifecycle[k]} {k}s" for k in DEVICE_EVENTS if lifecycle[k])
                       + " (status messages).")

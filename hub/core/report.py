@@ -91,14 +91,15 @@ def _assemble(links: dict, devices: dict, device_links: dict, unknown: int, even
     }
 
 
-def build_report(verifier) -> dict:
-    """The report of everything a verifier has seen (`hub verify`, the simulator)."""
+def build_report(verifier, events=None) -> dict:
+    """The report of everything a verifier has seen (`hub verify`, the simulator); events:
+    the security events when they were drained from the verifier meanwhile (`hub verify`)."""
     devices, device_links = {}, {}
     for device, link, counters in verifier.devices():
         devices[device], device_links[device] = counters, link
     statuses = {device: dict(status.fields) for device, status in verifier.status.items()}
-    return _assemble(dict(verifier.links()), devices, device_links, verifier.unknown_device, list(verifier.events),
-                     statuses)
+    events = list(verifier.events) if events is None else events
+    return _assemble(dict(verifier.links()), devices, device_links, verifier.unknown_device, events, statuses)
 
 
 def build_stored_report(storage, since: float | None = None, link: str | None = None) -> dict:
@@ -122,5 +123,16 @@ def build_stored_report(storage, since: float | None = None, link: str | None = 
     return _assemble(links, devices, device_links, unknown, events, statuses)
 
 
+_ENCODER = json.JSONEncoder(indent=2, sort_keys=True)
+
+
 def to_json(report: dict) -> str:
-    return json.dumps(report, indent=2, sort_keys=True)
+    return _ENCODER.encode(report)
+
+
+def write_json(report: dict, stream) -> None:
+    """to_json(report) written piece by piece: a report whose events are spooled on disk
+    (hub.service.capture.EventSpool) is never held in memory whole."""
+    for chunk in _ENCODER.iterencode(report):
+        stream.write(chunk)
+    stream.write("\n")

@@ -6,6 +6,8 @@
 import base64
 import binascii
 import json
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -17,14 +19,25 @@ def encode_line(t: float, topic: str, payload: bytes) -> str:
     return json.dumps({"t": t, "topic": topic, "payload_b64": base64.b64encode(payload).decode()})
 
 
-def read_capture(path) -> list[tuple[float, str, bytes]]:
-    """All messages of a capture as (t, topic, payload), checked before any is used.
+def read_capture(path) -> Iterator[tuple[float, str, bytes]]:
+    """The messages of a capture as (t, topic, payload), every line checked before any is used.
 
-    Reading everything first means a bad line stops the run before anything is counted.
+    Two passes over the file: the first checks every line (so a bad line stops the run before
+    anything is counted), the second yields the messages one at a time. Memory does not grow
+    with the capture's size.
     """
     path = Path(path)
+    for _ in _lines(path):  # the check: _lines parses each line and raises CaptureError
+        pass
+    return _lines(path)
+
+
+def _lines(path: Path):
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield _parse_line(path, number, line)
     except FileNotFoundError:
         raise CaptureError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -35,12 +48,38 @@ def read_capture(path) -> list[tuple[float, str, bytes]]:
         raise CaptureError(f"{path}: not UTF-8 text (a capture is JSON Lines)") from None
     except OSError as exc:
         raise CaptureError(f"{path}: cannot read: {exc.strerror}") from None
-    messages = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        messages.append(_parse_line(path, number, line))
-    return messages
+
+
+class EventSpool(list):
+    """Security events kept in a temporary file instead of memory (`hub verify` over a capture
+    of any size). A list to the report's JSON encoder and table, which only take its length and
+    iterate it (json's pure-Python encoder, used with indent, does exactly that)."""
+
+    def __init__(self):
+        super().__init__()
+        self._file = tempfile.TemporaryFile("w+", encoding="utf-8")
+        self._count = 0
+
+    def extend(self, events) -> None:
+        for event in events:
+            self._file.write(json.dumps(event) + "\n")
+            self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def __iter__(self):
+        self._file.flush()
+        self._file.seek(0)
+        for line in self._file:
+            yield json.loads(line)
+        self._file.seek(0, 2)  # back to the end, for more events
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _parse_line(path, number, line):

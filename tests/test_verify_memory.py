@@ -1,0 +1,56 @@
+"""`hub verify` in bounded memory: a capture of a million frames, a hundred thousand of them
+forged (each one a security event), verified with a peak RSS under a fixed bound that does
+not grow with the capture."""
+
+import base64
+import json
+import os
+import random
+import subprocess
+
+from agent import Sealer, topic_for
+from agent import frame as wire
+from hub.keys.keyfile import KeyFile
+from tools.services import LINKSEAL
+
+FRAMES = 1_000_000
+FORGED_EVERY = 10  # 100,000 forged frames
+DEVICES = 200
+RSS_BOUND_MB = 80  # measured: 46 MB, nearly all of it the interpreter and its imports (600 MB before)
+
+
+def write_capture(path, keyfile):
+    rng = random.Random(1)
+    sealers = [Sealer(d, bytes.fromhex(keyfile.provision(d, "wifi", save=False)["key"]), link="wifi", epoch=1)
+               for d in (f"dev-{i}" for i in range(DEVICES))]
+    keyfile.save()
+    topics = [topic_for(s.device_id) for s in sealers]
+    with open(path, "w") as out:
+        for i in range(FRAMES):
+            device = i % DEVICES
+            frame = sealers[device].seal(b"reading %d" % i)
+            if i % FORGED_EVERY == 0:  # a well-formed frame with a random tag: forged, an event each
+                _, _, _, _, _, _, tag_at, tag_len = wire.decode(frame)
+                body = frame[:tag_at] + rng.randbytes(tag_len)
+                frame = body + wire.crc_trailer(body)
+            # One frame a second: few enough per minute that every forged one is an event.
+            out.write(f'{{"t": {1.8e9 + i}, "topic": "{topics[device]}", '
+                      f'"payload_b64": "{base64.b64encode(frame).decode()}"}}\n')
+
+
+def test_verify_of_a_million_frames_stays_in_bounded_memory(tmp_path):
+    keyfile = KeyFile.create(tmp_path / "hub.keys")
+    capture = tmp_path / "capture.jsonl"
+    write_capture(capture, keyfile)
+    with open(tmp_path / "report.json", "w") as out:
+        process = subprocess.Popen([str(LINKSEAL), "hub", "verify", str(capture), "--keys", str(keyfile.path),
+                                    "--insecure-plaintext", "--json"], stdout=out, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(process.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, process.stderr.read()
+    peak_mb = usage.ru_maxrss / 1024  # kilobytes on Linux
+    report = json.loads((tmp_path / "report.json").read_text())
+    wifi = report["links"]["wifi"]
+    assert (wifi["received"], wifi["forged"], wifi["valid"]) == (FRAMES, FRAMES // FORGED_EVERY,
+                                                                 FRAMES - FRAMES // FORGED_EVERY)
+    assert sum(e["kind"] == "forged" for e in report["events"]) == FRAMES // FORGED_EVERY
+    assert peak_mb < RSS_BOUND_MB, f"hub verify peaked at {peak_mb:.0f} MB"
