@@ -37,12 +37,13 @@ def add_keys_group(groups):
 
     rotate = command(sub, "rotate", "Give a device a new key id and write its new config; the hub accepts the "
                      "previous key for a grace period, then refuses it as a retired key.",
-                     ["linkseal keys rotate pump-12 --keys hub.keys --out pump-12.json --grace 7d"])
+                     ["linkseal keys rotate pump-12 --keys hub.keys --out pump-12.json --grace 7d --force"])
     rotate.add_argument("device_id")
     add_keys_option(rotate)
     rotate.add_argument("--out", required=True, type=Path, help="where to write the new device config")
     rotate.add_argument("--grace", type=duration, default="7d",
                         help="how long the previous key stays valid (default 7d)")
+    rotate.add_argument("--force", action="store_true", help="replace an existing --out file")
     rotate.set_defaults(run=_rotate)
 
     revoke = command(sub, "revoke", "Refuse every later frame from a device (restart the hub or send it SIGHUP; "
@@ -76,7 +77,15 @@ def add_keys_group(groups):
     cert.add_argument("name", help="a device id, or `hub`")
     cert.add_argument("--ca", required=True, type=Path, help="CA directory from `keys ca init`")
     cert.add_argument("--out", required=True, type=Path, help="directory for NAME.pem and NAME-key.pem")
+    cert.add_argument("--force", action="store_true", help="replace an existing certificate and key")
     cert.set_defaults(run=_cert)
+
+
+def _refuse_existing(path, force: bool, option="--out") -> None:
+    """Output files are never replaced silently (a device config or a private key lost)."""
+    if path.exists() and not force:
+        what = "is a directory" if path.is_dir() else "exists"
+        raise InputError(f"{option} {path}: {what}; add --force to replace it")
 
 
 def _write_device_config(path, config):
@@ -95,8 +104,7 @@ def _init(args):
 def _provision(args):
     if args.out.is_dir():
         raise InputError(f"--out {args.out}: is a directory; name the device config file")
-    if args.out.exists() and not args.force:
-        raise InputError(f"--out {args.out}: exists; add --force to replace it")
+    _refuse_existing(args.out, args.force)
     keyfile = open_keyfile(args)
     entry = keyfile.devices.get(args.device_id)
     if entry is not None and not args.force:
@@ -112,6 +120,7 @@ def _provision(args):
 
 def _rotate(args):
     grace = args.grace
+    _refuse_existing(args.out, args.force)
     keyfile = open_keyfile(args)
     config = keyfile.rotate(args.device_id, grace)
     _write_device_config(args.out, config)
@@ -189,5 +198,7 @@ def _cert(args):
         except ValueError as exc:  # the agent core's check: a plain ValueError, it runs on MicroPython
             raise InputError(f"{args.name!r}: {exc}") from None
         common_name = args.name
+    for path in (args.out / f"{args.name}.pem", args.out / f"{args.name}-key.pem"):
+        _refuse_existing(path, args.force, "--out")
     cert, key = issue(args.ca, common_name, args.out, args.name)
     print(f"issued {cert} (CN={common_name}) and {key} (mode 0600)")

@@ -167,7 +167,10 @@ def test_keys_lifecycle_commands(tmp_path):
     for device in ("pump-1", "pump-2"):
         assert run("keys", "provision", device, "--keys", keys, "--link", "lora", "--out",
                    tmp_path / f"{device}.json").returncode == 0
-    rotated = run("keys", "rotate", "pump-1", "--keys", keys, "--out", tmp_path / "pump-1.json", "--grace", "2h")
+    assert_input_error(run("keys", "rotate", "pump-1", "--keys", keys, "--out", tmp_path / "pump-1.json"),
+                       "pump-1.json: exists; add --force")
+    rotated = run("keys", "rotate", "pump-1", "--keys", keys, "--out", tmp_path / "pump-1.json", "--grace", "2h",
+                  "--force")
     assert rotated.returncode == 0 and "now key id 1" in rotated.stdout
     assert json.loads((tmp_path / "pump-1.json").read_text())["key_id"] == 1
     assert run("keys", "revoke", "pump-2", "--keys", keys).returncode == 0
@@ -194,6 +197,11 @@ def test_ca_cert_and_broker_config_commands(tmp_path):
     issued = run("keys", "cert", "hub", "--ca", tmp_path / "ca", "--out", tmp_path / "certs")
     assert issued.returncode == 0 and "CN=linkseal/hub" in issued.stdout
     assert stat.S_IMODE((tmp_path / "certs" / "hub-key.pem").stat().st_mode) == 0o600
+    key_before = (tmp_path / "certs" / "hub-key.pem").read_bytes()
+    assert_input_error(run("keys", "cert", "hub", "--ca", tmp_path / "ca", "--out", tmp_path / "certs"),
+                       "hub.pem: exists; add --force")
+    assert (tmp_path / "certs" / "hub-key.pem").read_bytes() == key_before
+    assert run("keys", "cert", "hub", "--ca", tmp_path / "ca", "--out", tmp_path / "certs", "--force").returncode == 0
     assert_input_error(run("keys", "cert", "bad/id", "--ca", tmp_path / "ca", "--out", tmp_path / "certs"),
                        "device id")
     assert_input_error(run("keys", "cert", "pump-1", "--ca", tmp_path / "no-ca", "--out", tmp_path / "certs"),

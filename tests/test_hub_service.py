@@ -422,10 +422,16 @@ def test_one_hub_per_database(tmp_path, broker, keys):
         first.stop()  # SIGKILL
     again = start_hub(tmp_path, broker, keys, name="hub-again")
     again.stop()
-    metrics = subprocess.run([str(LINKSEAL), "hub", "run", "--broker", broker.url, "--keys", str(keys.path),
-                              "--insecure-plaintext", "--db", str(tmp_path / "other.db"), "--metrics",
-                              "127.0.0.1:99999"], capture_output=True, text=True, timeout=60)
-    assert metrics.returncode == 2 and "--metrics 127.0.0.1:99999: cannot listen" in metrics.stderr
+    import socket
+
+    with socket.socket() as taken:  # a metrics port another process listens on
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        metrics = subprocess.run([str(LINKSEAL), "hub", "run", "--broker", broker.url, "--keys", str(keys.path),
+                                  "--insecure-plaintext", "--db", str(tmp_path / "other.db"), "--metrics",
+                                  f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
+    assert metrics.returncode == 2 and f"--metrics 127.0.0.1:{port}: cannot listen" in metrics.stderr
 
 
 def test_two_hubs_with_one_client_id_are_told_apart_from_a_flaky_broker(tmp_path, broker, keys):

@@ -50,7 +50,8 @@ def test_no_command_reveals_key_material(tmp_path):
         run("keys", "provision", device, "--keys", keys, "--link", link, "--out", devices / f"{device}.json")
     run("keys", "list", "--keys", keys)
     run("keys", "list", "--keys", keys, "--json")
-    run("keys", "rotate", "monitor-2", "--keys", keys, "--out", devices / "monitor-2.json", "--grace", "1h")
+    run("keys", "rotate", "monitor-2", "--keys", keys, "--out", devices / "monitor-2.json", "--grace", "1h",
+        "--force")
     run("keys", "ca", "init", "--dir", tmp_path / "ca")
     run("keys", "cert", "pump-1", "--ca", tmp_path / "ca", "--out", tmp_path / "certs")
     run("hub", "broker-config", "--keys", keys, "--out", tmp_path / "broker-config", "--data-dir", tmp_path)
