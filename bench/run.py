@@ -17,10 +17,12 @@ from bench import (  # noqa: E402
     bench_memory,
     bench_micropython,
     bench_overhead,
+    bench_seals,
     bench_verify,
 )
 
 if __name__ == "__main__":
-    for module in (bench_overhead, bench_verify, bench_memory, bench_micropython, bench_ingest, bench_forward,
+    for module in (bench_overhead, bench_verify, bench_memory, bench_micropython, bench_ingest, bench_seals,
+                   bench_forward,
                    bench_faults, bench_firmware):
         module.main()

@@ -1,5 +1,6 @@
 """`linkseal hub ...`: verify captures, run the service, report, audit, broker configuration."""
 
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -137,6 +138,7 @@ def _run(args):
     sinks = _sinks(args.forward, settings)
     lock = WriterLock(args.db)  # one writer per database, for as long as this hub runs
     storage = _open_waiting(args.db, log)
+    storage.require_sound()
     for name in storage.set_sinks([name for name, _ in sinks]):
         log("sink_forgotten", sink=name, reason="no longer configured: it holds no records back any more")
     ingest = Ingest(verifier, storage)
@@ -198,6 +200,7 @@ def _report(args):
     since = time.time() - args.since if args.since is not None else None
     storage = SQLiteStorage(args.db, create=False)
     try:
+        storage.require_sound()
         report = build_stored_report(storage, since, args.link)
     finally:
         storage.close()
@@ -235,21 +238,35 @@ def _prune(args):
 
 
 def _audit(args):
+    """SQLite's integrity check, the security events' hash chain and the seals over every other
+    table; exit status 1 when anything is wrong."""
     from hub.service.storage import SQLiteStorage
 
     storage = SQLiteStorage(args.db, create=False)
     try:
-        checked, broken = storage.audit()
-        anchor_id, anchor_hash = storage.events_anchor()
+        damage = storage.integrity_problem(full=True)
+        try:
+            checked, broken = storage.audit()
+            anchor_id, anchor_hash = storage.events_anchor()
+            unsealed = storage.seal_problems()
+            pruned = storage.pruned_records_upto()
+        except sqlite3.DatabaseError as exc:  # too damaged to read
+            checked, broken, anchor_id, unsealed, pruned = 0, f"unreadable ({exc})", 0, [], 0
     finally:
         storage.close()
     start = (f"from the pruning anchor (events 1-{anchor_id} pruned; anchor hash {anchor_hash[:16]}...)"
              if anchor_id else "from the first event")
+    print(f"BROKEN: SQLite integrity check: {damage}" if damage else "OK: SQLite integrity check")
     if broken:
         print(f"BROKEN after {checked} intact events checked {start}: {broken}")
-        return 1
-    print(f"OK: {checked} security events, hash chain intact {start}")
-    return 0
+    else:
+        print(f"OK: {checked} security events, hash chain intact {start}")
+    for problem in unsealed:
+        print(f"BROKEN: {problem}")
+    if not unsealed:
+        note = f" (records 1-{pruned} were pruned by retention)" if pruned else ""
+        print(f"OK: records, counters, device state, link counters and device status match their seals{note}")
+    return 1 if damage or broken or unsealed else 0
 
 
 def _broker_config(args):

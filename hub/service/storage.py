@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-SCHEMA_VERSION = 2
+from hub.service import seals
+
+SCHEMA_VERSION = 3  # 2: the outbox ids; 3: seals
 GENESIS_HASH = "0" * 64
 HOUR, DAY = 3600, 86400
 
@@ -47,6 +49,8 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, t REAL NOT NULL, device TEXT, link TEXT,
     kind TEXT NOT NULL, reason TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_t ON events (t);
+CREATE TABLE IF NOT EXISTS seals (tbl TEXT NOT NULL, segment INTEGER NOT NULL, digest TEXT NOT NULL,
+    PRIMARY KEY (tbl, segment)) WITHOUT ROWID;
 """
 
 
@@ -156,6 +160,30 @@ class Storage(Protocol):
     def device_links(self) -> dict: ...  # device -> current link
     def device_statuses(self) -> dict: ...  # device -> its latest status (hub.status fields)
     def events_since(self, since: float | None) -> list: ...
+    def integrity_problem(self, full: bool = False) -> str | None:
+        """SQLite's own check of the file (quick: the structure; full: every index too);
+        None when sound, else its first complaint."""
+        try:
+            rows = self.db.execute("PRAGMA integrity_check(1)" if full else "PRAGMA quick_check(1)").fetchall()
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        return None if rows == [("ok",)] else str(rows[0][0])
+
+    def require_sound(self) -> None:
+        """StorageError (exit 2) for a damaged file: `hub run` and `hub report` refuse it."""
+        problem = self.integrity_problem()
+        if problem:
+            raise StorageError(f"{self.path}: the database is damaged (SQLite: {problem}); restore it from a backup "
+                               f"(`linkseal hub audit --db {self.path}` shows what else is wrong)")
+
+    def seal_problems(self) -> list[str]:
+        """Rows that do not match their seals (hub/service/seals.py); empty when all do."""
+        return seals.check(self.db)
+
+    def pruned_records_upto(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'records_pruned_upto'").fetchone()
+        return int(row[0]) if row else 0
+
     def audit(self) -> tuple[int, str | None]: ...  # (events checked, first break or None)
     def close(self) -> None: ...
 
@@ -208,6 +236,9 @@ class SQLiteStorage:
             version = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if version is not None and version[0] == "1":
                 self._migrate_from_1()
+                version = ("2",)
+            if version is not None and version[0] == "2":
+                self._seal_existing()
                 version = (str(SCHEMA_VERSION),)
             if version is None:
                 self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -224,6 +255,8 @@ class SQLiteStorage:
             raise StorageError(f"{self.path}: schema version {version[0]}, this hub reads {SCHEMA_VERSION}")
         last = self.db.execute("SELECT hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
         self._last_hash = last[0] if last else GENESIS_HASH
+        # table -> {name: seal hash} of rows this process wrote: replacing them needs no read.
+        self._row_hashes = {}
 
     def _migrate_from_1(self):
         """Schema 1 had no outbox ids: number the records in arrival order, no sink has them yet."""
@@ -234,6 +267,15 @@ class SQLiteStorage:
         db.execute(f"INSERT INTO records ({_RECORD_COLUMNS}) SELECT {_RECORD_COLUMNS} FROM records_v1 "
                    "ORDER BY arrival, device, epoch, seq")
         db.execute("DROP TABLE records_v1")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+        db.execute("COMMIT")
+
+    def _seal_existing(self):
+        """Schema 2 had no seals: seal the tables as they are (one pass, once)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT OR REPLACE INTO seals VALUES (?, ?, ?)",
+                       [(table, seg, f"{digest:064x}") for (table, seg), digest in seals.recompute(db).items()])
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
         db.execute("COMMIT")
 
@@ -250,15 +292,21 @@ class SQLiteStorage:
     def commit(self, batch: Batch) -> None:
         db = self.db
         last_hash = self._last_hash
+        delta = seals.SealDelta()
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(f"INSERT OR IGNORE INTO records ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           batch.records)
+            if batch.records:
+                self._insert_records(batch.records, delta)
             db.executemany("INSERT INTO counts VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE "
                            "SET value = value + excluded.value", batch.counts)
-            db.executemany("INSERT OR REPLACE INTO devices VALUES (?, ?, ?)", batch.devices)
-            db.executemany("INSERT OR REPLACE INTO links VALUES (?, ?)", batch.links)
-            db.executemany("INSERT OR REPLACE INTO device_status VALUES (?, ?)", batch.statuses)
+            for row in batch.counts:
+                delta.add("counts", row)
+            for table, rows in (("devices", batch.devices), ("links", batch.links),
+                                ("device_status", batch.statuses)):
+                if rows:
+                    delta.replace(db, table, rows, self._row_hashes.setdefault(table, {}))
+                    db.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
+            delta.flush(db)
             for event in batch.events:
                 new_hash = event_hash(last_hash, event)
                 db.execute("INSERT INTO events (t, device, link, kind, reason, prev_hash, hash) "
@@ -272,6 +320,19 @@ class SQLiteStorage:
             _rollback(db)
             raise
         self._last_hash = last_hash
+        for table, hashes in delta.written.items():  # only once committed
+            self._row_hashes[table].update(hashes)
+
+    def _insert_records(self, records, delta) -> None:
+        db = self.db
+        first = _last_record_id(db) + 1
+        db.executemany(f"INSERT OR IGNORE INTO records ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", records)
+        if _last_record_id(db) - first + 1 == len(records):  # all inserted, with consecutive ids
+            for number, record in enumerate(records):
+                delta.add("records", (first + number, *record))
+        else:  # some were already there (never expected): seal what was inserted, as stored
+            for row in db.execute(f"SELECT {seals.COLUMNS['records']} FROM records WHERE id >= ?", (first,)):
+                delta.add("records", row)
 
     def close(self) -> None:
         self.db.close()
@@ -300,20 +361,22 @@ class SQLiteStorage:
         Returns what it removed; all zeros when there is nothing (more) to do."""
         db = self.db
         done = {"records": 0, "counts_rolled": 0, "device_counts": 0, "events": 0}
+        delta = seals.SealDelta()  # pruning keeps the seals right: audit tells it from a deletion
         db.execute("BEGIN IMMEDIATE")
         try:
-            done["records"] = self._prune_records(now - retention.records, limit)
-            done["counts_rolled"] = (self._roll_up(now - retention.minute_counts, HOUR, "rolled_hours_upto") +
-                                     self._roll_up(now - retention.hourly_counts, DAY, "rolled_days_upto"))
-            done["device_counts"] = self._expire_device_counts(now - retention.device_counts)
+            done["records"] = self._prune_records(now - retention.records, limit, delta)
+            done["counts_rolled"] = (self._roll_up(now - retention.minute_counts, HOUR, "rolled_hours_upto", delta) +
+                                     self._roll_up(now - retention.hourly_counts, DAY, "rolled_days_upto", delta))
+            done["device_counts"] = self._expire_device_counts(now - retention.device_counts, delta)
             done["events"] = self._prune_events(now - retention.events, limit)
+            delta.flush(db)
             db.execute("COMMIT")
         except BaseException:
             _rollback(db)
             raise
         return done
 
-    def _prune_records(self, cutoff: float, limit: int) -> int:
+    def _prune_records(self, cutoff: float, limit: int, delta) -> int:
         # Oldest first by id (commit order), stopping at the first one still within retention or
         # not yet acknowledged by every sink: a walk from the start, never a scan of the table.
         delivered = self.db.execute("SELECT MIN(delivered_upto) FROM sinks").fetchone()[0]
@@ -326,9 +389,11 @@ class SQLiteStorage:
             last = record_id
         if last is None:
             return 0
+        delta.remove(self.db, "records", "id <= ?", (last,))
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('records_pruned_upto', ?)", (str(last),))
         return self.db.execute("DELETE FROM records WHERE id <= ?", (last,)).rowcount
 
-    def _roll_up(self, cutoff: float, size: int, mark: str) -> int:
+    def _roll_up(self, cutoff: float, size: int, mark: str, delta) -> int:
         """Merge the counter rows of one bucket of `size` seconds older than cutoff into the
         bucket's first row (sums kept exact); returns the rows merged away."""
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (mark,)).fetchone()
@@ -341,6 +406,10 @@ class SQLiteStorage:
         end = start + size
         if end > cutoff:  # the bucket is not wholly past the cutoff yet
             return 0
+        for old in self.db.execute(f"SELECT {seals.COLUMNS['counts']} FROM counts WHERE minute > ? AND minute < ?",
+                                   (start, end)):
+            delta.add("counts", old, -1)  # merged into the bucket's first row: same sums, another key
+            delta.add("counts", (start, *old[1:]))
         self.db.execute("INSERT INTO counts SELECT ?, scope, name, counter, SUM(value) FROM counts "
                         "WHERE minute > ? AND minute < ? GROUP BY scope, name, counter "
                         "ON CONFLICT DO UPDATE SET value = value + excluded.value", (start, start, end))
@@ -348,7 +417,7 @@ class SQLiteStorage:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (mark, str(end)))
         return merged
 
-    def _expire_device_counts(self, cutoff: float) -> int:
+    def _expire_device_counts(self, cutoff: float, delta) -> int:
         """Delete the oldest bucket of per-device counters older than cutoff: the one part of the
         counter history that grows with the fleet. Link and hub rows stay (a few per day), so
         link totals and the restored unknown-device count never go backwards."""
@@ -356,6 +425,7 @@ class SQLiteStorage:
                                  (cutoff,)).fetchone()[0]
         if oldest is None:
             return 0
+        delta.remove(self.db, "counts", "minute = ? AND scope = 'device'", (oldest,))
         return self.db.execute("DELETE FROM counts WHERE minute = ? AND scope = 'device'", (oldest,)).rowcount
 
     def _prune_events(self, cutoff: float, limit: int) -> int:
@@ -407,6 +477,30 @@ class SQLiteStorage:
             return 0, GENESIS_HASH
         anchor_id, anchor_hash = row[0].split()
         return int(anchor_id), anchor_hash
+
+    def integrity_problem(self, full: bool = False) -> str | None:
+        """SQLite's own check of the file (quick: the structure; full: every index too);
+        None when sound, else its first complaint."""
+        try:
+            rows = self.db.execute("PRAGMA integrity_check(1)" if full else "PRAGMA quick_check(1)").fetchall()
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        return None if rows == [("ok",)] else str(rows[0][0])
+
+    def require_sound(self) -> None:
+        """StorageError (exit 2) for a damaged file: `hub run` and `hub report` refuse it."""
+        problem = self.integrity_problem()
+        if problem:
+            raise StorageError(f"{self.path}: the database is damaged (SQLite: {problem}); restore it from a backup "
+                               f"(`linkseal hub audit --db {self.path}` shows what else is wrong)")
+
+    def seal_problems(self) -> list[str]:
+        """Rows that do not match their seals (hub/service/seals.py); empty when all do."""
+        return seals.check(self.db)
+
+    def pruned_records_upto(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'records_pruned_upto'").fetchone()
+        return int(row[0]) if row else 0
 
     def audit(self) -> tuple[int, str | None]:
         """(events checked, None) when the chain holds, else (events checked, what broke).

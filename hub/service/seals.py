@@ -1,0 +1,163 @@
+"""Seals: tamper evidence over every table the reports are built from.
+
+Each sealed table is cut into segments, and each segment has a digest that is the sum
+(mod 2**128) of a hash of each of its rows: SHA-256 over the table name and the row, cut to
+128 bits (plenty against accident; against someone who can write the file, see below). A sum
+can be kept up to date by the transaction that writes the rows (add the new row's hash,
+subtract the replaced or pruned row's), so every committed batch and every retention step
+leaves digests that match the tables exactly; `hub audit` recomputes them from the rows.
+A row changed, added or deleted by anything else (a mistake, damage SQLite did not notice,
+an edit) leaves its segment's digest wrong, which locates it: a range of record ids, a UTC
+day of counters, a slice of the devices.
+
+Counter rows are hashed as value x hash(key), so the upserts that add to a counter (and the
+roll-ups that merge minutes into hours and days) change digests without reading the row.
+The security events have their own hash chain (storage.event_hash) and are not sealed here.
+
+Without a secret, someone who can write the database and knows this format can recompute
+the digests too: seals catch damage and edits, not an attacker who owns the bastion host
+(docs/threat-model.md).
+"""
+
+import functools
+import hashlib
+import time
+import zlib
+
+MODULUS = 2**128
+RECORD_SEGMENT = 4096  # record ids per segment
+DAY = 86400
+NAME_SEGMENTS = 64  # devices and statuses are spread over this many segments by name
+
+# table -> the columns hashed, in order (the first is what the segment is taken from).
+COLUMNS = {
+    "records": "id, device, epoch, seq, link, device_time_ms, arrival, payload",
+    "counts": "minute, scope, name, counter, value",
+    "devices": "device, link, state",
+    "links": "link, state",
+    "device_status": "device, status",
+}
+KEYS = {"devices": "device", "links": "link", "device_status": "device"}  # tables whose rows are replaced
+
+
+# One encoding per table, fields joined by 0x1F: none of them can hold that byte raw (device
+# ids and link names are restricted, status is JSON text, which escapes control characters);
+# the trailing bytes field (payload, state) goes last, whole. SQLite gives back exactly the
+# types written, so a row read back encodes as it did when written.
+_ENCODE = {
+    "records": lambda r: (b"records\x1f%d\x1f%s\x1f%d\x1f%d\x1f%s\x1f%r\x1f%r\x1f"
+                          % (r[0], r[1].encode(), r[2], r[3], r[4].encode(), r[5], r[6]) + r[7]),
+    "counts": lambda k: b"counts\x1f%d\x1f%s\x1f%s\x1f%s" % (k[0], k[1].encode(), k[2].encode(), k[3].encode()),
+    "devices": lambda r: b"devices\x1f%s\x1f%s\x1f" % (r[0].encode(), r[1].encode()) + r[2],
+    "links": lambda r: b"links\x1f%s\x1f" % r[0].encode() + r[1],
+    "device_status": lambda r: b"device_status\x1f%s\x1f%s" % (r[0].encode(), r[1].encode()),
+}
+
+
+def _hash(table: str, values: tuple) -> int:
+    return int.from_bytes(hashlib.sha256(_ENCODE[table](values)).digest()[:16], "big")
+
+
+@functools.lru_cache(maxsize=65536)  # a minute's counter keys recur in every batch of that minute
+def _key_hash(key: tuple) -> int:
+    return _hash("counts", key)
+
+
+def row_hash(table: str, row: tuple) -> int:
+    """What one row adds to its segment's digest (a counter row: value x hash of its key)."""
+    if table == "counts":
+        return row[4] * _key_hash(row[:4])
+    return _hash(table, row)
+
+
+def segment(table: str, row: tuple) -> int:
+    if table == "records":
+        return row[0] // RECORD_SEGMENT
+    if table == "counts":
+        return row[0] // DAY
+    if table == "links":
+        return 0
+    return zlib.crc32(row[0].encode()) % NAME_SEGMENTS
+
+
+def describe(table: str, seg: int) -> str:
+    """Where a segment's rows are, for the audit's message."""
+    if table == "records":
+        return f"records with ids {seg * RECORD_SEGMENT}-{(seg + 1) * RECORD_SEGMENT - 1}"
+    if table == "counts":
+        return f"counters of {time.strftime('%Y-%m-%d', time.gmtime(seg * DAY))} (UTC)"
+    if table == "links":
+        return "link counters"
+    return f"{table} rows in slice {seg} of {NAME_SEGMENTS} (by name)"
+
+
+class SealDelta:
+    """The digest changes one transaction makes; written by flush() inside that transaction."""
+
+    def __init__(self):
+        self.changes = {}  # (table, segment) -> sum to add
+        self.written = {}  # table -> {name: hash} of the rows replace() wrote, for RowHashes after COMMIT
+
+    def add(self, table: str, row: tuple, sign: int = 1) -> None:
+        self._change(table, row, sign * row_hash(table, row))
+
+    def add_count(self, row: tuple) -> None:
+        """A counter upsert: row = (minute, scope, name, counter, delta)."""
+        self.add("counts", row)
+
+    def replace(self, db, table: str, rows: list, known: dict) -> None:
+        """Rows about to be written with INSERT OR REPLACE: take out the hashes of the rows they
+        replace (known: name -> hash of the row this process last wrote; others are read in
+        the same transaction), put in theirs."""
+        unknown = [row[0] for row in rows if row[0] not in known]
+        for start in range(0, len(unknown), 500):
+            chunk = unknown[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for old in db.execute(f"SELECT {COLUMNS[table]} FROM {table} WHERE {KEYS[table]} IN ({marks})", chunk):
+                self.add(table, old, -1)
+        written = self.written.setdefault(table, {})
+        for row in rows:
+            name = row[0]
+            if name in known:
+                self._change(table, row, -known[name])
+            written[name] = new = _hash(table, row)
+            self._change(table, row, new)
+
+    def _change(self, table: str, row: tuple, amount: int) -> None:
+        where = (table, segment(table, row))
+        self.changes[where] = (self.changes.get(where, 0) + amount) % MODULUS
+
+    def remove(self, db, table: str, where: str, params: tuple) -> None:
+        """Rows about to be deleted (retention): take out their hashes."""
+        for old in db.execute(f"SELECT {COLUMNS[table]} FROM {table} WHERE {where}", params):
+            self.add(table, old, -1)
+
+    def flush(self, db) -> None:
+        for (table, seg), change in self.changes.items():
+            if not change:
+                continue
+            row = db.execute("SELECT digest FROM seals WHERE tbl = ? AND segment = ?", (table, seg)).fetchone()
+            digest = ((int(row[0], 16) if row else 0) + change) % MODULUS
+            db.execute("INSERT OR REPLACE INTO seals VALUES (?, ?, ?)", (table, seg, f"{digest:064x}"))
+        self.changes = {}
+
+
+def recompute(db) -> dict:
+    """(table, segment) -> digest, from the rows as they are now."""
+    delta = SealDelta()
+    for table, columns in COLUMNS.items():
+        for row in db.execute(f"SELECT {columns} FROM {table}"):
+            delta.add(table, row)
+    return {where: digest for where, digest in delta.changes.items() if digest}
+
+
+def stored(db) -> dict:
+    return {(table, seg): int(digest, 16) for table, seg, digest in db.execute("SELECT tbl, segment, digest FROM seals")
+            if int(digest, 16)}
+
+
+def check(db) -> list[str]:
+    """What does not match its seal, one line per segment; empty when everything does."""
+    want, got = stored(db), recompute(db)
+    return [f"{describe(table, seg)}: rows were changed, added or removed outside the hub"
+            for table, seg in sorted(set(want) | set(got)) if want.get((table, seg)) != got.get((table, seg))]
