@@ -105,6 +105,9 @@ def test_a_broker_restart_mid_stream_loses_nothing(tmp_path, other_broker, keys)
         hub.wait_connected(count=2)
         publish(other_broker.port, stream[half:])
         wait_for(lambda: stored_report(hub.db)["links"]["wifi"]["valid"] == len(stream), 90, "the whole stream")
+        assert any(e["event"] == "disconnected" for e in hub.events())
+        # The broker kept the hub's session (and what it queued for it) across its restart.
+        assert [e["session_present"] for e in hub.events() if e["event"] == "connected"] == [False, True]
     finally:
         hub.stop()
     wifi = stored_report(hub.db)["links"]["wifi"]

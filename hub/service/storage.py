@@ -160,30 +160,9 @@ class Storage(Protocol):
     def device_links(self) -> dict: ...  # device -> current link
     def device_statuses(self) -> dict: ...  # device -> its latest status (hub.status fields)
     def events_since(self, since: float | None) -> list: ...
-    def integrity_problem(self, full: bool = False) -> str | None:
-        """SQLite's own check of the file (quick: the structure; full: every index too);
-        None when sound, else its first complaint."""
-        try:
-            rows = self.db.execute("PRAGMA integrity_check(1)" if full else "PRAGMA quick_check(1)").fetchall()
-        except sqlite3.DatabaseError as exc:
-            return str(exc)
-        return None if rows == [("ok",)] else str(rows[0][0])
-
-    def require_sound(self) -> None:
-        """StorageError (exit 2) for a damaged file: `hub run` and `hub report` refuse it."""
-        problem = self.integrity_problem()
-        if problem:
-            raise StorageError(f"{self.path}: the database is damaged (SQLite: {problem}); restore it from a backup "
-                               f"(`linkseal hub audit --db {self.path}` shows what else is wrong)")
-
-    def seal_problems(self) -> list[str]:
-        """Rows that do not match their seals (hub/service/seals.py); empty when all do."""
-        return seals.check(self.db)
-
-    def pruned_records_upto(self) -> int:
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'records_pruned_upto'").fetchone()
-        return int(row[0]) if row else 0
-
+    def integrity_problem(self, full: bool = False) -> str | None: ...  # the database's own check
+    def require_sound(self) -> None: ...  # StorageError for a damaged store
+    def seal_problems(self) -> list[str]: ...  # rows that do not match their seals
     def audit(self) -> tuple[int, str | None]: ...  # (events checked, first break or None)
     def close(self) -> None: ...
 
