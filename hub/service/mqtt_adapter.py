@@ -53,6 +53,7 @@ class HubService:
         self._connected = False
         self._connected_at = 0.0
         self._short_connections = 0  # broker-closed connections in a row that lasted < SHORT_CONNECTION_S
+        self._unstored_logged = False
         self.subscribed = threading.Event()  # the broker confirmed the record subscription
         self._rate_limited = {}  # link -> frames rate-limited since the last summary
         self._abnormal = {}  # link -> reasons last reported
@@ -210,7 +211,9 @@ class HubService:
                     self._set_fault(kind)
                 fault = kind
                 if self.stopping.wait(delay):
-                    self.log("stopping_unstored", reason=kind, note="the broker redelivers what was not stored")
+                    if not self._unstored_logged:  # once, though each message left in the queue comes here
+                        self.log("stopping_unstored", reason=kind, note="the broker redelivers what was not stored")
+                        self._unstored_logged = True
                     return False
                 delay = min(delay * 2, self.settings.backoff_max)
                 continue
