@@ -33,6 +33,9 @@ class UnsealedDelta(seals.SealDelta):
     def replace(self, db, table, rows, known):
         pass
 
+    def add_records(self, first_id, records):
+        pass
+
     def flush(self, db):
         pass
 

@@ -214,7 +214,16 @@ def _record(args):
             raise InputError(f"{args.loss_pattern}: {exc.strerror}") from None
         except TraceError as exc:
             raise InputError(f"{args.loss_pattern}: {exc}") from None
-        scenario.devices, scenario.attacks = 1, {}
+        if len(scenario.links) != 1:
+            raise InputError(f"--loss-pattern drives one device on one link: give exactly one with --links "
+                             f"(e.g. --links lora), not {', '.join(scenario.links)}")
+        # One device sending the pattern's frames at --rate: the run lasts as long as they take.
+        scenario.devices, scenario.attacks, scenario.duration = 1, {}, len(fates) / scenario.rate
+        # The pattern is the truth the replay compares with, not the link type's profile: its loss
+        # fraction, and nothing damaged or duplicated.
+        lost = sum(fate.lost for fate in fates) / len(fates)
+        scenario.profiles[scenario.links[0]] = {"loss": "bernoulli", "loss_rate": lost, "burst_rate": 0.0,
+                                                "duplicate": 0.0}
     generated = generate(scenario, fates=fates)
     header = {**generated.header(), "source": "loss pattern" if fates else "fault models"}
     write_trace(args.out, header, generated.events)

@@ -65,8 +65,11 @@ class GilbertElliott:
         self.bad = False
 
     def lost(self, rng: random.Random) -> bool:
-        self.bad = (rng.random() >= self.r) if self.bad else (rng.random() < self.p)
-        return rng.random() < (self.loss_bad if self.bad else self.loss_good)
+        # netem's order (sch_netem.c, loss_gilb_ell): the frame is lost or not in the state it
+        # found; the transition then decides the state the next frame finds.
+        found_bad = self.bad
+        self.bad = (rng.random() >= self.r) if found_bad else (rng.random() < self.p)
+        return rng.random() < (self.loss_bad if found_bad else self.loss_good)
 
     @property
     def stationary(self) -> float:

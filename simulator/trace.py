@@ -108,13 +108,19 @@ def arrivals(events: list) -> list:
 
 
 def fates_from_pattern(pattern: str, delay_s: float = 0.0) -> list:
-    """Fates from an observed loss pattern: '1' (or '+') received, '0' (or '-') lost."""
+    """Fates from an observed loss pattern: '1' (or '+') received, '0' (or '-') lost, one per
+    frame; spaces and line breaks are ignored. TraceError names the line and column of
+    anything else, and refuses a pattern without a frame."""
     fates = []
-    for position, mark in enumerate(pattern.replace("\n", "").replace(" ", "")):
-        if mark in "1+":
-            fates.append(Fate(False, (), (delay_s,)))
-        elif mark in "0-":
-            fates.append(Fate(True))
-        else:
-            raise TraceError(f"loss pattern position {position}: {mark!r} is neither received (1) nor lost (0)")
+    for line_number, line in enumerate(pattern.splitlines(), start=1):
+        for column, mark in enumerate(line, start=1):
+            if mark in "1+":
+                fates.append(Fate(False, (), (delay_s,)))
+            elif mark in "0-":
+                fates.append(Fate(True))
+            elif not mark.isspace():
+                raise TraceError(f"line {line_number}, column {column}: {mark!r} is neither received (1) nor "
+                                 "lost (0)")
+    if not fates:
+        raise TraceError("no frames: a loss pattern is 1 (received) and 0 (lost), one per frame")
     return fates

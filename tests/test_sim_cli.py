@@ -5,6 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from simulator.trace import read_trace
 from tools.services import Mosquitto
 
 LINKSEAL = Path(sys.executable).parent / "linkseal"
@@ -39,14 +42,25 @@ def test_record_from_a_loss_pattern_then_replay(tmp_path):
     recorded = run("sim", "record", "--loss-pattern", pattern, "--links", "lora", "--seed", "3", "--out",
                    tmp_path / "field.trace.jsonl")
     assert recorded.returncode == 0 and "300 frames, 0 attacks" in recorded.stdout
+    header, events = read_trace(tmp_path / "field.trace.jsonl")
+    span = max(e.t for e in events) - min(e.t for e in events)
+    assert header["duration"] == 300 / header["rate"] and header["duration"] - 1 / header["rate"] <= span
     replayed = run("sim", "replay", tmp_path / "field.trace.jsonl", "--no-broker", "--out", tmp_path / "r")
     assert replayed.returncode == 0, replayed.stderr
     lora = json.loads((tmp_path / "r" / "report.json").read_text())["hub"]["links"]["lora"]
     assert (lora["valid"], lora["lost"]) == (210, 88)  # 90 zeros; the last two are at the tail, never revealed
+    # The comparison's truth is the pattern (90 of 300 lost), not the lora profile.
+    comparison = json.loads((tmp_path / "r" / "report.json").read_text())["comparison"]["links"]["lora"]["loss"]
+    assert comparison["configured"] == pytest.approx(0.3) and comparison["inside"]
     bad = tmp_path / "bad.txt"
     bad.write_text("10?1")
     failed = run("sim", "record", "--loss-pattern", bad, "--links", "lora", "--out", tmp_path / "x.jsonl")
-    assert failed.returncode == 2 and "position 2" in failed.stderr and "Traceback" not in failed.stderr
+    assert failed.returncode == 2 and "line 1, column 3" in failed.stderr and "Traceback" not in failed.stderr
+    (tmp_path / "empty.txt").write_text("\n")
+    empty = run("sim", "record", "--loss-pattern", tmp_path / "empty.txt", "--links", "lora", "--out", tmp_path / "e")
+    assert empty.returncode == 2 and "no frames" in empty.stderr and not (tmp_path / "e").exists()
+    several = run("sim", "record", "--loss-pattern", pattern, "--links", "lora,wifi", "--out", tmp_path / "s")
+    assert several.returncode == 2 and "one link" in several.stderr
 
 
 def test_run_through_the_embedded_broker(tmp_path):

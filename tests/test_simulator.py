@@ -133,8 +133,20 @@ def test_loss_pattern_drives_the_trace():
     labelled, ledger = label(generated.events, generated.device_links)
     hub, _ = verify_in_process(generated.devices, labelled)
     assert (hub["links"]["lora"]["valid"], hub["links"]["lora"]["lost"]) == (10, 4)
-    with pytest.raises(ValueError, match="position 2"):
-        fates_from_pattern("11x")
+    with pytest.raises(ValueError, match="line 2, column 3"):
+        fates_from_pattern("11\n11x")
+    with pytest.raises(ValueError, match="no frames"):
+        fates_from_pattern(" \n")
+
+
+def test_gilbert_elliott_decides_loss_in_the_state_the_frame_found():
+    """netem's loss_gilb_ell: a frame in the good state with 1-k = 0 is never lost, even when the
+    transition it triggers moves the chain to the bad state; so from a good start, the first
+    frame of every run is received whatever p is (deciding after the transition lost ~200)."""
+    rng = random.Random(7)
+    first_lost = sum(GilbertElliott(0.5, 0.1).lost(rng) for _ in range(400))
+    assert first_lost == 0
+
 
 
 def test_profiles_map_from_the_registry_and_can_be_overridden():

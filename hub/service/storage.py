@@ -307,8 +307,7 @@ class SQLiteStorage:
         first = _last_record_id(db) + 1
         db.executemany(f"INSERT OR IGNORE INTO records ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", records)
         if _last_record_id(db) - first + 1 == len(records):  # all inserted, with consecutive ids
-            for number, record in enumerate(records):
-                delta.add("records", (first + number, *record))
+            delta.add_records(first, records)
         else:  # some were already there (never expected): seal what was inserted, as stored
             for row in db.execute(f"SELECT {seals.COLUMNS['records']} FROM records WHERE id >= ?", (first,)):
                 delta.add("records", row)
