@@ -6,6 +6,7 @@ here) is started in-process, so nothing has to be installed system-wide for the 
 """
 
 import asyncio
+import collections
 import logging
 import os
 import socket
@@ -86,7 +87,9 @@ def verify_through_broker(devices, labelled, broker_url, out_dir: Path, console)
     ingest = Ingest(verifier, SQLiteStorage(db), on_verdict=lambda verdict: outcomes.append(verdict.outcome))
     settings = HubSettings(client_id=f"linkseal-sim-{os.getpid()}-{time.monotonic_ns()}")
     with open(out_dir / "hub.log", "w") as log_file:
-        service = HubService(parse_broker(url), settings, ingest, EventLog(json_lines=True, stream=log_file))
+        trace_clock = TraceClock(labelled)
+        service = HubService(parse_broker(url), settings, ingest, EventLog(json_lines=True, stream=log_file),
+                             clock=trace_clock.now, arrival_clock=trace_clock)
         hub = threading.Thread(target=service.run, kwargs={"handle_signals": False}, name="hub")
         hub.start()
         try:
@@ -104,6 +107,32 @@ def verify_through_broker(devices, labelled, broker_url, out_dir: Path, console)
     finally:
         storage.close()
     return report, (outcomes if len(outcomes) == len(labelled) else None)
+
+
+class TraceClock:
+    """Each message's arrival time in the trace, not the wall clock of this run: two replays of
+    one trace then give the same report, event times included. Identical messages (a link's
+    duplicates) take their times in order; one the broker delivers more often than it was
+    published keeps the last. now() is the latest time given: retention runs on the trace's
+    time line too (on the wall clock, a trace from the past would be pruned as it arrives)."""
+
+    def __init__(self, labelled):
+        self.times = {}
+        for t, topic, data, _, _ in labelled:
+            self.times.setdefault((topic, data), collections.deque()).append(round(t, 6))
+        self.last = {}
+        self.latest = 0.0
+
+    def now(self) -> float:
+        return self.latest
+
+    def __call__(self, topic: str, payload: bytes) -> float:
+        key = (topic, payload)
+        queued = self.times.get(key)
+        if queued:
+            self.last[key] = queued.popleft()
+            self.latest = max(self.latest, self.last[key])
+        return self.last.get(key, 0.0)
 
 
 def ingest_count(ingest) -> int:

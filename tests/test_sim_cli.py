@@ -36,6 +36,22 @@ def test_run_replay_is_bit_identical(tmp_path):
     assert comparison["counters_match_truth"] and comparison["outcomes_match_truth"]
 
 
+def test_two_replays_through_a_broker_give_identical_reports(tmp_path):
+    """Through the embedded broker the hub stamps each message with its time in the trace, not
+    the wall clock of the replay: the reports agree, event times included."""
+    recorded = run("sim", "record", "--devices", "3", "--duration", "10", "--seed", "4",
+                   "--attacks", "forge=2,replay_recent=2,unknown_device=1", "--out", tmp_path / "t.jsonl")
+    assert recorded.returncode == 0, recorded.stderr
+    for out in ("a", "b"):
+        replayed = run("sim", "replay", tmp_path / "t.jsonl", "--out", tmp_path / out)
+        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    first, second = (json.loads((tmp_path / d / "report.json").read_text())["hub"] for d in ("a", "b"))
+    assert first["events"] and first == second
+    _, events = read_trace(tmp_path / "t.jsonl")
+    assert {e["t"] for e in first["events"]} <= {round(e.t, 6) for e in events} | {
+        round(e.t + d, 6) for e in events if hasattr(e, "fate") for d in e.fate.delays}
+
+
 def test_record_from_a_loss_pattern_then_replay(tmp_path):
     pattern = tmp_path / "field.txt"
     pattern.write_text("1111011100" * 30)

@@ -37,9 +37,12 @@ SHORT_CONNECTION_S = 5.0
 
 
 class HubService:
-    def __init__(self, broker, settings, ingest, log, metrics=None, load_devices=None, sinks=(), clock=time.time):
+    def __init__(self, broker, settings, ingest, log, metrics=None, load_devices=None, sinks=(), clock=time.time,
+                 arrival_clock=None):
         """load_devices: returns the key file's DeviceKeys again, for SIGHUP reloads.
-        sinks: (name, sink) pairs records are forwarded to; clock: the time retention uses."""
+        sinks: (name, sink) pairs records are forwarded to; clock: the time retention uses;
+        arrival_clock(topic, payload): the arrival time given to the verifier (default: now;
+        a replay gives each message its time in the trace)."""
         self.broker = broker
         self.settings = settings
         self.ingest = ingest
@@ -59,6 +62,8 @@ class HubService:
         self._abnormal = {}  # link -> reasons last reported
         self._next_report = time.monotonic() + settings.report_interval
         self.clock = clock
+        self.arrival_clock = arrival_clock
+        self._last_arrival = 0.0  # the arrival time of the last message handled
         self._next_prune = 0.0  # monotonic time of the next retention step
         self.forwarders = [Forwarder(name, sink, ingest.storage.path, log, self.stopping, settings.backoff_max)
                            for name, sink in sinks]
@@ -116,7 +121,8 @@ class HubService:
                 self.metrics.client_id_conflicts.inc()
 
     def _on_message(self, client, userdata, message):
-        item = (message.topic, message.payload, time.time(), message.mid, message.qos, message.dup)
+        t = time.time() if self.arrival_clock is None else self.arrival_clock(message.topic, message.payload)
+        item = (message.topic, message.payload, t, message.mid, message.qos, message.dup)
         while not self.stopping.is_set():
             try:
                 self.queue.put(item, timeout=0.2)
@@ -235,6 +241,7 @@ class HubService:
                 continue
             if verdict.outcome == "rate_limited":
                 self._rate_limited[verdict.link] = self._rate_limited.get(verdict.link, 0) + 1
+        self._last_arrival = items[-1][2]
         started = time.perf_counter()
         if not self._commit():
             return
@@ -300,10 +307,11 @@ class HubService:
             self.log("rate_limited", frames_by_link=dict(self._rate_limited))
             self._rate_limited = {}
         verifier = self.ingest.verifier
+        now = time.time() if self.arrival_clock is None else self._last_arrival  # a replay's own time line
         for name, counters in verifier.links():
             reasons = abnormal_reasons(name, entry(counters))
             if reasons and reasons != self._abnormal.get(name):
-                verifier.record_event(time.time(), None, name, "abnormal_link", "; ".join(reasons))
+                verifier.record_event(now, None, name, "abnormal_link", "; ".join(reasons))
                 self.log("abnormal_link", link=name, reason="; ".join(reasons))
             elif not reasons and self._abnormal.get(name):
                 self.log("link_normal", link=name)
