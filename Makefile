@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 MICROPYTHON := node_modules/@micropython/micropython-webassembly-pyscript/package.json
 UMQTT := .cache/micropython-lib/umqtt/simple.py
 
-.PHONY: demo test bench link-codes clean mosquitto postgres
+.PHONY: demo test bench link-codes clean mosquitto brokers postgres
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,19 @@ mosquitto:
 		fi; \
 	fi
 
+# tests/test_brokers.py starts RabbitMQ and NATS instances of its own (Debian packages).
+brokers:
+	@for pair in rabbitmq-server:/usr/lib/rabbitmq/bin/rabbitmq-server nats-server:/usr/sbin/nats-server; do \
+		package=$${pair%%:*}; binary=$${pair#*:}; \
+		if [ ! -x "$$binary" ]; then \
+			if [ "$$(id -u)" = 0 ]; then \
+				apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$package; \
+			else \
+				echo "make test needs $$package: run 'sudo apt-get install $$package' and try again" >&2; exit 1; \
+			fi; \
+		fi; \
+	done
+
 # The PostgreSQL sink tests use the machine's PostgreSQL on 127.0.0.1:5432 (a database of their own).
 postgres:
 	@if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then \
@@ -45,7 +58,7 @@ start it (pg_ctlcluster <version> main start) and try again" >&2; exit 1; }; \
 demo: $(STAMP)
 	$(BIN)/linkseal demo
 
-test: $(STAMP) $(MICROPYTHON) $(UMQTT) mosquitto postgres
+test: $(STAMP) $(MICROPYTHON) $(UMQTT) mosquitto brokers postgres
 	$(BIN)/python -m pytest
 
 bench: $(STAMP) $(MICROPYTHON) $(UMQTT) mosquitto postgres
