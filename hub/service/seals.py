@@ -96,7 +96,7 @@ class SealDelta:
 
     def __init__(self):
         self.changes = {}  # (table, segment) -> sum to add
-        self.written = {}  # table -> {name: hash} of the rows replace() wrote, for RowHashes after COMMIT
+        self.written = {}  # table -> {name: hash} of the rows replace() wrote: the storage keeps them after COMMIT
 
     def add(self, table: str, row: tuple, sign: int = 1) -> None:
         self._change(table, row, sign * row_hash(table, row))
@@ -115,10 +115,6 @@ class SealDelta:
             where = ("records", segment_of)
             changes[where] = (changes.get(where, 0) + total) % MODULUS
 
-    def add_count(self, row: tuple) -> None:
-        """A counter upsert: row = (minute, scope, name, counter, delta)."""
-        self.add("counts", row)
-
     def replace(self, db, table: str, rows: list, known: dict) -> None:
         """Rows about to be written with INSERT OR REPLACE: take out the hashes of the rows they
         replace (known: name -> hash of the row this process last wrote; others are read in
@@ -131,11 +127,8 @@ class SealDelta:
                 self.add(table, old, -1)
         written = self.written.setdefault(table, {})
         for row in rows:
-            name = row[0]
-            if name in known:
-                self._change(table, row, -known[name])
-            written[name] = new = _hash(table, row)
-            self._change(table, row, new)
+            written[row[0]] = new = _hash(table, row)
+            self._change(table, row, new - known.get(row[0], 0))  # a row read above was taken out there
 
     def _change(self, table: str, row: tuple, amount: int) -> None:
         where = (table, segment(table, row))
@@ -152,7 +145,7 @@ class SealDelta:
                 continue
             row = db.execute("SELECT digest FROM seals WHERE tbl = ? AND segment = ?", (table, seg)).fetchone()
             digest = ((int(row[0], 16) if row else 0) + change) % MODULUS
-            db.execute("INSERT OR REPLACE INTO seals VALUES (?, ?, ?)", (table, seg, f"{digest:064x}"))
+            db.execute("INSERT OR REPLACE INTO seals VALUES (?, ?, ?)", (table, seg, f"{digest:032x}"))
         self.changes = {}
 
 

@@ -254,7 +254,7 @@ class SQLiteStorage:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         db.executemany("INSERT OR REPLACE INTO seals VALUES (?, ?, ?)",
-                       [(table, seg, f"{digest:064x}") for (table, seg), digest in seals.recompute(db).items()])
+                       [(table, seg, f"{digest:032x}") for (table, seg), digest in seals.recompute(db).items()])
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
         db.execute("COMMIT")
 
