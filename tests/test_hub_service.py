@@ -206,7 +206,8 @@ def test_metrics_endpoint(tmp_path, broker, keys):
     for name in ("linkseal_lost_frames_total", "linkseal_source_dropped_frames_total", "linkseal_loss_ratio",
                  "linkseal_corrupt_ratio",
                  "linkseal_link_abnormal", "linkseal_queue_depth", "linkseal_ingest_lag_seconds",
-                 "linkseal_storage_commit_seconds_bucket"):
+                 "linkseal_storage_commit_seconds_bucket", 'linkseal_storage_fault{kind="storage_full"} 0.0',
+                 "linkseal_client_id_conflicts_total 0.0"):
         assert name in text
     assert "dev-0" not in text  # no per-device labels
     # The shipped Grafana dashboard asks only for metrics the hub really exposes.
