@@ -19,7 +19,6 @@ from agent import frame as wire
 from agent.sealer import TOPIC_PREFIX
 from hub.core.counters import (
     CORRUPT,
-    DUPLICATE,
     FORGED,
     LOST,
     MALFORMED,
@@ -184,8 +183,6 @@ class Verifier:
         if window is None or window.epoch != epoch:
             window = self._window_for(dev, epoch, seq)
         slot = window.accept(seq, link, dev.counters, self.link_counters, redelivered) if window is not None else REPLAY
-        if slot == DUPLICATE and redelivered:  # the broker's second copy, not the link's
-            slot = REDELIVERED
         dev.counters[slot] += 1
         lc[slot] += 1
         if slot == VALID:

@@ -107,11 +107,11 @@ class EpochWindow:
         raise AssertionError("a hole was filled that no link owed")
 
     def accept(self, seq: int, link: int, device, link_counters, redelivered: bool = False) -> str:
-        """Account one authentic frame; returns its counter slot: VALID, DUPLICATE or REPLAY.
+        """Account one authentic frame; returns its counter slot: VALID, DUPLICATE, REDELIVERED or REPLAY.
 
         device and link_counters[link] are counter arrays (hub.counters); the caller counts
         the returned slot, this method the loss pattern and reordering. redelivered: the
-        broker delivered it again, so arriving late is not the link reordering it.
+        broker delivered it again, so neither arriving late nor a second copy is the link's doing.
         """
         top = self.top
         if seq == top + 1:  # the common case, inlined: the next frame in order
@@ -137,7 +137,7 @@ class EpochWindow:
             self._extend_base(seq, link, device, link_counters, late)
             return VALID
         if self._bit(seq):
-            return DUPLICATE
+            return REDELIVERED if redelivered else DUPLICATE
         self._set(seq)
         self._fill_hole(seq, link, device, link_counters, late)
         return VALID
