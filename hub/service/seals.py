@@ -29,9 +29,11 @@ RECORD_SEGMENT = 4096  # record ids per segment
 DAY = 86400
 NAME_SEGMENTS = 64  # devices and statuses are spread over this many segments by name
 
+# A record's columns after its id (storage writes them in this order too).
+RECORD_COLUMNS = "device, epoch, seq, link, device_time_ms, arrival, payload"
 # table -> the columns hashed, in order (the first is what the segment is taken from).
 COLUMNS = {
-    "records": "id, device, epoch, seq, link, device_time_ms, arrival, payload",
+    "records": "id, " + RECORD_COLUMNS,
     "counts": "minute, scope, name, counter, value",
     "devices": "device, link, state",
     "links": "link, state",

@@ -14,7 +14,6 @@ a small step at a time: delivered records, minute counters rolled up into hours 
 A PostgreSQL backend would implement the same methods; the verifier never sees SQL.
 """
 
-import errno
 import fcntl
 import hashlib
 import json
@@ -34,7 +33,7 @@ _RECORDS = """CREATE TABLE IF NOT EXISTS records (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     device TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, link TEXT NOT NULL,
     device_time_ms INTEGER, arrival REAL NOT NULL, payload BLOB NOT NULL, UNIQUE (device, epoch, seq));"""
-_RECORD_COLUMNS = "device, epoch, seq, link, device_time_ms, arrival, payload"
+_RECORD_COLUMNS = seals.RECORD_COLUMNS
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """ + _RECORDS + """
@@ -81,8 +80,6 @@ def passing_fault(exc: BaseException) -> str | None:
     """storage_full, storage_locked, storage_readonly or storage_io_error when exc is a storage
     fault worth waiting out; None for anything else."""
     name = getattr(exc, "sqlite_errorname", None) if isinstance(exc, sqlite3.Error) else None
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "storage_full"
     for prefix, kind in _PASSING_FAULTS:
         if name and (name == prefix or name.startswith(prefix + "_")):
             return kind
@@ -223,6 +220,8 @@ class SQLiteStorage:
                 self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
                 version = (str(SCHEMA_VERSION),)
         except sqlite3.DatabaseError as exc:
+            if hasattr(self, "db"):  # `hub run` opens again while it waits: no connection left behind each time
+                self.db.close()
             kind = passing_fault(exc)
             if kind == "storage_locked":
                 raise StorageFault(f"{self.path}: locked by another process ({exc}); the database is not damaged: "
