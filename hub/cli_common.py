@@ -94,13 +94,13 @@ def duration(text: str) -> float:
 
     try:
         return parse_duration(text, "")
-    except ConfigError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number and a unit, like 90s, 15m, 2h or 7d") from None
+    except ConfigError as exc:  # its message, without the place (argparse names the option)
+        raise argparse.ArgumentTypeError(str(exc).strip()) from None
 
 
 def host_port(text: str) -> tuple[str, int]:
     """An argparse type for HOST:PORT (port 0: any free port)."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535 or len(port) > 5:
+    if not sep or not port.isdecimal() or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT with a port in 0..65535")
     return host, int(port)

@@ -186,18 +186,10 @@ def _ca_init(args):
 
 
 def _cert(args):
-    from agent import check_device_id
-    from hub.keys.keyfile import HUB_MQTT_USER
+    from hub.keys.keyfile import HUB_MQTT_USER, valid_device_id
     from hub.keys.pki import issue
 
-    if args.name == "hub":
-        common_name = HUB_MQTT_USER
-    else:
-        try:
-            check_device_id(args.name)
-        except ValueError as exc:  # the agent core's check: a plain ValueError, it runs on MicroPython
-            raise InputError(f"{args.name!r}: {exc}") from None
-        common_name = args.name
+    common_name = HUB_MQTT_USER if args.name == "hub" else valid_device_id(args.name)
     for path in (args.out / f"{args.name}.pem", args.out / f"{args.name}-key.pem"):
         _refuse_existing(path, args.force, "--out")
     cert, key = issue(args.ca, common_name, args.out, args.name)

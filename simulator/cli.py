@@ -294,8 +294,6 @@ def _run_virtual(args, scenario, console):
 
     if args.attacks:
         raise InputError("--attacks: the simulator plays attackers only with its own agents, not --virtual-devices")
-    if args.virtual_devices < 1:
-        raise InputError(f"--virtual-devices {args.virtual_devices}: give 1 or more")
     scenario.devices, scenario.attacks = args.virtual_devices, {}
     try:  # the npm MicroPython runtime lives in a checkout (`make test`), not in the wheel
         node_with_micropython()

@@ -66,6 +66,16 @@ def write_private_json(path: Path, data: dict) -> None:
         raise
 
 
+def valid_device_id(device_id: str) -> str:
+    """The agent core's device-id check, as an input error (KeyFileError) for the CLI: the core
+    raises a plain ValueError, as it runs on MicroPython too."""
+    try:
+        check_device_id(device_id)
+    except ValueError as exc:
+        raise KeyFileError(f"{device_id!r}: {exc}") from None
+    return device_id
+
+
 def write_file(path: Path, data, private: bool = False) -> Path:
     """Write text or bytes; private files are 0600 even when they existed with wider modes."""
     mode = 0o600 if private else 0o644
@@ -167,10 +177,10 @@ class KeyFile:
 
         save=False defers writing the key file (many devices at once: call save() after).
         """
+        valid_device_id(device_id)
         try:
-            check_device_id(device_id)
             wire.tag_code(tag_len)
-        except ValueError as exc:  # the agent core's checks (plain ValueError: it runs on MicroPython)
+        except ValueError as exc:  # the agent core's check (plain ValueError: it runs on MicroPython)
             raise KeyFileError(f"{device_id!r}: {exc}") from None
         if link not in load_links():
             raise KeyFileError(f"unknown link {link!r}; known: {', '.join(sorted(load_links()))}")
