@@ -53,13 +53,18 @@ def test_hub_toml(tmp_path):
     ("[rate_limits]\ncarrier-pigeon = { rate = 1, burst = 1 }\n", "not a link type"),
     ("[rate_limits]\nwifi = { rate = 1 }\n", "needs numbers"),
     ("[mqtt\n", "not valid TOML"),
+    ('[retention]\nrecords = "a week"\n', "[retention] records 'a week': expected a number and a unit"),
+    ('[retention]\nrecrods = "7d"\n', "[retention] recrods: not a retention setting"),
+    ('[[forward]]\nhost = "inner"\n', "[[forward]] number 1 needs url"),
+    ('forward = "mqtt://x"\n', "forward must be [[forward]] tables"),
+    ('[outbox]\nmax_backlog = -1\n', "[outbox] max_backlog must be positive"),
 ])
 def test_bad_hub_toml_names_the_setting(tmp_path, text, message):
     path = tmp_path / "hub.toml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=message) as raised:
+    with pytest.raises(ConfigError) as raised:
         load_settings(path, load_links())
-    assert str(path) in str(raised.value)
+    assert message in str(raised.value) and str(path) in str(raised.value)
 
 
 def test_forward_and_retention_settings(tmp_path):
@@ -75,20 +80,6 @@ def test_forward_and_retention_settings(tmp_path):
                                            events=30 * DAY)
     assert settings.max_backlog == 5000
 
-
-@pytest.mark.parametrize("text, message", [
-    ('[retention]\nrecords = "a week"\n', "[retention] records 'a week': expected a number and a unit"),
-    ('[retention]\nrecrods = "7d"\n', "[retention] recrods: not a retention setting"),
-    ('[[forward]]\nhost = "inner"\n', "[[forward]] number 1 needs url"),
-    ('forward = "mqtt://x"\n', "forward must be [[forward]] tables"),
-    ('[outbox]\nmax_backlog = -1\n', "[outbox] max_backlog must be positive"),
-])
-def test_bad_forward_and_retention_settings_are_named(tmp_path, text, message):
-    path = tmp_path / "hub.toml"
-    path.write_text(text)
-    with pytest.raises(ConfigError) as error:
-        load_settings(path, load_links())
-    assert message in str(error.value) and str(path) in str(error.value)
 
 
 def test_a_bad_forward_url_is_an_input_error(tmp_path):
