@@ -14,6 +14,7 @@ from bench import (  # noqa: E402
     bench_firmware,
     bench_forward,
     bench_ingest,
+    bench_loss_model,
     bench_memory,
     bench_micropython,
     bench_overhead,
@@ -24,5 +25,5 @@ from bench import (  # noqa: E402
 if __name__ == "__main__":
     for module in (bench_overhead, bench_verify, bench_memory, bench_micropython, bench_ingest, bench_seals,
                    bench_forward,
-                   bench_faults, bench_firmware):
+                   bench_faults, bench_loss_model, bench_firmware):
         module.main()

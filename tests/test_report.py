@@ -10,7 +10,9 @@ from .conftest import KEY, make_verifier
 
 COUNTERS = {"received", "valid", "lost", "duplicate", "reordered", "corrupt", "forged", "replay", "malformed",
             "rate_limited", "redelivered"}
-FIGURES = {"loss_rate", "loss_rate_ci", "corrupt_rate", "corrupt_rate_ci", "burst_mean", "ge_p", "ge_r"}
+FIGURES = {"loss_rate", "loss_rate_ci", "loss_rate_ci_method", "corrupt_rate", "corrupt_rate_ci", "burst_mean", "ge_p",
+           "ge_r"}
+LINK_FIGURES = {"ge_fit", "ge_fit_reason", "abnormal"}
 
 
 def test_wilson_interval_known_values():
@@ -31,12 +33,13 @@ def test_schema_has_exactly_the_documented_keys():
     verifier.verify("linkseal/v1/ghost/rec", frames[0], 2.0)
     report = json.loads(to_json(build_report(verifier)))
     assert set(report) == {"links", "devices", "events", "unknown_device"}
-    assert set(report["links"]["wifi"]) == COUNTERS | FIGURES | {"abnormal", "source_drops"}
+    assert set(report["links"]["wifi"]) == COUNTERS | FIGURES | LINK_FIGURES | {"source_drops"}
     assert set(report["devices"]["pump-1"]) == COUNTERS | FIGURES | {"link", "source_drops", "status"}
     for name in COUNTERS:
         assert isinstance(report["links"]["wifi"][name], int)
     assert report["links"]["wifi"]["loss_rate"] == 0.2
     assert report["links"]["wifi"]["loss_rate_ci"] == wilson_interval(1, 5)
+    assert report["links"]["wifi"]["ge_fit"] is None and "too little data" in report["links"]["wifi"]["ge_fit_reason"]
     assert report["events"] == [{"t": 2.0, "device": "ghost", "link": None, "kind": "unknown_device",
                                  "reason": "no key for this device"}]
 

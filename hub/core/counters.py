@@ -24,6 +24,19 @@ SOURCE_DROPS = 12
 REDELIVERED = 13
 SLOTS = len(SLOT_NAMES)
 
+# Links keep more than devices: the loss sequence's moments, tallied once per sequence
+# position when it leaves the replay window (its fate is then final), in PATTERN_GROUPS
+# groups. A run of PATTERN_BATCH positions of one epoch goes to one group, the next run to
+# the next group, so each group is a sample of the link spread over time. Interval widths
+# and the Gilbert-Elliott fit come from the spread between groups (hub.core.loss_model).
+PATTERN_GROUPS = 8
+PATTERN_BATCH = 256
+PATTERN_STATS = ("positions", "lost", "lost_pairs", "lost_lag2", "lost_triples")
+PATTERN_SLOTS = len(PATTERN_STATS)
+PATTERN_NAMES = tuple(f"pattern{g}_{stat}" for g in range(PATTERN_GROUPS) for stat in PATTERN_STATS)
+LINK_SLOT_NAMES = SLOT_NAMES + PATTERN_NAMES
+LINK_SLOTS = len(LINK_SLOT_NAMES)
+
 # Exactly one of these per frame from a known device.
 PER_FRAME = (VALID, DUPLICATE, CORRUPT, FORGED, REPLAY, MALFORMED, RATE_LIMITED)
 OUTCOME_OF = {slot: SLOT_NAMES[slot] for slot in PER_FRAME}
@@ -34,11 +47,12 @@ REPORTED = ("received", "valid", "lost", "duplicate", "reordered", "corrupt", "f
 
 
 _ZEROS = array("q", [0]) * SLOTS
+_LINK_ZEROS = array("q", [0]) * LINK_SLOTS
 
 
-def counters_from(data: bytes) -> array:
+def counters_from(data: bytes, slots: int = SLOTS) -> array:
     """A counter array from stored bytes; arrays stored before a slot was added get it as 0."""
-    counters = new_counters()
+    counters = new_counters() if slots == SLOTS else new_link_counters()
     stored = array("q")
     stored.frombytes(data)
     counters[: len(stored)] = stored
@@ -47,6 +61,16 @@ def counters_from(data: bytes) -> array:
 
 def new_counters() -> array:
     return array("q", _ZEROS)  # copying an array allocates exactly; array("q", bytes) over-allocates
+
+
+def new_link_counters() -> array:
+    return array("q", _LINK_ZEROS)
+
+
+def pattern_group(counters, group: int) -> array:
+    """One group's PATTERN_STATS of a link's counter array."""
+    start = SLOTS + group * PATTERN_SLOTS
+    return counters[start : start + PATTERN_SLOTS]
 
 
 def received(counters) -> int:

@@ -6,23 +6,21 @@ ENTRY holds the integer counters of hub.counters.REPORTED and the figures below.
 """
 
 import json
-import math
 
 from hardware.link_registry import load_links
-from hub.core.counters import BURSTS, L2R, LOST, R2L, SLOT_NAMES, VALID, as_dict, new_counters
-
-_Z95 = 1.959963984540054
-
-
-def wilson_interval(successes: int, trials: int, z: float = _Z95) -> list:
-    """Wilson score interval for a binomial proportion; [0, 1] when there are no trials."""
-    if trials <= 0:
-        return [0.0, 1.0]
-    phat = successes / trials
-    denom = 1 + z * z / trials
-    centre = (phat + z * z / (2 * trials)) / denom
-    half = z * math.sqrt(phat * (1 - phat) / trials + z * z / (4 * trials * trials)) / denom
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+from hub.core.counters import (
+    BURSTS,
+    L2R,
+    LINK_SLOT_NAMES,
+    LOST,
+    R2L,
+    SLOT_NAMES,
+    VALID,
+    as_dict,
+    new_counters,
+    new_link_counters,
+)
+from hub.core.loss_model import ge_fit, loss_interval, wilson_interval
 
 
 def _ratio(num: int, den: int) -> float:
@@ -37,19 +35,26 @@ def entry(counters) -> dict:
     lost, valid = out["lost"], out["valid"]
     expected = valid + lost  # RFC 3550: expected = received (unique) + lost
     out["loss_rate"] = _ratio(lost, expected)
-    # Losses come in bursts, so they are not independent trials: a two-state Markov chain's
-    # mean has its variance inflated by (1 + rho) / (1 - rho), rho = 1 - p - r its lag-1
-    # correlation. The interval uses the effective sample size expected / inflation.
+    # Losses come in bursts, so they are not independent trials (hub.core.loss_model). Where
+    # the pattern moments are missing, a simple Gilbert chain's mean has its variance inflated
+    # by (1 + rho) / (1 - rho), rho = 1 - p - r its lag-1 correlation.
     rho = min(0.99, max(0.0, 1.0 - _ratio(counters[R2L], counters[VALID]) - _ratio(counters[L2R], counters[LOST])))
-    inflation = (1 + rho) / (1 - rho) if lost else 1.0
-    out["loss_rate_ci"] = wilson_interval(lost / inflation, expected / inflation)
+    out["loss_rate_ci"], out["loss_rate_ci_method"] = loss_interval(counters, lost, expected, (1 + rho) / (1 - rho))
     out["corrupt_rate"] = _ratio(out["corrupt"], out["received"])
     out["corrupt_rate_ci"] = wilson_interval(out["corrupt"], out["received"])
-    # Gilbert-Elliott estimates from transition counts: p = P(lost | previous received),
-    # r = P(received | previous lost); mean burst length = lost / loss runs.
+    # Observed transition rates: p = P(lost | previous received), r = P(received | previous
+    # lost); netem's p and r only for the simple Gilbert model (1-h = 1, 1-k = 0). Mean burst
+    # length = lost / loss runs.
     out["burst_mean"] = _ratio(lost, counters[BURSTS])
     out["ge_p"] = _ratio(counters[R2L], counters[VALID])
     out["ge_r"] = _ratio(counters[L2R], counters[LOST])
+    return out
+
+
+def link_entry(counters) -> dict:
+    """A link's entry: a device's figures and the Gilbert-Elliott fit of its loss sequence."""
+    out = entry(counters)
+    out["ge_fit"], out["ge_fit_reason"] = ge_fit(counters)
     return out
 
 
@@ -79,7 +84,7 @@ def _assemble(links: dict, devices: dict, device_links: dict, unknown: int, even
         devices.setdefault(device, new_counters())
     link_entries = {}
     for name, counters in links.items():
-        item = entry(counters)
+        item = link_entry(counters)
         item["abnormal"] = abnormal_reasons(name, item, registry)
         link_entries[name] = item
     return {
@@ -110,8 +115,10 @@ def build_stored_report(storage, since: float | None = None, link: str | None = 
         if scope == "hub":
             unknown += total
             continue
-        table = links if scope == "link" else devices
-        table.setdefault(name, new_counters())[SLOT_NAMES.index(counter)] = total
+        if scope == "link":
+            links.setdefault(name, new_link_counters())[LINK_SLOT_NAMES.index(counter)] = total
+        else:
+            devices.setdefault(name, new_counters())[SLOT_NAMES.index(counter)] = total
     device_links = storage.device_links()
     statuses = storage.device_statuses()
     events = storage.events_since(since)

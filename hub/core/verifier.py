@@ -20,6 +20,7 @@ from agent.sealer import TOPIC_PREFIX
 from hub.core.counters import (
     CORRUPT,
     FORGED,
+    LINK_SLOTS,
     LOST,
     MALFORMED,
     OUTCOME_OF,
@@ -31,6 +32,7 @@ from hub.core.counters import (
     VALID,
     counters_from,
     new_counters,
+    new_link_counters,
     received,
 )
 from hub.core.status import NEWEST, STATUS_SUFFIX, DeviceStatus, describe, is_status_topic, parse_status
@@ -331,7 +333,7 @@ class Verifier:
         return True
 
     def _new_link(self, code):
-        counters = self.link_counters[code] = new_counters()
+        counters = self.link_counters[code] = new_link_counters()
         return counters
 
     def _mac_state(self, dev):
@@ -427,9 +429,10 @@ class Verifier:
     # so after a restart nothing accepted before is accepted again.
 
     _DEVICE_HEAD = struct.Struct(">BBB")  # format, current link code, number of windows
-    _FORMAT = 3
-    # Counters stored by each format: 1 before source_drops, 2 before redelivered.
-    _FORMAT_SLOTS = {1: SOURCE_DROPS, 2: REDELIVERED, 3: SLOTS}
+    _FORMAT = 4
+    # Counters stored by each format: 1 before source_drops, 2 before redelivered; format 4
+    # has the same counters as 3 and windows with one ring block more.
+    _FORMAT_SLOTS = {1: SOURCE_DROPS, 2: REDELIVERED, 3: SLOTS, 4: SLOTS}
 
     def device_state(self, device_id: str) -> bytes:
         dev = self._devices[_record_topic(device_id)]
@@ -451,7 +454,7 @@ class Verifier:
         offset += size
         windows = []
         for _ in range(count):
-            window, offset = EpochWindow.from_bytes(data, offset)
+            window, offset = EpochWindow.from_bytes(data, offset, old_ring=version < 4)
             windows.append(window)
         dev.link = link if link in self.link_names else dev.link
         dev.counters = counters
@@ -462,7 +465,7 @@ class Verifier:
     def restore_link(self, name: str, counters: bytes) -> None:
         code = next((c for c, n in self.link_names.items() if n == name), None)
         if code is not None:
-            self.link_counters[code] = counters_from(counters)
+            self.link_counters[code] = counters_from(counters, LINK_SLOTS)
 
     def drain_events(self) -> list:
         """Hand the security events so far to an adapter (storage) and forget them."""

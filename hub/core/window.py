@@ -8,6 +8,11 @@ Loss follows RFC 3550 A.3: expected = top - base + 1, lost = expected - accepted
 bursts and Gilbert-Elliott transitions are kept exact as frames arrive: revealing a gap
 adds one loss run; a late frame filling a hole changes only the two pairs around it.
 
+Positions that fall more than WINDOW behind top can no longer change (a frame that old is a
+replay), so that is when each one is tallied, once and in order, into the link's loss-pattern
+moments (hub.counters PATTERN_*): the ring keeps one block more than the window needs so that
+the two positions before a block being tallied are still there.
+
 A device's heartbeat can reveal losses at the tail of a stream, which no later frame has
 shown yet (`reveal`): top then moves onto a lost position. The pair after such a top is
 counted ahead as lost->received, so the in-order fast path needs no extra check; a gap or a
@@ -16,11 +21,44 @@ late frame that meets a lost top corrects for it.
 
 import struct
 
-from hub.core.counters import BURSTS, DUPLICATE, L2R, LOST, R2L, REDELIVERED, REORDERED, REPLAY, VALID
+from hub.core.counters import (
+    BURSTS,
+    DUPLICATE,
+    L2R,
+    LOST,
+    PATTERN_BATCH,
+    PATTERN_GROUPS,
+    PATTERN_SLOTS,
+    R2L,
+    REDELIVERED,
+    REORDERED,
+    REPLAY,
+    SLOTS,
+    VALID,
+)
 
 WINDOW = 1024
-_RING_BYTES = WINDOW // 8 + 1
+# The window's blocks, one spare block that top moves into, and the last tallied block.
+_RING_BYTES = WINDOW // 8 + 2
 _RING_BITS = _RING_BYTES * 8
+_OPEN_BLOCKS = WINDOW // 8  # blocks top >> 3 - _OPEN_BLOCKS and above are still open
+_OLD_RING_BYTES = WINDOW // 8 + 1  # device state format 3 and before
+
+
+def _pattern_table() -> list:
+    """(lost, lost pairs, lost at lag 2, lost triples) among one block's 8 positions, by the
+    block's loss bits (bit 0 first) shifted left 2 over the two positions before it."""
+    table = []
+    for index in range(1024):
+        bits = [(index >> i) & 1 for i in range(10)]  # two earlier positions, then the block's 8
+        table.append((sum(bits[2:]), sum(bits[t - 1] & bits[t] for t in range(2, 10)),
+                      sum(bits[t - 2] & bits[t] for t in range(2, 10)),
+                      sum(bits[t - 2] & bits[t - 1] & bits[t] for t in range(2, 10))))
+    return table
+
+
+_PATTERN = _pattern_table()
+_BLOCKS_PER_BATCH = PATTERN_BATCH // 8
 
 
 class EpochWindow:
@@ -49,14 +87,22 @@ class EpochWindow:
         return out + bytes(self.ring) + b"".join(struct.pack(">Bq", link, holes) for link, holes in more)
 
     @classmethod
-    def from_bytes(cls, data: bytes, offset: int = 0) -> tuple["EpochWindow", int]:
-        """A window and the offset just past it."""
+    def from_bytes(cls, data: bytes, offset: int = 0, old_ring: bool = False) -> tuple["EpochWindow", int]:
+        """A window and the offset just past it; old_ring: stored with the one-block-shorter
+        ring of device state format 3 and before."""
         epoch, base, top, owed_link, owed, n_more = cls._HEAD.unpack_from(data, offset)
         offset += cls._HEAD.size
         window = cls(epoch, base)
         window.top, window.owed_link, window.owed = top, owed_link, owed
-        window.ring[:] = data[offset : offset + _RING_BYTES]
-        offset += _RING_BYTES
+        if old_ring:
+            ring, bits = data[offset : offset + _OLD_RING_BYTES], _OLD_RING_BYTES * 8
+            for seq in range(max(base, top - bits + 1), top + 1):
+                if (ring[(seq % bits) >> 3] >> (seq % 8)) & 1:
+                    window._set(seq)
+            offset += _OLD_RING_BYTES
+        else:
+            window.ring[:] = data[offset : offset + _RING_BYTES]
+            offset += _RING_BYTES
         if n_more:
             window.owed_more = {}
             for _ in range(n_more):
@@ -73,14 +119,82 @@ class EpochWindow:
         pos = seq % _RING_BITS
         self.ring[pos >> 3] |= 1 << (pos & 7)
 
-    def _advance(self, new_top: int) -> None:
-        # Clear the blocks that new positions (top, new_top] land in, except the one top is in.
+    def _advance(self, new_top: int, lc) -> None:
+        # Tally the blocks that leave the window, then clear the blocks that new positions
+        # (top, new_top] land in, except the one top is in.
         old_block, new_block = self.top >> 3, new_top >> 3
+        first = max(old_block - _OPEN_BLOCKS, self.base >> 3)
+        if new_block - _OPEN_BLOCKS > first:
+            self._tally_blocks(first, new_block - _OPEN_BLOCKS, self.top, lc)
         if new_block - old_block >= _RING_BYTES:
             self.ring[:] = bytes(_RING_BYTES)
             return
         for block in range(old_block + 1, new_block + 1):
             self.ring[block % _RING_BYTES] = 0
+
+    # -- loss-pattern moments of positions that left the window --------------------------
+
+    def _tally_blocks(self, first: int, end: int, top: int, lc) -> None:
+        """Tally blocks [first, end) into link counters lc; top is the top they were seen under
+        (positions above it are lost, whatever the ring still holds for them)."""
+        full_lost_from = (top >> 3) + 2  # blocks from here on, and the two positions before each, were never received
+        for block in range(first, min(end, full_lost_from)):
+            self._tally_block(block, top, lc)
+        if end > full_lost_from:
+            self._tally_lost_run(max(first, full_lost_from) << 3, end << 3, lc)
+
+    def _lost_bits(self, block: int, top: int) -> int:
+        if block > top >> 3:
+            return 0xFF
+        return ~self.ring[block % _RING_BYTES] & 0xFF  # bits above top in top's block are clear: lost
+
+    def _tally_block(self, block: int, top: int, lc) -> None:
+        start, base = block << 3, self.base
+        lost = self._lost_bits(block, top)
+        earlier = self._lost_bits(block - 1, top) >> 6
+        offset = SLOTS + ((block // _BLOCKS_PER_BATCH + self.epoch) % PATTERN_GROUPS) * PATTERN_SLOTS
+        if start - 2 >= base:
+            tallies = _PATTERN[earlier | lost << 2]
+            lc[offset] += 8
+        else:  # the epoch's counting starts inside this block or just before it
+            tallies = [0, 0, 0, 0]
+            history = []
+            for s in range(start - 2, start + 8):
+                bit = (earlier >> (s - start + 2)) & 1 if s < start else (lost >> (s - start)) & 1
+                if s < base:
+                    continue
+                history.append(bit)
+                if s >= start:
+                    lc[offset] += 1
+                    x1 = history[-2] if len(history) > 1 else 0
+                    x2 = history[-3] if len(history) > 2 else 0
+                    tallies[0] += bit
+                    tallies[1] += x1 & bit
+                    tallies[2] += x2 & bit
+                    tallies[3] += x2 & x1 & bit
+        lc[offset + 1] += tallies[0]
+        lc[offset + 2] += tallies[1]
+        lc[offset + 3] += tallies[2]
+        lc[offset + 4] += tallies[3]
+
+    def _tally_lost_run(self, start: int, end: int, lc) -> None:
+        """Positions [start, end) (whole blocks) all lost, as were the two before start."""
+        batch = start // PATTERN_BATCH
+        while start < end:
+            if end - start >= PATTERN_BATCH * PATTERN_GROUPS and start % PATTERN_BATCH == 0:
+                rounds = (end - start) // (PATTERN_BATCH * PATTERN_GROUPS)  # every group alike
+                for group in range(PATTERN_GROUPS):
+                    offset = SLOTS + group * PATTERN_SLOTS
+                    for i in range(PATTERN_SLOTS):
+                        lc[offset + i] += rounds * PATTERN_BATCH
+                start += rounds * PATTERN_BATCH * PATTERN_GROUPS
+                batch = start // PATTERN_BATCH
+                continue
+            stop = min(end, (batch + 1) * PATTERN_BATCH)
+            offset = SLOTS + ((batch + self.epoch) % PATTERN_GROUPS) * PATTERN_SLOTS
+            for i in range(PATTERN_SLOTS):
+                lc[offset + i] += stop - start
+            start, batch = stop, batch + 1
 
     def _owe(self, link: int, holes: int) -> None:
         if self.owed_link == link or self.owed == 0:
@@ -119,11 +233,14 @@ class EpochWindow:
             if pos & 7:
                 self.ring[pos >> 3] |= 1 << (pos & 7)
             else:  # first bit of a block that held positions one ring ago
+                block = (seq >> 3) - _OPEN_BLOCKS - 1  # leaves the window now
+                if (block << 3) + 7 >= self.base:
+                    self._tally_blocks(block, block + 1, top, link_counters[link])
                 self.ring[pos >> 3] = 1
             self.top = seq
             return VALID
         if seq > top:
-            self._advance(seq)
+            self._advance(seq, link_counters[link])
             self._set(seq)
             self.top = seq
             if seq - top - 1:
@@ -165,7 +282,7 @@ class EpochWindow:
         top = self.top
         if sent_seq <= top:
             return 0
-        self._advance(sent_seq)
+        self._advance(sent_seq, link_counters[link])
         self.top = sent_seq
         self._lose_after(top, sent_seq - top, link, device, link_counters)
         return sent_seq - top

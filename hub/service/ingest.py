@@ -5,12 +5,12 @@ The MQTT adapter (hub/service/mqtt_adapter.py) feeds messages in and acknowledge
 restored verifier state turns the redelivery into a duplicate, never a second record.
 """
 
-from hub.core.counters import SLOT_NAMES, SLOTS
+from hub.core.counters import LINK_SLOT_NAMES, LINK_SLOTS
 from hub.core.status import is_status_topic
 from hub.core.verifier import Verifier
 from hub.service.storage import Batch, Storage
 
-_ZERO = bytes(8 * SLOTS)
+_ZERO = bytes(8 * LINK_SLOTS)
 
 
 class Ingest:
@@ -106,6 +106,7 @@ class Ingest:
 
 
 def _deltas(minute, scope, name, before: bytes, now) -> list:
-    """Count rows for the counters that changed since `before` (bytes of a counter array)."""
+    """Count rows for the counters that changed since `before` (bytes of a counter array, a
+    device's or a link's: the device slots are the first of a link's)."""
     old = memoryview(before).cast("q")
-    return [(minute, scope, name, SLOT_NAMES[i], now[i] - old[i]) for i in range(SLOTS) if now[i] != old[i]]
+    return [(minute, scope, name, LINK_SLOT_NAMES[i], now[i] - old[i]) for i in range(len(now)) if now[i] != old[i]]
