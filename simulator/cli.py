@@ -103,6 +103,9 @@ def _scenario_options(parser):
     parser.add_argument("--set", action="append", default=[], metavar="LINK.KEY=VALUE",
                         help="override a link profile, e.g. wifi.loss_rate=0.05 or lora.jitter_dist=exponential "
                              "(docs/simulator.md lists the keys)")
+    parser.add_argument("--profile-from", type=Path, metavar="REPORT",
+                        help="take each link's loss model from the Gilbert-Elliott fit (ge_fit) of a hub report "
+                             "(hub report --json, hub verify --json): measure a link, then simulate it; --set wins")
 
 
 def _scenario(args):
@@ -115,12 +118,33 @@ def _scenario(args):
             scenario = load_scenario(args.scenario, **overrides)
         else:
             scenario = Scenario(**{k: v for k, v in overrides.items() if v is not None})
-        for link, settings in _profile_overrides(args.set).items():
+        fitted = _fitted_profiles(args.profile_from) if args.profile_from else {}
+        for link, settings in list(fitted.items()) + list(_profile_overrides(args.set).items()):
             scenario.profiles[link] = {**scenario.profiles.get(link, {}), **settings}
         scenario.check()
         return scenario
     except (ScenarioError, TypeError) as exc:
         raise InputError(str(exc)) from None
+
+
+def _fitted_profiles(path: Path) -> dict:
+    """link -> netem Gilbert-Elliott settings, from the fitted links of a hub report."""
+    import json
+
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        links = (report["hub"] if "hub" in report else report)["links"]  # a sim run's report.json, or the hub's
+        fits = {name: entry["ge_fit"] for name, entry in links.items() if entry.get("ge_fit")}
+        profiles = {name: {"loss": "gilbert", "p": fit["p"], "r": fit["r"], "one_minus_h": fit["loss_in_bad"],
+                           "one_minus_k": fit["loss_in_good"]} for name, fit in fits.items()}
+    except OSError as exc:
+        raise InputError(f"--profile-from {path}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"--profile-from {path}: not a linkseal report with ge_fit entries ({exc!r})") from None
+    if not profiles:
+        unfitted = {name: entry.get("ge_fit_reason") for name, entry in links.items()}
+        raise InputError(f"--profile-from {path}: no link in it has a Gilbert-Elliott fit ({unfitted})")
+    return profiles
 
 
 def _profile_overrides(items) -> dict:

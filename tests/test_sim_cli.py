@@ -144,3 +144,26 @@ def test_run_with_virtual_devices(tmp_path):
     assert report["comparison"]["counters_match_truth"] and report["comparison"]["outcomes_match_truth"]
     consoles = list((tmp_path / "v" / "virtual-devices" / "boards").glob("*.console.log"))
     assert len(consoles) == 2 and all("linkseal: connected, epoch 1" in c.read_text() for c in consoles)
+
+
+def test_a_link_measured_by_the_hub_can_be_simulated_from_its_fit(tmp_path):
+    """Measure, simulate, measure again: netem's bursty profile through the hub gives a fit;
+    `sim run --profile-from` simulates the link with it, and the hub fits the same model back."""
+    from tools.loss_sequences import HIDDEN_STATE_PROFILES, hub_link_entry, netem_gemodel
+
+    measured = hub_link_entry(netem_gemodel(*HIDDEN_STATE_PROFILES["dense-bursts"], 100_000, 5))
+    (tmp_path / "measured.json").write_text(json.dumps({"links": {"lora": measured}}))
+    result = run("sim", "run", "--no-broker", "--devices", "1", "--links", "lora", "--rate", "10", "--duration", "10000",
+                 "--seed", "3", "--profile-from", tmp_path / "measured.json", "--set", "lora.burst_rate=0",
+                 "--out", tmp_path / "sim")
+    assert result.returncode == 0, result.stderr
+    refit = json.loads((tmp_path / "sim" / "report.json").read_text())["hub"]["links"]["lora"]["ge_fit"]
+    first = measured["ge_fit"]
+    for key in ("p", "r", "loss_in_bad", "loss_in_good"):
+        tolerance = 4 * (first["stderr"][key] ** 2 + refit["stderr"][key] ** 2) ** 0.5 + 1e-3
+        assert abs(refit[key] - first[key]) <= tolerance, (key, first, refit)
+    (tmp_path / "plain.json").write_text(json.dumps({"links": {"lora": {"ge_fit": None, "ge_fit_reason": "too little"}}}))
+    refused = run("sim", "run", "--no-broker", "--profile-from", tmp_path / "plain.json")
+    assert refused.returncode == 2 and "no link in it has a Gilbert-Elliott fit" in refused.stderr
+    missing = run("sim", "run", "--no-broker", "--profile-from", tmp_path / "nowhere.json")
+    assert missing.returncode == 2 and "nowhere.json" in missing.stderr and "Traceback" not in missing.stderr
