@@ -9,6 +9,11 @@
 #   refused       records the source gave that were too long for the link (never sealed),
 #                 since the device started; present when not 0
 #   fw, reset_cause   birth only
+#   prev          birth only, when known: [epoch, kept_end, sealed_end, lease] of the epoch
+#                 before: every seq below sealed_end - lease was sealed, none from sealed_end
+#                 on, and the frames below kept_end still queued here are on their way; the
+#                 hub counts the rest as destroyed by the reset (firmware/device/sealmark.py)
+#   flash_writes  files the agent wrote or replaced since it started (flash wear), if known
 import json
 
 FIRMWARE_VERSION = "0.2.0"
@@ -17,13 +22,18 @@ DEATH = "death"
 HEARTBEAT = "heartbeat"
 
 
-def status_payload(kind, sealer, queued, source_drops, sent=None, reset_cause=None, refused=0):
+def status_payload(kind, sealer, queued, source_drops, sent=None, reset_cause=None, refused=0, prev=None,
+                   flash_writes=None):
     doc = {"type": kind, "next_seq": sealer.seq, "queued": queued, "source_drops": source_drops}
     if refused:
         doc["refused"] = refused
+    if flash_writes is not None:
+        doc["flash_writes"] = flash_writes
     if sent is not None:
         doc["sent"] = [sent[0], sent[1]]
     if kind == BIRTH:
         doc["fw"] = FIRMWARE_VERSION
         doc["reset_cause"] = reset_cause or "unknown"
+        if prev is not None:
+            doc["prev"] = list(prev)
     return json.dumps(doc).encode()

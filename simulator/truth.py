@@ -75,12 +75,14 @@ class Ledger:
         devices = {d: dict(c) for d, c in self.devices.items()}
         links = {name: dict(c) for name, c in self.links.items()}
         for device, epochs in self.epochs.items():
-            lost = 0
+            lost = unknown = 0
             for e in epochs.values():
                 base = e.base if e.base is not None else min(e.accepted)
                 lost += (e.top - base + 1) - len(e.accepted)
-            devices[device]["lost"] = lost
+                unknown += base if e.base is None else 0  # before the first frame of an epoch seen mid-way
+            devices[device]["lost"], devices[device]["lost_unknown"] = lost, unknown
             links[self.device_link[device]]["lost"] += lost
+            links[self.device_link[device]]["lost_unknown"] += unknown
         return {"devices": devices, "links": links, "unknown_device": self.unknown_device}
 
 

@@ -150,17 +150,31 @@ def test_a_device_state_stored_before_the_source_drops_counter_still_loads():
     from array import array
 
     from agent.link_codes import LINKS
-    from hub.core.counters import SLOTS
+    from hub.core.counters import LINK_SLOTS, SLOTS
+    from hub.core.window import EpochWindow
 
     verifier = make_verifier()
     stored_v1 = bytes((1, LINKS["wifi"][0], 0)) + array("q", range(1, 13)).tobytes()
     assert verifier.restore_device("pump-1", stored_v1)
-    assert list(verifier.counters_for_device("pump-1")) == list(range(1, 13)) + [0, 0]
+    assert list(verifier.counters_for_device("pump-1")) == list(range(1, 13)) + [0] * (SLOTS - 12)
     stored_v2 = bytes((2, LINKS["wifi"][0], 0)) + array("q", range(1, 14)).tobytes()  # before redelivered
     assert verifier.restore_device("pump-1", stored_v2)
-    assert list(verifier.counters_for_device("pump-1")) == list(range(1, 14)) + [0]
+    assert list(verifier.counters_for_device("pump-1")) == list(range(1, 14)) + [0] * (SLOTS - 13)
+    # Format 3: before the on-device losses, with the one-block-shorter ring (129 bytes, seq % 1032):
+    # seqs 0-9 of epoch 1 seen but 4.
+    ring = bytearray(129)
+    for seq in (0, 1, 2, 3, 5, 6, 7, 8, 9):
+        ring[seq >> 3] |= 1 << (seq & 7)
+    window = EpochWindow._HEAD.pack(1, 0, 9, LINKS["wifi"][0], 1, 0) + bytes(ring)
+    stored_v3 = bytes((3, LINKS["wifi"][0], 1)) + array("q", range(1, 15)).tobytes() + window
+    assert verifier.restore_device("pump-1", stored_v3)
+    assert list(verifier.counters_for_device("pump-1")) == list(range(1, 15)) + [0] * (SLOTS - 14)
+    sealer = Sealer("pump-1", KEY, epoch=1)
+    frames = [sealer.seal(b"r") for _ in range(10)]
+    assert [verifier.verify(topic_for("pump-1"), frames[s], 1.0).outcome for s in (3, 4, 4)] == \
+        ["duplicate", "valid", "duplicate"]
     verifier.restore_link("wifi", array("q", range(12)).tobytes())
-    assert len(dict(verifier.links())["wifi"]) == SLOTS
+    assert len(dict(verifier.links())["wifi"]) == LINK_SLOTS
 
 
 def test_status_messages_share_the_device_rate_limit():

@@ -12,7 +12,10 @@ firmware/device/store.py), with the state directory in place of flash:
   in between re-sends a frame (a duplicate the hub absorbs), never re-reads a record;
 - status messages as on the firmware (agent/status.py): a birth at every connect, a death
   registered as the last will (sealed afresh before every connection attempt), and a
-  heartbeat with the position of the newest record the broker has.
+  heartbeat with the position of the newest record the broker has;
+- a seal mark (firmware/device/sealmark.py) so the next run's birth says how far this epoch
+  got: every frame is in the store before it is sent, so a kill -9 destroys at most the one
+  being sealed, and a clean stop writes the exact end.
 """
 
 import struct
@@ -26,6 +29,7 @@ from agent import frame, topic_for
 from agent.sealer import sealer_for, status_topic_for
 from agent.status import BIRTH, DEATH, HEARTBEAT, status_payload
 from firmware.device import epoch as epoch_file
+from firmware.device import sealmark
 from firmware.device import store as store_file
 
 _OFFSET = struct.Struct(">Q")
@@ -45,6 +49,9 @@ class AgentState:
         self.store = store_file.Store(str(self.dir / "queue"), ram_frames=0, file_bytes=queue_bytes)
         self.offset_path = self.dir / "source-offset"
         self.lock = threading.Lock()
+        self.mark = sealmark.SealMark(str(self.dir / "sealmark"), self.epoch)
+        queued = (item[_OFFSET.size:] for item in self.store.frames())
+        self.prev = self.mark.prev_field(sealmark.kept_end(queued, self.epoch - 1, lambda d: frame.decode(d)[2:4]))
 
     def resume_offset(self) -> int:
         """Where the source continues: past the last record sealed, queued or delivered."""
@@ -129,7 +136,7 @@ class LinuxAgent:
         with self.sealing:
             return self.sealer.seal_status(status_payload(kind, self.sealer, self.state.depth(),
                                                           self.state.store.source_drops, self.sent, "process_start",
-                                                          self.refused))
+                                                          self.refused, self.state.prev))
 
     def _set_will(self) -> None:
         # Each connection gets its own sealed death message: the hub refuses a repeated one.
@@ -157,6 +164,7 @@ class LinuxAgent:
                 return
             try:
                 with self.sealing:
+                    self.state.mark.before_seal(self.sealer.epoch, self.sealer.seq)
                     sealed = self.sealer.seal(record)
             except ValueError as exc:  # too long for the link: reported, skipped, not fatal
                 self.refused += 1
@@ -212,6 +220,8 @@ class LinuxAgent:
             reader.join(5)
             self.client.disconnect()
             self.client.loop_stop()
+        with self.sealing:
+            self.state.mark.stop(self.sealer.seq)
         self.log("stopped", queued=self.state.depth(), source_drops=self.state.store.source_drops,
                  next_seq=self.sealer.seq)
         return 0

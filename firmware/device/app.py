@@ -5,6 +5,8 @@
 #   device.json   the device's id, key and broker credentials (`linkseal keys provision`)
 #   agent.json    broker address, WiFi, QoS, intervals, watchdog (`firmware build` options)
 #   epoch         the boot epoch (epoch.py); queue, queue.state: store-and-forward (store.py)
+#   sealmark      how far the epoch may have got (sealmark.py): the next birth tells the hub
+#                 which records a power cut destroyed in the RAM queue
 #
 # Order at start: advance and persist the epoch before anything is sealed (a missing or
 # damaged epoch file stops the agent: it says so on the console and never seals), bring
@@ -17,11 +19,13 @@ import time
 
 import epoch as epoch_file
 import records
+import sealmark
+from store import Store
+from transport import Transport
+
 from agent import frame
 from agent.sealer import sealer_for, status_topic_for, topic_for
 from agent.status import BIRTH, DEATH, HEARTBEAT, status_payload
-from store import Store
-from transport import Transport
 
 DEFAULTS = {
     "qos": 1,  # 0 or 1
@@ -35,6 +39,8 @@ DEFAULTS = {
     "backoff_ms": 1000,  # first reconnect delay; doubles up to backoff_max_ms, with jitter
     "backoff_max_ms": 60000,
     "watchdog_ms": 30000,
+    "seal_lease": sealmark.LEASE,  # records per seal-mark write: the bound on what a power cut leaves unsure
+    "log_seals": False,  # print every (epoch, seq) sealed on the console (diagnostics, tests)
 }
 _RESET_CAUSES = {1: "power_on", 2: "hard_reset", 3: "watchdog", 4: "deep_sleep", 5: "soft_reset"}
 
@@ -83,9 +89,14 @@ def network_up(settings, feed):
 
 
 class Agent:
-    def __init__(self, config, settings, boot_epoch, store, transport, cause):
+    def __init__(self, config, settings, boot_epoch, store, transport, cause, mark=None):
         self.settings = settings
         self.sealer = sealer_for(config, boot_epoch)
+        self.mark = mark or sealmark.SealMark("sealmark", boot_epoch, settings["seal_lease"])
+        # What the birth says about the epoch before: the frames of it still queued on flash
+        # are on their way; the rest above what the hub saw were destroyed.
+        self.prev = self.mark.prev_field(sealmark.kept_end(store.frames(), boot_epoch - 1,
+                                                           lambda data: frame.decode(data)[2:4]))
         self.topic = topic_for(config["device_id"])
         self.status_topic = status_topic_for(config["device_id"])
         self.store = store
@@ -103,14 +114,18 @@ class Agent:
     def _status(self, kind):
         return self.sealer.seal_status(
             status_payload(kind, self.sealer, len(self.store), self.store.source_drops, self.sent, self.cause,
-                           self.refused))
+                           self.refused, self.prev, self.mark.writes + self.store.writes))
 
     def take_record(self):
         record = records.read()
         if record is None:
             return
+        sealer = self.sealer
+        self.mark.before_seal(sealer.epoch, sealer.seq)
         try:
-            self.store.put(self.sealer.seal(record))
+            self.store.put(sealer.seal(record))
+            if self.settings["log_seals"]:
+                print("linkseal: sealed %d %d" % (sealer.epoch, sealer.seq - 1))
         except ValueError as exc:  # too long for the link: counted, reported, not fatal
             self.refused += 1
             print("linkseal: record refused:", exc)

@@ -25,6 +25,7 @@ class Store:
         self.head = 0  # file offset of the oldest undelivered frame
         self.source_drops = 0
         self.generation = 0  # the file is path for generation 0, then path.1, path.2, ...
+        self.writes = 0  # flash writes made (files written or replaced), reported in heartbeats
         self._load_state()
 
     # -- persistence of the file's read position and the drop count -----------------------
@@ -50,6 +51,7 @@ class Store:
             self.head = 0
 
     def _save_state(self):
+        self.writes += 1
         tmp = self.state_path + ".tmp"
         with open(tmp, "w") as f:
             f.write("%d %d %d\n" % (self.head, self.source_drops, self.generation))
@@ -114,6 +116,7 @@ class Store:
         with open(self.path, "ab") as f:
             f.write(struct.pack(">H", len(frame)))
             f.write(frame)
+        self.writes += 1
         self._save_state()
 
     def _compact(self):
@@ -128,6 +131,7 @@ class Store:
                 if not chunk:
                     break
                 dst.write(chunk)
+        self.writes += 1
         self.generation += 1
         self.path, self.head = new, 0
         self._save_state()

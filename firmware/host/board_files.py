@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 AGENT_CORE = ("__init__", "frame", "link_codes", "sealer", "status")
-DEVICE_MODULES = ("app", "epoch", "records", "store", "transport")
+DEVICE_MODULES = ("app", "epoch", "records", "sealmark", "store", "transport")
 DEVICE_SCRIPTS = ("boot", "main")
 # What a board's MicroPython offers the modules above (GUIDE: MicroPython rules), besides each other.
 BOARD_LIBRARIES = ("binascii", "gc", "hashlib", "json", "machine", "micropython", "network", "os", "random", "ssl",

@@ -9,7 +9,8 @@ from array import array
 # Stored slots, in array order; storage uses these names too. `received` is not stored:
 # it is the sum of the per-frame outcomes.
 SLOT_NAMES = ("valid", "lost", "duplicate", "reordered", "corrupt", "forged", "replay", "malformed",
-              "rate_limited", "r2l", "l2r", "bursts", "source_drops", "redelivered")
+              "rate_limited", "r2l", "l2r", "bursts", "source_drops", "redelivered", "lost_on_device",
+              "unsure_on_device", "lost_unknown")
 (VALID, LOST, DUPLICATE, REORDERED, CORRUPT, FORGED, REPLAY, MALFORMED, RATE_LIMITED) = range(9)
 # Loss-pattern tallies for Gilbert-Elliott estimates: transitions received->lost and
 # lost->received between consecutive sequence numbers, and the number of loss runs.
@@ -22,6 +23,14 @@ SOURCE_DROPS = 12
 # because it was redelivered. The hub's doing, not the link's: never duplicate or reordered,
 # and a redelivered copy is not counted as received.
 REDELIVERED = 13
+# Records a reset destroyed on the device (its RAM queue at a power cut), written off when its
+# next birth says how far the epoch got (docs/protocol.md, "Records destroyed on the device"):
+# counted in `lost` too, and taken out of it by the report like source drops. UNSURE: positions
+# that may or may not have been sealed before the reset (the device persists a bound, not each
+# seq). LOST_UNKNOWN: positions before the first frame seen of an epoch whose start the hub did
+# not see (no birth, device not tracked yet): never counted as lost, since nothing says they
+# were sent to this hub.
+LOST_ON_DEVICE, UNSURE_ON_DEVICE, LOST_UNKNOWN = range(14, 17)
 SLOTS = len(SLOT_NAMES)
 
 # Links keep more than devices: the loss sequence's moments, tallied once per sequence
@@ -43,7 +52,7 @@ OUTCOME_OF = {slot: SLOT_NAMES[slot] for slot in PER_FRAME}
 
 # What the report shows for each device and link, in this order.
 REPORTED = ("received", "valid", "lost", "duplicate", "reordered", "corrupt", "forged", "replay", "malformed",
-            "rate_limited", "source_drops", "redelivered")
+            "rate_limited", "source_drops", "redelivered", "lost_on_device", "lost_unknown")
 
 
 _ZEROS = array("q", [0]) * SLOTS

@@ -15,6 +15,7 @@ from hub.core.counters import (
     LOST,
     R2L,
     SLOT_NAMES,
+    UNSURE_ON_DEVICE,
     VALID,
     as_dict,
     new_counters,
@@ -30,8 +31,10 @@ def _ratio(num: int, den: int) -> float:
 def entry(counters) -> dict:
     """Report entry for one counter array (a device or a link)."""
     out = as_dict(counters)
-    # Gaps left by records the device dropped itself are not the link's doing.
-    out["lost"] = max(0, out["lost"] - out["source_drops"])
+    # Gaps left by records the device dropped itself, or that a reset destroyed on it, are not
+    # the link's doing.
+    out["lost"] = max(0, out["lost"] - out["source_drops"] - out["lost_on_device"])
+    out["lost_on_device_max"] = out["lost_on_device"] + int(counters[UNSURE_ON_DEVICE])
     lost, valid = out["lost"], out["valid"]
     expected = valid + lost  # RFC 3550: expected = received (unique) + lost
     out["loss_rate"] = _ratio(lost, expected)

@@ -32,11 +32,17 @@ def parse_status(payload: bytes) -> dict:
     for field in ("next_seq", "queued", "source_drops"):
         if not _counter(doc.get(field)):
             raise ValueError(f"status field {field} must be a whole number 0..{_COUNTER_MAX}")
-    if "refused" in doc and not _counter(doc["refused"]):
-        raise ValueError(f"status field refused must be a whole number 0..{_COUNTER_MAX}")
+    for field in ("refused", "flash_writes"):
+        if field in doc and not _counter(doc[field]):
+            raise ValueError(f"status field {field} must be a whole number 0..{_COUNTER_MAX}")
     sent = doc.get("sent")
     if sent is not None and not (isinstance(sent, list) and len(sent) == 2 and all(map(_counter, sent))):
         raise ValueError("status field sent must be [epoch, seq]")
+    prev = doc.get("prev")
+    if prev is not None and not (isinstance(prev, list) and len(prev) == 4 and all(map(_counter, prev))
+                                 and prev[1] <= prev[2] and prev[3] <= prev[2]):
+        raise ValueError("status field prev must be [epoch, kept_end, sealed_end, lease], kept_end and lease "
+                         "at most sealed_end")
     for field in ("fw", "reset_cause"):
         if field in doc and not (isinstance(doc[field], str) and len(doc[field]) <= 64):
             raise ValueError(f"status field {field} must be a short string")
@@ -52,9 +58,10 @@ class DeviceStatus:
     the newest epoch and the one before (a power-cut device's death can arrive after its
     next birth: the broker publishes the will when it notices the old connection is gone)."""
 
-    __slots__ = ("epoch", "top", "seen", "previous", "fields")
+    __slots__ = ("epoch", "top", "seen", "previous", "fields", "born")
 
     def __init__(self):
+        self.born = -1  # the epoch of the newest birth accepted
         self.epoch = -1
         self.top = -1
         self.seen = 0  # bit i: status seq top - i was accepted
@@ -80,6 +87,8 @@ class DeviceStatus:
     def update(self, doc: dict, link: str, epoch: int, t: float, order) -> None:
         """Keep what a status says; a LATE one only tells whether the device is online."""
         fields = self.fields
+        if order is NEWEST and doc["type"] == device_status.BIRTH:
+            self.born = epoch
         if order is LATE:
             if doc["type"] == device_status.DEATH and epoch == self.epoch:
                 fields.update(online=False, last=doc["type"], t=t)
@@ -87,13 +96,13 @@ class DeviceStatus:
         fields.update(online=doc["type"] != device_status.DEATH, last=doc["type"], t=t, link=link, epoch=epoch,
                       next_seq=doc["next_seq"], queued=doc["queued"], source_drops=doc["source_drops"],
                       refused=doc.get("refused", 0))
-        for name in ("fw", "reset_cause"):
+        for name in ("fw", "reset_cause", "flash_writes"):
             if name in doc:
                 fields[name] = doc[name]
 
     def to_json(self) -> str:
         return json.dumps({"epoch": self.epoch, "top": self.top, "seen": self.seen, "previous": self.previous,
-                           "fields": self.fields})
+                           "fields": self.fields, "born": self.born})
 
     @classmethod
     def from_json(cls, text: str) -> "DeviceStatus":
@@ -101,6 +110,7 @@ class DeviceStatus:
         status = cls()
         status.epoch, status.top, status.seen, status.fields = data["epoch"], data["top"], data["seen"], data["fields"]
         status.previous = data.get("previous")
+        status.born = data.get("born", -1)
         return status
 
 

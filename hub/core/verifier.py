@@ -17,11 +17,13 @@ except ImportError:  # a CPython built without OpenSSL
 
 from agent import frame as wire
 from agent.sealer import TOPIC_PREFIX
+from agent.status import BIRTH
 from hub.core.counters import (
     CORRUPT,
     FORGED,
     LINK_SLOTS,
     LOST,
+    LOST_UNKNOWN,
     MALFORMED,
     OUTCOME_OF,
     RATE_LIMITED,
@@ -248,6 +250,8 @@ class Verifier:
             dev.counters[SOURCE_DROPS] += dropped
             lc[SOURCE_DROPS] += dropped
         status.update(doc, name, epoch, t, order)
+        if order is NEWEST:
+            self._settle_ends(dev, doc, epoch)
         if doc["type"] != "heartbeat":
             self.record_event(t, dev.device_id, name, doc["type"], describe(doc, epoch))
         sent = doc.get("sent")
@@ -285,8 +289,8 @@ class Verifier:
     def _window_for(self, dev, epoch, seq):
         """The window for an authentic frame's epoch; None when that epoch is retired."""
         current = dev.current
-        if current is None:  # first frame ever seen from this device: count from here
-            dev.current = EpochWindow(epoch, seq)
+        if current is None:  # first frame ever seen from this device
+            dev.current = self._first_window(dev, epoch, seq)
             return dev.current
         older = dev.older or []
         if epoch > current.epoch:
@@ -300,10 +304,43 @@ class Verifier:
         for window in older:
             if window.epoch == epoch:
                 return window
-        # An older epoch we never saw begin: count it from its first frame seen.
-        window = EpochWindow(epoch, seq)
+        window = self._first_window(dev, epoch, seq)  # an older epoch we never saw begin
         dev.older = older + [window]
         return window
+
+    def _first_window(self, dev, epoch, seq):
+        """A window for an epoch first seen at seq: counted from 0 when the hub saw the epoch's
+        birth, else from seq, the positions before it reported as lost_unknown."""
+        status = self.status.get(dev.device_id)
+        if status is not None and status.born == epoch:
+            return EpochWindow(epoch, 0)
+        if seq:
+            lc = self.link_counters.get(dev.link) or self._new_link(dev.link)
+            dev.counters[LOST_UNKNOWN] += seq
+            lc[LOST_UNKNOWN] += seq
+        return EpochWindow(epoch, seq)
+
+    def _known_window(self, dev, epoch):
+        """The window of an epoch the hub has seen frames of, else None (never creates one)."""
+        for window in ([dev.current] if dev.current else []) + (dev.older or []):
+            if window.epoch == epoch:
+                return window
+        return None
+
+    def _settle_ends(self, dev, doc, epoch) -> None:
+        # A birth says how the epoch before it ended (the records a reset destroyed); each
+        # status of a later epoch checks whether what the device kept has come by now.
+        prev = doc.get("prev")
+        if doc["type"] == BIRTH and prev is not None and prev[0] < epoch:
+            window = self._known_window(dev, prev[0])
+            if window is not None:
+                window.end_epoch(prev[1], prev[2], prev[3])
+        windows = [w for w in ([dev.current] if dev.current else []) + (dev.older or []) if w.ended is not None]
+        if windows:
+            if dev.link not in self.link_counters:
+                self._new_link(dev.link)
+            for window in windows:
+                window.settle_end(dev.link, dev.counters, self.link_counters, drained=doc["queued"] == 0)
 
     def _reject(self, dev, slot, reason, t):
         # Unauthenticated frames cannot name their link: charge the device's current one.
@@ -430,9 +467,9 @@ class Verifier:
 
     _DEVICE_HEAD = struct.Struct(">BBB")  # format, current link code, number of windows
     _FORMAT = 4
-    # Counters stored by each format: 1 before source_drops, 2 before redelivered; format 4
-    # has the same counters as 3 and windows with one ring block more.
-    _FORMAT_SLOTS = {1: SOURCE_DROPS, 2: REDELIVERED, 3: SLOTS, 4: SLOTS}
+    # Counters stored by each format: 1 before source_drops, 2 before redelivered, 3 before the
+    # on-device losses; format 4 also has windows with one ring block more and a write-off.
+    _FORMAT_SLOTS = {1: SOURCE_DROPS, 2: REDELIVERED, 3: REDELIVERED + 1, 4: SLOTS}
 
     def device_state(self, device_id: str) -> bytes:
         dev = self._devices[_record_topic(device_id)]

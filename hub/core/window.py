@@ -26,6 +26,8 @@ from hub.core.counters import (
     DUPLICATE,
     L2R,
     LOST,
+    LOST_ON_DEVICE,
+    LOST_UNKNOWN,
     PATTERN_BATCH,
     PATTERN_GROUPS,
     PATTERN_SLOTS,
@@ -34,6 +36,7 @@ from hub.core.counters import (
     REORDERED,
     REPLAY,
     SLOTS,
+    UNSURE_ON_DEVICE,
     VALID,
 )
 
@@ -62,7 +65,7 @@ _BLOCKS_PER_BATCH = PATTERN_BATCH // 8
 
 
 class EpochWindow:
-    __slots__ = ("epoch", "base", "top", "ring", "owed_link", "owed", "owed_more")
+    __slots__ = ("epoch", "base", "top", "ring", "owed_link", "owed", "owed_more", "ended")
 
     def __init__(self, epoch: int, first_seq: int):
         """first_seq: where counting starts (0 for an epoch seen from its start)."""
@@ -76,15 +79,20 @@ class EpochWindow:
         self.owed_link = -1
         self.owed = 0
         self.owed_more = None
+        # How the epoch ended, from the device's next birth (end_epoch): [kept_end, certain_end,
+        # sealed_end, written_from, written_to]; the last two are -1 until the write-off is done.
+        self.ended = None
 
     # -- persistence: the hub stores each window with the records it let in ----------
 
     _HEAD = struct.Struct(">IqqhqB")
+    _ENDED = struct.Struct(">5q")
 
     def to_bytes(self) -> bytes:
         more = sorted((self.owed_more or {}).items())
         out = self._HEAD.pack(self.epoch, self.base, self.top, self.owed_link, self.owed, len(more))
-        return out + bytes(self.ring) + b"".join(struct.pack(">Bq", link, holes) for link, holes in more)
+        ended = b"\x00" if self.ended is None else b"\x01" + self._ENDED.pack(*self.ended)
+        return out + bytes(self.ring) + b"".join(struct.pack(">Bq", link, holes) for link, holes in more) + ended
 
     @classmethod
     def from_bytes(cls, data: bytes, offset: int = 0, old_ring: bool = False) -> tuple["EpochWindow", int]:
@@ -109,6 +117,11 @@ class EpochWindow:
                 link, holes = struct.unpack_from(">Bq", data, offset)
                 window.owed_more[link] = holes
                 offset += 9
+        if not old_ring:  # format 4 on: how the epoch ended, if known
+            if data[offset]:
+                window.ended = list(cls._ENDED.unpack_from(data, offset + 1))
+                offset += cls._ENDED.size
+            offset += 1
         return window, offset
 
     def _bit(self, seq: int) -> int:
@@ -287,14 +300,56 @@ class EpochWindow:
         self._lose_after(top, sent_seq - top, link, device, link_counters)
         return sent_seq - top
 
+    # -- records a reset destroyed on the device -------------------------------------------
+
+    def end_epoch(self, kept_end: int, sealed_end: int, lease: int) -> None:
+        """The device's next birth says how this epoch ended: every seq below sealed_end - lease
+        was sealed and none from sealed_end on; the frames below kept_end it still holds on
+        flash are on their way. settle_end() writes the rest off once they are here."""
+        if self.ended is None:
+            self.ended = [kept_end, max(0, sealed_end - lease), sealed_end, -1, -1]
+
+    def settle_end(self, link: int, device, link_counters, drained: bool) -> bool:
+        """Count what the reset destroyed: the positions above top (and above what the device
+        kept) below the certain end as lost on the device, those up to sealed_end as unsure.
+        Waits until top has reached the kept frames, or the device says its queue is empty
+        (drained: kept frames that never came were lost on the link). True when it counted."""
+        ended = self.ended
+        if ended is None or ended[3] >= 0:
+            return False
+        kept_end, certain_end, sealed_end = ended[0], ended[1], ended[2]
+        if self.top + 1 < kept_end:
+            if not drained:
+                return False
+            self.reveal(kept_end - 1, link, device, link_counters)
+        start = self.top + 1
+        lc = link_counters[link]
+        destroyed = certain_end - start
+        if destroyed > 0:
+            self._advance(certain_end - 1, lc)
+            self.top = certain_end - 1
+            self._owe(link, destroyed)
+            for c in (device, lc):
+                c[LOST] += destroyed
+                c[LOST_ON_DEVICE] += destroyed
+        unsure = sealed_end - max(certain_end, start)
+        if unsure > 0:
+            for c in (device, lc):
+                c[UNSURE_ON_DEVICE] += unsure
+        ended[3], ended[4] = start, max(start, certain_end)
+        return True
+
     def _extend_base(self, seq, link, device, link_counters, late):
         # A device first seen mid-epoch sends an earlier frame late: counting now starts at
-        # seq, and the positions between it and the old base become one loss run.
+        # seq, and the positions between it and the old base become one loss run; the ones
+        # before the old base were counted as unknown (the verifier's EpochWindow creation).
         holes = self.base - seq - 1
+        known = self.base - seq
         self.base = seq
         lc = link_counters[link]
         for c in (device, lc):
             c[late] += 1
+            c[LOST_UNKNOWN] -= min(known, c[LOST_UNKNOWN])
         if holes:
             self._owe(link, holes)
             for c in (device, lc):
@@ -307,6 +362,12 @@ class EpochWindow:
         owner = link_counters[self._pay(link)]
         link_counters[link][late] += 1
         device[late] += 1
+        ended = self.ended
+        if ended is not None and ended[3] <= seq < ended[4]:  # written off, yet it was on its way
+            for c in (device, owner):
+                c[LOST] -= 1
+                c[LOST_ON_DEVICE] -= 1
+            return
         # seq was lost and is now received: only the pairs (seq-1, seq) and (seq, seq+1)
         # change. seq+1 <= top always exists; seq-1 may lie before counting began.
         left = None if seq == self.base else self._bit(seq - 1)
