@@ -66,7 +66,14 @@ def test_kill_9_loses_nothing_and_seals_nothing_twice(tmp_path, broker):
     assert payloads == [f"reading {i}".encode() for i in range(lines)]  # and in order
     epochs = sqlite3.connect(hub.db).execute("SELECT DISTINCT epoch FROM records ORDER BY epoch").fetchall()
     assert [e[0] for e in epochs] == [1, 2]  # the restart advanced the epoch
-    assert stored_report(hub.db)["devices"]["pump-1"]["forged"] == 0
+    device = stored_report(hub.db)["devices"]["pump-1"]
+    assert device["forged"] == 0 and device["lost"] == 0
+    # Every frame was in the store before it was sent: the kill destroyed at most the one being
+    # sealed, and the second run's birth said so within the seal lease.
+    assert device["lost_on_device"] <= 1 and device["lost_on_device_max"] <= 1 + 64, device
+    # The second run stopped cleanly: its seal mark is exact (lease 0), the next birth's prev.
+    second = sqlite3.connect(hub.db).execute("SELECT COUNT(*) FROM records WHERE epoch = 2").fetchone()[0]
+    assert (tmp_path / "state" / "sealmark").read_text().split()[:3] == ["2", str(second), "0"]
 
 
 def test_broker_outage_is_buffered_then_delivered_once(tmp_path, broker):

@@ -203,7 +203,8 @@ def test_metrics_endpoint(tmp_path, broker, keys):
     finally:
         hub.stop()
     assert f'linkseal_frames_total{{link="wifi",outcome="valid"}} {float(len(stream))}' in text
-    for name in ("linkseal_lost_frames_total", "linkseal_source_dropped_frames_total", "linkseal_loss_ratio",
+    for name in ("linkseal_lost_frames_total", "linkseal_source_dropped_frames_total",
+                 "linkseal_lost_on_device_frames_total", "linkseal_loss_ratio",
                  "linkseal_corrupt_ratio",
                  "linkseal_link_abnormal", "linkseal_queue_depth", "linkseal_ingest_lag_seconds",
                  "linkseal_storage_commit_seconds_bucket", 'linkseal_storage_fault{kind="storage_full"} 0.0',

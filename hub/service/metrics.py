@@ -22,9 +22,11 @@ class VerifierCollector:
     def collect(self):
         frames = CounterMetricFamily("linkseal_frames", "Frames by link type and outcome.", labels=["link", "outcome"])
         lost = CounterMetricFamily("linkseal_lost_frames", "Sequence numbers never received intact, less those the "
-                                   "devices dropped themselves.", labels=["link"])
+                                   "devices dropped themselves or lost to a reset.", labels=["link"])
         source_drops = CounterMetricFamily("linkseal_source_dropped_frames", "Records devices dropped because their "
                                            "queue was full (from their status messages).", labels=["link"])
+        on_device = CounterMetricFamily("linkseal_lost_on_device_frames", "Records a reset destroyed on the devices "
+                                        "before they were sent (written off from the next birth).", labels=["link"])
         loss = GaugeMetricFamily("linkseal_loss_ratio", "Lost over expected frames since counting began.",
                                  labels=["link"])
         corrupt = GaugeMetricFamily("linkseal_corrupt_ratio", "Corrupt over received frames.", labels=["link"])
@@ -38,11 +40,12 @@ class VerifierCollector:
             item = entry(counters)
             lost.add_metric([name], item["lost"])
             source_drops.add_metric([name], item["source_drops"])
+            on_device.add_metric([name], item["lost_on_device"])
             loss.add_metric([name], item["loss_rate"])
             corrupt.add_metric([name], item["corrupt_rate"])
             abnormal.add_metric([name], 1.0 if abnormal_reasons(name, item) else 0.0)
         frames.add_metric(["none", "unknown_device"], self.verifier.unknown_device)
-        return [frames, lost, source_drops, loss, corrupt, abnormal]
+        return [frames, lost, source_drops, on_device, loss, corrupt, abnormal]
 
 
 class SinkCollector:
