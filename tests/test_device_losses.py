@@ -42,14 +42,24 @@ def device_entry(verifier):
     return build_report(verifier)["devices"]["pump-1"]
 
 
-def test_a_power_cut_is_written_off_within_the_bound_the_birth_states():
-    verifier = make_verifier()
+def power_cut(verifier, delivered, kept_end):
+    """100 records sealed in epoch 1 with a seal lease of 16 (the mark read 112 after seq 96:
+    0-95 surely sealed); the hub got seqs below `delivered`; the device kept those below
+    kept_end on flash; the power went and the epoch-2 birth says so. Returns the device and
+    its epoch-1 frames."""
     device = Device(verifier)
     device.status(BIRTH)
-    device.seal(100)  # with a lease of 16 the mark read 112 after seq 96: 0-95 surely sealed
-    assert set(device.deliver(range(70))) == {"valid"}
+    device.seal(100)
+    frames = dict(device.frames)
+    assert set(device.deliver(range(delivered))) == {"valid"}
     device.reboot()
-    assert device.status(BIRTH, prev=[1, 0, 112, 16]) == "valid"
+    assert device.status(BIRTH, queued=max(0, kept_end - delivered), prev=[1, kept_end, 112, 16]) == "valid"
+    return device, frames
+
+
+def test_a_power_cut_is_written_off_within_the_bound_the_birth_states():
+    verifier = make_verifier()
+    device, _ = power_cut(verifier, delivered=70, kept_end=0)
     entry = device_entry(verifier)
     # 70-95 surely destroyed, 96-111 perhaps; the truth (30: seqs 70-99) lies in between.
     assert (entry["lost_on_device"], entry["lost_on_device_max"], entry["lost"]) == (26, 42, 0)
@@ -64,13 +74,7 @@ def test_a_power_cut_is_written_off_within_the_bound_the_birth_states():
 
 def test_frames_kept_on_flash_come_first_then_the_rest_is_written_off():
     verifier = make_verifier()
-    device = Device(verifier)
-    device.status(BIRTH)
-    device.seal(100)
-    frames = dict(device.frames)
-    device.deliver(range(60))
-    device.reboot()
-    device.status(BIRTH, queued=20, prev=[1, 80, 112, 16])  # 60-79 spilled to flash, 80-99 were in RAM
+    device, frames = power_cut(verifier, delivered=60, kept_end=80)  # 60-79 on flash, 80-99 were in RAM
     assert device_entry(verifier)["lost_on_device"] == 0  # the kept frames are still on their way
     device.frames = frames
     # 79 never arrives: lost on the link between device and hub.
@@ -82,13 +86,7 @@ def test_frames_kept_on_flash_come_first_then_the_rest_is_written_off():
 
 def test_a_written_off_frame_that_arrives_after_all_is_taken_back():
     verifier = make_verifier()
-    device = Device(verifier)
-    device.status(BIRTH)
-    device.seal(100)
-    frames = dict(device.frames)
-    device.deliver(range(70))
-    device.reboot()
-    device.status(BIRTH, prev=[1, 0, 112, 16])
+    device, frames = power_cut(verifier, delivered=70, kept_end=0)
     device.frames = frames
     assert device.deliver([70]) == ["valid"]  # it was in flight when the power went
     entry = device_entry(verifier)
@@ -97,13 +95,7 @@ def test_a_written_off_frame_that_arrives_after_all_is_taken_back():
 
 def test_a_pending_write_off_survives_a_hub_restart():
     verifier = make_verifier()
-    device = Device(verifier)
-    device.status(BIRTH)
-    device.seal(100)
-    frames = dict(device.frames)
-    device.deliver(range(60))
-    device.reboot()
-    device.status(BIRTH, queued=20, prev=[1, 80, 112, 16])
+    device, frames = power_cut(verifier, delivered=60, kept_end=80)
     restarted = make_verifier()
     restarted.restore_device("pump-1", verifier.device_state("pump-1"))
     restarted.restore_status("pump-1", verifier.status["pump-1"].to_json())
