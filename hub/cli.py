@@ -1,5 +1,7 @@
 """`linkseal hub ...`: verify captures, run the service, report, audit, broker configuration."""
 
+import os
+import signal
 import sqlite3
 import sys
 import time
@@ -10,6 +12,7 @@ from rich.console import Console
 from hub.cli_common import (
     PORT,
     InputError,
+    Number,
     add_broker_options,
     add_keys_option,
     broker_from_args,
@@ -41,7 +44,8 @@ def add_hub_group(groups):
                    "      --cert-file hub.pem --key-file hub-key.pem --keys hub.keys --db hub.db"])
     add_broker_options(run)
     add_keys_option(run)
-    run.add_argument("--db", required=True, type=Path, help="SQLite database (created 0600)")
+    run.add_argument("--db", required=True, help="SQLite database file (created 0600); with an amqp:// broker, "
+                     "postgresql://... shared by every hub worker (docs/scale-out.md)")
     run.add_argument("--metrics", type=host_port,
                      help="serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9108; port 0: any)")
     run.add_argument("--config", type=Path, help="hub.toml: client id, queue and batch sizes, rate limits")
@@ -54,8 +58,9 @@ def add_hub_group(groups):
 
     report = command(sub, "report", "The per-link report over stored data.",
                      ["linkseal hub report --db hub.db --since 15m",
-                      "linkseal hub report --db hub.db --link wifi --json"])
-    report.add_argument("--db", required=True, type=Path)
+                      "linkseal hub report --db hub.db --link wifi --json",
+                      "linkseal hub report --db postgresql://db.plant/linkseal (hub workers)"])
+    report.add_argument("--db", required=True, help="the hub's SQLite file, or the workers' postgresql://...")
     report.add_argument("--since", type=duration, help="only the last 15m, 2h, 1d ... (minute resolution)")
     report.add_argument("--link", help="only this link type")
     report.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -70,9 +75,21 @@ def add_hub_group(groups):
     prune.set_defaults(run=_prune)
 
     audit = command(sub, "audit", "Check the hash chain of stored security events.",
-                    ["linkseal hub audit --db hub.db"])
-    audit.add_argument("--db", required=True, type=Path)
+                    ["linkseal hub audit --db hub.db", "linkseal hub audit --db postgresql://db.plant/linkseal"])
+    audit.add_argument("--db", required=True, help="the hub's SQLite file, or the workers' postgresql://...")
     audit.set_defaults(run=_audit)
+
+    topology = command(sub, "topology", "Declare, over AMQP, what hub workers consume on RabbitMQ: a consistent-hash "
+                       "exchange bound to amq.topic for records, N quorum queues with a single active consumer "
+                       "each, and the queue status messages take. Idempotent.",
+                       ["linkseal hub topology --broker amqp://127.0.0.1:5672 --partitions 16"])
+    topology.add_argument("--broker", required=True, help="amqp://HOST:PORT[/VHOST]")
+    topology.add_argument("--partitions", required=True, type=Number(int, 1, 1024),
+                          help="number of partition queues (devices are spread over them by a hash of their id)")
+    topology.add_argument("--username", help="AMQP user name; the password comes from LINKSEAL_MQTT_PASSWORD or "
+                          "--password-file")
+    topology.add_argument("--password-file", help="file holding the AMQP password")
+    topology.set_defaults(run=_topology)
 
     broker = command(sub, "broker-config", "Write a Mosquitto 2.x configuration (ACL, accounts, limits) that lets "
                      "each device publish only as itself and the hub only read.",
@@ -131,6 +148,11 @@ def _run(args):
     from hub.service.mqtt_adapter import HubService
     from hub.service.storage import WriterLock
 
+    if args.broker.startswith("amqp://"):
+        return _run_worker(args)
+    if _is_postgres(args.db):
+        raise InputError("--db postgresql://... is for hub workers on RabbitMQ: give an amqp:// --broker")
+    args.db = Path(args.db)
     broker = broker_from_args(args)
     settings = load_settings(args.config, load_links())
     log = EventLog(json_lines=args.log_json or settings.log_json)
@@ -153,6 +175,54 @@ def _run(args):
         return HubService(broker, settings, ingest, log, metrics, load_devices=reload, sinks=sinks).run()
     finally:
         lock.release()
+
+
+def _is_postgres(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def _amqp_parameters(args):
+    from hub.service.amqp_worker import amqp_parameters
+
+    password = os.environ.get("LINKSEAL_MQTT_PASSWORD")
+    if args.password_file:
+        try:
+            password = Path(args.password_file).read_text().strip()
+        except OSError as exc:
+            raise InputError(f"--password-file {args.password_file}: {exc.strerror}") from None
+    return amqp_parameters(args.broker, args.username, password)
+
+
+def _run_worker(args):
+    """A hub worker: RabbitMQ partitions in, PostgreSQL state (hub/service/amqp_worker.py)."""
+    from hardware.link_registry import links_by_code, load_links
+    from hub.core.verifier import Verifier
+    from hub.service.amqp_worker import Worker
+    from hub.service.config import load_settings
+    from hub.service.log import EventLog
+
+    if not _is_postgres(args.db):
+        raise InputError("--broker amqp://... runs a hub worker, whose state is shared in PostgreSQL: give "
+                         "--db postgresql://...")
+    for option, value in (("--forward", args.forward), ("--ca-file", args.ca_file), ("--cert-file", args.cert_file),
+                          ("--key-file", args.key_file)):
+        if value:
+            raise InputError(f"{option} is not supported by hub workers yet (docs/scale-out.md)")
+    parameters = _amqp_parameters(args)
+    settings = load_settings(args.config, load_links())
+    log = EventLog(json_lines=args.log_json or settings.log_json)
+    devices = open_keyfile(args).device_keys()  # read once, before anything is consumed
+    names = {code: link.name for code, link in links_by_code().items()}
+    worker = Worker(parameters, args.db, lambda: Verifier(devices, names, settings.rate_limits), settings, log)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: worker.stopping.set())
+    return worker.run()
+
+
+def _topology(args):
+    from hub.service.amqp_worker import declare
+
+    print(declare(_amqp_parameters(args), args.partitions))
 
 
 def _open_waiting(path, log, backoff_max=30.0):
@@ -198,7 +268,12 @@ def _report(args):
     from hub.table import print_report
 
     since = time.time() - args.since if args.since is not None else None
-    storage = SQLiteStorage(args.db, create=False)
+    if _is_postgres(args.db):
+        from hub.service.pg_storage import PostgresReader
+
+        storage = PostgresReader(args.db)
+    else:
+        storage = SQLiteStorage(Path(args.db), create=False)
     try:
         storage.require_sound()
         report = build_stored_report(storage, since, args.link)
@@ -242,7 +317,9 @@ def _audit(args):
     table; exit status 1 when anything is wrong."""
     from hub.service.storage import SQLiteStorage
 
-    storage = SQLiteStorage(args.db, create=False)
+    if _is_postgres(args.db):
+        return _audit_postgres(args.db)
+    storage = SQLiteStorage(Path(args.db), create=False)
     try:
         damage = storage.integrity_problem(full=True)
         try:
@@ -267,6 +344,23 @@ def _audit(args):
         note = f" (records 1-{pruned} were pruned by retention)" if pruned else ""
         print(f"OK: records, counters, device state, link counters and device status match their seals{note}")
     return 1 if damage or broken or unsealed else 0
+
+
+def _audit_postgres(url):
+    """The workers' security-event chains, one per partition; exit status 1 when one is broken."""
+    from hub.service.pg_storage import PostgresReader
+
+    reader = PostgresReader(url)
+    try:
+        checked, broken = reader.audit()
+    finally:
+        reader.close()
+    if broken:
+        print(f"BROKEN after {checked} intact events checked: {broken}")
+        return 1
+    print(f"OK: {checked} security events, every partition's hash chain intact from its first event")
+    print("NOT CHECKED: seals over counters and device state are kept by the SQLite hub only so far")
+    return 0
 
 
 def _broker_config(args):

@@ -31,6 +31,7 @@ class RabbitMQ:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port, amqp, dist, epmd = free_port(), free_port(), free_port(), free_port()
+        self.amqp_port = amqp
         self.node = f"linkseal-test-{self.port}@localhost"
         (self.dir / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = 127.0.0.1:{amqp}\n"
@@ -38,7 +39,7 @@ class RabbitMQ:
             "mqtt.allow_anonymous = true\n"  # as guest, which RabbitMQ allows from loopback only
             "mqtt.default_user = guest\nmqtt.default_pass = guest\n"
             "management.tcp.port = 0\nloopback_users = none\n")
-        (self.dir / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+        (self.dir / "enabled_plugins").write_text("[rabbitmq_mqtt,rabbitmq_consistent_hash_exchange].\n")
         cookie = self.dir / ".erlang.cookie"
         if not cookie.exists():
             cookie.write_text(os.urandom(16).hex())
@@ -56,10 +57,15 @@ class RabbitMQ:
     def url(self):
         return f"mqtt://127.0.0.1:{self.port}"
 
+    @property
+    def amqp_url(self):
+        return f"amqp://127.0.0.1:{self.amqp_port}"
+
     def start(self):
         self.process = subprocess.Popen([str(RABBITMQ_BIN / "rabbitmq-server")], env=self.env, cwd=self.dir,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        wait_for(lambda: port_open(self.port) or self.process.poll() is not None, 90, "RabbitMQ's MQTT listener")
+        wait_for(lambda: (port_open(self.port) and port_open(self.amqp_port)) or self.process.poll() is not None, 90,
+                 "RabbitMQ's MQTT and AMQP listeners")
         assert self.process.poll() is None, self._log_tail()
         return self
 

@@ -101,6 +101,7 @@ class Ingest:
         batch.devices = [(d, verifier.current_link(d), verifier.device_state(d)) for d in self._touched]
         batch.statuses = [(d, verifier.status[d].to_json()) for d in self._statuses]
         batch.links = [(verifier.link_names[code], c.tobytes()) for code, c in verifier.link_counters.items()]
+        batch.unknown_device = verifier.unknown_device
         self._start_batch()
         return batch
 

@@ -136,6 +136,7 @@ class Batch:
     statuses: list = field(default_factory=list)  # (device, hub.status.DeviceStatus JSON)
     links: list = field(default_factory=list)  # (link, counter bytes)
     events: list = field(default_factory=list)  # {"t", "device", "link", "kind", "reason"}
+    unknown_device: int | None = None  # the verifier's total (a store that cannot sum its counts keeps it)
 
 
 @dataclass

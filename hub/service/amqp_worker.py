@@ -1,0 +1,252 @@
+"""Hub workers on RabbitMQ: records partitioned by device over quorum queues, state in PostgreSQL.
+
+Topology (`hub topology`, declare()): devices publish MQTT 3.1.1 to RabbitMQ's MQTT plugin,
+which turns `linkseal/v1/<device>/rec` into routing key `linkseal.v1.<device>.rec` on
+amq.topic. An exchange-to-exchange binding sends records on to HASH_EXCHANGE, an
+x-consistent-hash exchange over N quorum queues (PARTITION_QUEUE) declared with
+x-single-active-consumer: the routing key names the device, so each device's records go to
+exactly one queue, in order, and each queue has one active consumer at a time. Status
+messages (`.../status`) hash elsewhere, so they go to STATUS_QUEUE, and whichever worker
+takes one publishes it again to HASH_EXCHANGE under the device's record key (header
+STATUS_HEADER), with publisher confirms, before acknowledging it: it lands in the device's
+partition, behind the records already queued there.
+
+A worker consumes every partition queue; RabbitMQ makes it the active consumer of some. On
+the first delivery from a queue it claims the partition in PostgreSQL (a new fencing token,
+hub/service/pg_storage.py), loads the state of that partition's devices, and from then on
+verifies like the embedded hub (Ingest, Verifier): a batch is committed in one transaction,
+then its deliveries are acknowledged. A crash between the two redelivers the batch: the
+window counts those frames as redelivered and the records table keeps one row each.
+"""
+
+import functools
+import os
+import socket
+import threading
+import time
+from urllib.parse import unquote, urlsplit
+
+from hub.service.config import ConfigError
+
+HASH_EXCHANGE = "linkseal.partitions"
+PARTITION_QUEUE = "linkseal.partition.{}"
+STATUS_QUEUE = "linkseal.status"
+RECORD_KEY, STATUS_KEY = "linkseal.v1.*.rec", "linkseal.v1.*.status"
+STATUS_HEADER = "linkseal-status"
+# Binding weight of every queue on the consistent-hash ring: weight "1" spread devices
+# 2k/5k/3k/10k over 4 queues when measured; more points per queue even that out.
+BINDING_WEIGHT = "100"
+MAX_PARTITIONS = 1024
+
+
+def amqp_parameters(url: str, username=None, password=None, option="--broker"):
+    """pika connection parameters for amqp://HOST:PORT[/VHOST] (credentials from the options)."""
+    import pika
+
+    parts = urlsplit(url)
+    if parts.scheme != "amqp" or not parts.hostname:
+        raise ConfigError(f"{option} {url!r}: expected amqp://HOST:PORT[/VHOST]")
+    if parts.username or parts.password:
+        raise ConfigError(f"{option}: put the user name in --username and the password in LINKSEAL_MQTT_PASSWORD or "
+                          "--password-file, not in the URL")
+    try:
+        port = parts.port or 5672
+    except ValueError:
+        raise ConfigError(f"{option} {url!r}: the port is not a number in 1..65535") from None
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    credentials = pika.PlainCredentials(username or "guest", password if password is not None else "guest")
+    return pika.ConnectionParameters(parts.hostname, port, vhost, credentials, heartbeat=10,
+                                     blocked_connection_timeout=30, connection_attempts=1)
+
+
+def _queue_exists(connection, name: str) -> bool:
+    import pika
+
+    channel = connection.channel()
+    try:
+        channel.queue_declare(name, passive=True)
+    except pika.exceptions.ChannelClosedByBroker:
+        return False  # 404: the broker closed this channel, which is all it was for
+    channel.close()
+    return True
+
+
+def count_partitions(connection) -> int:
+    """How many partition queues the topology has (0: none declared)."""
+    count = 0
+    while count < MAX_PARTITIONS and _queue_exists(connection, PARTITION_QUEUE.format(count)):
+        count += 1
+    return count
+
+
+def declare(parameters, partitions: int) -> str:
+    """Declare the topology, idempotently; refuses to change the number of partitions."""
+    import pika
+
+    connection = pika.BlockingConnection(parameters)
+    try:
+        existing = count_partitions(connection)
+        if existing and existing != partitions:
+            raise ConfigError(
+                f"--partitions {partitions}: the broker already has {existing} partitions; changing the number moves "
+                "devices to other partitions while their state stays behind. Stop the devices' traffic, let the "
+                "workers drain every queue, delete the linkseal.partition.* queues, then declare again "
+                "(docs/scale-out.md)")
+        channel = connection.channel()
+        channel.exchange_declare(HASH_EXCHANGE, "x-consistent-hash", durable=True)
+        channel.exchange_bind(HASH_EXCHANGE, "amq.topic", RECORD_KEY)
+        for index in range(partitions):
+            name = PARTITION_QUEUE.format(index)
+            channel.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum",
+                                                                "x-single-active-consumer": True})
+            channel.queue_bind(name, HASH_EXCHANGE, BINDING_WEIGHT)
+        channel.queue_declare(STATUS_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+        channel.queue_bind(STATUS_QUEUE, "amq.topic", STATUS_KEY)
+    finally:
+        connection.close()
+    return (f"{partitions} partitions: quorum queues {PARTITION_QUEUE.format(0)}..{PARTITION_QUEUE.format(partitions - 1)}"
+            f" (single active consumer) behind the consistent-hash exchange {HASH_EXCHANGE}; status messages via "
+            f"{STATUS_QUEUE}")
+
+
+def topic_of(routing_key: str, status: bool) -> str:
+    """The MQTT topic a routing key came from: the MQTT plugin swaps '/' and '.'."""
+    topic = routing_key.translate(str.maketrans("./", "/."))
+    return topic[: -len("/rec")] + "/status" if status else topic
+
+
+class _Partition:
+    """A partition this worker is the active consumer of: its hub, and the deliveries not yet acknowledged."""
+
+    def __init__(self, index, channel, storage, ingest):
+        self.index, self.channel, self.storage, self.ingest = index, channel, storage, ingest
+        self.last_tag = None
+        self.oldest = None  # monotonic time of the oldest unacknowledged delivery
+
+
+class Worker:
+    def __init__(self, parameters, db_url: str, make_verifier, settings, log, owner: str | None = None,
+                 commit_interval: float = 0.1):
+        """make_verifier(): a fresh Verifier with the key file's devices (one per partition)."""
+        self.parameters = parameters
+        self.db_url = db_url
+        self.make_verifier = make_verifier
+        self.settings = settings
+        self.log = log
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        self.commit_interval = commit_interval
+        self.stopping = threading.Event()
+        self.partitions = {}  # index -> _Partition
+        # Fault injection for the tests' crash-after-commit case: exit (as if killed) after this
+        # many commits, before acknowledging the last one's deliveries.
+        exit_after = os.environ.get("LINKSEAL_FAULT_EXIT_AFTER_COMMITS")
+        self._commits_left = int(exit_after) if exit_after else None
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        import pika
+
+        while not self.stopping.is_set():
+            try:
+                self._serve(pika.BlockingConnection(self.parameters))
+            except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError, OSError) as exc:
+                self._drop_all()
+                self.log("broker_unreachable", broker=f"{self.parameters.host}:{self.parameters.port}",
+                         error=str(exc) or type(exc).__name__)
+                self.stopping.wait(1.0)
+        self._drop_all()
+        return 0
+
+    def _serve(self, connection) -> None:
+        try:
+            count = count_partitions(connection)
+            if count == 0:
+                raise ConfigError("the broker has no linkseal partitions: run `linkseal hub topology` first")
+            for index in range(count):
+                channel = connection.channel()
+                channel.basic_qos(prefetch_count=self.settings.batch_size * 2)
+                channel.basic_consume(PARTITION_QUEUE.format(index),
+                                      functools.partial(self._on_record, index), auto_ack=False)
+            status_channel = connection.channel()
+            status_channel.confirm_delivery()
+            status_channel.basic_qos(prefetch_count=100)
+            status_channel.basic_consume(STATUS_QUEUE, self._on_status, auto_ack=False)
+            self.log("connected", broker=f"{self.parameters.host}:{self.parameters.port}", partitions=count,
+                     owner=self.owner)
+            while not self.stopping.is_set():
+                connection.process_data_events(time_limit=self.commit_interval / 2)
+                self._commit_due()
+            self._commit_due(force=True)
+        finally:
+            self._drop_all()
+            if connection.is_open:
+                connection.close()
+
+    def _on_status(self, channel, method, properties, body) -> None:
+        # Publish it again into the device's partition, confirmed, before acknowledging it.
+        import pika
+
+        record_key = method.routing_key[: -len(".status")] + ".rec"
+        channel.basic_publish(HASH_EXCHANGE, record_key, body,
+                              pika.BasicProperties(delivery_mode=2, headers={STATUS_HEADER: 1}))
+        channel.basic_ack(method.delivery_tag)
+
+    def _on_record(self, index, channel, method, properties, body) -> None:
+        partition = self.partitions.get(index) or self._take(index, channel)
+        status = bool(properties.headers and properties.headers.get(STATUS_HEADER))
+        partition.ingest.handle(topic_of(method.routing_key, status), body, time.time(), method.redelivered)
+        partition.last_tag = method.delivery_tag
+        if partition.oldest is None:
+            partition.oldest = time.monotonic()
+        if partition.ingest.pending >= self.settings.batch_size:
+            self._commit(partition)
+
+    # -- partitions -----------------------------------------------------------------------
+
+    def _take(self, index, channel) -> _Partition:
+        """This worker is the queue's active consumer now: claim the partition, load its state."""
+        from hub.service.ingest import Ingest
+        from hub.service.pg_storage import PartitionStorage, claim
+
+        token = claim(self.db_url, index, self.owner)
+        storage = PartitionStorage(self.db_url, index, token)
+        partition = _Partition(index, channel, storage, Ingest(self.make_verifier(), storage))
+        self.partitions[index] = partition
+        self.log("partition_taken", partition=index, token=token, owner=self.owner)
+        return partition
+
+    def _commit_due(self, force: bool = False) -> None:
+        now = time.monotonic()
+        for partition in list(self.partitions.values()):
+            if partition.oldest is not None and (force or now - partition.oldest >= self.commit_interval):
+                self._commit(partition)
+
+    def _commit(self, partition) -> None:
+        from hub.service.pg_storage import Fenced
+
+        try:
+            partition.ingest.commit()
+        except Fenced as exc:
+            # Another worker holds the queue now: what this one verified since its last commit
+            # will be delivered to that worker again. Start over from the broker.
+            self.log("partition_fenced", partition=partition.index, reason=str(exc))
+            self._drop(partition.index)
+            raise OSError(f"partition {partition.index} fenced") from None
+        if self._commits_left is not None:
+            self._commits_left -= 1
+            if self._commits_left <= 0:
+                self.log("fault_injected", partition=partition.index, reason="exit after commit, before the ack")
+                os._exit(70)
+        if partition.last_tag is not None:
+            partition.channel.basic_ack(partition.last_tag, multiple=True)
+        partition.last_tag, partition.oldest = None, None
+
+    def _drop(self, index) -> None:
+        partition = self.partitions.pop(index, None)
+        if partition is not None:
+            partition.storage.close()
+
+    def _drop_all(self) -> None:
+        for index in list(self.partitions):
+            self._drop(index)

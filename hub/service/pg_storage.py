@@ -1,0 +1,206 @@
+"""The hub's store in PostgreSQL, for hub workers on a RabbitMQ cluster (docs/scale-out.md).
+
+Each worker owns some partitions (the quorum queues it is the single active consumer of) and
+keeps one PartitionStorage per owned partition: the Storage of hub/service/storage.py over
+the rows of that partition's devices. A commit writes a batch's records (linkseal_records,
+the table the gateway's PostgreSQL sink writes too), counter deltas, device state, statuses,
+link counters and security events in one transaction, and only then are the batch's
+deliveries acknowledged.
+
+Fencing: taking a partition (claim) increments its token in linkseal_partitions; every
+commit first locks that row and compares the token, so a worker that lost its queue (a
+network partition, a long pause) and comes back cannot commit over the new owner: its
+commit fails with Fenced and it drops the partition. The row lock also orders a claim after
+a commit already under way, so the new owner loads the state that commit wrote.
+
+Reports and audits read all partitions (PostgresReader): counters are additive deltas, so
+workers add to the same rows; each partition keeps its own chain of security events.
+"""
+
+import json
+
+from hub.service.sinks import PG_SCHEMA, PG_TABLE
+from hub.service.storage import GENESIS_HASH, Batch, StorageError, Stored, event_hash
+
+SCHEMA = [PG_SCHEMA, """
+CREATE TABLE IF NOT EXISTS linkseal_partitions (
+    partition integer PRIMARY KEY, token bigint NOT NULL, owner text NOT NULL, since timestamptz NOT NULL,
+    unknown_device bigint NOT NULL DEFAULT 0)""", """
+CREATE TABLE IF NOT EXISTS linkseal_devices (
+    device text PRIMARY KEY, partition integer NOT NULL, link text NOT NULL, state bytea NOT NULL)""", """
+CREATE INDEX IF NOT EXISTS linkseal_devices_partition ON linkseal_devices (partition)""", """
+CREATE TABLE IF NOT EXISTS linkseal_statuses (device text PRIMARY KEY, status text NOT NULL)""", """
+CREATE TABLE IF NOT EXISTS linkseal_links (
+    partition integer NOT NULL, link text NOT NULL, state bytea NOT NULL, PRIMARY KEY (partition, link))""", """
+CREATE TABLE IF NOT EXISTS linkseal_counts (
+    minute bigint NOT NULL, scope text NOT NULL, name text NOT NULL, counter text NOT NULL, value bigint NOT NULL,
+    PRIMARY KEY (minute, scope, name, counter))""", """
+CREATE TABLE IF NOT EXISTS linkseal_events (
+    partition integer NOT NULL, id bigint NOT NULL, t double precision NOT NULL, device text, link text,
+    kind text NOT NULL, reason text NOT NULL, prev_hash text NOT NULL, hash text NOT NULL,
+    PRIMARY KEY (partition, id))"""]
+
+
+class Fenced(Exception):
+    """Another worker took the partition: this one must not commit for it any more."""
+
+
+def _connect(url: str):
+    import psycopg
+
+    try:
+        conn = psycopg.connect(url, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise StorageError(f"PostgreSQL {_redacted(url)}: {str(exc).strip().splitlines()[0]}") from None
+    with conn.transaction():
+        for statement in SCHEMA:
+            conn.execute(statement)
+    return conn
+
+
+def _redacted(url: str) -> str:
+    """The URL without a password, for messages."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
+
+def claim(url: str, partition: int, owner: str) -> int:
+    """Take a partition: its new fencing token (every earlier owner's commits now fail)."""
+    conn = _connect(url)
+    try:
+        with conn.transaction():
+            row = conn.execute(
+                "INSERT INTO linkseal_partitions (partition, token, owner, since) VALUES (%s, 1, %s, now()) "
+                "ON CONFLICT (partition) DO UPDATE SET token = linkseal_partitions.token + 1, owner = EXCLUDED.owner, "
+                "since = now() RETURNING token", (partition, owner)).fetchone()
+        return row[0]
+    finally:
+        conn.close()
+
+
+class PartitionStorage:
+    """The Storage (hub/service/storage.py) of one partition, for the worker holding `token`."""
+
+    def __init__(self, url: str, partition: int, token: int):
+        self.url, self.partition, self.token = url, partition, token
+        self.conn = _connect(url)
+        last = self.conn.execute("SELECT id, hash FROM linkseal_events WHERE partition = %s ORDER BY id DESC LIMIT 1",
+                                 (partition,)).fetchone()
+        self._last_id, self._last_hash = (last[0], last[1]) if last else (0, GENESIS_HASH)
+        self.conn.commit()
+
+    def load(self) -> Stored:
+        conn, p = self.conn, self.partition
+        with conn.transaction():
+            devices = conn.execute("SELECT device, state FROM linkseal_devices WHERE partition = %s", (p,)).fetchall()
+            links = conn.execute("SELECT link, state FROM linkseal_links WHERE partition = %s", (p,)).fetchall()
+            statuses = conn.execute("SELECT s.device, s.status FROM linkseal_statuses s JOIN linkseal_devices d "
+                                    "ON d.device = s.device WHERE d.partition = %s", (p,)).fetchall()
+            row = conn.execute("SELECT unknown_device FROM linkseal_partitions WHERE partition = %s", (p,)).fetchone()
+        return Stored([(d, bytes(s)) for d, s in devices], [(n, bytes(s)) for n, s in links], row[0] if row else 0,
+                      statuses)
+
+    def commit(self, batch: Batch) -> None:
+        conn, p = self.conn, self.partition
+        last_id, last_hash = self._last_id, self._last_hash
+        with conn.transaction():
+            row = conn.execute("SELECT token FROM linkseal_partitions WHERE partition = %s FOR UPDATE", (p,)).fetchone()
+            if row is None or row[0] != self.token:
+                raise Fenced(f"partition {p} was taken by another worker (token {row and row[0]}, ours {self.token})")
+            cur = conn.cursor()
+            if batch.records:
+                cur.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS incoming (LIKE {PG_TABLE}) ON COMMIT DELETE ROWS")
+                with cur.copy("COPY incoming (device, epoch, seq, link, device_time_ms, verified_at, payload) "
+                              "FROM STDIN") as copy:
+                    for device, epoch, seq, link, device_time_ms, arrival, payload in batch.records:
+                        copy.write_row((device, epoch, seq, link, device_time_ms, _timestamp(arrival), payload))
+                cur.execute(f"INSERT INTO {PG_TABLE} SELECT * FROM incoming ON CONFLICT DO NOTHING")
+            if batch.counts:
+                cur.executemany("INSERT INTO linkseal_counts VALUES (%s, %s, %s, %s, %s) ON CONFLICT "
+                                "(minute, scope, name, counter) DO UPDATE SET value = linkseal_counts.value + "
+                                "EXCLUDED.value", batch.counts)
+            if batch.devices:
+                cur.executemany("INSERT INTO linkseal_devices VALUES (%s, %s, %s, %s) ON CONFLICT (device) DO UPDATE "
+                                "SET partition = EXCLUDED.partition, link = EXCLUDED.link, state = EXCLUDED.state",
+                                [(d, p, link, state) for d, link, state in batch.devices])
+            if batch.statuses:
+                cur.executemany("INSERT INTO linkseal_statuses VALUES (%s, %s) ON CONFLICT (device) DO UPDATE "
+                                "SET status = EXCLUDED.status", batch.statuses)
+            if batch.links:
+                cur.executemany("INSERT INTO linkseal_links VALUES (%s, %s, %s) ON CONFLICT (partition, link) "
+                                "DO UPDATE SET state = EXCLUDED.state", [(p, n, s) for n, s in batch.links])
+            for event in batch.events:
+                new_hash = event_hash(last_hash, event)
+                last_id += 1
+                cur.execute("INSERT INTO linkseal_events VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                            (p, last_id, event["t"], event["device"], event["link"], event["kind"], event["reason"],
+                             last_hash, new_hash))
+                last_hash = new_hash
+            if batch.unknown_device is not None:
+                cur.execute("UPDATE linkseal_partitions SET unknown_device = %s WHERE partition = %s",
+                            (batch.unknown_device, p))
+        self._last_id, self._last_hash = last_id, last_hash
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _timestamp(unix_seconds: float):
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(unix_seconds, timezone.utc)
+
+
+class PostgresReader:
+    """What `hub report` and `hub audit` read, over every partition."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.conn = _connect(url)
+        self.conn.autocommit = True
+
+    def require_sound(self) -> None:
+        """PostgreSQL checks its own pages; nothing to add here."""
+
+    def counts_since(self, since_minute: int | None) -> list:
+        return self.conn.execute(
+            "SELECT scope, name, counter, SUM(value)::bigint FROM linkseal_counts WHERE minute >= %s "
+            "GROUP BY scope, name, counter", (since_minute if since_minute is not None else -(2**62),)).fetchall()
+
+    def device_links(self) -> dict:
+        return dict(self.conn.execute("SELECT device, link FROM linkseal_devices").fetchall())
+
+    def device_statuses(self) -> dict:
+        return {device: json.loads(text)["fields"]
+                for device, text in self.conn.execute("SELECT device, status FROM linkseal_statuses").fetchall()}
+
+    def events_since(self, since: float | None) -> list:
+        rows = self.conn.execute("SELECT t, device, link, kind, reason FROM linkseal_events WHERE t >= %s "
+                                 "ORDER BY t, partition, id", (since if since is not None else float("-inf"),))
+        return [dict(zip(("t", "device", "link", "kind", "reason"), row)) for row in rows.fetchall()]
+
+    def audit(self) -> tuple[int, str | None]:
+        """(events checked, None) when every partition's chain holds, else what broke."""
+        checked = 0
+        partitions = [p for (p,) in self.conn.execute(
+            "SELECT DISTINCT partition FROM linkseal_events ORDER BY partition").fetchall()]
+        for p in partitions:
+            prev, expected_id = GENESIS_HASH, 1
+            for row_id, t, device, link, kind, reason, prev_hash, stored in self.conn.execute(
+                    "SELECT id, t, device, link, kind, reason, prev_hash, hash FROM linkseal_events "
+                    "WHERE partition = %s ORDER BY id", (p,)).fetchall():
+                if prev_hash != prev or row_id != expected_id:
+                    return checked, f"partition {p}, event {row_id}: does not follow the event before it"
+                event = {"t": t, "device": device, "link": link, "kind": kind, "reason": reason}
+                if event_hash(prev, event) != stored:
+                    return checked, f"partition {p}, event {row_id}: its contents were changed after it was written"
+                prev, expected_id = stored, expected_id + 1
+                checked += 1
+        return checked, None
+
+    def close(self) -> None:
+        self.conn.close()
