@@ -214,6 +214,14 @@ def _run_worker(args):
     devices = open_keyfile(args).device_keys()  # read once, before anything is consumed
     names = {code: link.name for code, link in links_by_code().items()}
     worker = Worker(parameters, args.db, lambda: Verifier(devices, names, settings.rate_limits), settings, log)
+    if args.metrics:
+        from hub.service.metrics import serve_worker_metrics
+
+        try:
+            address = serve_worker_metrics(worker, *args.metrics)
+        except OSError as exc:
+            raise InputError(f"--metrics {':'.join(map(str, args.metrics))}: cannot listen ({exc})") from None
+        log("metrics", address=address)
     signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stopping.set())
     return worker.run()

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 
 import pytest
 
@@ -40,10 +41,10 @@ class Workers:
         self.tmp_path, self.rabbit, self.keys, self.db_url = tmp_path, rabbit, keys, db_url
         self.processes = []
 
-    def start(self, name, env=None):
+    def start(self, name, *extra, env=None):
         log = open(self.tmp_path / f"{name}.log", "a")
         process = subprocess.Popen([str(LINKSEAL), "hub", "run", "--broker", self.rabbit.amqp_url, "--keys", self.keys,
-                                    "--db", self.db_url, "--log-json", "--insecure-plaintext"],
+                                    "--db", self.db_url, "--log-json", "--insecure-plaintext", *extra],
                                    stdout=log, stderr=log, env={**os.environ, **(env or {})})
         self.processes.append(process)
         wait_for(lambda: '"event": "connected"' in (self.tmp_path / f"{name}.log").read_text()
@@ -142,3 +143,34 @@ def _report(url):
     result = linkseal("hub", "report", "--db", url, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def test_a_second_worker_gets_its_share_of_the_partitions_and_says_so_in_its_metrics(tmp_path, rabbit, keys, postgres):
+    """Single active consumer makes the first worker active on every queue; the first hands
+    partitions back until each holds ceil(4 / 2) = 2."""
+    assert linkseal("hub", "topology", "--broker", rabbit.amqp_url, "--partitions", PARTITIONS).returncode == 0
+    messages = _traffic(keys, devices=24, frames_per_device=40)[: 24 * 40]
+    workers = Workers(tmp_path, rabbit, keys.path, postgres.url)
+    taken = lambda name: {e["partition"] for e in workers.events(name) if e["event"] == "partition_taken"}  # noqa: E731
+    try:
+        workers.start("a")
+        publish(rabbit.port, messages[: 24 * 10])
+        wait_for(lambda: len(taken("a")) == PARTITIONS, 30, "worker a to hold every partition")
+        workers.start("b", "--metrics", "127.0.0.1:0")
+        wait_for(lambda: sum(e["event"] == "partition_released" for e in workers.events("a")) >= 2, 30,
+                 "worker a to hand two partitions back")
+        publish(rabbit.port, messages[24 * 10 :])  # b learns it leads a queue from its first delivery
+        wait_for(lambda: len(taken("b")) >= 2, 30, "worker b to take its share")
+        wait_for(lambda: postgres.query("SELECT COUNT(*) FROM linkseal_records")[0][0] >= len(messages), 60,
+                 "every record in PostgreSQL")
+        address = next(e["address"] for e in workers.events("b") if e["event"] == "metrics")
+        metrics = urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read().decode()
+    finally:
+        workers.stop()
+    released = [e for e in workers.events("a") if e["event"] == "partition_released"]
+    assert len(released) >= 2 and all(e["share"] == 2 and e["live_workers"] == 2 for e in released)
+    owned = {line.split('"')[1] for line in metrics.splitlines()
+             if line.startswith("linkseal_partition_owned{") and line.endswith(" 1.0")}
+    assert len(owned) >= 2 and "linkseal_worker_commits_total" in metrics
+    rows = postgres.query("SELECT device, epoch, seq FROM linkseal_records")
+    assert len(rows) == len(set(rows)) == len(messages)

@@ -11,7 +11,12 @@ takes one publishes it again to HASH_EXCHANGE under the device's record key (hea
 STATUS_HEADER), with publisher confirms, before acknowledging it: it lands in the device's
 partition, behind the records already queued there.
 
-A worker consumes every partition queue; RabbitMQ makes it the active consumer of some. On
+A worker consumes every partition queue; RabbitMQ makes it the active consumer of some
+(the first consumer registered on a queue is its active one, so the first worker to start
+would hold them all: each worker says it is alive in PostgreSQL every BEAT_S seconds, and one
+that holds more than its share, ceil(partitions / live workers), hands one partition a beat
+back: it commits, cancels that consumer and registers again at the back of the queue's line,
+so the next worker in line becomes active). On
 the first delivery from a queue it claims the partition in PostgreSQL (a new fencing token,
 hub/service/pg_storage.py), loads the state of that partition's devices, and from then on
 verifies like the embedded hub (Ingest, Verifier): a batch is committed in one transaction,
@@ -20,6 +25,7 @@ window counts those frames as redelivered and the records table keeps one row ea
 """
 
 import functools
+import math
 import os
 import socket
 import threading
@@ -37,6 +43,7 @@ STATUS_HEADER = "linkseal-status"
 # 2k/5k/3k/10k over 4 queues when measured; more points per queue even that out.
 BINDING_WEIGHT = "100"
 MAX_PARTITIONS = 1024
+BEAT_S = 2.0  # how often a worker says it is alive; it counts as gone after 3 beats of silence
 
 
 def amqp_parameters(url: str, username=None, password=None, option="--broker"):
@@ -137,6 +144,10 @@ class Worker:
         self.commit_interval = commit_interval
         self.stopping = threading.Event()
         self.partitions = {}  # index -> _Partition
+        self.consumers = {}  # index -> (channel, consumer tag)
+        self.registry = None
+        self.partition_count = 0  # how many the topology has, once connected
+        self.commits = 0
         # Fault injection for the tests' crash-after-commit case: exit (as if killed) after this
         # many commits, before acknowledging the last one's deliveries.
         exit_after = os.environ.get("LINKSEAL_FAULT_EXIT_AFTER_COMMITS")
@@ -147,6 +158,17 @@ class Worker:
     def run(self) -> int:
         import pika
 
+        from hub.service.pg_storage import WorkerRegistry
+
+        self.registry = WorkerRegistry(self.db_url, self.owner)
+        try:
+            self._serve_until_stopped(pika)
+        finally:
+            self.registry.leave()
+            self.registry.close()
+        return 0
+
+    def _serve_until_stopped(self, pika) -> None:
         while not self.stopping.is_set():
             try:
                 self._serve(pika.BlockingConnection(self.parameters))
@@ -156,32 +178,56 @@ class Worker:
                          error=str(exc) or type(exc).__name__)
                 self.stopping.wait(1.0)
         self._drop_all()
-        return 0
 
     def _serve(self, connection) -> None:
         try:
             count = count_partitions(connection)
             if count == 0:
                 raise ConfigError("the broker has no linkseal partitions: run `linkseal hub topology` first")
+            self.partition_count = count
             for index in range(count):
                 channel = connection.channel()
                 channel.basic_qos(prefetch_count=self.settings.batch_size * 2)
-                channel.basic_consume(PARTITION_QUEUE.format(index),
-                                      functools.partial(self._on_record, index), auto_ack=False)
+                self._consume(index, channel)
             status_channel = connection.channel()
             status_channel.confirm_delivery()
             status_channel.basic_qos(prefetch_count=100)
             status_channel.basic_consume(STATUS_QUEUE, self._on_status, auto_ack=False)
             self.log("connected", broker=f"{self.parameters.host}:{self.parameters.port}", partitions=count,
                      owner=self.owner)
+            next_beat = 0.0
             while not self.stopping.is_set():
                 connection.process_data_events(time_limit=self.commit_interval / 2)
                 self._commit_due()
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + BEAT_S
+                    self._balance(count)
             self._commit_due(force=True)
         finally:
             self._drop_all()
             if connection.is_open:
                 connection.close()
+
+    def _consume(self, index, channel) -> None:
+        tag = channel.basic_consume(PARTITION_QUEUE.format(index), functools.partial(self._on_record, index),
+                                    auto_ack=False)
+        self.consumers[index] = (channel, tag)
+
+    def _balance(self, count: int) -> None:
+        """Hand one partition back when holding more than this worker's share."""
+        live = self.registry.beat(alive_within=3 * BEAT_S)
+        share = math.ceil(count / max(1, live))
+        if len(self.partitions) <= share:
+            return
+        index = max(self.partitions)
+        partition = self.partitions[index]
+        if partition.oldest is not None:
+            self._commit(partition)
+        channel, tag = self.consumers[index]
+        channel.basic_cancel(tag)  # the next consumer in the queue's line becomes the active one
+        self._drop(index)
+        self._consume(index, channel)  # back in line, as a standby
+        self.log("partition_released", partition=index, share=share, live_workers=live)
 
     def _on_status(self, channel, method, properties, body) -> None:
         # Publish it again into the device's partition, confirmed, before acknowledging it.
@@ -241,6 +287,7 @@ class Worker:
         if partition.last_tag is not None:
             partition.channel.basic_ack(partition.last_tag, multiple=True)
         partition.last_tag, partition.oldest = None, None
+        self.commits += 1
 
     def _drop(self, index) -> None:
         partition = self.partitions.pop(index, None)

@@ -73,6 +73,44 @@ class SinkCollector:
         return [up, backlog, age, delivered]
 
 
+class WorkerCollector:
+    """A hub worker's partitions (docs/scale-out.md): which ones it is the active consumer of,
+    and the frames counted in them (each partition's totals, loaded when the worker took it)."""
+
+    def __init__(self, worker):
+        self.worker = worker
+
+    def collect(self):
+        owned = GaugeMetricFamily("linkseal_partition_owned", "1 for each partition this worker is the active "
+                                  "consumer of.", labels=["partition"])
+        frames = CounterMetricFamily("linkseal_worker_frames", "Frames by link type and outcome in the partitions "
+                                     "this worker holds.", labels=["link", "outcome"])
+        partitions = dict(self.worker.partitions)
+        for index in range(self.worker.partition_count):
+            owned.add_metric([str(index)], 1.0 if index in partitions else 0.0)
+        totals = {}
+        for partition in partitions.values():
+            verifier = partition.ingest.verifier
+            for code, counters in list(verifier.link_counters.items()):
+                for slot, outcome in OUTCOME_OF.items():
+                    key = (verifier.link_names[code], outcome)
+                    totals[key] = totals.get(key, 0) + counters[slot]
+        for (link, outcome), value in sorted(totals.items()):
+            frames.add_metric([link, outcome], value)
+        commits = CounterMetricFamily("linkseal_worker_commits", "Batches this worker committed.")
+        commits.add_metric([], self.worker.commits)
+        return [owned, frames, commits]
+
+
+def serve_worker_metrics(worker, host: str, port: int) -> str:
+    """Serve a hub worker's /metrics on host:port (port 0: any free port); returns the address."""
+    registry = CollectorRegistry()
+    registry.register(WorkerCollector(worker))
+    server, _ = start_http_server(port, addr=host or "127.0.0.1", registry=registry)
+    bound_host, bound_port = server.server_address[:2]
+    return f"{bound_host}:{bound_port}"
+
+
 class HubMetrics:
     def __init__(self, verifier):
         self.address = None  # where /metrics is served, once serve() has run

@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS linkseal_links (
 CREATE TABLE IF NOT EXISTS linkseal_counts (
     minute bigint NOT NULL, scope text NOT NULL, name text NOT NULL, counter text NOT NULL, value bigint NOT NULL,
     PRIMARY KEY (minute, scope, name, counter))""", """
+CREATE TABLE IF NOT EXISTS linkseal_workers (owner text PRIMARY KEY, seen timestamptz NOT NULL)""", """
 CREATE TABLE IF NOT EXISTS linkseal_events (
     partition integer NOT NULL, id bigint NOT NULL, t double precision NOT NULL, device text, link text,
     kind text NOT NULL, reason text NOT NULL, prev_hash text NOT NULL, hash text NOT NULL,
@@ -80,6 +81,28 @@ def claim(url: str, partition: int, owner: str) -> int:
         return row[0]
     finally:
         conn.close()
+
+
+class WorkerRegistry:
+    """Which workers are alive: each says so every few seconds, so each can take its fair share."""
+
+    def __init__(self, url: str, owner: str):
+        self.owner = owner
+        self.conn = _connect(url)
+        self.conn.autocommit = True
+
+    def beat(self, alive_within: float) -> int:
+        """Say this worker is alive; returns how many workers are."""
+        self.conn.execute("INSERT INTO linkseal_workers VALUES (%s, now()) ON CONFLICT (owner) DO UPDATE "
+                          "SET seen = now()", (self.owner,))
+        return self.conn.execute("SELECT COUNT(*) FROM linkseal_workers WHERE seen > now() - %s * interval '1 second'",
+                                 (alive_within,)).fetchone()[0]
+
+    def leave(self) -> None:
+        self.conn.execute("DELETE FROM linkseal_workers WHERE owner = %s", (self.owner,))
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 class PartitionStorage:
