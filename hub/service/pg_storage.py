@@ -59,6 +59,11 @@ def _connect(url: str):
     return conn
 
 
+def ensure_schema(url: str) -> None:
+    """Create the tables if they are missing (workers do it too; readers can start first)."""
+    _connect(url).close()
+
+
 def _redacted(url: str) -> str:
     """The URL without a password, for messages."""
     from urllib.parse import urlsplit
