@@ -103,6 +103,9 @@ def add_hub_group(groups):
     broker.add_argument("--host", action="append", help="the broker's host name or address for its certificate "
                         "(repeatable; default localhost and 127.0.0.1)")
     broker.add_argument("--data-dir", type=Path, help="Mosquitto persistence directory (default /var/lib/mosquitto)")
+    broker.add_argument("--rabbitmq", action="store_true",
+                        help="instead: RabbitMQ accounts for hub workers and devices (definitions.json for "
+                             "`rabbitmqctl import_definitions`; docs/scale-out.md)")
     broker.add_argument("--forward-here", action="store_true",
                         help="the hub forwards authentic records to this broker (--forward mqtt://...): let it write "
                              "linkseal/verified/#, and add a read-only account linkseal/consumer for them")
@@ -354,6 +357,20 @@ def _audit(args):
     return 1 if damage or broken or unsealed else 0
 
 
+def _rabbitmq_config(args):
+    from hub.keys.rabbitmq_config import WORKER_USER, write_rabbitmq_config
+
+    for option, value in (("--tls", args.tls), ("--ca", args.ca), ("--port", args.port), ("--host", args.host),
+                          ("--data-dir", args.data_dir), ("--forward-here", args.forward_here)):
+        if value:
+            raise InputError(f"{option} is for the Mosquitto configuration, not with --rabbitmq")
+    files = write_rabbitmq_config(open_keyfile(args), args.out)
+    print(f"wrote {', '.join(str(path) for path in files.values())}")
+    print(f"load the accounts with `rabbitmqctl import_definitions {files['definitions']}`, append "
+          f"{files['conf']} to rabbitmq.conf; run the workers with --username {WORKER_USER} "
+          f"--password-file {files['hub_password']}")
+
+
 def _audit_postgres(url):
     """The workers' security-event chains, one per partition; exit status 1 when one is broken."""
     from hub.service.pg_storage import PostgresReader
@@ -374,6 +391,8 @@ def _audit_postgres(url):
 def _broker_config(args):
     from hub.keys.broker_config import write_broker_config
 
+    if args.rabbitmq:
+        return _rabbitmq_config(args)
     if args.tls and args.ca is None:
         raise InputError("--tls needs --ca DIR (create one with `linkseal keys ca init --dir DIR`)")
     keyfile = open_keyfile(args)

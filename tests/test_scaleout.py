@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 
@@ -174,3 +175,78 @@ def test_a_second_worker_gets_its_share_of_the_partitions_and_says_so_in_its_met
     assert len(owned) >= 2 and "linkseal_worker_commits_total" in metrics
     rows = postgres.query("SELECT device, epoch, seq FROM linkseal_records")
     assert len(rows) == len(set(rows)) == len(messages)
+
+
+def _mqtt_publish(port, username, password, topic, payload) -> str:
+    """'acknowledged', 'refused' (no CONNACK success) or 'disconnected' (the broker closed the
+    connection instead of acknowledging), each decided by the broker's own answer."""
+    import paho.mqtt.client as mqtt
+
+    outcome, done = [], threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{username}-{time.monotonic_ns()}")
+    client.username_pw_set(username, password)
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            outcome.append("refused")
+            done.set()
+        else:
+            client.publish(topic, payload, qos=1)
+
+    def on_publish(client, userdata, mid, reason_code, properties):
+        outcome.append("acknowledged")
+        done.set()
+
+    def on_disconnect(client, userdata, flags, reason_code, properties):
+        outcome.append("disconnected")
+        done.set()
+
+    client.on_connect, client.on_publish, client.on_disconnect = on_connect, on_publish, on_disconnect
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        assert done.wait(30), "the broker answered nothing"
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return outcome[0]
+
+
+def test_broker_accounts_let_devices_write_only_their_own_topics_and_workers_only_consume(tmp_path, keys):
+    import pika
+
+    first = Sealer("bed-01", bytes.fromhex(keys.provision("bed-01", "wifi")["key"]))
+    keys.provision("bed-02", "wifi")
+    keys.provision("bed-03", "wifi")
+    keys.revoke("bed-03")
+    out = linkseal("hub", "broker-config", "--rabbitmq", "--keys", keys.path, "--out", tmp_path / "conf",
+                   "--insecure-plaintext")
+    assert out.returncode == 0, out.stderr
+    definitions = json.loads((tmp_path / "conf" / "definitions.json").read_text())
+    assert {u["name"] for u in definitions["users"]} == {"linkseal-hub", "bed-01", "bed-02"}  # none for revoked
+    node = RabbitMQ(tmp_path / "strict", anonymous=False).start()
+    try:
+        node.ctl("import_definitions", tmp_path / "conf" / "definitions.json")
+        assert linkseal("hub", "topology", "--broker", node.amqp_url, "--partitions", 2).returncode == 0  # as admin
+        password = keys.mqtt_password
+        assert _mqtt_publish(node.port, "bed-01", password("bed-01"), topic_for("bed-01"), first.seal(b"r")) == \
+            "acknowledged"
+        assert _mqtt_publish(node.port, "bed-01", password("bed-01"), topic_for("bed-02"), first.seal(b"r")) == \
+            "disconnected"  # topic authorisation: not its own routing key
+        assert _mqtt_publish(node.port, "bed-01", "not-the-password", topic_for("bed-01"), b"x") == "refused"
+        assert _mqtt_publish(node.port, "bed-03", password("bed-03"), topic_for("bed-03"), b"x") == "refused"
+        hub_password = (tmp_path / "conf" / "hub.password").read_text().strip()
+        worker = pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", node.amqp_port, credentials=pika.PlainCredentials("linkseal-hub", hub_password)))
+        try:
+            channel = worker.channel()
+            queued = sum(channel.queue_declare(f"linkseal.partition.{i}", passive=True).method.message_count
+                         for i in range(2))
+            assert queued == 1  # bed-01's own record, and only that
+            channel.basic_publish("amq.topic", "linkseal.v1.bed-02.rec", b"forged by a worker")
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="ACCESS_REFUSED"):
+                channel.queue_declare("linkseal.partition.0", passive=True)  # the broker closed it for the publish
+        finally:
+            worker.close()
+    finally:
+        node.stop()

@@ -26,7 +26,8 @@ class RabbitMQ:
     """A single RabbitMQ node with rabbitmq_mqtt: own node name, AMQP, MQTT, distribution and
     epmd ports, Erlang cookie, HOME, mnesia, logs and enabled-plugins file."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, anonymous: bool = True):
+        """anonymous: MQTT clients without a login are let in as guest (else they must log in)."""
         _require(RABBITMQ_BIN / "rabbitmq-server", "rabbitmq-server")
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -36,8 +37,9 @@ class RabbitMQ:
         (self.dir / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = 127.0.0.1:{amqp}\n"
             f"mqtt.listeners.tcp.default = 127.0.0.1:{self.port}\n"
-            "mqtt.allow_anonymous = true\n"  # as guest, which RabbitMQ allows from loopback only
-            "mqtt.default_user = guest\nmqtt.default_pass = guest\n"
+            + ("mqtt.allow_anonymous = true\n"  # as guest, which RabbitMQ allows from loopback only
+               "mqtt.default_user = guest\nmqtt.default_pass = guest\n" if anonymous else
+               "mqtt.allow_anonymous = false\n") +
             "management.tcp.port = 0\nloopback_users = none\n")
         (self.dir / "enabled_plugins").write_text("[rabbitmq_mqtt,rabbitmq_consistent_hash_exchange].\n")
         cookie = self.dir / ".erlang.cookie"
@@ -68,6 +70,13 @@ class RabbitMQ:
                  "RabbitMQ's MQTT and AMQP listeners")
         assert self.process.poll() is None, self._log_tail()
         return self
+
+    def ctl(self, *args) -> str:
+        """rabbitmqctl against this node; raises with its output when it fails."""
+        result = subprocess.run([str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, *map(str, args)], env=self.env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
 
     def stop(self):
         """A clean shutdown: durable queues and persistent messages survive it."""

@@ -32,13 +32,17 @@ import threading
 import time
 from urllib.parse import unquote, urlsplit
 
+from hub.core.partitions import (
+    HASH_EXCHANGE,
+    PARTITION_QUEUE,
+    RECORD_KEY,
+    STATUS_HEADER,
+    STATUS_KEY,
+    STATUS_QUEUE,
+    topic_of,
+)
 from hub.service.config import ConfigError
 
-HASH_EXCHANGE = "linkseal.partitions"
-PARTITION_QUEUE = "linkseal.partition.{}"
-STATUS_QUEUE = "linkseal.status"
-RECORD_KEY, STATUS_KEY = "linkseal.v1.*.rec", "linkseal.v1.*.status"
-STATUS_HEADER = "linkseal-status"
 # Binding weight of every queue on the consistent-hash ring: weight "1" spread devices
 # 2k/5k/3k/10k over 4 queues when measured; more points per queue even that out.
 BINDING_WEIGHT = "100"
@@ -90,7 +94,11 @@ def declare(parameters, partitions: int) -> str:
     """Declare the topology, idempotently; refuses to change the number of partitions."""
     import pika
 
-    connection = pika.BlockingConnection(parameters)
+    try:
+        connection = pika.BlockingConnection(parameters)
+    except pika.exceptions.AMQPError as exc:
+        raise ConfigError(f"--broker amqp://{parameters.host}:{parameters.port}: cannot connect "
+                          f"({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})") from None
     try:
         existing = count_partitions(connection)
         if existing and existing != partitions:
@@ -114,12 +122,6 @@ def declare(parameters, partitions: int) -> str:
     return (f"{partitions} partitions: quorum queues {PARTITION_QUEUE.format(0)}..{PARTITION_QUEUE.format(partitions - 1)}"
             f" (single active consumer) behind the consistent-hash exchange {HASH_EXCHANGE}; status messages via "
             f"{STATUS_QUEUE}")
-
-
-def topic_of(routing_key: str, status: bool) -> str:
-    """The MQTT topic a routing key came from: the MQTT plugin swaps '/' and '.'."""
-    topic = routing_key.translate(str.maketrans("./", "/."))
-    return topic[: -len("/rec")] + "/status" if status else topic
 
 
 class _Partition:
