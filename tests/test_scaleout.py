@@ -16,8 +16,9 @@ import pytest
 
 from agent import Sealer, topic_for
 from agent import frame as wire
+from hub.keys.keyfile import write_private_json
 from hub.service.capture import encode_line
-from tools.brokers import RabbitMQ
+from tools.brokers import RabbitMQ, RabbitMQCluster
 from tools.services import LINKSEAL, publish, wait_for
 
 PARTITIONS = 4
@@ -250,3 +251,88 @@ def test_broker_accounts_let_devices_write_only_their_own_topics_and_workers_onl
             worker.close()
     finally:
         node.stop()
+
+
+def publish_with_failover(ports, messages, start=0):
+    """QoS 1 through whichever node answers, as a device would: every message the broker did not
+    acknowledge is sent again through the next node. Returns the nodes used."""
+    import paho.mqtt.client as mqtt
+
+    pending, node, used = dict(enumerate(messages)), start, []
+    while pending:
+        port = ports[node % len(ports)]
+        node += 1
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"dev-{time.monotonic_ns()}")
+        client.max_inflight_messages_set(100)
+        connected, gone, acked = threading.Event(), threading.Event(), set()
+        client.on_connect = lambda *args: connected.set()
+        client.on_disconnect = lambda *args: gone.set()
+        client.on_publish = lambda client, userdata, mid, *rest: acked.add(mid)
+        try:
+            client.connect("127.0.0.1", port)
+        except OSError:
+            continue  # that node is down
+        client.loop_start()
+        try:
+            wait_for(lambda: connected.is_set() or gone.is_set(), 30, "a CONNACK")
+            mids = {client.publish(topic, payload, qos=1).mid: i for i, (topic, payload) in sorted(pending.items())}
+            wait_for(lambda: gone.is_set() or len(acked) >= len(mids), 60, "acknowledgements or a lost connection")
+            for mid in acked & set(mids):
+                del pending[mids[mid]]
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        used.append(port)
+    return used
+
+
+def test_a_three_node_cluster_loses_a_leader_node_and_a_worker_and_keeps_every_acknowledged_record_once(
+        tmp_path, keys, postgres):
+    cluster = RabbitMQCluster(tmp_path / "cluster").start()
+    workers = Workers(tmp_path, cluster, keys.path, postgres.url)
+    try:
+        assert linkseal("hub", "topology", "--broker", cluster.amqp_url, "--partitions", PARTITIONS).returncode == 0
+        leaders = cluster.nodes[0].ctl("list_queues", "name", "leader", "members", "--formatter", "json")
+        queues = {q["name"]: q for q in json.loads(leaders)}
+        assert all(len(queues[f"linkseal.partition.{i}"]["members"]) == 3 for i in range(PARTITIONS))
+        victim = next(n for n in cluster.nodes if n.node == queues["linkseal.partition.0"]["leader"])
+        survivor = next(n for n in cluster.nodes if n is not victim)
+        ports = [n.port for n in cluster.nodes]
+        messages = _traffic(keys, devices=16, frames_per_device=60)[: 16 * 60]
+        config = tmp_path / "gateway.json"  # a Linux agent's, provisioned before the workers read the key file
+        write_private_json(config, keys.provision("gateway-1", "rs485"))
+        workers.start("a")
+        workers.start("b")
+        publish_with_failover(ports, messages[:320])
+        victim.kill()  # kill -9 of the node leading partition 0 (and its MQTT clients' connections)
+        publish_with_failover(ports, messages[320:640], start=ports.index(survivor.port))
+        victim.start()  # it comes back and rejoins
+        owner = postgres.query("SELECT owner FROM linkseal_partitions WHERE partition = 0")[0][0]
+        os.kill(int(owner.rsplit(":", 1)[1]), signal.SIGKILL)  # kill -9 of partition 0's active worker
+        # A Linux agent through the MQTT plugin too: its status messages take the re-route.
+        source = tmp_path / "readings.log"
+        source.write_text("".join(f"reading {i}\n" for i in range(200)))
+        agent = subprocess.run([str(LINKSEAL), "agent", "run", "--config", config, "--broker", survivor.url,
+                                "--username", "guest", "--source", source, "--state-dir", tmp_path / "agent",
+                                "--heartbeat", "0.2"], capture_output=True, text=True, timeout=120,
+                               env={**os.environ, "LINKSEAL_MQTT_PASSWORD": "guest"})  # this node's only account
+        assert agent.returncode == 0, agent.stderr
+        publish_with_failover(ports, messages[640:])
+        workers.start("c")
+        total = len(messages) + 200
+        wait_for(lambda: postgres.query("SELECT COUNT(*) FROM linkseal_records")[0][0] >= total, 120,
+                 "every acknowledged record in PostgreSQL")
+        wait_for(lambda: (_report(postgres.url)["devices"].get("gateway-1") or {}).get("status"), 60,
+                 "the agent's status, re-routed into its partition")
+    finally:
+        workers.stop()
+        cluster.stop()
+    rows = postgres.query("SELECT device, epoch, seq FROM linkseal_records")
+    assert len(rows) == len(set(rows)) == total  # every acknowledged record, exactly once
+    report = _report(postgres.url)
+    for i in range(16):
+        device = report["devices"][f"bed-{i:02d}"]
+        assert (device["valid"], device["lost"]) == (60, 0), device
+    gateway = report["devices"]["gateway-1"]
+    assert (gateway["valid"], gateway["lost"], gateway["status"]["epoch"]) == (200, 0, 1), gateway
+    assert sorted(seq for device, _, seq in rows if device == "gateway-1") == list(range(200))

@@ -26,12 +26,15 @@ class RabbitMQ:
     """A single RabbitMQ node with rabbitmq_mqtt: own node name, AMQP, MQTT, distribution and
     epmd ports, Erlang cookie, HOME, mnesia, logs and enabled-plugins file."""
 
-    def __init__(self, directory: Path, anonymous: bool = True):
-        """anonymous: MQTT clients without a login are let in as guest (else they must log in)."""
+    def __init__(self, directory: Path, anonymous: bool = True, epmd_port: int | None = None,
+                 cookie: str | None = None):
+        """anonymous: MQTT clients without a login are let in as guest (else they must log in).
+        epmd_port, cookie: shared by the nodes of one cluster (RabbitMQCluster)."""
         _require(RABBITMQ_BIN / "rabbitmq-server", "rabbitmq-server")
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port, amqp, dist, epmd = free_port(), free_port(), free_port(), free_port()
+        self.port, amqp, dist = free_port(), free_port(), free_port()
+        epmd = epmd_port or free_port()
         self.amqp_port = amqp
         self.node = f"linkseal-test-{self.port}@localhost"
         (self.dir / "rabbitmq.conf").write_text(
@@ -42,10 +45,10 @@ class RabbitMQ:
                "mqtt.allow_anonymous = false\n") +
             "management.tcp.port = 0\nloopback_users = none\n")
         (self.dir / "enabled_plugins").write_text("[rabbitmq_mqtt,rabbitmq_consistent_hash_exchange].\n")
-        cookie = self.dir / ".erlang.cookie"
-        if not cookie.exists():
-            cookie.write_text(os.urandom(16).hex())
-            cookie.chmod(0o400)
+        cookie_file = self.dir / ".erlang.cookie"
+        if not cookie_file.exists():
+            cookie_file.write_text(cookie or os.urandom(16).hex())
+            cookie_file.chmod(0o400)
         self.env = {**os.environ, "HOME": str(self.dir), "RABBITMQ_NODENAME": self.node,
                     "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(amqp),
                     "RABBITMQ_DIST_PORT": str(dist), "ERL_EPMD_PORT": str(epmd),
@@ -64,8 +67,14 @@ class RabbitMQ:
         return f"amqp://127.0.0.1:{self.amqp_port}"
 
     def start(self):
+        self.launch()
+        return self.wait_listening()
+
+    def launch(self):
         self.process = subprocess.Popen([str(RABBITMQ_BIN / "rabbitmq-server")], env=self.env, cwd=self.dir,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_listening(self):
         wait_for(lambda: (port_open(self.port) and port_open(self.amqp_port)) or self.process.poll() is not None, 90,
                  "RabbitMQ's MQTT and AMQP listeners")
         assert self.process.poll() is None, self._log_tail()
@@ -101,6 +110,39 @@ class RabbitMQ:
     def _log_tail(self):
         log = self.dir / "rabbit.log"
         return log.read_text()[-3000:] if log.exists() else "(no log)"
+
+
+class RabbitMQCluster:
+    """RabbitMQ nodes of the tests' own, clustered: each with its own ports, data directory and
+    node name, sharing one private epmd port and Erlang cookie (never the machine's)."""
+
+    def __init__(self, directory: Path, size: int = 3):
+        epmd, cookie = free_port(), os.urandom(16).hex()
+        self.nodes = [RabbitMQ(Path(directory) / f"node{i}", epmd_port=epmd, cookie=cookie) for i in range(size)]
+
+    @property
+    def amqp_url(self):
+        """Every node, for a client that fails over: amqp://HOST:PORT,HOST:PORT,..."""
+        return "amqp://" + ",".join(f"127.0.0.1:{node.amqp_port}" for node in self.nodes)
+
+    def start(self):
+        for node in self.nodes:  # all at once: each takes several seconds to boot
+            node.launch()
+        for node in self.nodes:
+            node.wait_listening()
+        first = self.nodes[0]
+        for node in self.nodes[1:]:
+            node.ctl("stop_app")
+            node.ctl("join_cluster", first.node)
+            node.ctl("start_app")
+            node.wait_listening()
+        wait_for(lambda: all(n.node in first.ctl("cluster_status", "--formatter", "json") for n in self.nodes), 60,
+                 "every node to run in the cluster")
+        return self
+
+    def stop(self):
+        for node in reversed(self.nodes):
+            node.stop()
 
 
 class Nats:

@@ -50,24 +50,31 @@ MAX_PARTITIONS = 1024
 BEAT_S = 2.0  # how often a worker says it is alive; it counts as gone after 3 beats of silence
 
 
-def amqp_parameters(url: str, username=None, password=None, option="--broker"):
-    """pika connection parameters for amqp://HOST:PORT[/VHOST] (credentials from the options)."""
+def amqp_parameters(url: str, username=None, password=None, option="--broker") -> list:
+    """pika connection parameters for amqp://HOST:PORT[,HOST:PORT...][/VHOST]: one per node of a
+    cluster, tried in turn (credentials come from the options, never the URL)."""
     import pika
 
     parts = urlsplit(url)
-    if parts.scheme != "amqp" or not parts.hostname:
-        raise ConfigError(f"{option} {url!r}: expected amqp://HOST:PORT[/VHOST]")
-    if parts.username or parts.password:
+    if parts.scheme != "amqp" or not parts.netloc:
+        raise ConfigError(f"{option} {url!r}: expected amqp://HOST:PORT[,HOST:PORT...][/VHOST]")
+    if "@" in parts.netloc:
         raise ConfigError(f"{option}: put the user name in --username and the password in LINKSEAL_MQTT_PASSWORD or "
                           "--password-file, not in the URL")
-    try:
-        port = parts.port or 5672
-    except ValueError:
-        raise ConfigError(f"{option} {url!r}: the port is not a number in 1..65535") from None
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
     credentials = pika.PlainCredentials(username or "guest", password if password is not None else "guest")
-    return pika.ConnectionParameters(parts.hostname, port, vhost, credentials, heartbeat=10,
-                                     blocked_connection_timeout=30, connection_attempts=1)
+    nodes = []
+    for node in parts.netloc.split(","):
+        host, _, port = node.rpartition(":") if ":" in node else (node, "", "5672")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{option} {url!r}: {node!r} is not HOST:PORT with a port in 1..65535")
+        nodes.append(pika.ConnectionParameters(host, int(port), vhost, credentials, heartbeat=10,
+                                               blocked_connection_timeout=30, connection_attempts=1))
+    return nodes
+
+
+def _where(parameters) -> str:
+    return ",".join(f"{p.host}:{p.port}" for p in parameters)
 
 
 def _queue_exists(connection, name: str) -> bool:
@@ -97,7 +104,7 @@ def declare(parameters, partitions: int) -> str:
     try:
         connection = pika.BlockingConnection(parameters)
     except pika.exceptions.AMQPError as exc:
-        raise ConfigError(f"--broker amqp://{parameters.host}:{parameters.port}: cannot connect "
+        raise ConfigError(f"--broker amqp://{_where(parameters)}: cannot connect "
                           f"({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})") from None
     try:
         existing = count_partitions(connection)
@@ -176,7 +183,7 @@ class Worker:
                 self._serve(pika.BlockingConnection(self.parameters))
             except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError, OSError) as exc:
                 self._drop_all()
-                self.log("broker_unreachable", broker=f"{self.parameters.host}:{self.parameters.port}",
+                self.log("broker_unreachable", broker=_where(self.parameters),
                          error=str(exc) or type(exc).__name__)
                 self.stopping.wait(1.0)
         self._drop_all()
@@ -195,7 +202,7 @@ class Worker:
             status_channel.confirm_delivery()
             status_channel.basic_qos(prefetch_count=100)
             status_channel.basic_consume(STATUS_QUEUE, self._on_status, auto_ack=False)
-            self.log("connected", broker=f"{self.parameters.host}:{self.parameters.port}", partitions=count,
+            self.log("connected", broker=_where(self.parameters), partitions=count,
                      owner=self.owner)
             next_beat = 0.0
             while not self.stopping.is_set():
