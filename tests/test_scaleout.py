@@ -336,3 +336,44 @@ def test_a_three_node_cluster_loses_a_leader_node_and_a_worker_and_keeps_every_a
     gateway = report["devices"]["gateway-1"]
     assert (gateway["valid"], gateway["lost"], gateway["status"]["epoch"]) == (200, 0, 1), gateway
     assert sorted(seq for device, _, seq in rows if device == "gateway-1") == list(range(200))
+
+
+def test_repartitioning_after_a_drain_keeps_each_device_state(tmp_path, rabbit, keys, postgres):
+    """2 partitions, then 3: every device's window follows it, so a frame accepted before the
+    change is not accepted again after it, and loss accounting carries on."""
+    import pika
+
+    admin = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", rabbit.amqp_port))
+    channel = admin.channel()
+    for index in range(PARTITIONS):  # the module's other tests declared 4 on this node
+        channel.queue_delete(f"linkseal.partition.{index}")
+    assert linkseal("hub", "topology", "--broker", rabbit.amqp_url, "--partitions", 2).returncode == 0
+    messages = _traffic(keys, devices=12, frames_per_device=30)[: 12 * 30]
+    workers = Workers(tmp_path, rabbit, keys.path, postgres.url)
+    worker = workers.start("before")
+    publish(rabbit.port, messages[: 12 * 20])
+    wait_for(lambda: postgres.query("SELECT COUNT(*) FROM linkseal_records")[0][0] >= 12 * 20, 60, "the first part")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    for index in range(2):
+        assert channel.queue_declare(f"linkseal.partition.{index}", passive=True).method.message_count == 0
+        channel.queue_delete(f"linkseal.partition.{index}")
+    admin.close()
+    assert linkseal("hub", "topology", "--broker", rabbit.amqp_url, "--partitions", 3).returncode == 0
+    workers.start("after")
+    try:
+        # Frames 0-9 of every device again (a replay), then the rest with 20-24 missing.
+        publish(rabbit.port, messages[: 12 * 10] + messages[12 * 25 :])
+        wait_for(lambda: _report(postgres.url)["links"].get("wifi", {}).get("received", 0) >= 12 * 35, 60,
+                 "the second part")
+    finally:
+        workers.stop()
+    adopted = {e["device"] for e in workers.events("after") if e["event"] == "device_adopted"}
+    moved = {device for (device,) in postgres.query("SELECT device FROM linkseal_devices WHERE partition = 2")}
+    assert moved and moved <= adopted  # devices now in the new partition took their state along
+    report = _report(postgres.url)
+    for i in range(12):
+        device = report["devices"][f"bed-{i:02d}"]
+        assert (device["valid"], device["duplicate"], device["lost"]) == (25, 10, 5), device
+    rows = postgres.query("SELECT device, epoch, seq FROM linkseal_records")
+    assert len(rows) == len(set(rows)) == 12 * 25

@@ -110,10 +110,10 @@ def declare(parameters, partitions: int) -> str:
         existing = count_partitions(connection)
         if existing and existing != partitions:
             raise ConfigError(
-                f"--partitions {partitions}: the broker already has {existing} partitions; changing the number moves "
-                "devices to other partitions while their state stays behind. Stop the devices' traffic, let the "
-                "workers drain every queue, delete the linkseal.partition.* queues, then declare again "
-                "(docs/scale-out.md)")
+                f"--partitions {partitions}: the broker already has {existing} partitions; changing the number under "
+                "traffic would let two workers hold one device. Stop the devices' traffic, let the workers drain "
+                "every queue, stop them, delete the linkseal.partition.* queues, then declare again: each device's "
+                "state follows it to its new partition (docs/scale-out.md)")
         channel = connection.channel()
         channel.exchange_declare(HASH_EXCHANGE, "x-consistent-hash", durable=True)
         channel.exchange_bind(HASH_EXCHANGE, "amq.topic", RECORD_KEY)
@@ -134,8 +134,9 @@ def declare(parameters, partitions: int) -> str:
 class _Partition:
     """A partition this worker is the active consumer of: its hub, and the deliveries not yet acknowledged."""
 
-    def __init__(self, index, channel, storage, ingest):
+    def __init__(self, index, channel, storage, ingest, devices):
         self.index, self.channel, self.storage, self.ingest = index, channel, storage, ingest
+        self.devices = devices  # device ids whose state this partition has (loaded, or looked up)
         self.last_tag = None
         self.oldest = None  # monotonic time of the oldest unacknowledged delivery
 
@@ -250,7 +251,11 @@ class Worker:
     def _on_record(self, index, channel, method, properties, body) -> None:
         partition = self.partitions.get(index) or self._take(index, channel)
         status = bool(properties.headers and properties.headers.get(STATUS_HEADER))
-        partition.ingest.handle(topic_of(method.routing_key, status), body, time.time(), method.redelivered)
+        topic = topic_of(method.routing_key, status)
+        device = topic.split("/")[2] if topic.count("/") == 3 else None
+        if device is not None and device not in partition.devices:
+            self._adopt(partition, device)
+        partition.ingest.handle(topic, body, time.time(), method.redelivered)
         partition.last_tag = method.delivery_tag
         if partition.oldest is None:
             partition.oldest = time.monotonic()
@@ -266,10 +271,27 @@ class Worker:
 
         token = claim(self.db_url, index, self.owner)
         storage = PartitionStorage(self.db_url, index, token)
-        partition = _Partition(index, channel, storage, Ingest(self.make_verifier(), storage))
+        stored = storage.load()
+        ingest = Ingest(self.make_verifier(), storage, stored=stored)
+        partition = _Partition(index, channel, storage, ingest, {device for device, _ in stored.devices})
         self.partitions[index] = partition
         self.log("partition_taken", partition=index, token=token, owner=self.owner)
         return partition
+
+    def _adopt(self, partition, device) -> None:
+        """A device first seen in this partition: after a re-partitioning its state (window,
+        counters, status) is still under its old partition; take it, so nothing it sent before
+        is accepted again."""
+        elsewhere = partition.storage.device_elsewhere(device)
+        partition.devices.add(device)
+        if elsewhere is not None:
+            state, status = elsewhere
+            verifier = partition.ingest.verifier
+            if verifier.restore_device(device, state):
+                if status is not None:
+                    verifier.restore_status(device, status)
+                partition.ingest.touch(device)  # its row moves to this partition with the next commit
+                self.log("device_adopted", device=device, partition=partition.index)
 
     def _commit_due(self, force: bool = False) -> None:
         now = time.monotonic()

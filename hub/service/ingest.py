@@ -14,12 +14,13 @@ _ZERO = bytes(8 * LINK_SLOTS)
 
 
 class Ingest:
-    def __init__(self, verifier: Verifier, storage: Storage, on_verdict=None):
-        """on_verdict(verdict): called for every message handled (the simulator collects them)."""
+    def __init__(self, verifier: Verifier, storage: Storage, on_verdict=None, stored=None):
+        """on_verdict(verdict): called for every message handled (the simulator collects them);
+        stored: what storage.load() returned, when the caller has loaded it already."""
         self.verifier = verifier
         self.storage = storage
         self.on_verdict = on_verdict
-        stored = storage.load()
+        stored = stored if stored is not None else storage.load()
         for device, state in stored.devices:
             verifier.restore_device(device, state)
         for link, state in stored.links:
@@ -82,6 +83,10 @@ class Ingest:
                 self._counts.append((minute, "hub", "", "unknown_device",
                                      verifier.unknown_device - self._unknown_before))
         self._start_minute()
+
+    def touch(self, device: str) -> None:
+        """Write this device's state with the next commit (its state came from elsewhere)."""
+        self._touched.add(device)
 
     def commit(self) -> None:
         """Write everything handled since the last commit in one transaction. When storage

@@ -132,6 +132,15 @@ class PartitionStorage:
         return Stored([(d, bytes(s)) for d, s in devices], [(n, bytes(s)) for n, s in links], row[0] if row else 0,
                       statuses)
 
+    def device_elsewhere(self, device: str):
+        """(state, status JSON or None) of a device stored under another partition (the
+        topology was re-partitioned), or None: its state moves here with the next commit."""
+        with self.conn.transaction():
+            row = self.conn.execute("SELECT d.state, s.status FROM linkseal_devices d LEFT JOIN linkseal_statuses s "
+                                    "ON s.device = d.device WHERE d.device = %s AND d.partition != %s",
+                                    (device, self.partition)).fetchone()
+        return None if row is None else (bytes(row[0]), row[1])
+
     def commit(self, batch: Batch) -> None:
         conn, p = self.conn, self.partition
         last_id, last_hash = self._last_id, self._last_hash
