@@ -216,7 +216,8 @@ def _run_worker(args):
     log = EventLog(json_lines=args.log_json or settings.log_json)
     devices = open_keyfile(args).device_keys()  # read once, before anything is consumed
     names = {code: link.name for code, link in links_by_code().items()}
-    worker = Worker(parameters, args.db, lambda: Verifier(devices, names, settings.rate_limits), settings, log)
+    worker = Worker(parameters, args.db, lambda keys: Verifier(keys, names, settings.rate_limits), devices, settings,
+                    log, load_devices=lambda: open_keyfile(args).device_keys())
     if args.metrics:
         from hub.service.metrics import serve_worker_metrics
 
@@ -227,6 +228,7 @@ def _run_worker(args):
         log("metrics", address=address)
     signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stopping.set())
+    signal.signal(signal.SIGHUP, lambda *_: worker.reload.set())  # the key file again
     return worker.run()
 
 

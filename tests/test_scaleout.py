@@ -31,6 +31,22 @@ def rabbit(tmp_path_factory):
     node.stop()
 
 
+def fresh_topology(rabbit, partitions):
+    """The module's node with only this test's queues: earlier tests' queues deleted, then declared."""
+    import pika
+
+    admin = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", rabbit.amqp_port))
+    try:
+        channel = admin.channel()
+        for name in [f"linkseal.partition.{i}" for i in range(8)] + ["linkseal.status"]:
+            channel.queue_delete(name)
+    finally:
+        admin.close()
+    declared = linkseal("hub", "topology", "--broker", rabbit.amqp_url, "--partitions", partitions)
+    assert declared.returncode == 0, declared.stderr
+    return declared
+
+
 def linkseal(*args, env=None):
     return subprocess.run([str(LINKSEAL), *map(str, args)], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {})})
@@ -66,8 +82,7 @@ class Workers:
 
 
 def test_topology_is_idempotent_and_refuses_another_partition_count(rabbit):
-    first = linkseal("hub", "topology", "--broker", rabbit.amqp_url, "--partitions", PARTITIONS)
-    assert first.returncode == 0, first.stderr
+    first = fresh_topology(rabbit, PARTITIONS)
     again = linkseal("hub", "topology", "--broker", rabbit.amqp_url, "--partitions", PARTITIONS)
     assert again.returncode == 0 and again.stdout == first.stdout
     other = linkseal("hub", "topology", "--broker", rabbit.amqp_url, "--partitions", PARTITIONS + 2)
@@ -95,7 +110,7 @@ def _traffic(keys, devices, frames_per_device):
 
 def test_two_workers_share_the_fleet_survive_a_kill_and_a_crash_after_commit_and_report_like_one_hub(
         tmp_path, rabbit, keys, postgres):
-    assert linkseal("hub", "topology", "--broker", rabbit.amqp_url, "--partitions", PARTITIONS).returncode == 0
+    fresh_topology(rabbit, PARTITIONS)
     messages = _traffic(keys, devices=24, frames_per_device=60)
     workers = Workers(tmp_path, rabbit, keys.path, postgres.url)
     try:
@@ -150,7 +165,7 @@ def _report(url):
 def test_a_second_worker_gets_its_share_of_the_partitions_and_says_so_in_its_metrics(tmp_path, rabbit, keys, postgres):
     """Single active consumer makes the first worker active on every queue; the first hands
     partitions back until each holds ceil(4 / 2) = 2."""
-    assert linkseal("hub", "topology", "--broker", rabbit.amqp_url, "--partitions", PARTITIONS).returncode == 0
+    fresh_topology(rabbit, PARTITIONS)
     messages = _traffic(keys, devices=24, frames_per_device=40)[: 24 * 40]
     workers = Workers(tmp_path, rabbit, keys.path, postgres.url)
     taken = lambda name: {e["partition"] for e in workers.events(name) if e["event"] == "partition_taken"}  # noqa: E731
@@ -338,16 +353,30 @@ def test_a_three_node_cluster_loses_a_leader_node_and_a_worker_and_keeps_every_a
     assert sorted(seq for device, _, seq in rows if device == "gateway-1") == list(range(200))
 
 
+def test_a_worker_reloads_the_key_file_on_sighup(tmp_path, rabbit, keys, postgres):
+    fresh_topology(rabbit, PARTITIONS)
+    workers = Workers(tmp_path, rabbit, keys.path, postgres.url)
+    worker = workers.start("w")
+    try:
+        late = Sealer("late-01", bytes.fromhex(keys.provision("late-01", "lora")["key"]))  # after the worker started
+        worker.send_signal(signal.SIGHUP)
+        wait_for(lambda: any(e["event"] == "keys_reloaded" for e in workers.events("w")), 30, "the reload")
+        publish(rabbit.port, [(topic_for("late-01"), late.seal(b"r")) for _ in range(3)])
+        wait_for(lambda: (_report(postgres.url)["devices"].get("late-01") or {}).get("valid") == 3, 30,
+                 "the new device's records")
+    finally:
+        workers.stop()
+    assert _report(postgres.url)["unknown_device"] == 0
+
+
 def test_repartitioning_after_a_drain_keeps_each_device_state(tmp_path, rabbit, keys, postgres):
     """2 partitions, then 3: every device's window follows it, so a frame accepted before the
     change is not accepted again after it, and loss accounting carries on."""
     import pika
 
+    fresh_topology(rabbit, 2)
     admin = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", rabbit.amqp_port))
     channel = admin.channel()
-    for index in range(PARTITIONS):  # the module's other tests declared 4 on this node
-        channel.queue_delete(f"linkseal.partition.{index}")
-    assert linkseal("hub", "topology", "--broker", rabbit.amqp_url, "--partitions", 2).returncode == 0
     messages = _traffic(keys, devices=12, frames_per_device=30)[: 12 * 30]
     workers = Workers(tmp_path, rabbit, keys.path, postgres.url)
     worker = workers.start("before")

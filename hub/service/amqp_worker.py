@@ -142,12 +142,16 @@ class _Partition:
 
 
 class Worker:
-    def __init__(self, parameters, db_url: str, make_verifier, settings, log, owner: str | None = None,
-                 commit_interval: float = 0.1):
-        """make_verifier(): a fresh Verifier with the key file's devices (one per partition)."""
+    def __init__(self, parameters, db_url: str, new_verifier, devices, settings, log, load_devices=None,
+                 owner: str | None = None, commit_interval: float = 0.1):
+        """new_verifier(devices): a fresh Verifier (one per partition) for the key file's devices;
+        load_devices(): the key file's devices again, for SIGHUP reloads."""
         self.parameters = parameters
         self.db_url = db_url
-        self.make_verifier = make_verifier
+        self.new_verifier = new_verifier
+        self.devices = devices
+        self.load_devices = load_devices
+        self.reload = threading.Event()
         self.settings = settings
         self.log = log
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
@@ -209,6 +213,8 @@ class Worker:
             while not self.stopping.is_set():
                 connection.process_data_events(time_limit=self.commit_interval / 2)
                 self._commit_due()
+                if self.reload.is_set():
+                    self._reload_keys()
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + BEAT_S
                     self._balance(count)
@@ -272,11 +278,24 @@ class Worker:
         token = claim(self.db_url, index, self.owner)
         storage = PartitionStorage(self.db_url, index, token)
         stored = storage.load()
-        ingest = Ingest(self.make_verifier(), storage, stored=stored)
+        ingest = Ingest(self.new_verifier(self.devices), storage, stored=stored)
         partition = _Partition(index, channel, storage, ingest, {device for device, _ in stored.devices})
         self.partitions[index] = partition
         self.log("partition_taken", partition=index, token=token, owner=self.owner)
         return partition
+
+    def _reload_keys(self) -> None:
+        """SIGHUP: the key file again (rotations, revocations, new devices), for every partition."""
+        self.reload.clear()
+        try:
+            devices = self.load_devices()
+        except Exception as exc:  # a bad key file must not stop a running worker: keep the old one
+            self.log("keys_reload_failed", error=str(exc))
+            return
+        self.devices = devices
+        for partition in self.partitions.values():
+            partition.ingest.verifier.update_devices(devices)
+        self.log("keys_reloaded", devices=len(devices), revoked=sum(d.revoked for d in devices))
 
     def _adopt(self, partition, device) -> None:
         """A device first seen in this partition: after a re-partitioning its state (window,
