@@ -153,7 +153,15 @@ def test_two_workers_share_the_fleet_survive_a_kill_and_a_crash_after_commit_and
     taken = [e for name in ("a", "b", "c") for e in workers.events(name) if e["event"] == "partition_taken"]
     assert {e["partition"] for e in taken} == set(range(PARTITIONS))
     audit = linkseal("hub", "audit", "--db", postgres.url)
-    assert audit.returncode == 0 and "hash chain intact" in audit.stdout
+    assert audit.returncode == 0 and "hash chain intact" in audit.stdout and "counts" in audit.stdout, audit.stdout
+    # Someone hides the forgery from the counters, and edits a device's state behind the hub's back.
+    postgres.execute("UPDATE linkseal_counts SET value = value - 1 WHERE scope = 'link' AND counter = 'forged'")
+    postgres.execute("DELETE FROM linkseal_records WHERE device = 'bed-03' AND seq = 7")
+    postgres.execute("UPDATE linkseal_events SET reason = 'nothing happened'")
+    audit = linkseal("hub", "audit", "--db", postgres.url)
+    assert audit.returncode == 1, audit.stdout
+    assert "link wifi: forged differ" in audit.stdout and "device bed-03: 59 stored records for 60" in audit.stdout
+    assert "contents were changed" in audit.stdout
 
 
 def _report(url):

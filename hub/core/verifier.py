@@ -477,18 +477,23 @@ class Verifier:
         return (self._DEVICE_HEAD.pack(self._FORMAT, dev.link, len(windows)) + dev.counters.tobytes()
                 + b"".join(w.to_bytes() for w in windows))
 
+    @classmethod
+    def stored_counters(cls, device_id: str, data: bytes):
+        """(counter array, offset of the windows) of a stored device state."""
+        version = data[0]
+        if version not in cls._FORMAT_SLOTS:
+            raise ValueError(f"device {device_id}: stored state has unknown format {version}")
+        offset = cls._DEVICE_HEAD.size
+        size = 8 * cls._FORMAT_SLOTS[version]
+        return counters_from(data[offset : offset + size]), offset + size
+
     def restore_device(self, device_id: str, data: bytes) -> bool:
         """Load a stored state; False (and nothing changed) for a device no longer in the key file."""
         dev = self._devices.get(_record_topic(device_id))
         if dev is None:
             return False
         version, link, count = self._DEVICE_HEAD.unpack_from(data)
-        if version not in self._FORMAT_SLOTS:
-            raise ValueError(f"device {device_id}: stored state has unknown format {version}")
-        offset = self._DEVICE_HEAD.size
-        size = 8 * self._FORMAT_SLOTS[version]
-        counters = counters_from(data[offset : offset + size])
-        offset += size
+        counters, offset = self.stored_counters(device_id, data)
         windows = []
         for _ in range(count):
             window, offset = EpochWindow.from_bytes(data, offset, old_ring=version < 4)
