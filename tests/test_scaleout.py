@@ -136,6 +136,11 @@ def test_two_workers_share_the_fleet_survive_a_kill_and_a_crash_after_commit_and
     assert len(rows) == len(set(rows)) == valid  # each record exactly once
     for i in range(24):
         assert [seq for device, _, seq in rows if device == f"bed-{i:02d}"] == list(range(60))
+    # Each device's records were accepted in order, across the crash and the kill.
+    for i in range(24):
+        accepted = [seq for (seq,) in postgres.query("SELECT seq FROM linkseal_records WHERE device = %s "
+                                                     "ORDER BY verified_at, seq", (f"bed-{i:02d}",))]
+        assert accepted == sorted(accepted), f"bed-{i:02d}"
     # The same frames through offline `hub verify`: the counters agree.
     capture = tmp_path / "capture.jsonl"
     capture.write_text("".join(encode_line(time.time(), topic, payload) + "\n" for topic, payload in messages))
@@ -324,7 +329,7 @@ def test_a_three_node_cluster_loses_a_leader_node_and_a_worker_and_keeps_every_a
         messages = _traffic(keys, devices=16, frames_per_device=60)[: 16 * 60]
         config = tmp_path / "gateway.json"  # a Linux agent's, provisioned before the workers read the key file
         write_private_json(config, keys.provision("gateway-1", "rs485"))
-        workers.start("a")
+        workers.start("a", env={"LINKSEAL_FAULT_EXIT_AFTER_COMMITS": "4"})  # exits after a commit, before its ack
         workers.start("b")
         publish_with_failover(ports, messages[:320])
         victim.kill()  # kill -9 of the node leading partition 0 (and its MQTT clients' connections)
@@ -358,6 +363,8 @@ def test_a_three_node_cluster_loses_a_leader_node_and_a_worker_and_keeps_every_a
         assert (device["valid"], device["lost"]) == (60, 0), device
     gateway = report["devices"]["gateway-1"]
     assert (gateway["valid"], gateway["lost"], gateway["status"]["epoch"]) == (200, 0, 1), gateway
+    assert any(e["event"] == "fault_injected" for e in workers.events("a"))
+    assert report["links"]["wifi"]["redelivered"] >= 1  # the batch committed before the crash came again
     assert sorted(seq for device, _, seq in rows if device == "gateway-1") == list(range(200))
 
 
