@@ -374,7 +374,7 @@ def _rabbitmq_config(args):
 
 
 def _audit_postgres(url):
-    """The workers' security-event chains, one per partition; exit status 1 when one is broken."""
+    """The workers' security-event chains and the tables' agreement; exit status 1 when either fails."""
     from hub.service.pg_storage import PostgresReader
 
     reader = PostgresReader(url)

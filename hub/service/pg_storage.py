@@ -106,40 +106,6 @@ class WorkerRegistry:
     def leave(self) -> None:
         self.conn.execute("DELETE FROM linkseal_workers WHERE owner = %s", (self.owner,))
 
-    def consistency_problems(self) -> list[str]:
-        """Where the tables disagree with each other: each device's and each link's counters are
-        the sums of the per-minute deltas written beside them in the same transactions, and a
-        device's stored records number its valid frames. Empty when they agree."""
-        from hub.core.counters import LINK_SLOT_NAMES, LINK_SLOTS, SLOT_NAMES, counters_from
-        from hub.core.verifier import Verifier
-
-        sums = {}
-        for scope, name, counter, total in self.counts_since(None):
-            sums.setdefault((scope, name), {})[counter] = total
-        problems = []
-        records = dict(self.conn.execute("SELECT device, COUNT(*) FROM linkseal_records GROUP BY device").fetchall())
-        for device, state in self.conn.execute("SELECT device, state FROM linkseal_devices").fetchall():
-            counters, _ = Verifier.stored_counters(device, bytes(state))
-            deltas = sums.get(("device", device), {})
-            wrong = [n for i, n in enumerate(SLOT_NAMES) if counters[i] != deltas.get(n, 0)]
-            if wrong:
-                problems.append(f"device {device}: {', '.join(wrong)} differ from the sum of its per-minute counts")
-            if records.get(device, 0) != counters[SLOT_NAMES.index("valid")]:
-                problems.append(f"device {device}: {records.get(device, 0)} stored records for "
-                                f"{counters[SLOT_NAMES.index('valid')]} valid frames")
-        links = {}
-        for name, state in self.conn.execute("SELECT link, state FROM linkseal_links").fetchall():
-            counters = counters_from(bytes(state), LINK_SLOTS)
-            total = links.setdefault(name, [0] * LINK_SLOTS)
-            for i in range(LINK_SLOTS):
-                total[i] += counters[i]
-        for name, total in sorted(links.items()):
-            deltas = sums.get(("link", name), {})
-            wrong = [n for i, n in enumerate(LINK_SLOT_NAMES) if total[i] != deltas.get(n, 0)]
-            if wrong:
-                problems.append(f"link {name}: {', '.join(wrong[:5])} differ from the sum of its per-minute counts")
-        return problems
-
     def close(self) -> None:
         self.conn.close()
 
@@ -215,40 +181,6 @@ class PartitionStorage:
                 cur.execute("UPDATE linkseal_partitions SET unknown_device = %s WHERE partition = %s",
                             (batch.unknown_device, p))
         self._last_id, self._last_hash = last_id, last_hash
-
-    def consistency_problems(self) -> list[str]:
-        """Where the tables disagree with each other: each device's and each link's counters are
-        the sums of the per-minute deltas written beside them in the same transactions, and a
-        device's stored records number its valid frames. Empty when they agree."""
-        from hub.core.counters import LINK_SLOT_NAMES, LINK_SLOTS, SLOT_NAMES, counters_from
-        from hub.core.verifier import Verifier
-
-        sums = {}
-        for scope, name, counter, total in self.counts_since(None):
-            sums.setdefault((scope, name), {})[counter] = total
-        problems = []
-        records = dict(self.conn.execute("SELECT device, COUNT(*) FROM linkseal_records GROUP BY device").fetchall())
-        for device, state in self.conn.execute("SELECT device, state FROM linkseal_devices").fetchall():
-            counters, _ = Verifier.stored_counters(device, bytes(state))
-            deltas = sums.get(("device", device), {})
-            wrong = [n for i, n in enumerate(SLOT_NAMES) if counters[i] != deltas.get(n, 0)]
-            if wrong:
-                problems.append(f"device {device}: {', '.join(wrong)} differ from the sum of its per-minute counts")
-            if records.get(device, 0) != counters[SLOT_NAMES.index("valid")]:
-                problems.append(f"device {device}: {records.get(device, 0)} stored records for "
-                                f"{counters[SLOT_NAMES.index('valid')]} valid frames")
-        links = {}
-        for name, state in self.conn.execute("SELECT link, state FROM linkseal_links").fetchall():
-            counters = counters_from(bytes(state), LINK_SLOTS)
-            total = links.setdefault(name, [0] * LINK_SLOTS)
-            for i in range(LINK_SLOTS):
-                total[i] += counters[i]
-        for name, total in sorted(links.items()):
-            deltas = sums.get(("link", name), {})
-            wrong = [n for i, n in enumerate(LINK_SLOT_NAMES) if total[i] != deltas.get(n, 0)]
-            if wrong:
-                problems.append(f"link {name}: {', '.join(wrong[:5])} differ from the sum of its per-minute counts")
-        return problems
 
     def close(self) -> None:
         self.conn.close()
