@@ -384,6 +384,30 @@ def test_a_worker_reloads_the_key_file_on_sighup(tmp_path, rabbit, keys, postgre
     assert _report(postgres.url)["unknown_device"] == 0
 
 
+def test_a_postgresql_outage_pauses_the_workers_and_loses_nothing(tmp_path, rabbit, keys, postgres):
+    fresh_topology(rabbit, PARTITIONS)
+    messages = _traffic(keys, devices=12, frames_per_device=40)[: 12 * 40]
+    workers = Workers(tmp_path, rabbit, keys.path, postgres.url)
+    worker = workers.start("w")
+    try:
+        publish(rabbit.port, messages[:200])
+        wait_for(lambda: postgres.query("SELECT COUNT(*) FROM linkseal_records")[0][0] >= 200, 30, "the first part")
+        postgres.refuse_connections(True)  # the database goes away, open connections cut
+        publish(rabbit.port, messages[200:])  # RabbitMQ keeps these while the worker cannot commit
+        wait_for(lambda: any(e["event"] == "storage_unavailable" for e in workers.events("w")), 30,
+                 "the worker to notice")
+        postgres.refuse_connections(False)
+        wait_for(lambda: postgres.query("SELECT COUNT(*) FROM linkseal_records")[0][0] >= len(messages), 60,
+                 "the rest, after the outage")
+    finally:
+        workers.stop()
+    assert worker.returncode == 0
+    rows = postgres.query("SELECT device, epoch, seq FROM linkseal_records")
+    assert len(rows) == len(set(rows)) == len(messages)
+    report = _report(postgres.url)
+    assert (report["links"]["wifi"]["valid"], report["links"]["wifi"]["lost"]) == (len(messages), 0)
+
+
 def test_repartitioning_after_a_drain_keeps_each_device_state(tmp_path, rabbit, keys, postgres):
     """2 partitions, then 3: every device's window follows it, so a frame accepted before the
     change is not accepted again after it, and loss accounting carries on."""

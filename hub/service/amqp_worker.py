@@ -174,23 +174,39 @@ class Worker:
 
         from hub.service.pg_storage import WorkerRegistry
 
-        self.registry = WorkerRegistry(self.db_url, self.owner)
+        self.registry = WorkerRegistry(self.db_url, self.owner)  # StorageError (exit 2) if PostgreSQL is not there
         try:
             self._serve_until_stopped(pika)
         finally:
-            self.registry.leave()
-            self.registry.close()
+            try:
+                self.registry.leave()
+                self.registry.close()
+            except Exception:  # PostgreSQL gone at shutdown: the entry ages out by itself
+                pass
         return 0
 
     def _serve_until_stopped(self, pika) -> None:
+        import psycopg
+
+        from hub.service.pg_storage import WorkerRegistry
+        from hub.service.storage import StorageError
+
         while not self.stopping.is_set():
             try:
                 self._serve(pika.BlockingConnection(self.parameters))
             except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError, OSError) as exc:
-                self._drop_all()
-                self.log("broker_unreachable", broker=_where(self.parameters),
-                         error=str(exc) or type(exc).__name__)
+                self.log("broker_unreachable", broker=_where(self.parameters), error=str(exc) or type(exc).__name__)
                 self.stopping.wait(1.0)
+            except (psycopg.Error, StorageError) as exc:
+                # PostgreSQL is away: nothing was acknowledged since the last commit, and closing
+                # the AMQP connection gave those deliveries back to the queues. Try again.
+                self.log("storage_unavailable", error=str(exc).strip().splitlines()[0])
+                self.stopping.wait(2.0)
+                try:
+                    self.registry.close()
+                    self.registry = WorkerRegistry(self.db_url, self.owner)
+                except (psycopg.Error, StorageError):
+                    continue
         self._drop_all()
 
     def _serve(self, connection) -> None:
