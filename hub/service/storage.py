@@ -193,7 +193,64 @@ def event_hash(prev_hash: str, event: dict) -> str:
     return hashlib.sha256((prev_hash + "\n" + body).encode()).hexdigest()
 
 
-class SQLiteStorage:
+class SQLiteReader:
+    """The hub database read: what reports, audits and the console need. SQLiteStorage is one;
+    the console reads through its own read-only connection (read_only) while the hub writes."""
+
+    def __init__(self, db):
+        self.db = db
+
+    @classmethod
+    def read_only(cls, path) -> "SQLiteReader":
+        """A reader on its own connection that cannot write (for a thread of its own)."""
+        path = Path(path)
+        if not path.is_file():
+            raise StorageError(f"{path}: no such hub database")
+        db = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout = 3000")
+        return cls(db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def counts_since(self, since_minute: int | None) -> list:
+        """(scope, name, counter, total) summed over the minutes from since_minute."""
+        return self.db.execute(
+            "SELECT scope, name, counter, SUM(value) FROM counts WHERE minute >= ? GROUP BY scope, name, counter",
+            (since_minute if since_minute is not None else -(2**62),)).fetchall()
+
+    def device_statuses(self) -> dict:
+        """device -> what its latest status message said (hub.status.DeviceStatus fields)."""
+        return {device: json.loads(text)["fields"] for device, text in self.db.execute(
+            "SELECT device, status FROM device_status")}
+
+    def device_links(self) -> dict:
+        return dict(self.db.execute("SELECT device, link FROM devices"))
+
+    def events_since(self, since: float | None) -> list:
+        rows = self.db.execute("SELECT t, device, link, kind, reason FROM events WHERE t >= ? ORDER BY id",
+                               (since if since is not None else float("-inf"),))
+        return [dict(zip(("t", "device", "link", "kind", "reason"), row)) for row in rows]
+
+    def events_anchor(self) -> tuple[int, str]:
+        """(id, hash) of the last pruned security event; (0, genesis) when none was pruned."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'events_anchor'").fetchone()
+        if row is None:
+            return 0, GENESIS_HASH
+        anchor_id, anchor_hash = row[0].split()
+        return int(anchor_id), anchor_hash
+
+    def integrity_problem(self, full: bool = False) -> str | None:
+        """SQLite's own check of the file (quick: the structure; full: every index too);
+        None when sound, else its first complaint."""
+        try:
+            rows = self.db.execute("PRAGMA integrity_check(1)" if full else "PRAGMA quick_check(1)").fetchall()
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        return None if rows == [("ok",)] else str(rows[0][0])
+
+
+class SQLiteStorage(SQLiteReader):
     def __init__(self, path, create: bool = True):
         self.path = Path(path)
         if not create and not self.path.is_file():
@@ -312,9 +369,6 @@ class SQLiteStorage:
             for row in db.execute(f"SELECT {seals.COLUMNS['records']} FROM records WHERE id >= ?", (first,)):
                 delta.add("records", row)
 
-    def close(self) -> None:
-        self.db.close()
-
     # -- the outbox and retention ---------------------------------------------------------
 
     def last_record_id(self) -> int:
@@ -426,44 +480,6 @@ class SQLiteStorage:
         self.db.execute("PRAGMA incremental_vacuum")
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return max(0, before - self.path.stat().st_size)
-
-    # -- reading ------------------------------------------------------------------------
-
-    def counts_since(self, since_minute: int | None) -> list:
-        """(scope, name, counter, total) summed over the minutes from since_minute."""
-        return self.db.execute(
-            "SELECT scope, name, counter, SUM(value) FROM counts WHERE minute >= ? GROUP BY scope, name, counter",
-            (since_minute if since_minute is not None else -(2**62),)).fetchall()
-
-    def device_statuses(self) -> dict:
-        """device -> what its latest status message said (hub.status.DeviceStatus fields)."""
-        return {device: json.loads(text)["fields"] for device, text in self.db.execute(
-            "SELECT device, status FROM device_status")}
-
-    def device_links(self) -> dict:
-        return dict(self.db.execute("SELECT device, link FROM devices"))
-
-    def events_since(self, since: float | None) -> list:
-        rows = self.db.execute("SELECT t, device, link, kind, reason FROM events WHERE t >= ? ORDER BY id",
-                               (since if since is not None else float("-inf"),))
-        return [dict(zip(("t", "device", "link", "kind", "reason"), row)) for row in rows]
-
-    def events_anchor(self) -> tuple[int, str]:
-        """(id, hash) of the last pruned security event; (0, genesis) when none was pruned."""
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'events_anchor'").fetchone()
-        if row is None:
-            return 0, GENESIS_HASH
-        anchor_id, anchor_hash = row[0].split()
-        return int(anchor_id), anchor_hash
-
-    def integrity_problem(self, full: bool = False) -> str | None:
-        """SQLite's own check of the file (quick: the structure; full: every index too);
-        None when sound, else its first complaint."""
-        try:
-            rows = self.db.execute("PRAGMA integrity_check(1)" if full else "PRAGMA quick_check(1)").fetchall()
-        except sqlite3.DatabaseError as exc:
-            return str(exc)
-        return None if rows == [("ok",)] else str(rows[0][0])
 
     def require_sound(self) -> None:
         """StorageError (exit 2) for a damaged file: `hub run` and `hub report` refuse it."""
