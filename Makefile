@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 MICROPYTHON := node_modules/@micropython/micropython-webassembly-pyscript/package.json
 UMQTT := .cache/micropython-lib/umqtt/simple.py
 
-.PHONY: demo test bench link-codes clean mosquitto brokers postgres
+.PHONY: demo test bench link-codes clean mosquitto brokers postgres console-assets
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,11 @@ mosquitto:
 		fi; \
 	fi
 
-# tests/test_brokers.py starts RabbitMQ and NATS instances of its own (Debian packages).
+# tests/test_brokers.py and test_scaleout.py start RabbitMQ and NATS instances of their own, and
+# tests/test_console.py drives Debian's chromium (Playwright never downloads a browser here).
 brokers:
-	@for pair in rabbitmq-server:/usr/lib/rabbitmq/bin/rabbitmq-server nats-server:/usr/sbin/nats-server; do \
+	@for pair in rabbitmq-server:/usr/lib/rabbitmq/bin/rabbitmq-server nats-server:/usr/sbin/nats-server \
+			chromium:/usr/bin/chromium; do \
 		package=$${pair%%:*}; binary=$${pair#*:}; \
 		if [ ! -x "$$binary" ]; then \
 			if [ "$$(id -u)" = 0 ]; then \
@@ -61,8 +63,15 @@ demo: $(STAMP)
 test: $(STAMP) $(MICROPYTHON) $(UMQTT) mosquitto brokers postgres
 	$(BIN)/python -m pytest
 
-bench: $(STAMP) $(MICROPYTHON) $(UMQTT) mosquitto postgres
+bench: $(STAMP) $(MICROPYTHON) $(UMQTT) mosquitto brokers postgres
 	$(BIN)/python bench/run.py
+
+# The console's chart library, from npm (package-lock.json), copied into the Python package:
+# shipped with it, so no browser ever fetches anything from elsewhere.
+console-assets: $(MICROPYTHON)
+	cp node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css node_modules/uplot/LICENSE \
+		hub/service/console_static/vendor/
+	mv hub/service/console_static/vendor/LICENSE hub/service/console_static/vendor/uPlot.LICENSE
 
 # Regenerate agent/link_codes.py after editing hardware/links/*.toml.
 link-codes: $(STAMP)

@@ -50,6 +50,7 @@ def add_hub_group(groups):
                      help="serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9108; port 0: any)")
     run.add_argument("--config", type=Path, help="hub.toml: client id, queue and batch sizes, rate limits")
     run.add_argument("--log-json", action="store_true", help="log JSON Lines instead of key=value text")
+    _console_options(run, "--console", "serve the read-only operator console on HOST:PORT (e.g. 127.0.0.1:8088)")
     run.add_argument("--forward", action="append", default=[], metavar="URL",
                      help="deliver every authentic record inward, at least once: mqtt://HOST:PORT or mqtts://... "
                           "(topic linkseal/verified/<device>) or postgresql://... (table linkseal_records); "
@@ -66,6 +67,13 @@ def add_hub_group(groups):
     report.add_argument("--json", action="store_true", help="print the report as JSON")
     report.add_argument("--devices", action="store_true", help="also show the per-device table")
     report.set_defaults(run=_report)
+
+    console = command(sub, "console", "Serve the read-only operator console (links, charts, security events, "
+                      "devices) over a hub's database, running or stopped, until Ctrl-C.",
+                      ["linkseal hub console --db hub.db", "linkseal hub console --db hub.db --listen 127.0.0.1:8088"])
+    console.add_argument("--db", required=True, type=Path)
+    _console_options(console, "--listen", "HOST:PORT to serve on (default 127.0.0.1:8088)")
+    console.set_defaults(run=_console)
 
     prune = command(sub, "prune", "Apply the retention settings to a stopped hub's database now, and hand the "
                     "freed space back to the file system (`hub run` prunes by itself, a small step at a time).",
@@ -110,6 +118,56 @@ def add_hub_group(groups):
                         help="the hub forwards authentic records to this broker (--forward mqtt://...): let it write "
                              "linkseal/verified/#, and add a read-only account linkseal/consumer for them")
     broker.set_defaults(run=_broker_config)
+
+
+def _console_options(parser, option, help_text):
+    parser.add_argument(option, dest="console", type=host_port, help=help_text)
+    parser.add_argument("--console-token-file", help="file holding the token browsers must send "
+                        "(Authorization: Bearer); required off loopback")
+    parser.add_argument("--console-tls-cert", help="the console's TLS certificate (PEM); required off loopback")
+    parser.add_argument("--console-tls-key", help="its private key (PEM)")
+
+
+def start_console(args, db_path):
+    """The console of --console/--listen, serving; None when not asked for. Off loopback it
+    needs TLS and a token, or it is refused (exit 2) before anything listens."""
+    from hub.service.console import ConsoleServer, is_loopback
+
+    host, port = args.console
+    tls = (args.console_tls_cert, args.console_tls_key) if args.console_tls_cert or args.console_tls_key else None
+    if tls and not all(tls):
+        raise InputError("--console-tls-cert and --console-tls-key go together")
+    token = None
+    if args.console_token_file:
+        try:
+            token = Path(args.console_token_file).read_text().strip()
+        except OSError as exc:
+            raise InputError(f"--console-token-file {args.console_token_file}: {exc.strerror}") from None
+        if len(token) < 16:
+            raise InputError(f"--console-token-file {args.console_token_file}: the token is shorter than 16 "
+                             "characters")
+    if not is_loopback(host) and not (tls and token):
+        raise InputError(f"console on {host}: off loopback it needs TLS (--console-tls-cert, --console-tls-key) and "
+                         "a token (--console-token-file); or keep it on 127.0.0.1 and reach it through an SSH tunnel "
+                         "(docs/deploy-bastion.md)")
+    try:
+        return ConsoleServer(db_path, host, port, token, tls).start()
+    except OSError as exc:
+        raise InputError(f"console {host}:{port}: cannot listen ({exc})") from None
+
+
+def _console(args):
+    if not args.db.is_file():
+        raise InputError(f"{args.db}: no such hub database")
+    args.console = args.console or ("127.0.0.1", 8088)
+    server = start_console(args, args.db)
+    scheme = "https" if args.console_tls_cert else "http"
+    print(f"console on {scheme}://{server.address}/ (read-only); Ctrl-C to stop", flush=True)
+    try:
+        server.thread.join()
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
 
 
 def _verifier(args, rate_limits=None):
@@ -167,6 +225,9 @@ def _run(args):
     for name in storage.set_sinks([name for name, _ in sinks]):
         log("sink_forgotten", sink=name, reason="no longer configured: it holds no records back any more")
     ingest = Ingest(verifier, storage)
+    if args.console:
+        console = start_console(args, args.db)
+        log("console", address=console.address)
     metrics = HubMetrics(verifier)
     if args.metrics:
         try:
@@ -207,7 +268,8 @@ def _run_worker(args):
     if not _is_postgres(args.db):
         raise InputError("--broker amqp://... runs a hub worker, whose state is shared in PostgreSQL: give "
                          "--db postgresql://...")
-    for option, value in (("--forward", args.forward), ("--ca-file", args.ca_file), ("--cert-file", args.cert_file),
+    for option, value in (("--forward", args.forward), ("--console", args.console), ("--ca-file", args.ca_file),
+                          ("--cert-file", args.cert_file),
                           ("--key-file", args.key_file)):
         if value:
             raise InputError(f"{option} is not supported by hub workers yet (docs/scale-out.md)")

@@ -232,6 +232,24 @@ class SQLiteReader:
                                (since if since is not None else float("-inf"),))
         return [dict(zip(("t", "device", "link", "kind", "reason"), row)) for row in rows]
 
+    def events_after(self, after_id: int, limit: int, kind=None, link=None, device=None) -> list:
+        """Security events with an id above after_id, oldest first, filtered (the console)."""
+        where, params = ["id > ?"], [after_id]
+        for column, value in (("kind", kind), ("link", link), ("device", device)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        rows = self.db.execute(f"SELECT id, t, device, link, kind, reason FROM events WHERE {' AND '.join(where)} "
+                               "ORDER BY id LIMIT ?", (*params, limit))
+        return [dict(zip(("id", "t", "device", "link", "kind", "reason"), row)) for row in rows]
+
+    def counts_by_minute(self, scope: str, name: str, since_minute: int, counters) -> list:
+        """(minute, counter, value) rows of one link or device from since_minute (the console's charts)."""
+        marks = ", ".join("?" * len(counters))
+        return self.db.execute(f"SELECT minute, counter, value FROM counts WHERE scope = ? AND name = ? AND minute >= ? "
+                               f"AND counter IN ({marks}) ORDER BY minute", (scope, name, since_minute, *counters)
+                               ).fetchall()
+
     def events_anchor(self) -> tuple[int, str]:
         """(id, hash) of the last pruned security event; (0, genesis) when none was pruned."""
         row = self.db.execute("SELECT value FROM meta WHERE key = 'events_anchor'").fetchone()
@@ -248,6 +266,26 @@ class SQLiteReader:
         except sqlite3.DatabaseError as exc:
             return str(exc)
         return None if rows == [("ok",)] else str(rows[0][0])
+
+    def audit(self) -> tuple[int, str | None]:
+        """(events checked, None) when the chain holds, else (events checked, what broke).
+        The chain is checked from the anchor left by pruning (events_anchor), or from its start."""
+        anchor_id, prev = self.events_anchor()
+        expected_id = anchor_id + 1
+        checked = 0
+        for row_id, t, device, link, kind, reason, prev_hash, stored_hash in self.db.execute(
+                "SELECT id, t, device, link, kind, reason, prev_hash, hash FROM events ORDER BY id"):
+            event = {"t": t, "device": device, "link": link, "kind": kind, "reason": reason}
+            if prev_hash != prev or (checked == 0 and row_id != expected_id):
+                return checked, f"event {row_id}: does not follow the event before it (a row was removed or moved)"
+            if event_hash(prev, event) != stored_hash:
+                return checked, f"event {row_id}: its contents were changed after it was written"
+            prev = stored_hash
+            checked += 1
+        head = self.db.execute("SELECT value FROM meta WHERE key = 'events_head'").fetchone()
+        if (head[0] if head else GENESIS_HASH) != prev:
+            return checked, f"the chain ends at event {checked}, not at the last event written (rows were cut off)"
+        return checked, None
 
 
 class SQLiteStorage(SQLiteReader):
@@ -495,26 +533,6 @@ class SQLiteStorage(SQLiteReader):
     def pruned_records_upto(self) -> int:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'records_pruned_upto'").fetchone()
         return int(row[0]) if row else 0
-
-    def audit(self) -> tuple[int, str | None]:
-        """(events checked, None) when the chain holds, else (events checked, what broke).
-        The chain is checked from the anchor left by pruning (events_anchor), or from its start."""
-        anchor_id, prev = self.events_anchor()
-        expected_id = anchor_id + 1
-        checked = 0
-        for row_id, t, device, link, kind, reason, prev_hash, stored_hash in self.db.execute(
-                "SELECT id, t, device, link, kind, reason, prev_hash, hash FROM events ORDER BY id"):
-            event = {"t": t, "device": device, "link": link, "kind": kind, "reason": reason}
-            if prev_hash != prev or (checked == 0 and row_id != expected_id):
-                return checked, f"event {row_id}: does not follow the event before it (a row was removed or moved)"
-            if event_hash(prev, event) != stored_hash:
-                return checked, f"event {row_id}: its contents were changed after it was written"
-            prev = stored_hash
-            checked += 1
-        head = self.db.execute("SELECT value FROM meta WHERE key = 'events_head'").fetchone()
-        if (head[0] if head else GENESIS_HASH) != prev:
-            return checked, f"the chain ends at event {checked}, not at the last event written (rows were cut off)"
-        return checked, None
 
 
 class WriterLock:

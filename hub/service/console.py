@@ -1,0 +1,220 @@
+"""The operator console: a read-only web page and JSON API served by the hub (docs/hub.md, Console).
+
+A thin adapter: it routes GET requests to hub/service/console_api.py and to the static files
+of hub/service/console_static/, each request on its own read-only SQLite connection (WAL:
+readers never hold up the hub's commits). It adds no way in:
+
+- only GET and HEAD exist (anything else is 405); nothing it serves changes state;
+- it answers only to its own address in the Host header (a loopback console is otherwise
+  readable by a hostile web page through DNS rebinding) and sends no CORS header;
+- bound to loopback by default; any other address needs TLS and a token (checked by the
+  command line before anything listens);
+- a strict Content-Security-Policy: scripts and styles from the console itself only, no
+  inline script, no frames;
+- live updates by Server-Sent Events, at most MAX_STREAMS at a time, each on its own thread
+  and connection with a send timeout, so a slow or stuck browser is dropped and never slows
+  ingest.
+"""
+
+import hmac
+import ipaddress
+import json
+import mimetypes
+import ssl
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from hub.service import console_api
+from hub.service.storage import SQLiteReader
+
+MAX_STREAMS = 8
+STREAM_POLL_S = 0.5
+STREAM_SEND_TIMEOUT_S = 5.0
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+PAGES = ("/", "/index.html")
+
+
+def static_dir() -> Path:
+    return Path(str(resources.files("hub.service") / "console_static"))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ConsoleServer:
+    def __init__(self, db_path, host: str, port: int, token: str | None = None, tls: tuple | None = None):
+        """token: required as `Authorization: Bearer TOKEN`; tls: (certificate file, key file)."""
+        self.db_path = Path(db_path)
+        self.token = token
+        self.streams = threading.BoundedSemaphore(MAX_STREAMS)
+        self.stopping = threading.Event()
+        handler = type("Handler", (_Handler,), {"console": self})
+        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd.daemon_threads = True
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(*tls)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        bound_host, bound_port = self.httpd.server_address[:2]
+        self.address = f"{bound_host}:{bound_port}"
+        names = {bound_host, host} | ({"localhost", "127.0.0.1", "[::1]"} if is_loopback(bound_host) else set())
+        self.allowed_hosts = {f"{name}:{bound_port}" for name in names}
+        self.thread = None
+
+    def start(self) -> "ConsoleServer":
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="console", daemon=True)
+        self.thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self.httpd.serve_forever()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    console: ConsoleServer
+    server_version = "linkseal-console"
+    sys_version = ""
+
+    def log_message(self, format, *args):  # the hub's own log says enough; no request lines on stderr
+        pass
+
+    def do_POST(self):
+        self._refuse(405, "read-only console: GET only")
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = do_POST
+
+    def do_HEAD(self):
+        self.do_GET(head=True)
+
+    def do_GET(self, head: bool = False):
+        console = self.console
+        if self.headers.get("Host") not in console.allowed_hosts:
+            return self._refuse(421, "this console answers to its own address only")
+        if console.token is not None:
+            given = self.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {console.token}".encode()):
+                return self._refuse(401, "a token is required", {"WWW-Authenticate": "Bearer"})
+        parts = urlsplit(self.path)
+        path, query = unquote(parts.path), {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        try:
+            if path.startswith("/api/v1/"):
+                if path == "/api/v1/stream":
+                    return self._stream(int(query.get("after", "0")))
+                return self._json(self._api(path[len("/api/v1/"):], query), head)
+            return self._static(path, head)
+        except console_api.NotFound as exc:
+            return self._refuse(404, str(exc))
+        except (console_api.BadRequest, ValueError) as exc:
+            return self._refuse(400, str(exc))
+        except Exception as exc:  # a bug or a damaged store: said in one line, never a traceback to the browser
+            return self._refuse(500, f"internal error ({type(exc).__name__})")
+
+    def _api(self, route: str, query: dict):
+        reader = SQLiteReader.read_only(self.console.db_path)
+        try:
+            if route == "links":
+                return console_api.links(reader)
+            if route == "devices":
+                return console_api.devices(reader, query.get("q", ""), query.get("link"), int(query.get("limit", 100)))
+            if route.startswith("devices/"):
+                return console_api.device(reader, route[len("devices/"):], query.get("span", "24h"))
+            if route == "events":
+                return console_api.events(reader, int(query.get("after", 0)), int(query.get("limit", 100)),
+                                          query.get("kind"), query.get("link"), query.get("device"))
+            if route == "series":
+                if "link" not in query:
+                    raise console_api.BadRequest("link is required")
+                return console_api.series(reader, query["link"], query.get("span", "1h"))
+            if route == "audit":
+                return console_api.audit(reader)
+            if route == "openapi.json":
+                return json.loads((static_dir() / "openapi.json").read_text())
+            raise console_api.NotFound(f"no API route {route!r}")
+        finally:
+            reader.close()
+
+    def _stream(self, after: int):
+        """Server-Sent Events: every new security event, as the API's event objects."""
+        console = self.console
+        if not console.streams.acquire(blocking=False):
+            return self._refuse(503, f"at most {MAX_STREAMS} live streams at a time")
+        try:
+            self.send_response(200)
+            self._headers({"Content-Type": "text/event-stream"})
+            self.end_headers()
+            self.connection.settimeout(STREAM_SEND_TIMEOUT_S)  # a stuck browser is dropped, not waited for
+            reader = SQLiteReader.read_only(console.db_path)
+            try:
+                last_ping = time.monotonic()
+                while not console.stopping.is_set():
+                    for event in reader.events_after(after, console_api.MAX_EVENTS):
+                        self.wfile.write(f"id: {event['id']}\ndata: {json.dumps(event)}\n\n".encode())
+                        after = event["id"]
+                    if time.monotonic() - last_ping > 10:
+                        self.wfile.write(b": ping\n\n")
+                        last_ping = time.monotonic()
+                    self.wfile.flush()
+                    console.stopping.wait(STREAM_POLL_S)
+            finally:
+                reader.close()
+        except OSError:  # the browser went away, or did not read for STREAM_SEND_TIMEOUT_S
+            pass
+        finally:
+            console.streams.release()
+
+    def _static(self, path: str, head: bool):
+        name = "index.html" if path in PAGES else path.lstrip("/")
+        root = static_dir().resolve()
+        target = (root / name).resolve()
+        if root not in target.parents or not target.is_file() or name == "openapi.json":
+            raise console_api.NotFound(f"no page {path!r}")
+        body = target.read_bytes()
+        kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        self.send_response(200)
+        self._headers({"Content-Type": kind + ("; charset=utf-8" if kind.startswith("text/") or kind.endswith(
+            "javascript") else ""), "Content-Length": str(len(body))})
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _json(self, payload, head: bool):
+        body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+        self.send_response(200)
+        self._headers({"Content-Type": "application/json", "Content-Length": str(len(body))})
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _refuse(self, status: int, reason: str, extra: dict | None = None):
+        body = json.dumps({"error": reason}).encode()
+        self.send_response(status)
+        self._headers({"Content-Type": "application/json", "Content-Length": str(len(body)), **(extra or {})})
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _headers(self, headers: dict):
+        for name, value in {**SECURITY_HEADERS, **headers}.items():
+            self.send_header(name, value)

@@ -1,0 +1,101 @@
+"""The console's JSON API (/api/v1/...): what its pages read, in the report's own shapes.
+
+Pure functions over a store reader (SQLiteReader, or anything with its reading methods), so
+the HTTP adapter (hub/service/console.py) only routes and escapes nothing: the browser puts
+every string in the page as text. Payloads are never included: records may be patient data,
+and the console shows counts, ids and reasons only. docs/console-openapi.json describes it.
+"""
+
+import time
+
+from hardware.link_registry import load_links
+from hub.core.counters import SLOT_NAMES
+from hub.core.report import build_stored_report, entry, new_counters
+
+# Chart spans: how far back, and the bucket each point sums (the stored per-minute rows are
+# rolled up into hours after 14 days and days after 90, docs/hub.md: Retention).
+SPANS = {"15m": (900, 60), "1h": (3600, 60), "24h": (86400, 900), "7d": (7 * 86400, 3600),
+         "90d": (90 * 86400, 86400)}
+EVENT_KINDS = ("forged", "replay", "unknown_device", "abnormal_link", "birth", "death")
+MAX_DEVICES = 500
+MAX_EVENTS = 500
+
+
+class NotFound(Exception):
+    """Nothing at that path: 404."""
+
+
+class BadRequest(ValueError):
+    """A query parameter out of range: 400 with the reason."""
+
+
+def links(reader) -> dict:
+    """The report's links, and what hardware/links expects of each kind of link beside them."""
+    report = build_stored_report(reader)
+    registry = load_links()
+    expected = {name: {"frame_loss": registry[name].frame_loss, "corrupt": registry[name].corrupt}
+                for name in report["links"] if name in registry}
+    return {"links": report["links"], "expected": expected, "unknown_device": report["unknown_device"],
+            "generated_at": time.time()}
+
+
+def devices(reader, query: str = "", link: str | None = None, limit: int = 100) -> dict:
+    """Devices whose id contains `query` (case-insensitive), on `link` if given, by id."""
+    if not 1 <= limit <= MAX_DEVICES:
+        raise BadRequest(f"limit must be 1..{MAX_DEVICES}")
+    report = build_stored_report(reader, link=link)
+    needle = query.lower()
+    matching = sorted(d for d in report["devices"] if needle in d.lower())
+    return {"devices": {d: report["devices"][d] for d in matching[:limit]}, "total": len(matching)}
+
+
+def device(reader, device_id: str, span: str = "24h") -> dict:
+    """One device: its report entry, its recent security events and its loss over time."""
+    report = build_stored_report(reader)
+    if device_id not in report["devices"]:
+        raise NotFound(f"no device {device_id!r} in this hub's store")
+    events = [e for e in reader.events_after(0, MAX_EVENTS * 10, device=device_id)][-MAX_EVENTS:]
+    return {"device": report["devices"][device_id], "events": events,
+            "series": _series(reader, "device", device_id, span)}
+
+
+def events(reader, after: int = 0, limit: int = 100, kind=None, link=None, device=None) -> dict:
+    if not 1 <= limit <= MAX_EVENTS:
+        raise BadRequest(f"limit must be 1..{MAX_EVENTS}")
+    if kind is not None and kind not in EVENT_KINDS:
+        raise BadRequest(f"kind must be one of {', '.join(EVENT_KINDS)}")
+    found = reader.events_after(after, limit, kind, link, device)
+    return {"events": found, "last_id": found[-1]["id"] if found else after}
+
+
+def series(reader, link: str, span: str = "1h") -> dict:
+    return _series(reader, "link", link, span)
+
+
+def audit(reader) -> dict:
+    checked, broken = reader.audit()
+    return {"events_checked": checked, "chain_intact": broken is None, "problem": broken}
+
+
+def _series(reader, scope: str, name: str, span: str) -> dict:
+    """Per bucket: loss rate (lost over expected), corruption rate (corrupt over received)."""
+    if span not in SPANS:
+        raise BadRequest(f"span must be one of {', '.join(SPANS)}")
+    length, bucket = SPANS[span]
+    now = time.time()
+    start = int((now - length) // bucket) * bucket
+    wanted = ("valid", "lost", "corrupt", "duplicate", "forged", "replay", "malformed", "rate_limited",
+              "source_drops", "lost_on_device")
+    buckets = {}
+    for minute, counter, value in reader.counts_by_minute(scope, name, start, wanted):
+        counters = buckets.setdefault(int(minute // bucket) * bucket, new_counters())
+        counters[SLOT_NAMES.index(counter)] += value
+    times = list(range(start, int(now) + 1, bucket))
+    loss, corrupt, forged = [], [], []
+    for t in times:
+        item = entry(buckets[t]) if t in buckets else None
+        loss.append(item["loss_rate"] if item and item["valid"] + item["lost"] else None)
+        corrupt.append(item["corrupt_rate"] if item and item["received"] else None)
+        forged.append(item["forged"] + item["replay"] if item else 0)
+    return {"scope": scope, "name": name, "span": span, "bucket_s": bucket, "t": times, "loss_rate": loss,
+            "corrupt_rate": corrupt, "security_events": forged}
