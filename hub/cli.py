@@ -156,6 +156,20 @@ def start_console(args, db_path):
         raise InputError(f"console {host}:{port}: cannot listen ({exc})") from None
 
 
+def _console_from_settings(args, settings) -> None:
+    """hub.toml [console] for what the command line left unset."""
+    import argparse
+
+    if args.console is None and settings.console_listen:
+        try:
+            args.console = host_port(settings.console_listen)
+        except argparse.ArgumentTypeError as exc:
+            raise InputError(f"{args.config}: [console] listen {exc}") from None
+    for name in ("console_token_file", "console_tls_cert", "console_tls_key"):
+        if getattr(args, name) is None and getattr(settings, name):
+            setattr(args, name, getattr(settings, name))
+
+
 def _console(args):
     if not args.db.is_file():
         raise InputError(f"{args.db}: no such hub database")
@@ -225,6 +239,7 @@ def _run(args):
     for name in storage.set_sinks([name for name, _ in sinks]):
         log("sink_forgotten", sink=name, reason="no longer configured: it holds no records back any more")
     ingest = Ingest(verifier, storage)
+    _console_from_settings(args, settings)
     if args.console:
         console = start_console(args, args.db)
         log("console", address=console.address)

@@ -80,7 +80,10 @@ def add_demo_command(groups):
     demo.add_argument("--seed", type=SEED, default=7)
     demo.add_argument("--no-broker", action="store_true", help="feed the hub core directly (no MQTT)")
     demo.add_argument("--out", type=Path, default=Path("demo-out"), help="where report, capture and plots go")
-    demo.set_defaults(run=lambda args: run_demo(args.no_broker, args.out, args.seed))
+    demo.add_argument("--console", nargs="?", const=("127.0.0.1", 8088), type=host_port, metavar="HOST:PORT",
+                      help="then serve the hub's read-only console over the demo's database until Ctrl-C "
+                           "(default 127.0.0.1:8088)")
+    demo.set_defaults(run=_demo)
 
 
 def _broker_options(parser):
@@ -383,6 +386,29 @@ def _capture(args):
             out.write(encode_line(round(t, 6), topic, data) + "\n")
     print(f"wrote {len(labelled)} messages to {args.out} and the keys of {len(generated.devices)} devices "
           f"to {args.keys_out}")
+
+
+def _demo(args) -> int:
+    if args.console and args.no_broker:
+        raise InputError("--console shows the hub's database, which only the broker path writes: drop --no-broker")
+    status = run_demo(args.no_broker, args.out, args.seed)
+    if args.console:
+        from hub.service.console import ConsoleServer, is_loopback
+
+        host, port = args.console
+        if not is_loopback(host):
+            raise InputError(f"--console {host}: the demo's console stays on loopback (`hub console` serves others "
+                             "with TLS and a token)")
+        try:
+            server = ConsoleServer(args.out / "hub.db", host, port).start()
+        except OSError as exc:
+            raise InputError(f"--console {host}:{port}: cannot listen ({exc})") from None
+        print(f"console on http://{server.address}/ (read-only); Ctrl-C to stop", flush=True)
+        try:
+            server.thread.join()
+        except KeyboardInterrupt:
+            server.stop()
+    return status
 
 
 def run_demo(no_broker: bool, out: Path, seed: int) -> int:

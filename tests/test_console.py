@@ -243,3 +243,19 @@ def test_the_shipped_chart_library_is_the_npm_package():
     npm = Path(__file__).parent.parent / "node_modules" / "uplot" / "dist"
     for name in ("uPlot.iife.min.js", "uPlot.min.css"):
         assert (static_dir() / "vendor" / name).read_bytes() == (npm / name).read_bytes(), name
+
+
+def test_hub_toml_console_section_starts_it(tmp_path, broker, keys):
+    config = tmp_path / "hub.toml"
+    config.write_text('[console]\nlisten = "127.0.0.1:0"\n')
+    hub = HubProcess(broker, keys.path, tmp_path / "hub.db", tmp_path / "hub.log", "--config", config).start()
+    try:
+        hub.wait_connected()
+        address = wait_for(lambda: next((e["address"] for e in hub.events() if e["event"] == "console"), None), 30,
+                           "the console from hub.toml")
+        assert _get(f"http://{address}/api/v1/links")[0] == 200
+    finally:
+        hub.stop()
+    config.write_text('[console]\nlisten = "0.0.0.0:0"\n')  # off loopback without TLS and a token: refused
+    refused = HubProcess(broker, keys.path, tmp_path / "hub2.db", tmp_path / "hub2.log", "--config", config).start()
+    assert refused.process.wait(30) == 2 and "needs TLS" in (tmp_path / "hub2.log").read_text()

@@ -46,6 +46,11 @@ class HubSettings:
     max_backlog: int = DEFAULT_MAX_BACKLOG
     prune_interval: float = 10.0  # seconds between retention steps in `hub run`
     retention: Retention = field(default_factory=Retention)
+    # [console]: the operator console of `hub run` (the --console options win)
+    console_listen: str = ""
+    console_token_file: str = ""
+    console_tls_cert: str = ""
+    console_tls_key: str = ""
 
 
 def parse_duration(text: str, where: str) -> float:
@@ -98,7 +103,9 @@ _SETTINGS = (("mqtt", "client_id", "client_id"), ("mqtt", "keepalive", "keepaliv
              ("mqtt", "backoff_max", "backoff_max"), ("ingest", "queue_size", "queue_size"),
              ("ingest", "batch_size", "batch_size"), ("ingest", "report_interval", "report_interval"),
              ("log", "json", "log_json"), ("outbox", "max_backlog", "max_backlog"),
-             ("outbox", "prune_interval", "prune_interval"))
+             ("outbox", "prune_interval", "prune_interval"), ("console", "listen", "console_listen"),
+             ("console", "token_file", "console_token_file"), ("console", "tls_cert", "console_tls_cert"),
+             ("console", "tls_key", "console_tls_key"))
 
 
 def load_settings(path: Path | None, known_links) -> HubSettings:

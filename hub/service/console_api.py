@@ -78,11 +78,14 @@ def audit(reader) -> dict:
 
 
 def _series(reader, scope: str, name: str, span: str) -> dict:
-    """Per bucket: loss rate (lost over expected), corruption rate (corrupt over received)."""
+    """Per bucket: loss rate (lost over expected), corruption rate (corrupt over received). The
+    span ends at the newest stored minute: now for a running hub, the last data of a stopped one
+    (or of a simulation, whose clock starts at 0)."""
     if span not in SPANS:
         raise BadRequest(f"span must be one of {', '.join(SPANS)}")
     length, bucket = SPANS[span]
-    now = time.time()
+    latest = reader.latest_minute()
+    now = min(time.time(), latest + 60) if latest is not None else time.time()
     start = int((now - length) // bucket) * bucket
     wanted = ("valid", "lost", "corrupt", "duplicate", "forged", "replay", "malformed", "rate_limited",
               "source_drops", "lost_on_device")

@@ -243,6 +243,10 @@ class SQLiteReader:
                                "ORDER BY id LIMIT ?", (*params, limit))
         return [dict(zip(("id", "t", "device", "link", "kind", "reason"), row)) for row in rows]
 
+    def latest_minute(self) -> int | None:
+        """The newest minute any counter was stored for (None: an empty store)."""
+        return self.db.execute("SELECT MAX(minute) FROM counts").fetchone()[0]
+
     def counts_by_minute(self, scope: str, name: str, since_minute: int, counters) -> list:
         """(minute, counter, value) rows of one link or device from since_minute (the console's charts)."""
         marks = ", ".join("?" * len(counters))
