@@ -10,6 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import (  # noqa: E402
+    bench_console,
     bench_faults,
     bench_firmware,
     bench_forward,
@@ -26,5 +27,5 @@ from bench import (  # noqa: E402
 if __name__ == "__main__":
     for module in (bench_overhead, bench_verify, bench_memory, bench_micropython, bench_ingest, bench_seals,
                    bench_forward,
-                   bench_scaleout, bench_faults, bench_loss_model, bench_firmware):
+                   bench_scaleout, bench_console, bench_faults, bench_loss_model, bench_firmware):
         module.main()

@@ -259,3 +259,19 @@ def test_hub_toml_console_section_starts_it(tmp_path, broker, keys):
     config.write_text('[console]\nlisten = "0.0.0.0:0"\n')  # off loopback without TLS and a token: refused
     refused = HubProcess(broker, keys.path, tmp_path / "hub2.db", tmp_path / "hub2.log", "--config", config).start()
     assert refused.process.wait(30) == 2 and "needs TLS" in (tmp_path / "hub2.log").read_text()
+
+
+def test_demo_keeps_its_console_up_until_ctrl_c(tmp_path):
+    demo = subprocess.Popen([str(LINKSEAL), "demo", "--out", tmp_path / "demo", "--console", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = wait_for(lambda: next((l for l in iter(demo.stdout.readline, "") if l.startswith("console on")), None),
+                        300, "the demo's console")
+        address = line.split()[2]
+        links = json.loads(_get(address + "api/v1/links")[2])["links"]
+        assert set(links) == {"fiber", "twisted-pair", "coax", "wifi", "ble", "lora"}
+        series = json.loads(_get(address + "api/v1/series?link=lora&span=1h")[2])
+        assert any(rate is not None for rate in series["loss_rate"])  # the demo's minutes, not empty wall-clock ones
+    finally:
+        demo.send_signal(signal.SIGINT)
+    assert demo.wait(30) == 0

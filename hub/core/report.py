@@ -80,18 +80,22 @@ def abnormal_reasons(name: str, link_entry: dict, registry: dict | None = None) 
     return reasons
 
 
-def _assemble(links: dict, devices: dict, device_links: dict, unknown: int, events: list, statuses: dict) -> dict:
-    """statuses: device -> the fields of its latest status message (hub/core/status.py)."""
+def _link_entries(links: dict) -> dict:
     registry = load_links()
-    for device in statuses:
-        devices.setdefault(device, new_counters())
-    link_entries = {}
+    entries = {}
     for name, counters in links.items():
         item = link_entry(counters)
         item["abnormal"] = abnormal_reasons(name, item, registry)
-        link_entries[name] = item
+        entries[name] = item
+    return entries
+
+
+def _assemble(links: dict, devices: dict, device_links: dict, unknown: int, events: list, statuses: dict) -> dict:
+    """statuses: device -> the fields of its latest status message (hub/core/status.py)."""
+    for device in statuses:
+        devices.setdefault(device, new_counters())
     return {
-        "links": link_entries,
+        "links": _link_entries(links),
         "devices": {device: {**entry(counters), "link": device_links[device], "status": statuses.get(device)}
                     for device, counters in devices.items()},
         "unknown_device": unknown,
@@ -108,6 +112,27 @@ def build_report(verifier, events=None) -> dict:
     statuses = {device: dict(status.fields) for device, status in verifier.status.items()}
     events = list(verifier.events) if events is None else events
     return _assemble(dict(verifier.links()), devices, device_links, verifier.unknown_device, events, statuses)
+
+
+def build_stored_links(storage) -> tuple[dict, int]:
+    """(the report's links, unknown_device) from storage, without the devices (the console)."""
+    links, unknown = {}, 0
+    for scope, name, counter, total in storage.counts_since(None, scopes=("link", "hub")):
+        if scope == "hub":
+            unknown += total
+        else:
+            links.setdefault(name, new_link_counters())[LINK_SLOT_NAMES.index(counter)] = total
+    return _link_entries(links), unknown
+
+
+def build_stored_devices(storage, names: list) -> dict:
+    """The report's entries of these devices only (the console's search), from storage."""
+    counters = {name: new_counters() for name in names}
+    for name, counter, total in storage.device_counts(names):
+        counters[name][SLOT_NAMES.index(counter)] = total
+    device_links, statuses = storage.device_links(), storage.device_statuses()
+    return {name: {**entry(c), "link": device_links.get(name), "status": statuses.get(name)}
+            for name, c in counters.items()}
 
 
 def build_stored_report(storage, since: float | None = None, link: str | None = None) -> dict:

@@ -10,7 +10,7 @@ import time
 
 from hardware.link_registry import load_links
 from hub.core.counters import SLOT_NAMES
-from hub.core.report import build_stored_report, entry, new_counters
+from hub.core.report import build_stored_devices, build_stored_links, entry, new_counters
 
 # Chart spans: how far back, and the bucket each point sums (the stored per-minute rows are
 # rolled up into hours after 14 days and days after 90, docs/hub.md: Retention).
@@ -31,31 +31,29 @@ class BadRequest(ValueError):
 
 def links(reader) -> dict:
     """The report's links, and what hardware/links expects of each kind of link beside them."""
-    report = build_stored_report(reader)
+    entries, unknown = build_stored_links(reader)
     registry = load_links()
     expected = {name: {"frame_loss": registry[name].frame_loss, "corrupt": registry[name].corrupt}
-                for name in report["links"] if name in registry}
-    return {"links": report["links"], "expected": expected, "unknown_device": report["unknown_device"],
-            "generated_at": time.time()}
+                for name in entries if name in registry}
+    return {"links": entries, "expected": expected, "unknown_device": unknown, "generated_at": time.time()}
 
 
 def devices(reader, query: str = "", link: str | None = None, limit: int = 100) -> dict:
     """Devices whose id contains `query` (case-insensitive), on `link` if given, by id."""
     if not 1 <= limit <= MAX_DEVICES:
         raise BadRequest(f"limit must be 1..{MAX_DEVICES}")
-    report = build_stored_report(reader, link=link)
     needle = query.lower()
-    matching = sorted(d for d in report["devices"] if needle in d.lower())
-    return {"devices": {d: report["devices"][d] for d in matching[:limit]}, "total": len(matching)}
+    matching = sorted(d for d, on in reader.device_links().items()
+                      if needle in d.lower() and (link is None or on == link))
+    return {"devices": build_stored_devices(reader, matching[:limit]), "total": len(matching)}
 
 
 def device(reader, device_id: str, span: str = "24h") -> dict:
     """One device: its report entry, its recent security events and its loss over time."""
-    report = build_stored_report(reader)
-    if device_id not in report["devices"]:
+    if device_id not in reader.device_links():
         raise NotFound(f"no device {device_id!r} in this hub's store")
-    events = [e for e in reader.events_after(0, MAX_EVENTS * 10, device=device_id)][-MAX_EVENTS:]
-    return {"device": report["devices"][device_id], "events": events,
+    events = reader.events_after(0, MAX_EVENTS * 10, device=device_id)[-MAX_EVENTS:]
+    return {"device": build_stored_devices(reader, [device_id])[device_id], "events": events,
             "series": _series(reader, "device", device_id, span)}
 
 

@@ -203,10 +203,11 @@ class PostgresReader:
     def require_sound(self) -> None:
         """PostgreSQL checks its own pages; nothing to add here."""
 
-    def counts_since(self, since_minute: int | None) -> list:
+    def counts_since(self, since_minute: int | None, scopes=("device", "link", "hub")) -> list:
         return self.conn.execute(
             "SELECT scope, name, counter, SUM(value)::bigint FROM linkseal_counts WHERE minute >= %s "
-            "GROUP BY scope, name, counter", (since_minute if since_minute is not None else -(2**62),)).fetchall()
+            "AND scope = ANY(%s) GROUP BY scope, name, counter",
+            (since_minute if since_minute is not None else -(2**62), list(scopes))).fetchall()
 
     def device_links(self) -> dict:
         return dict(self.conn.execute("SELECT device, link FROM linkseal_devices").fetchall())

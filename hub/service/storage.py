@@ -154,7 +154,7 @@ class Storage(Protocol):
 
     def load(self) -> Stored: ...  # the verifier state saved by the last commits
     def commit(self, batch: Batch) -> None: ...  # all of it in one transaction, or nothing
-    def counts_since(self, since_minute: int | None) -> list: ...  # (scope, name, counter, total)
+    def counts_since(self, since_minute: int | None, scopes=...) -> list: ...  # (scope, name, counter, total)
     def device_links(self) -> dict: ...  # device -> current link
     def device_statuses(self) -> dict: ...  # device -> its latest status (hub.status fields)
     def events_since(self, since: float | None) -> list: ...
@@ -213,11 +213,12 @@ class SQLiteReader:
     def close(self) -> None:
         self.db.close()
 
-    def counts_since(self, since_minute: int | None) -> list:
+    def counts_since(self, since_minute: int | None, scopes=("device", "link", "hub")) -> list:
         """(scope, name, counter, total) summed over the minutes from since_minute."""
+        marks = ", ".join("?" * len(scopes))
         return self.db.execute(
-            "SELECT scope, name, counter, SUM(value) FROM counts WHERE minute >= ? GROUP BY scope, name, counter",
-            (since_minute if since_minute is not None else -(2**62),)).fetchall()
+            f"SELECT scope, name, counter, SUM(value) FROM counts WHERE minute >= ? AND scope IN ({marks}) "
+            "GROUP BY scope, name, counter", (since_minute if since_minute is not None else -(2**62), *scopes)).fetchall()
 
     def device_statuses(self) -> dict:
         """device -> what its latest status message said (hub.status.DeviceStatus fields)."""
@@ -242,6 +243,15 @@ class SQLiteReader:
         rows = self.db.execute(f"SELECT id, t, device, link, kind, reason FROM events WHERE {' AND '.join(where)} "
                                "ORDER BY id LIMIT ?", (*params, limit))
         return [dict(zip(("id", "t", "device", "link", "kind", "reason"), row)) for row in rows]
+
+    def device_counts(self, names: list) -> list:
+        """(device, counter, total) over all stored minutes, for these devices."""
+        rows = []
+        for start in range(0, len(names), 500):  # within SQLite's limit on bound parameters
+            chunk = names[start : start + 500]
+            rows += self.db.execute(f"SELECT name, counter, SUM(value) FROM counts WHERE scope = 'device' AND name IN "
+                                    f"({', '.join('?' * len(chunk))}) GROUP BY name, counter", chunk).fetchall()
+        return rows
 
     def latest_minute(self) -> int | None:
         """The newest minute any counter was stored for (None: an empty store)."""
