@@ -275,3 +275,42 @@ def test_demo_keeps_its_console_up_until_ctrl_c(tmp_path):
     finally:
         demo.send_signal(signal.SIGINT)
     assert demo.wait(30) == 0
+
+
+def test_off_loopback_it_serves_tls_and_asks_for_the_token(tmp_path, keys):
+    import ssl
+
+    from hub.keys.pki import init_ca, issue
+    from hub.service.storage import SQLiteStorage
+
+    db = tmp_path / "hub.db"
+    SQLiteStorage(db).close()
+    ca = tmp_path / "ca"
+    init_ca(ca)
+    cert, key = issue(ca, "console.plant", tmp_path, "console", server_hosts=("console.plant", "127.0.0.1"))
+    token = tmp_path / "token"
+    token.write_text("a-long-random-console-token\n")
+    console = subprocess.Popen([str(LINKSEAL), "hub", "console", "--db", db, "--listen", "0.0.0.0:0",
+                                "--console-tls-cert", cert, "--console-tls-key", key, "--console-token-file", token],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        line = console.stdout.readline()
+        port = int(line.split()[2].rstrip("/").rsplit(":", 1)[1])
+        context = ssl.create_default_context(cafile=str(ca / "ca.pem"))
+        context.check_hostname = False  # the certificate names console.plant; the test connects by address
+
+        def get(**headers):
+            request = urllib.request.Request(f"https://127.0.0.1:{port}/api/v1/links",
+                                             headers={"Host": f"console.plant:{port}", **headers})
+            try:
+                with urllib.request.urlopen(request, context=context, timeout=10) as response:
+                    return response.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert get() == 401 and get(Authorization="Bearer wrong-token-of-some-length") == 401
+        assert get(Host=f"evil.example:{port}", Authorization="Bearer a-long-random-console-token") == 421
+        assert get(Authorization="Bearer a-long-random-console-token") == 200
+    finally:
+        console.send_signal(signal.SIGINT)
+        console.wait(10)

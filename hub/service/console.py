@@ -48,6 +48,19 @@ def static_dir() -> Path:
     return Path(str(resources.files("hub.service") / "console_static"))
 
 
+def certificate_names(cert_file) -> set:
+    """The DNS names and addresses a PEM certificate was issued for."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return set(names.get_values_for_type(x509.DNSName)) | {
+        f"[{ip}]" if ip.version == 6 else str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -75,6 +88,8 @@ class ConsoleServer:
         bound_host, bound_port = self.httpd.server_address[:2]
         self.address = f"{bound_host}:{bound_port}"
         names = {bound_host, host} | ({"localhost", "127.0.0.1", "[::1]"} if is_loopback(bound_host) else set())
+        if tls:  # off loopback, browsers use the names its certificate was issued for
+            names |= certificate_names(tls[0])
         self.allowed_hosts = {f"{name}:{bound_port}" for name in names}
         self.thread = None
 
