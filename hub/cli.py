@@ -70,8 +70,9 @@ def add_hub_group(groups):
 
     console = command(sub, "console", "Serve the read-only operator console (links, charts, security events, "
                       "devices) over a hub's database, running or stopped, until Ctrl-C.",
-                      ["linkseal hub console --db hub.db", "linkseal hub console --db hub.db --listen 127.0.0.1:8088"])
-    console.add_argument("--db", required=True, type=Path)
+                      ["linkseal hub console --db hub.db", "linkseal hub console --db hub.db --listen 127.0.0.1:8088",
+                       "linkseal hub console --db postgresql://db.plant/linkseal (hub workers)"])
+    console.add_argument("--db", required=True, help="the hub's SQLite file, or the hub workers' postgresql://...")
     _console_options(console, "--listen", "HOST:PORT to serve on (default 127.0.0.1:8088)")
     console.set_defaults(run=_console)
 
@@ -171,7 +172,11 @@ def _console_from_settings(args, settings) -> None:
 
 
 def _console(args):
-    if not args.db.is_file():
+    if _is_postgres(args.db):
+        from hub.service.pg_storage import ensure_schema
+
+        ensure_schema(args.db)  # StorageError (exit 2) when PostgreSQL cannot be reached
+    elif not Path(args.db).is_file():
         raise InputError(f"{args.db}: no such hub database")
     args.console = args.console or ("127.0.0.1", 8088)
     server = start_console(args, args.db)

@@ -314,3 +314,43 @@ def test_off_loopback_it_serves_tls_and_asks_for_the_token(tmp_path, keys):
     finally:
         console.send_signal(signal.SIGINT)
         console.wait(10)
+
+
+def test_the_console_reads_the_hub_workers_postgresql_store(tmp_path, keys, postgres):
+    """What hub workers store (here through the workers' own storage, one partition) is shown
+    like a single hub's: same links, devices, events."""
+    from hardware.link_registry import links_by_code
+    from hub.core.report import build_stored_report
+    from hub.core.verifier import Verifier
+    from hub.service.console import ConsoleServer
+    from hub.service.ingest import Ingest
+    from hub.service.pg_storage import PartitionStorage, PostgresReader, claim
+
+    sealer = Sealer("pump-1", bytes.fromhex(keys.provision("pump-1", "ble")["key"]), link="ble")
+    verifier = Verifier(keys.device_keys(), {code: link.name for code, link in links_by_code().items()})
+    storage = PartitionStorage(postgres.url, 0, claim(postgres.url, 0, "test"))
+    ingest = Ingest(verifier, storage)
+    frames = [sealer.seal(b"r") for _ in range(30)]
+    for i, frame in enumerate(frames):
+        if i != 10:
+            ingest.handle(topic_for("pump-1"), frame, 1_796_000_000.0 + i)
+    ingest.handle(topic_for("pump-1"), forged(frames[3]), 1_796_000_040.0)
+    ingest.commit()
+    storage.close()
+    server = ConsoleServer(postgres.url, "127.0.0.1", 0).start()
+    try:
+        url = f"http://{server.address}/api/v1/"
+        links = json.loads(_get(url + "links")[2])["links"]
+        reader = PostgresReader(postgres.url)
+        expected = build_stored_report(reader)
+        reader.close()
+        assert links["ble"] == json.loads(json.dumps(expected["links"]["ble"]))
+        assert links["ble"]["lost"] == 1 and links["ble"]["forged"] == 1
+        device = json.loads(_get(url + "devices/pump-1")[2])
+        assert device["device"]["valid"] == 29 and [e["kind"] for e in device["events"]] == ["forged"]
+        assert json.loads(_get(url + "devices?q=PUMP")[2])["total"] == 1
+        series = json.loads(_get(url + "series?link=ble&span=1h")[2])
+        assert any(rate is not None for rate in series["loss_rate"])
+        assert json.loads(_get(url + "audit")[2])["chain_intact"] is True
+    finally:
+        server.stop()

@@ -71,9 +71,10 @@ def is_loopback(host: str) -> bool:
 
 
 class ConsoleServer:
-    def __init__(self, db_path, host: str, port: int, token: str | None = None, tls: tuple | None = None):
-        """token: required as `Authorization: Bearer TOKEN`; tls: (certificate file, key file)."""
-        self.db_path = Path(db_path)
+    def __init__(self, db, host: str, port: int, token: str | None = None, tls: tuple | None = None):
+        """db: a hub's SQLite file, or the hub workers' postgresql:// URL; token: required as
+        `Authorization: Bearer TOKEN`; tls: (certificate file, key file)."""
+        self.db = db
         self.token = token
         self.streams = threading.BoundedSemaphore(MAX_STREAMS)
         self.stopping = threading.Event()
@@ -92,6 +93,14 @@ class ConsoleServer:
             names |= certificate_names(tls[0])
         self.allowed_hosts = {f"{name}:{bound_port}" for name in names}
         self.thread = None
+
+    def open_reader(self):
+        """A reader of its own for one request or stream: never the hub's writing connection."""
+        if str(self.db).startswith(("postgresql://", "postgres://")):
+            from hub.service.pg_storage import PostgresReader
+
+            return PostgresReader(str(self.db))
+        return SQLiteReader.read_only(self.db)
 
     def start(self) -> "ConsoleServer":
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="console", daemon=True)
@@ -147,7 +156,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._refuse(500, f"internal error ({type(exc).__name__})")
 
     def _api(self, route: str, query: dict):
-        reader = SQLiteReader.read_only(self.console.db_path)
+        reader = self.console.open_reader()
         try:
             if route == "links":
                 return console_api.links(reader)
@@ -180,7 +189,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._headers({"Content-Type": "text/event-stream"})
             self.end_headers()
             self.connection.settimeout(STREAM_SEND_TIMEOUT_S)  # a stuck browser is dropped, not waited for
-            reader = SQLiteReader.read_only(console.db_path)
+            reader = console.open_reader()
             try:
                 last_ping = time.monotonic()
                 while not console.stopping.is_set():

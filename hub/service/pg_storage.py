@@ -39,7 +39,9 @@ CREATE TABLE IF NOT EXISTS linkseal_workers (owner text PRIMARY KEY, seen timest
 CREATE TABLE IF NOT EXISTS linkseal_events (
     partition integer NOT NULL, id bigint NOT NULL, t double precision NOT NULL, device text, link text,
     kind text NOT NULL, reason text NOT NULL, prev_hash text NOT NULL, hash text NOT NULL,
-    PRIMARY KEY (partition, id))"""]
+    PRIMARY KEY (partition, id))""", """
+ALTER TABLE linkseal_events ADD COLUMN IF NOT EXISTS seq bigserial""", """
+CREATE INDEX IF NOT EXISTS linkseal_events_seq ON linkseal_events (seq)"""]
 
 
 class Fenced(Exception):
@@ -220,6 +222,33 @@ class PostgresReader:
         rows = self.conn.execute("SELECT t, device, link, kind, reason FROM linkseal_events WHERE t >= %s "
                                  "ORDER BY t, partition, id", (since if since is not None else float("-inf"),))
         return [dict(zip(("t", "device", "link", "kind", "reason"), row)) for row in rows.fetchall()]
+
+    # -- what the console reads (hub/service/console_api.py) ------------------------------
+
+    def events_after(self, after_id: int, limit: int, kind=None, link=None, device=None) -> list:
+        """Events of every partition by their global sequence number (`id` here). Workers commit
+        concurrently, so a number can become visible after a higher one: a live view may miss
+        such an event until it is reloaded (docs/hub.md, Console)."""
+        where, params = ["seq > %s"], [after_id]
+        for column, value in (("kind", kind), ("link", link), ("device", device)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(value)
+        rows = self.conn.execute(f"SELECT seq, t, device, link, kind, reason FROM linkseal_events WHERE "
+                                 f"{' AND '.join(where)} ORDER BY seq LIMIT %s", (*params, limit)).fetchall()
+        return [dict(zip(("id", "t", "device", "link", "kind", "reason"), row)) for row in rows]
+
+    def device_counts(self, names: list) -> list:
+        return self.conn.execute("SELECT name, counter, SUM(value)::bigint FROM linkseal_counts WHERE scope = 'device' "
+                                 "AND name = ANY(%s) GROUP BY name, counter", (list(names),)).fetchall()
+
+    def latest_minute(self) -> int | None:
+        return self.conn.execute("SELECT MAX(minute) FROM linkseal_counts").fetchone()[0]
+
+    def counts_by_minute(self, scope: str, name: str, since_minute: int, counters) -> list:
+        return self.conn.execute("SELECT minute, counter, value FROM linkseal_counts WHERE scope = %s AND name = %s "
+                                 "AND minute >= %s AND counter = ANY(%s) ORDER BY minute",
+                                 (scope, name, since_minute, list(counters))).fetchall()
 
     def audit(self) -> tuple[int, str | None]:
         """(events checked, None) when every partition's chain holds, else what broke."""
