@@ -20,7 +20,7 @@ workers add to the same rows; each partition keeps its own chain of security eve
 import json
 
 from hub.service.sinks import PG_SCHEMA, PG_TABLE
-from hub.service.storage import GENESIS_HASH, Batch, StorageError, Stored, event_hash
+from hub.service.storage import GENESIS_HASH, Batch, StorageError, Stored, event_filter, event_hash
 
 SCHEMA = [PG_SCHEMA, """
 CREATE TABLE IF NOT EXISTS linkseal_partitions (
@@ -229,13 +229,9 @@ class PostgresReader:
         """Events of every partition by their global sequence number (`id` here). Workers commit
         concurrently, so a number can become visible after a higher one: a live view may miss
         such an event until it is reloaded (docs/hub.md, Console)."""
-        where, params = ["seq > %s"], [after_id]
-        for column, value in (("kind", kind), ("link", link), ("device", device)):
-            if value is not None:
-                where.append(f"{column} = %s")
-                params.append(value)
-        rows = self.conn.execute(f"SELECT seq, t, device, link, kind, reason FROM linkseal_events WHERE "
-                                 f"{' AND '.join(where)} ORDER BY seq LIMIT %s", (*params, limit)).fetchall()
+        where, params = event_filter("seq", "%s", after_id, kind, link, device)
+        rows = self.conn.execute(f"SELECT seq, t, device, link, kind, reason FROM linkseal_events WHERE {where} "
+                                 "ORDER BY seq LIMIT %s", (*params, limit)).fetchall()
         return [dict(zip(("id", "t", "device", "link", "kind", "reason"), row)) for row in rows]
 
     def device_counts(self, names: list) -> list:

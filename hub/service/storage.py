@@ -186,6 +186,17 @@ def _last_record_id(db) -> int:
     return row[0] if row else 0
 
 
+def event_filter(order_column: str, mark: str, after_id: int, kind, link, device) -> tuple[str, list]:
+    """The WHERE clause and parameters of the console's event query (mark: the driver's
+    placeholder): events after after_id in order_column, of this kind, link and device if given."""
+    where, params = [f"{order_column} > {mark}"], [after_id]
+    for column, value in (("kind", kind), ("link", link), ("device", device)):
+        if value is not None:
+            where.append(f"{column} = {mark}")
+            params.append(value)
+    return " AND ".join(where), params
+
+
 def event_hash(prev_hash: str, event: dict) -> str:
     """The chain link of one security event: SHA-256 over the previous hash and the event."""
     body = json.dumps([event["t"], event["device"], event["link"], event["kind"], event["reason"]],
@@ -235,12 +246,8 @@ class SQLiteReader:
 
     def events_after(self, after_id: int, limit: int, kind=None, link=None, device=None) -> list:
         """Security events with an id above after_id, oldest first, filtered (the console)."""
-        where, params = ["id > ?"], [after_id]
-        for column, value in (("kind", kind), ("link", link), ("device", device)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        rows = self.db.execute(f"SELECT id, t, device, link, kind, reason FROM events WHERE {' AND '.join(where)} "
+        where, params = event_filter("id", "?", after_id, kind, link, device)
+        rows = self.db.execute(f"SELECT id, t, device, link, kind, reason FROM events WHERE {where} "
                                "ORDER BY id LIMIT ?", (*params, limit))
         return [dict(zip(("id", "t", "device", "link", "kind", "reason"), row)) for row in rows]
 
