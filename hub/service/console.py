@@ -145,7 +145,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if path.startswith("/api/v1/"):
                 if path == "/api/v1/stream":
-                    return self._stream(int(query.get("after", "0")))
+                    return self._stream(console_api.event_id(query.get("after", "0")))
                 return self._json(self._api(path[len("/api/v1/"):], query), head)
             return self._static(path, head)
         except console_api.NotFound as exc:

@@ -57,7 +57,19 @@ def device(reader, device_id: str, span: str = "24h") -> dict:
             "series": _series(reader, "device", device_id, span)}
 
 
+MAX_ID = 2**63 - 1  # event ids are SQLite / PostgreSQL bigints
+
+
+def event_id(text) -> int:
+    """An `after` parameter: an event id, 0..MAX_ID."""
+    value = int(text)
+    if not 0 <= value <= MAX_ID:
+        raise BadRequest(f"after must be 0..{MAX_ID}")
+    return value
+
+
 def events(reader, after: int = 0, limit: int = 100, kind=None, link=None, device=None) -> dict:
+    after = event_id(after)
     if not 1 <= limit <= MAX_EVENTS:
         raise BadRequest(f"limit must be 1..{MAX_EVENTS}")
     if kind is not None and kind not in EVENT_KINDS:
