@@ -182,11 +182,20 @@ def _console(args):
     server = start_console(args, args.db)
     scheme = "https" if args.console_tls_cert else "http"
     print(f"console on {scheme}://{server.address}/ (read-only); Ctrl-C to stop", flush=True)
-    try:
-        server.thread.join()
-    except KeyboardInterrupt:
-        server.stop()
+    serve_until_stopped(server)
     return 0
+
+
+def serve_until_stopped(server) -> None:
+    """Until Ctrl-C or SIGTERM. Set explicitly: a process started in the background by a shell
+    inherits SIGINT ignored, and Python would then never raise KeyboardInterrupt."""
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
 
 
 def _verifier(args, rate_limits=None):

@@ -404,10 +404,9 @@ def _demo(args) -> int:
         except OSError as exc:
             raise InputError(f"--console {host}:{port}: cannot listen ({exc})") from None
         print(f"console on http://{server.address}/ (read-only); Ctrl-C to stop", flush=True)
-        try:
-            server.thread.join()
-        except KeyboardInterrupt:
-            server.stop()
+        from hub.cli import serve_until_stopped
+
+        serve_until_stopped(server)
     return status
 
 
