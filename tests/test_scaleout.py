@@ -47,6 +47,13 @@ def fresh_topology(rabbit, partitions):
     return declared
 
 
+def drained(node) -> bool:
+    """Every linkseal queue empty: nothing ready, nothing delivered and unacknowledged (a record
+    count alone can be reached while redelivered copies still wait)."""
+    rows = json.loads(node.ctl("list_queues", "name", "messages", "--formatter", "json"))
+    return all(row["messages"] == 0 for row in rows if row["name"].startswith("linkseal."))
+
+
 def linkseal(*args, env=None):
     return subprocess.run([str(LINKSEAL), *map(str, args)], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {})})
@@ -129,6 +136,7 @@ def test_two_workers_share_the_fleet_survive_a_kill_and_a_crash_after_commit_and
         wait_for(lambda: postgres.query("SELECT COUNT(*) FROM linkseal_records")[0][0] >= valid, 90,
                  "every record in PostgreSQL")
         wait_for(lambda: _report(postgres.url)["links"].get("wifi", {}).get("forged") == 1, 60, "the forgery counted")
+        wait_for(lambda: drained(rabbit), 60, "the queues to drain")
     finally:
         workers.stop()
     assert c.returncode == 0
@@ -352,6 +360,7 @@ def test_a_three_node_cluster_loses_a_leader_node_and_a_worker_and_keeps_every_a
                  "every acknowledged record in PostgreSQL")
         wait_for(lambda: (_report(postgres.url)["devices"].get("gateway-1") or {}).get("status"), 60,
                  "the agent's status, re-routed into its partition")
+        wait_for(lambda: drained(survivor), 60, "the queues to drain, redelivered copies included")
     finally:
         workers.stop()
         cluster.stop()
