@@ -438,16 +438,23 @@ def _audit(args):
     start = (f"from the pruning anchor (events 1-{anchor_id} pruned; anchor hash {anchor_hash[:16]}...)"
              if anchor_id else "from the first event")
     print(f"BROKEN: SQLite integrity check: {damage}" if damage else "OK: SQLite integrity check")
+    note = f" (records 1-{pruned} were pruned by retention)" if pruned else ""
+    failed = _print_audit(checked, broken, f"hash chain intact {start}", f" {start}", unsealed,
+                          f"records, counters, device state, link counters and device status match their seals{note}")
+    return 1 if damage or failed else 0
+
+
+def _print_audit(checked, broken, chain_ok: str, chain_where: str, problems, tables_ok: str) -> bool:
+    """The audit's lines on the event chain and the other tables; True when anything is broken."""
     if broken:
-        print(f"BROKEN after {checked} intact events checked {start}: {broken}")
+        print(f"BROKEN after {checked} intact events checked{chain_where}: {broken}")
     else:
-        print(f"OK: {checked} security events, hash chain intact {start}")
-    for problem in unsealed:
+        print(f"OK: {checked} security events, {chain_ok}")
+    for problem in problems:
         print(f"BROKEN: {problem}")
-    if not unsealed:
-        note = f" (records 1-{pruned} were pruned by retention)" if pruned else ""
-        print(f"OK: records, counters, device state, link counters and device status match their seals{note}")
-    return 1 if damage or broken or unsealed else 0
+    if not problems:
+        print(f"OK: {tables_ok}")
+    return bool(broken or problems)
 
 
 def _rabbitmq_config(args):
@@ -474,18 +481,12 @@ def _audit_postgres(url):
         problems = reader.consistency_problems()
     finally:
         reader.close()
-    if broken:
-        print(f"BROKEN after {checked} intact events checked: {broken}")
-    else:
-        print(f"OK: {checked} security events, every partition's hash chain intact from its first event")
-    for problem in problems:
-        print(f"BROKEN: {problem}")
-    if not problems:
-        print("OK: device and link counters equal the sums of their per-minute counts, and each device's stored "
-              "records its valid frames")
+    failed = _print_audit(checked, broken, "every partition's hash chain intact from its first event", "", problems,
+                          "device and link counters equal the sums of their per-minute counts, and each device's "
+                          "stored records its valid frames")
     print("NOT CHECKED: seals (digests a row edited together with its sums would not escape) are kept by the "
           "SQLite hub only so far")
-    return 1 if broken or problems else 0
+    return 1 if failed else 0
 
 
 def _broker_config(args):
