@@ -9,8 +9,8 @@ and the console shows counts, ids and reasons only. docs/console-openapi.json de
 import time
 
 from hardware.link_registry import load_links
-from hub.core.counters import SLOT_NAMES
-from hub.core.report import build_stored_devices, build_stored_links, entry, new_counters
+from hub.core.counters import SLOT_NAMES, new_counters
+from hub.core.report import build_stored_devices, build_stored_links, entry
 
 # Chart spans: how far back, and the bucket each point sums (the stored per-minute rows are
 # rolled up into hours after 14 days and days after 90, docs/hub.md: Retention).
