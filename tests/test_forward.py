@@ -195,6 +195,8 @@ def test_a_running_hub_deletes_records_once_every_sink_has_them(tmp_path, broker
         wait_for(lambda: len(pg_records(postgres)) == 500, 60, "PostgreSQL to have every record")
         wait_for(lambda: sqlite3.connect(hub.db).execute("SELECT COUNT(*) FROM records").fetchone()[0] == 0, 30,
                  "the hub to prune what the sink has")
+        # The step is logged just after its commit: wait for the line before the kill -9 of stop().
+        wait_for(lambda: any(e["event"] == "pruned" for e in hub.events()), 30, "the pruning logged")
     finally:
         hub.stop()
     assert stored_report(hub.db)["links"]["wifi"]["valid"] == 500  # the counts stay
