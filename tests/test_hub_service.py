@@ -13,7 +13,7 @@ from hub.core.report import build_report
 from hub.core.verifier import Verifier
 from hub.keys.keyfile import KeyFile
 from simulator.run import Scenario, generate, label
-from tools.services import LINKSEAL, HubProcess, frames_seen, publish, stored_report, wait_for
+from tools.services import LINKSEAL, HubProcess, frames_seen, publish, publish_paced, stored_report, wait_for
 
 COUNTERS = ("received", "valid", "lost", "duplicate", "reordered", "corrupt", "forged", "replay", "malformed",
             "rate_limited")
@@ -190,6 +190,37 @@ def test_rate_limit_per_device(tmp_path, broker, keys):
     summaries = [e for e in hub.events() if e["event"] == "rate_limited"]
     # One line per interval, not one per frame.
     assert sum(line["frames_by_link"]["wifi"] for line in summaries) == 25 and len(summaries) <= 3
+
+
+def test_a_restart_backlog_sent_within_the_rate_drains_whole(tmp_path, broker, keys):
+    """A device at 49 frames/s (limit 100/s, burst 10) keeps sending while the hub is down:
+    the broker's backlog arrives at once after the restart and every record is valid. A device
+    really above its rate afterwards is still limited."""
+    config = tmp_path / "hub.toml"
+    config.write_text("[rate_limits]\ndefault = { rate = 100, burst = 10 }\n")
+    stream = sealed_stream(keys, devices=1, frames=1310)
+    before, backlog, flood = stream[:10], stream[10:310], stream[310:]
+    hub = start_hub(tmp_path, broker, keys, "--config", config)
+    try:
+        publish_paced(broker.port, before, 49)
+        wait_for(lambda: frames_seen(hub.db) == len(before), 30, "the first frames stored")
+    finally:
+        hub.stop()
+    publish_paced(broker.port, backlog, 49)  # about 6 s with no hub: the broker keeps them
+    hub = start_hub(tmp_path, broker, keys, "--config", config, name="hub-again")
+    try:
+        wait_for(lambda: frames_seen(hub.db) == len(before) + len(backlog), 30, "the backlog")
+        entry = stored_report(hub.db)["devices"]["dev-0"]
+        assert (entry["valid"], entry["rate_limited"], entry["lost"]) == (310, 0, 0)
+        # 1,000 frames as fast as the broker takes them: past the burst and what is left of the
+        # credit for the downtime (about 600 frames' worth, less the 300 of the backlog).
+        publish(broker.port, flood)
+        wait_for(lambda: frames_seen(hub.db) == len(stream), 30, "the flood")
+    finally:
+        hub.stop()
+    entry = stored_report(hub.db)["devices"]["dev-0"]
+    assert entry["rate_limited"] >= 400 and entry["valid"] + entry["rate_limited"] == len(stream)
+    assert entry["lost"] == 0  # the hub's refusals are not the link's loss
 
 
 def test_metrics_endpoint(tmp_path, broker, keys):

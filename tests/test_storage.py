@@ -3,6 +3,7 @@
 import sqlite3
 import stat
 import tracemalloc
+from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -176,10 +177,48 @@ def test_rate_limit_is_a_token_bucket_per_device():
     got = [verifier.verify(TOPIC, data, 100.0).outcome for data in noisy[:5]]
     assert got == ["valid"] * 3 + ["rate_limited"] * 2
     assert [verifier.verify(topic_for("pump-2"), d, 100.0).outcome for d in quiet] == ["valid", "valid"]
-    # One second later two tokens have come back; the refused frames were never verified.
-    assert [verifier.verify(TOPIC, d, 101.0).outcome for d in noisy[3:6]] == ["valid", "valid", "rate_limited"]
-    assert build_report(verifier)["devices"]["pump-1"]["rate_limited"] == 3
+    # One second later two tokens have come back. A refused frame is settled (refused, and
+    # acknowledged upstream): a copy of it is a duplicate, which costs no token.
+    assert [verifier.verify(TOPIC, d, 101.0).outcome for d in noisy[3:8]] == [
+        "duplicate", "duplicate", "valid", "valid", "rate_limited"]
+    pump = build_report(verifier)["devices"]["pump-1"]
+    # The hub's refusals are not the link's loss: their positions count as received.
+    assert (pump["rate_limited"], pump["lost"], pump["valid"]) == (3, 0, 5)
 
+
+def test_frames_that_fail_their_mac_or_repeat_spend_no_rate():
+    """Garbage, forgeries and replayed copies on a device's topic (anyone with its broker
+    login can send them) leave its token bucket alone: the real device loses nothing."""
+    from hub.core.verifier import DeviceKeys, Verifier
+
+    verifier = Verifier([DeviceKeys("pump-1", {0: KEY}, "wifi", 16)], link_names(), rate_limits={"wifi": (1.0, 2.0)})
+    real = frames(4)
+    assert verifier.verify(TOPIC, real[0], 10.0).outcome == "valid"
+    forged = [Sealer("pump-1", b"\x01" * 32, link="wifi", epoch=1).seal(b"%d" % i) for i in range(50)]
+    flood = [b"\x00" * 40, real[1][:-1] + bytes([real[1][-1] ^ 1])] * 500 + forged + [real[0]] * 500
+    outcomes = Counter(verifier.verify(TOPIC, data, 10.0).outcome for data in flood)
+    assert outcomes == {"corrupt": 1000, "forged": 50, "duplicate": 500}
+    assert [verifier.verify(TOPIC, data, 10.0).outcome for data in real[1:3]] == ["valid", "rate_limited"]
+
+
+def test_a_stall_credits_what_devices_sent_meanwhile_and_the_credit_lapses():
+    from hub.core.verifier import DeviceKeys, Verifier
+
+    verifier = Verifier([DeviceKeys("pump-1", {0: KEY}, "wifi", 16)], link_names(), rate_limits={"wifi": (10.0, 5.0)})
+    backlog = frames(400)
+    assert [verifier.verify(TOPIC, d, 0.0).outcome for d in backlog[:5]] == ["valid"] * 5
+    # The hub was down 30 s while the device sent 8 frames a second (within its 10): 240 frames
+    # arrive at once after the restart, and every one is valid.
+    verifier.credit_stall(30.0, 30.0)
+    assert Counter(verifier.verify(TOPIC, d, 30.0).outcome for d in backlog[5:245]) == {"valid": 240}
+    # Credit left over lapses after as long again: the bucket is back to its burst of 5.
+    assert Counter(verifier.verify(TOPIC, d, 61.0).outcome for d in backlog[245:265]) == {"valid": 5,
+                                                                                         "rate_limited": 15}
+    # A device really above its rate is still limited, stall or not: 100 frames within a second
+    # after a 1 s stall pass its burst and that second's rate, no more.
+    verifier.credit_stall(1.0, 62.0)
+    got = Counter(verifier.verify(TOPIC, d, 62.0).outcome for d in backlog[265:365])
+    assert got == {"valid": 5 + 10, "rate_limited": 85}
 
 
 def test_a_schema_1_database_is_migrated_to_the_outbox_in_arrival_order(tmp_path):

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from tools.services import HubProcess, frames_seen, free_port, publish, stored_report, wait_for
+from tools.services import HubProcess, frames_seen, free_port, publish, publish_paced, stored_report, wait_for
 
 from .test_hub_service import sealed_stream, start_hub
 
@@ -87,6 +87,28 @@ def test_disk_full_pauses_survives_a_restart_and_loses_nothing(tmp_path, broker,
     wifi = stored_report(db)["links"]["wifi"]
     assert (wifi["valid"], wifi["lost"], wifi["duplicate"] + wifi["replay"]) == (len(stream), 0, 0)
     assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM records").fetchone()[0] == len(stream)
+
+
+def test_a_disk_full_backlog_sent_within_the_rate_drains_whole(tmp_path, broker, keys, small_filesystem):
+    """While the disk is full the hub's queue fills and the broker keeps the rest of a device's
+    frames (49/s against a limit of 100/s, burst 10); once space is back every one is valid."""
+    config = tmp_path / "hub.toml"
+    config.write_text("[ingest]\nqueue_size = 20\nbatch_size = 10\n[rate_limits]\ndefault = { rate = 100, burst = 10 }\n")
+    stream = sealed_stream(keys, devices=1, frames=160)
+    db = small_filesystem / "hub.db"
+    hub = start_hub(tmp_path, broker, keys, "--config", config, db=db)
+    try:
+        publish(broker.port, stream[:10])
+        wait_for(lambda: frames_seen(db) == 10, 60, "the first frames stored")
+        filler = fill(small_filesystem)
+        publish_paced(broker.port, stream[10:], 49)
+        wait_for(lambda: events_named(hub, "storage_full"), 60, "the hub to report the full disk")
+        filler.unlink()
+        wait_for(lambda: frames_seen(db) == len(stream), 60, "the backlog stored")
+    finally:
+        hub.stop()
+    entry = stored_report(db)["devices"]["dev-0"]
+    assert (entry["valid"], entry["rate_limited"], entry["lost"]) == (len(stream), 0, 0)
 
 
 def test_a_database_locked_by_another_process_pauses_the_hub(tmp_path, broker, keys):

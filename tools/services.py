@@ -192,6 +192,22 @@ def publish(port: int, messages, qos=1):
         client.loop_stop()
 
 
+def publish_paced(port: int, messages, per_second: float, qos=1):
+    """Publish like a device sending at a steady rate: message i leaves i / per_second after the
+    first (the workload's pace, not a wait for anything), each taken by the broker."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-paced-{time.monotonic_ns()}")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        start = time.monotonic()
+        for i, (topic, payload) in enumerate(messages):
+            time.sleep(max(0.0, start + i / per_second - time.monotonic()))
+            client.publish(topic, payload, qos=qos).wait_for_publish(30)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 
 

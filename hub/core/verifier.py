@@ -100,7 +100,7 @@ _verdict = tuple.__new__
 class _Device:
     # Kept small on purpose: the bench measures bytes per device at 100k devices.
     __slots__ = ("device_id", "link", "min_tag", "key_id", "key", "other_keys", "until", "revoked", "mac",
-                 "counters", "current", "older", "tokens", "stamp")
+                 "counters", "current", "older", "tokens", "stamp", "credited")
 
     def __init__(self, spec: DeviceKeys, link_code: int):
         self.device_id = spec.device_id
@@ -119,17 +119,21 @@ class _Device:
         self.older = None  # list of EpochWindows of retained older epochs
         self.tokens = None  # rate-limit token bucket: tokens left and when last refilled
         self.stamp = 0.0
+        self.credited = 0.0  # the hub's stalled seconds already credited to this bucket
 
 
 class Verifier:
     def __init__(self, devices, links: dict, rate_limits: dict | None = None):
         """devices: iterable of DeviceKeys; links: wire code -> link name (hardware/links).
 
-        rate_limits: link name -> (frames per second, burst) for a per-device token bucket;
-        a frame over the limit is `rate_limited` and not verified at all. None: no limit.
+        rate_limits: link name -> (frames per second, burst) for a per-device token bucket,
+        spent only by authentic frames the window accepts as new; such a frame over the limit
+        is `rate_limited` and not passed on. None: no limit.
         """
         self.link_names = dict(links)
         self._limits = None
+        self._stalled = 0.0  # seconds the hub could not take frames in, summed (credit_stall)
+        self._credit_until = 0.0  # the time after which stall credit left in a bucket lapses
         if rate_limits:
             self._limits = {code: rate_limits[name] for code, name in self.link_names.items() if name in rate_limits}
         codes = {name: code for code, name in self.link_names.items()}
@@ -152,9 +156,6 @@ class Verifier:
         dev = self._devices.get(topic)
         if dev is None:
             return self._unknown(topic, t)
-        # The broker's redeliveries come at its pace, not the device's: no token for them.
-        if self._limits is not None and not redelivered and not self._take_token(dev, t):
-            return self._reject(dev, RATE_LIMITED, "over the device rate limit", t)
         try:
             key_id, link, epoch, seq, stamp, body, tag_at, tag_len = _decode(data)
         except _Corrupt as exc:
@@ -187,6 +188,11 @@ class Verifier:
         if window is None or window.epoch != epoch:
             window = self._window_for(dev, epoch, seq)
         slot = window.accept(seq, link, dev.counters, self.link_counters, redelivered) if window is not None else REPLAY
+        if slot == VALID and self._limits is not None and not redelivered and not self._take_token(dev, t):
+            # Only authentic new frames spend the device's rate: garbage, forgeries, replays, copies
+            # and the broker's redeliveries cost it nothing. The position counts as received, so
+            # the hub's refusal is not charged to the link as loss.
+            slot = RATE_LIMITED
         dev.counters[slot] += 1
         lc[slot] += 1
         if slot == VALID:
@@ -197,6 +203,9 @@ class Verifier:
                       else "seq %d is older than the replay window" % seq)
             self.record_event(t, dev.device_id, name, "replay", reason)
             return _verdict(Verdict, ("replay", dev.device_id, name, epoch, seq, stamp, None, reason))
+        if slot == RATE_LIMITED:
+            return _verdict(Verdict, ("rate_limited", dev.device_id, name, epoch, seq, stamp, None,
+                                      "over the device rate limit"))
         if slot == REDELIVERED:
             return _verdict(Verdict, ("redelivered", dev.device_id, name, epoch, seq, stamp, None,
                                       "already accepted; delivered again by the broker"))
@@ -218,8 +227,6 @@ class Verifier:
         dev = self._devices.get(_record_topic(device_id)) if device_id is not None else None
         if dev is None or not topic.endswith(STATUS_SUFFIX):
             return self._unknown(topic, t)
-        if self._limits is not None and not self._take_token(dev, t):  # one bucket for all of a device's frames
-            return self._reject(dev, RATE_LIMITED, "status: over the device rate limit", t)
         name = self.link_names[dev.link]
         try:
             key_id, link, epoch, seq, _, body, tag_at, tag_len = _decode(data)
@@ -237,6 +244,9 @@ class Verifier:
             return _verdict(Verdict, ("malformed", dev.device_id, name, epoch, seq, None, None, str(exc)))
         status = self.status.get(dev.device_id) or self.status.setdefault(dev.device_id, DeviceStatus())
         order = status.accept(epoch, seq)
+        if order is not None and self._limits is not None and not self._take_token(dev, t):
+            # One bucket for all of a device's authentic new frames.
+            return self._reject(dev, RATE_LIMITED, "status: over the device rate limit", t)
         if order is None:
             reason = "status %d of epoch %d was seen before or is too old" % (seq, epoch)
             self.record_event(t, dev.device_id, name, "replay", reason)
@@ -353,6 +363,16 @@ class Verifier:
             self.record_event(t, dev.device_id, name, outcome, reason)
         return _verdict(Verdict, (outcome, dev.device_id, name, None, None, None, None, reason))
 
+    def credit_stall(self, seconds: float, t: float) -> None:
+        """The hub took no frames in for `seconds` before t (stopped, storage paused, intake
+        blocked, broker unreachable): the devices kept sending, and the broker or their own
+        queues kept what they sent. Each device's bucket gets what it would have refilled
+        meanwhile on top of its burst, so a backlog sent within the rate drains whole; what
+        is left of that credit lapses once as much time again has passed."""
+        if seconds > 0 and self._limits is not None:
+            self._stalled += seconds
+            self._credit_until = max(self._credit_until, t) + seconds
+
     def _take_token(self, dev, t):
         limit = self._limits.get(dev.link)
         if limit is None:
@@ -362,8 +382,14 @@ class Verifier:
             dev.tokens, dev.stamp = float(burst), t
         elapsed = t - dev.stamp
         if elapsed > 0:  # a clock step backwards refills nothing
-            dev.tokens = min(float(burst), dev.tokens + elapsed * rate)
+            # Refilling stops at the burst; stall credit above it stays until it lapses.
+            cap = float(burst) if t > self._credit_until else max(float(burst), dev.tokens)
+            dev.tokens = min(cap, dev.tokens + elapsed * rate)
             dev.stamp = t
+        if dev.credited != self._stalled:
+            if t <= self._credit_until:
+                dev.tokens += (self._stalled - dev.credited) * rate
+            dev.credited = self._stalled
         if dev.tokens < 1.0:
             return False
         dev.tokens -= 1.0
@@ -439,7 +465,7 @@ class Verifier:
             old = self._devices.get(topic)
             if old is not None:
                 fresh.link, fresh.counters, fresh.current, fresh.older = old.link, old.counters, old.current, old.older
-                fresh.tokens, fresh.stamp = old.tokens, old.stamp
+                fresh.tokens, fresh.stamp, fresh.credited = old.tokens, old.stamp, old.credited
             updated[topic] = fresh
         self._devices = updated
         self._mac_holders = []  # the cached HMAC states belonged to the old objects

@@ -295,6 +295,7 @@ class Worker:
         storage = PartitionStorage(self.db_url, index, token)
         stored = storage.load()
         ingest = Ingest(self.new_verifier(self.devices), storage, stored=stored)
+        ingest.resume(time.time())  # the queue kept what came while no worker held the partition
         partition = _Partition(index, channel, storage, ingest, {device for device, _ in stored.devices})
         self.partitions[index] = partition
         self.log("partition_taken", partition=index, token=token, owner=self.owner)

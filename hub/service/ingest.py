@@ -28,6 +28,7 @@ class Ingest:
         for device, text in stored.statuses:
             verifier.restore_status(device, text)
         verifier.unknown_device = stored.unknown_device
+        self._intake_at = stored.intake_at  # the arrival time of the newest message handled
         self._unwritten = None  # a batch storage refused, written again by the next commit()
         self._start_batch()
 
@@ -45,6 +46,12 @@ class Ingest:
         self._before = {}
         self._links_before = {code: c.tobytes() for code, c in self.verifier.link_counters.items()}
         self._unknown_before = self.verifier.unknown_device
+
+    def resume(self, now: float) -> None:
+        """Intake starts again (a restart, a partition taken over): the time since the newest
+        message the store holds is time the devices' backlogs built up, not a burst of theirs."""
+        if self._intake_at is not None:
+            self.verifier.credit_stall(now - self._intake_at, now)
 
     def handle(self, topic: str, payload: bytes, t: float, redelivered: bool = False):
         """Verify one message; returns the verifier's Verdict. redelivered: the MQTT DUP flag."""
@@ -66,6 +73,7 @@ class Ingest:
                 self._records.append((verdict.device_id, verdict.epoch, verdict.seq, verdict.link,
                                       verdict.device_time_ms, t, verdict.payload))
         self.pending += 1
+        self._intake_at = t
         if self.on_verdict is not None:
             self.on_verdict(verdict)
         return verdict
@@ -107,6 +115,7 @@ class Ingest:
         batch.statuses = [(d, verifier.status[d].to_json()) for d in self._statuses]
         batch.links = [(verifier.link_names[code], c.tobytes()) for code, c in verifier.link_counters.items()]
         batch.unknown_device = verifier.unknown_device
+        batch.intake_at = self._intake_at
         self._start_batch()
         return batch
 

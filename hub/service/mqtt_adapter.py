@@ -34,6 +34,9 @@ CONNACK_TIMEOUT = 10.0  # a broker that accepts TCP but never answers is treated
 # within SHORT_CONNECTION_S of being accepted is reported as a client id conflict.
 SHORT_CONNECTIONS = 3
 SHORT_CONNECTION_S = 5.0
+# Holding up intake for this long or more counts as a stall the rate limits credit (a normal
+# commit takes milliseconds; a full disk, a locked database or a sink far behind, seconds).
+STALL_MIN_S = 1.0
 
 
 class HubService:
@@ -64,6 +67,11 @@ class HubService:
         self.clock = clock
         self.arrival_clock = arrival_clock
         self._last_arrival = 0.0  # the arrival time of the last message handled
+        # Seconds intake was held up (queue full, broker unreachable), handed by the network
+        # thread to the ingest thread, which credits them to the devices' rate limits.
+        self._stalled = 0.0
+        self._stalled_lock = threading.Lock()
+        self._disconnected_at = None  # monotonic time the broker connection was lost
         self._next_prune = 0.0  # monotonic time of the next retention step
         self.forwarders = [Forwarder(name, sink, ingest.storage.path, log, self.stopping, settings.backoff_max)
                            for name, sink in sinks]
@@ -94,6 +102,9 @@ class HubService:
         client.subscribe(TOPICS)
         self._connected = True
         self._connected_at = time.monotonic()
+        if self._disconnected_at is not None:  # the broker kept the devices' frames meanwhile
+            self._add_stall(self._connected_at - self._disconnected_at)
+            self._disconnected_at = None
         self.log("connected", broker=f"{self.broker.host}:{self.broker.port}",
                  session_present=bool(flags.session_present))
 
@@ -108,6 +119,8 @@ class HubService:
         if self._connected and not self.stopping.is_set():
             self.log("disconnected", reason=str(reason_code))
             self._count_short_connection(time.monotonic() - self._connected_at)
+        if self._connected:
+            self._disconnected_at = time.monotonic()
         self._connected = False
 
     def _count_short_connection(self, lasted: float) -> None:
@@ -124,11 +137,23 @@ class HubService:
         t = time.time() if self.arrival_clock is None else self.arrival_clock(message.topic, message.payload)
         item = (message.topic, message.payload, t, message.mid, message.qos, message.dup)
         while not self.stopping.is_set():
+            blocked = time.monotonic()
             try:
                 self.queue.put(item, timeout=0.2)
                 return
-            except queue.Full:
-                continue  # storage is behind: stop reading; the broker keeps the rest
+            except queue.Full:  # storage is behind: stop reading; the broker keeps the rest
+                self._add_stall(time.monotonic() - blocked)
+
+    def _held_up(self, seconds: float) -> None:
+        # Unacknowledged messages fill the broker's in-flight window, after which it keeps the
+        # devices' frames back: a commit or a sink wait this long is a stall, not a pause of theirs.
+        if seconds >= STALL_MIN_S:
+            self._add_stall(seconds)
+
+    def _add_stall(self, seconds: float) -> None:
+        if self.arrival_clock is None:  # a replay runs on its trace's times, not on stalls of this run
+            with self._stalled_lock:
+                self._stalled += seconds
         # Stopping: leave it unacknowledged, the broker redelivers it to the next run.
 
     def _network_loop(self, worker):
@@ -183,8 +208,10 @@ class HubService:
                     self._periodic()
                     continue
                 if self.forwarders:  # a sink far behind: stop acknowledging, the broker keeps the rest
+                    held = time.monotonic()
                     wait_for_room(self.forwarders, self.settings.max_backlog, self.stopping, self.log,
                                   self.ingest.storage.last_record_id)
+                    self._held_up(time.monotonic() - held)
                     if self.stopping.is_set():
                         return
                 items = [first]
@@ -233,6 +260,10 @@ class HubService:
             self.metrics.set_storage_fault(kind)
 
     def _process(self, items):
+        with self._stalled_lock:
+            stalled, self._stalled = self._stalled, 0.0
+        if stalled:
+            self.ingest.verifier.credit_stall(stalled, items[0][2])
         for topic, payload, t, _, _, dup in items:
             try:
                 verdict = self.ingest.handle(topic, payload, t, dup)
@@ -245,6 +276,7 @@ class HubService:
         started = time.perf_counter()
         if not self._commit():
             return
+        self._held_up(time.perf_counter() - started)
         for forwarder in self.forwarders:  # new records to deliver
             forwarder.wake.set()
         committed = time.time()
@@ -335,6 +367,8 @@ class HubService:
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
             signal.signal(signal.SIGHUP, self.request_reload)
+        if self.arrival_clock is None:
+            self.ingest.resume(time.time())
         worker = threading.Thread(target=self._work, name="ingest", daemon=True)
         worker.start()
         for forwarder in self.forwarders:

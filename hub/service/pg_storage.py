@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS linkseal_events (
     kind text NOT NULL, reason text NOT NULL, prev_hash text NOT NULL, hash text NOT NULL,
     PRIMARY KEY (partition, id))""", """
 ALTER TABLE linkseal_events ADD COLUMN IF NOT EXISTS seq bigserial""", """
-CREATE INDEX IF NOT EXISTS linkseal_events_seq ON linkseal_events (seq)"""]
+CREATE INDEX IF NOT EXISTS linkseal_events_seq ON linkseal_events (seq)""", """
+ALTER TABLE linkseal_partitions ADD COLUMN IF NOT EXISTS intake_at double precision"""]
 
 
 class Fenced(Exception):
@@ -130,9 +131,10 @@ class PartitionStorage:
             links = conn.execute("SELECT link, state FROM linkseal_links WHERE partition = %s", (p,)).fetchall()
             statuses = conn.execute("SELECT s.device, s.status FROM linkseal_statuses s JOIN linkseal_devices d "
                                     "ON d.device = s.device WHERE d.partition = %s", (p,)).fetchall()
-            row = conn.execute("SELECT unknown_device FROM linkseal_partitions WHERE partition = %s", (p,)).fetchone()
+            row = conn.execute("SELECT unknown_device, intake_at FROM linkseal_partitions WHERE partition = %s",
+                               (p,)).fetchone()
         return Stored([(d, bytes(s)) for d, s in devices], [(n, bytes(s)) for n, s in links], row[0] if row else 0,
-                      statuses)
+                      statuses, row[1] if row else None)
 
     def device_elsewhere(self, device: str):
         """(state, status JSON or None) of a device stored under another partition (the
@@ -180,8 +182,8 @@ class PartitionStorage:
                              last_hash, new_hash))
                 last_hash = new_hash
             if batch.unknown_device is not None:
-                cur.execute("UPDATE linkseal_partitions SET unknown_device = %s WHERE partition = %s",
-                            (batch.unknown_device, p))
+                cur.execute("UPDATE linkseal_partitions SET unknown_device = %s, intake_at = COALESCE(%s, intake_at) "
+                            "WHERE partition = %s", (batch.unknown_device, batch.intake_at, p))
         self._last_id, self._last_hash = last_id, last_hash
 
     def close(self) -> None:

@@ -137,6 +137,7 @@ class Batch:
     links: list = field(default_factory=list)  # (link, counter bytes)
     events: list = field(default_factory=list)  # {"t", "device", "link", "kind", "reason"}
     unknown_device: int | None = None  # the verifier's total (a store that cannot sum its counts keeps it)
+    intake_at: float | None = None  # arrival time of the newest message handled (rate-limit credit on restart)
 
 
 @dataclass
@@ -147,6 +148,7 @@ class Stored:
     links: list  # (link, counter bytes)
     unknown_device: int
     statuses: list = field(default_factory=list)  # (device, DeviceStatus JSON)
+    intake_at: float | None = None  # Batch.intake_at of the last commit that had one
 
 
 class Storage(Protocol):
@@ -382,7 +384,8 @@ class SQLiteStorage(SQLiteReader):
         unknown = self.db.execute("SELECT COALESCE(SUM(value), 0) FROM counts WHERE scope = 'hub' "
                                   "AND counter = 'unknown_device'").fetchone()[0]
         statuses = self.db.execute("SELECT device, status FROM device_status").fetchall()
-        return Stored(devices, links, unknown, statuses)
+        intake = self.db.execute("SELECT value FROM meta WHERE key = 'intake_at'").fetchone()
+        return Stored(devices, links, unknown, statuses, float(intake[0]) if intake else None)
 
     def commit(self, batch: Batch) -> None:
         db = self.db
@@ -408,6 +411,8 @@ class SQLiteStorage(SQLiteReader):
                            "VALUES (?, ?, ?, ?, ?, ?, ?)", (event["t"], event["device"], event["link"],
                                                             event["kind"], event["reason"], last_hash, new_hash))
                 last_hash = new_hash
+            if batch.intake_at is not None:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('intake_at', ?)", (repr(batch.intake_at),))
             if batch.events:  # the chain's head, so that cutting rows off its end shows too
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('events_head', ?)", (last_hash,))
             db.execute("COMMIT")
