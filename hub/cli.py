@@ -112,12 +112,15 @@ def add_hub_group(groups):
     broker.add_argument("--host", action="append", help="the broker's host name or address for its certificate "
                         "(repeatable; default localhost and 127.0.0.1)")
     broker.add_argument("--data-dir", type=Path, help="Mosquitto persistence directory (default /var/lib/mosquitto)")
+    broker.add_argument("--bind", metavar="ADDRESS", help="the listener's address (default: 127.0.0.1 without --tls, "
+                        "where passwords cross in clear; every interface with --tls)")
     broker.add_argument("--rabbitmq", action="store_true",
                         help="instead: RabbitMQ accounts for hub workers and devices (definitions.json for "
                              "`rabbitmqctl import_definitions`; docs/scale-out.md)")
     broker.add_argument("--forward-here", action="store_true",
-                        help="the hub forwards authentic records to this broker (--forward mqtt://...): let it write "
-                             "linkseal/verified/#, and add a read-only account linkseal/consumer for them")
+                        help="the hub forwards authentic records to this broker (--forward mqtt://...): an account "
+                             "linkseal/forwarder for the hub's sink that may write linkseal/verified/#, and a "
+                             "read-only account linkseal/consumer for them")
     broker.set_defaults(run=_broker_config)
 
 
@@ -228,6 +231,27 @@ def _verify(args):
         events.close()
 
 
+def _require_bound_client_ids(broker, log) -> None:
+    """With the account `hub broker-config` generates, refuse a broker that lets any login take
+    any client id: a device's credentials could take the hub's session and its queued records."""
+    from hub.keys.keyfile import HUB_MQTT_USER
+    from hub.service.broker_probe import ProbeFailed, client_ids_bound
+
+    if broker.username != HUB_MQTT_USER:
+        return
+    try:
+        bound = client_ids_bound(broker)
+    except ProbeFailed as exc:  # the hub waits for the broker as always; checked only when reachable
+        log("client_id_binding_unchecked", broker=f"{broker.host}:{broker.port}", error=str(exc))
+        return
+    if not bound:
+        raise InputError(f"the broker at {broker.host}:{broker.port} does not bind client ids to accounts: any device's "
+                         "login could take the hub's session and the records queued in it. Regenerate its "
+                         "configuration with `linkseal hub broker-config` (it sets use_username_as_clientid true) "
+                         "and restart it")
+    log("client_ids_bound", broker=f"{broker.host}:{broker.port}")
+
+
 def _run(args):
     from hardware.link_registry import load_links
     from hub.service.config import load_settings
@@ -264,6 +288,7 @@ def _run(args):
         except OSError as exc:
             raise InputError(f"--metrics {':'.join(map(str, args.metrics))}: cannot listen ({exc})") from None
     reload = lambda: open_keyfile(args).device_keys()  # noqa: E731  (SIGHUP)
+    _require_bound_client_ids(broker, log)
     try:
         return HubService(broker, settings, ingest, log, metrics, load_devices=reload, sinks=sinks).run()
     finally:
@@ -461,7 +486,7 @@ def _rabbitmq_config(args):
     from hub.keys.rabbitmq_config import WORKER_USER, write_rabbitmq_config
 
     for option, value in (("--tls", args.tls), ("--ca", args.ca), ("--port", args.port), ("--host", args.host),
-                          ("--data-dir", args.data_dir), ("--forward-here", args.forward_here)):
+                          ("--data-dir", args.data_dir), ("--forward-here", args.forward_here), ("--bind", args.bind)):
         if value:
             raise InputError(f"{option} is for the Mosquitto configuration, not with --rabbitmq")
     files = write_rabbitmq_config(open_keyfile(args), args.out)
@@ -491,6 +516,7 @@ def _audit_postgres(url):
 
 def _broker_config(args):
     from hub.keys.broker_config import write_broker_config
+    from hub.service.sinks import largest_verified_message
 
     if args.rabbitmq:
         return _rabbitmq_config(args)
@@ -499,10 +525,17 @@ def _broker_config(args):
     keyfile = open_keyfile(args)
     files = write_broker_config(keyfile, args.out, port=args.port, tls=args.tls, ca_dir=args.ca,
                                 server_hosts=tuple(args.host or ("localhost", "127.0.0.1")), data_dir=args.data_dir,
-                                forward_here=args.forward_here)
+                                forward_here=largest_verified_message() if args.forward_here else None, bind=args.bind)
     print(f"wrote {', '.join(str(path) for path in files.values())}")
+    if not args.tls:
+        loopback = ("127.0.0.1 (loopback only: plain MQTT carries passwords in clear; use --tls, or --bind ADDRESS "
+                    "on a network you trust)")
+        print(f"the listener binds {args.bind or loopback}")
     if "hub_password" in files:
         print(f"run the hub with --username linkseal/hub --password-file {files['hub_password']}")
+    if "forwarder_password" in files:
+        print(f"the hub's [[forward]] sink to this broker logs in as linkseal/forwarder with password_file = "
+              f"{files['forwarder_password']}")
     if "consumer_password" in files:
         print(f"consumers of linkseal/verified/# log in as linkseal/consumer with the password in "
               f"{files['consumer_password']}")

@@ -12,11 +12,20 @@ from hub.keys.pki import init_ca, issue
 from tools.services import HubProcess, Mosquitto, free_port, stored_report, wait_for
 
 
-def client(broker, name, username=None, password=None, tls_files=None):
-    """A connected paho client; raises ConnectionRefusedError when the broker says no."""
+def client(broker, name, username=None, password=None, tls_files=None, client_id=None, persistent=False,
+           on_message=None):
+    """A connected paho client; raises ConnectionRefusedError when the broker says no.
+    Its session_present attribute is what the CONNACK said."""
     refused = queue.Queue()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{name}")
-    c.on_connect = lambda cl, u, f, rc, p: refused.put(rc)
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"test-{name}",
+                    clean_session=not persistent)
+
+    def on_connect(cl, userdata, flags, rc, properties):
+        cl.session_present = bool(flags.session_present)
+        refused.put(rc)
+
+    c.on_connect = on_connect
+    c.on_message = on_message
     c.on_disconnect = lambda *args: refused.put(None)  # dropped before any CONNACK (TLS refused)
     if username:
         c.username_pw_set(username, password)
@@ -144,10 +153,12 @@ def test_hub_and_devices_over_mutual_tls(tmp_path, keyfile):
 
 
 def test_forward_here_lets_the_hub_write_verified_records_and_no_device_touch_them(tmp_path, keyfile):
-    from hub.keys.keyfile import CONSUMER_MQTT_USER
+    from hub.keys.keyfile import CONSUMER_MQTT_USER, FORWARDER_MQTT_USER
+    from hub.service.sinks import largest_verified_message
 
     port = free_port()
-    files = write_broker_config(keyfile, tmp_path / "broker", port=port, data_dir=tmp_path, forward_here=True)
+    files = write_broker_config(keyfile, tmp_path / "broker", port=port, data_dir=tmp_path,
+                                forward_here=largest_verified_message())
     broker = start_broker(tmp_path, files, port)
     try:
         consumer = client(broker, "consumer", CONSUMER_MQTT_USER, files["consumer_password"].read_text().strip())
@@ -161,15 +172,92 @@ def test_forward_here_lets_the_hub_write_verified_records_and_no_device_touch_th
         device.on_message = lambda cl, u, m: device_seen.put(m.topic)
         device.subscribe("linkseal/verified/#", qos=1)
         hub = client(broker, "hub", HUB_MQTT_USER, files["hub_password"].read_text().strip())
-        # A device's attempt first, then the hub's record: the consumer must see only the hub's.
+        forwarder = client(broker, "forwarder", FORWARDER_MQTT_USER, files["forwarder_password"].read_text().strip())
+        # A device's and the hub's reading account's attempts first, then the sink's record: the
+        # consumer must see only the sink's.
         device.publish("linkseal/verified/pump-a", b"forged by a device", qos=1).wait_for_publish(10)
-        hub.publish("linkseal/verified/pump-a", b"from the hub", qos=1).wait_for_publish(10)
+        hub.publish("linkseal/verified/pump-a", b"from the reading account", qos=1).wait_for_publish(10)
+        forwarder.publish("linkseal/verified/pump-a", b"from the hub", qos=1).wait_for_publish(10)
         assert seen.get(timeout=10) == ("linkseal/verified/pump-a", b"from the hub")
         assert seen.empty() and device_seen.empty()  # the device could neither write nor read it
-        for c in (consumer, device, hub):
+        for c in (consumer, device, hub, forwarder):
             c.disconnect()
             c.loop_stop()
     finally:
         broker.stop()
     assert "topic write linkseal/verified/#" not in write_broker_config(keyfile, tmp_path / "plain", port=port,
                                                                          data_dir=tmp_path)["acl"].read_text()
+
+
+def test_no_login_takes_the_hubs_session_or_another_devices(tmp_path, keyfile):
+    """Client ids are bound to accounts: a device's login that asks for the hub's client id (or
+    the hub's account name) gets its own session, never the hub's with the records queued in
+    it; nor can it knock another device off by taking its id."""
+    port = free_port()
+    files = write_broker_config(keyfile, tmp_path / "broker", port=port, data_dir=tmp_path)
+    broker = start_broker(tmp_path, files, port)
+    hub_password = files["hub_password"].read_text().strip()
+    try:
+        hub = client(broker, "hub", HUB_MQTT_USER, hub_password, client_id="linkseal-hub", persistent=True)
+        Listener(hub)
+        hub.disconnect()
+        hub.loop_stop()
+        a = client(broker, "a", "pump-a", keyfile.mqtt_password("pump-a"))
+        sealer = Sealer("pump-a", bytes.fromhex(keyfile.device_config("pump-a")["key"]), epoch=1)
+        queued = [sealer.seal(b"%d" % i) for i in range(5)]
+        for frame in queued:  # queued for the hub's persistent session while it is away
+            a.publish(topic_for("pump-a"), frame, qos=1).wait_for_publish(10)
+        for wanted in ("linkseal-hub", HUB_MQTT_USER):
+            clean = client(broker, "clean", "pump-b", keyfile.mqtt_password("pump-b"))  # no session of pump-b's left
+            clean.disconnect()
+            clean.loop_stop()
+            thief = client(broker, "thief", "pump-b", keyfile.mqtt_password("pump-b"), client_id=wanted,
+                           persistent=True)
+            assert not thief.session_present, f"a device's login took the hub's session by asking for {wanted!r}"
+            thief.disconnect()
+            thief.loop_stop()
+        # The device asks for pump-a's client id while pump-a is connected: pump-a stays on.
+        dropped = queue.Queue()
+        a.on_disconnect = lambda *args: dropped.put(True)
+        b = client(broker, "b", "pump-b", keyfile.mqtt_password("pump-b"), client_id="test-a")
+        a.publish(topic_for("pump-a"), sealer.seal(b"after"), qos=1).wait_for_publish(10)
+        assert dropped.empty(), "another device's login knocked pump-a off the broker"
+        # The hub comes back to its session and finds every record queued while it was away.
+        got = queue.Queue()
+        hub = client(broker, "hub-again", HUB_MQTT_USER, hub_password, client_id="linkseal-hub", persistent=True,
+                     on_message=lambda cl, u, m: got.put(m.payload))
+        assert hub.session_present
+        assert [got.get(timeout=10) for _ in range(6)][:5] == queued
+        for c in (a, b, hub):
+            c.disconnect()
+            c.loop_stop()
+    finally:
+        broker.stop()
+
+
+def test_the_hub_refuses_a_broker_that_does_not_bind_client_ids(tmp_path, keyfile):
+    """`hub run` with the generated hub account probes the broker first: against a generated
+    configuration without the binding it exits 2 saying why; against today's it runs."""
+    port = free_port()
+    files = write_broker_config(keyfile, tmp_path / "broker", port=port, data_dir=tmp_path)
+    conf = files["conf"].read_text()
+    assert "use_username_as_clientid true" in conf
+    (tmp_path / "old.conf").write_text(conf.replace("use_username_as_clientid true\n", ""))
+    unbound = start_broker(tmp_path, {"conf": tmp_path / "old.conf"}, port)
+    env = {"LINKSEAL_PASSPHRASE": "test passphrase"}
+    login = ("--username", HUB_MQTT_USER, "--password-file", files["hub_password"])
+    try:
+        hub = HubProcess(unbound, keyfile.path, tmp_path / "hub.db", tmp_path / "hub.log", *login, env=env).start()
+        assert hub.wait() == 2
+        assert "does not bind client ids to accounts" in hub.log.read_text()
+        assert "Traceback" not in hub.log.read_text()
+    finally:
+        unbound.stop()
+    broker = start_broker(tmp_path, files, port)
+    try:
+        hub = HubProcess(broker, keyfile.path, tmp_path / "hub.db", tmp_path / "hub2.log", *login, env=env).start()
+        hub.wait_connected()
+        assert any(e["event"] == "client_ids_bound" for e in hub.events())
+    finally:
+        hub.stop()
+        broker.stop()

@@ -214,13 +214,13 @@ def test_a_second_worker_gets_its_share_of_the_partitions_and_says_so_in_its_met
     assert len(rows) == len(set(rows)) == len(messages)
 
 
-def _mqtt_publish(port, username, password, topic, payload) -> str:
+def _mqtt_publish(port, username, password, topic, payload, client_id=None) -> str:
     """'acknowledged', 'refused' (no CONNACK success) or 'disconnected' (the broker closed the
     connection instead of acknowledging), each decided by the broker's own answer."""
     import paho.mqtt.client as mqtt
 
     outcome, done = [], threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{username}-{time.monotonic_ns()}")
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or username)
     client.username_pw_set(username, password)
 
     def on_connect(client, userdata, flags, reason_code, properties):
@@ -270,6 +270,9 @@ def test_broker_accounts_let_devices_write_only_their_own_topics_and_workers_onl
             "acknowledged"
         assert _mqtt_publish(node.port, "bed-01", password("bed-01"), topic_for("bed-02"), first.seal(b"r")) == \
             "disconnected"  # topic authorisation: not its own routing key
+        for other_id in ("bed-02", "linkseal-hub", "bed-01x"):  # its own topic, but not its own client id
+            assert _mqtt_publish(node.port, "bed-01", password("bed-01"), topic_for("bed-01"), first.seal(b"r"),
+                                 client_id=other_id) == "disconnected"
         assert _mqtt_publish(node.port, "bed-01", "not-the-password", topic_for("bed-01"), b"x") == "refused"
         assert _mqtt_publish(node.port, "bed-03", password("bed-03"), topic_for("bed-03"), b"x") == "refused"
         hub_password = (tmp_path / "conf" / "hub.password").read_text().strip()

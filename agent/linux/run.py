@@ -122,7 +122,9 @@ class LinuxAgent:
         self.refused = 0  # records too long for the link, never sealed
         self.stopping = threading.Event()
         self.source_done = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"linkseal-agent-{config['device_id']}")
+        # The client id is the device id: brokers configured by `hub broker-config` bind each
+        # account to its own (RabbitMQ refuses a device's publishes under any other).
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config["device_id"])
         if broker.tls:
             self.client.tls_set(ca_certs=broker.ca_file, certfile=broker.cert_file, keyfile=broker.key_file)
         username = broker.username or config.get("mqtt_username")

@@ -202,7 +202,8 @@ def start(config_path="device.json", settings_path="agent.json"):
     config = load_json(config_path)
     network_up(settings, feed)
     broker = settings["broker"]
-    transport = Transport("linkseal-" + config["device_id"], broker["host"], broker["port"],
+    # client id = device id: the brokers `hub broker-config` sets up bind each account to its own
+    transport = Transport(config["device_id"], broker["host"], broker["port"],
                           config.get("mqtt_username"), config.get("mqtt_password"), broker.get("tls", False),
                           settings["keepalive_s"], settings["ack_timeout_s"], broker.get("ca"))
     store = Store("queue", ram_frames=settings["ram_queue"], file_bytes=settings["queue_bytes"])

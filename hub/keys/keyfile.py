@@ -29,6 +29,7 @@ DEVICE_KEY_LEN = 32
 DEFAULT_GRACE_S = 7 * 86400
 HUB_MQTT_USER = "linkseal/hub"  # a '/' keeps Mosquitto's %u ACL patterns from ever matching the hub
 CONSUMER_MQTT_USER = "linkseal/consumer"  # reads linkseal/verified/# on the trusted side (broker-config)
+FORWARDER_MQTT_USER = "linkseal/forwarder"  # the hub's MQTT sink when it is the device network's broker
 _HKDF_SALT = b"linkseal/v1 device key"
 
 

@@ -3,7 +3,9 @@ definitions file for `rabbitmqctl import_definitions` (docs/scale-out.md).
 
 - each active device logs in to the MQTT plugin as its device id (password derived from the
   master secret, as for Mosquitto) and may only write to amq.topic under its own routing
-  keys, linkseal.v1.<id>.rec and .status (RabbitMQ topic authorisation), and read nothing;
+  keys, linkseal.v1.<id>.rec and .status (RabbitMQ topic authorisation), and only while its
+  MQTT client id is its device id (the {client_id} variable of topic authorisation): a login
+  that takes another device's client id can publish nothing under it; it reads nothing;
 - the workers' account (linkseal-hub) may only read the partition and status queues and
   write to the partition exchange (status messages go back in there); it declares nothing:
   the topology is declared once by an administrator (`hub topology`);
@@ -31,9 +33,12 @@ def password_hash(password: str) -> str:
 
 
 def device_routing_keys(device_id: str) -> str:
-    """The routing keys a device's MQTT topics become (the plugin swaps '/' and '.')."""
+    """The routing keys a device's MQTT topics become (the plugin swaps '/' and '.'), allowed
+    only to a connection whose client id is the device id: the MQTT plugin expands {client_id}
+    before matching, so the look-ahead holds only when that id spells the same routing key."""
     prefix = re.escape(routing_key_of(f"linkseal/v1/{device_id}/"))
-    return rf"^{prefix}(rec|status)$"
+    bound = re.escape(routing_key_of("linkseal/v1/")) + "{client_id}" + re.escape(".")
+    return rf"^(?={bound}(rec|status)$){prefix}(rec|status)$"
 
 
 def definitions(keyfile, vhost: str = "/") -> dict:

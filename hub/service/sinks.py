@@ -41,6 +41,19 @@ def verified_json(record: StoredRecord) -> bytes:
                 binascii.b2a_base64(record.payload, newline=False)))
 
 
+def largest_verified_message() -> int:
+    """The largest verified record the MQTT sink can publish: the largest frame the link
+    registry allows, as payload, with a device id of the longest allowed and every number at
+    its widest (for the broker's message_size_limit)."""
+    from agent.sealer import MAX_DEVICE_ID_LEN
+    from hardware.link_registry import load_links
+
+    largest_frame = max(link.mtu for link in load_links().values())
+    widest = StoredRecord(2**63 - 1, "d" * MAX_DEVICE_ID_LEN, 2**32 - 1, 2**32 - 1, "x" * 32, 2**53 - 1,
+                          -1.2345678901234567e-300, bytes(largest_frame))  # the widest float repr
+    return len(verified_json(widest))
+
+
 def sink_name(url: str) -> str:
     """How a sink is named in logs, metrics and the outbox: its URL without credentials or query."""
     parts = urlsplit(url)
