@@ -201,3 +201,52 @@ def test_a_running_hub_deletes_records_once_every_sink_has_them(tmp_path, broker
         hub.stop()
     assert stored_report(hub.db)["links"]["wifi"]["valid"] == 500  # the counts stay
     assert any(e["event"] == "pruned" and e["records"] > 0 for e in hub.events())
+
+
+def test_a_record_the_sink_broker_refuses_is_never_counted_delivered(tmp_path, broker, keys):
+    """The device network's broker configured by `hub broker-config --forward-here`: a
+    1,400-byte record becomes a publish of about 2,000 bytes. Under the old limit (1,500, the
+    largest frame) Mosquitto drops it and, over MQTT 5, says so in the PUBACK: the sink is down,
+    the record stays in the outbox; under the generated limit it is delivered."""
+    from hub.keys.broker_config import write_broker_config
+    from hub.keys.keyfile import CONSUMER_MQTT_USER, FORWARDER_MQTT_USER
+    from hub.service.sinks import largest_verified_message
+    from tools.services import Mosquitto, free_port
+
+    sealer = Sealer("pump-1", bytes.fromhex(keys.provision("pump-1", "wifi")["key"]), link="wifi", epoch=1)
+    big = b"x" * 1400
+    stream = [(topic_for("pump-1"), sealer.seal(p)) for p in (b"small", big, b"after")]
+    port = free_port()
+    files = write_broker_config(keys, tmp_path / "sink-conf", port=port, data_dir=tmp_path,
+                                forward_here=largest_verified_message())
+    generated = files["conf"].read_text()
+    assert f"message_size_limit {largest_verified_message()}" in generated and largest_verified_message() > 2000
+    (tmp_path / "old").mkdir()
+    old = Mosquitto.from_config(tmp_path / "old", port, generated.replace(
+        f"message_size_limit {largest_verified_message()}", "message_size_limit 1500")).start()
+    login = (CONSUMER_MQTT_USER, files["consumer_password"].read_text().strip())
+    consumer = Subscriber(port, "linkseal/verified/#", persistent=True, login=login)
+    settings = (f'[[forward]]\nurl = "mqtt://127.0.0.1:{port}"\nusername = "{FORWARDER_MQTT_USER}"\n'
+                f'password_file = "{files["forwarder_password"]}"\n')
+    hub = hub_with_sinks(tmp_path, broker, keys, settings=settings)
+    try:
+        publish(broker.port, stream)
+        wait_for(lambda: any("packet too large" in e.get("error", "") for e in hub.events()
+                             if e["event"] == "sink_down"), 60, "the sink to report the refused publish")
+        cursor = sqlite3.connect(hub.db).execute("SELECT delivered_upto FROM sinks").fetchone()[0]
+        assert cursor < 2, "the refused record was counted delivered"
+        assert "pump-1/1/1" not in dict(mqtt_records(consumer))  # (the batch's later ones may be: at least once)
+        old.stop()
+        (tmp_path / "new").mkdir()
+        new = Mosquitto.from_config(tmp_path / "new", port, generated).start()
+        try:
+            wait_for(lambda: {k for k, _ in mqtt_records(consumer)} == {"pump-1/1/0", "pump-1/1/1", "pump-1/1/2"},
+                     60, "every record delivered under the generated limit")
+            assert dict(mqtt_records(consumer))["pump-1/1/1"] == big
+        finally:
+            hub.stop()
+            consumer.close()
+            new.stop()
+    finally:
+        hub.stop()
+        old.stop()

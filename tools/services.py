@@ -253,14 +253,17 @@ class PostgresDatabase:
 class Subscriber:
     """A QoS 1 subscriber that keeps every message it gets (topic, payload), in order."""
 
-    def __init__(self, port: int, topic: str, persistent: bool = False):
-        """persistent: a session the broker keeps (and queues for) while this client or the broker is down."""
+    def __init__(self, port: int, topic: str, persistent: bool = False, login=None):
+        """persistent: a session the broker keeps (and queues for) while this client or the broker is down;
+        login: (username, password)."""
         self.messages = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{time.monotonic_ns()}",
                                   clean_session=not persistent)
         self.client.reconnect_delay_set(0.1, 1)
+        if login:
+            self.client.username_pw_set(*login)
         self.client.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_message = self._on_message
