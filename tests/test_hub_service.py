@@ -393,6 +393,15 @@ def test_one_hub_per_database(tmp_path, broker, keys):
         prune = subprocess.run([str(LINKSEAL), "hub", "prune", "--db", str(first.db)], capture_output=True,
                                text=True, timeout=60)
         assert prune.returncode == 2 and f"pid {first.process.pid}" in prune.stderr
+        # The same file through another name: a symlink, and a hard link in another directory.
+        (tmp_path / "elsewhere").mkdir()
+        (tmp_path / "elsewhere" / "sym.db").symlink_to(first.db)
+        os.link(first.db, tmp_path / "elsewhere" / "hard.db")
+        for other in ("sym.db", "hard.db"):
+            again = subprocess.run([str(LINKSEAL), "hub", "run", "--broker", broker.url, "--keys", str(keys.path),
+                                    "--insecure-plaintext", "--db", str(tmp_path / "elsewhere" / other)],
+                                   capture_output=True, text=True, timeout=60)
+            assert again.returncode == 2 and "another hub" in again.stderr, (other, again.stderr)
         assert first.process.poll() is None  # the first one runs on
     finally:
         first.stop()  # SIGKILL

@@ -562,23 +562,31 @@ class SQLiteStorage(SQLiteReader):
 
 
 class WriterLock:
-    """One writer per database: `hub run` and `hub prune` hold an exclusive lock on DB.lock
-    (flock: released by the kernel when the process dies, kill -9 included). A second writer
-    is refused with the holder's pid instead of verifying the same stream twice (doubled
-    counters, and a hash chain that then looks tampered with)."""
+    """One writer per database: `hub run` and `hub prune` hold an exclusive lock on the database
+    file itself and on DB.lock beside its real path (flock: released by the kernel when the
+    process dies, kill -9 included). The lock follows the file, not the name: a symlink or a
+    hard link to a running hub's database is the same file, and a second writer is refused with
+    the holder's pid instead of verifying the same stream twice (doubled counters, forgotten
+    sink cursors, and a hash chain that then looks tampered with).
+
+    flock, not fcntl: SQLite's own locks are fcntl locks, which flock never touches on Linux;
+    the handle stays open until release(), called once the database is closed."""
 
     def __init__(self, db_path):
-        self.path = Path(str(db_path) + ".lock")
+        real = Path(os.path.realpath(db_path))
+        self.path = Path(str(real) + ".lock")
         try:
+            self.db_file = open(real, "ab")  # creates an empty file (a new database) when missing
             self.file = open(self.path, "a+")
         except OSError as exc:
-            raise StorageError(f"{self.path}: cannot create the lock file: {exc.strerror}") from None
+            raise StorageError(f"{db_path}: cannot open it or its lock file {self.path}: {exc.strerror}") from None
         try:
+            fcntl.flock(self.db_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.file.seek(0)
-            holder = self.file.read().strip() or "unknown"
-            self.file.close()
+            holder = self.file.read().strip() or "unknown (through another name: a link to this file)"
+            self.release()
             raise StorageError(f"{db_path}: another hub (pid {holder}) is writing this database; "
                                "stop it first, or give this one a --db of its own") from None
         self.file.seek(0)
@@ -588,6 +596,7 @@ class WriterLock:
 
     def release(self) -> None:
         self.file.close()
+        self.db_file.close()
 
 
 class Outbox:
