@@ -1,4 +1,7 @@
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -8,6 +11,40 @@ from hub.core.verifier import DeviceKeys, Verifier
 from tools.services import Mosquitto
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
+
+
+def _processes_of(base: str) -> dict:
+    """pid -> command line of every process whose command line or environment names base."""
+    found, marker = {}, base.encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            if marker in cmdline or marker in (entry / "environ").read_bytes():
+                found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind(tmp_path_factory):
+    """Every broker, hub, agent and epmd a test starts runs in (or names) the session's temporary
+    directory: when the session ends none may be left. Leftovers are killed, and reported."""
+    base = str(tmp_path_factory.getbasetemp()) + "/"
+    yield
+    deadline = time.monotonic() + 15
+    while _processes_of(base) and time.monotonic() < deadline:  # a stop() may still be reaping
+        time.sleep(0.2)
+    left = _processes_of(base)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not left, "processes the tests started are still running: " + "; ".join(
+        f"{pid}: {cmd[:200]}" for pid, cmd in left.items())
 KEY = bytes(range(0x20, 0x40))
 
 

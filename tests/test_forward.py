@@ -250,3 +250,54 @@ def test_a_record_the_sink_broker_refuses_is_never_counted_delivered(tmp_path, b
     finally:
         hub.stop()
         old.stop()
+
+
+def test_postgres_sink_uses_its_tls_and_login_settings_and_a_lock_makes_it_down(tmp_path, broker, postgres, keys):
+    """[[forward]] ca_file, cert_file, key_file and password_file are checked at start and used
+    (a CA that did not sign the server's certificate fails the connection); a password never
+    shows in a log line; a table locked elsewhere makes the sink down, and SIGTERM still stops
+    the hub promptly."""
+    import psycopg
+
+    from tools.services import HubProcess
+
+    url = postgres.url
+    missing = tmp_path / "missing.pem"
+    config = tmp_path / "bad.toml"
+    config.write_text(f'[[forward]]\nurl = "{url}"\nca_file = "{missing}"\n')
+    bad = HubProcess(broker, keys.path, tmp_path / "bad.db", tmp_path / "bad.log", "--config", config).start()
+    assert bad.wait() == 2
+    assert f"ca_file {missing}: no such file" in bad.log.read_text() and "Traceback" not in bad.log.read_text()
+
+    from hub.keys.pki import init_ca
+    init_ca(tmp_path / "other-ca")  # a CA that signed nothing the server has
+    password = tmp_path / "pg.password"
+    password.write_text("s3cret-not-to-print\n")
+    config.write_text(f'[[forward]]\nurl = "{url}?sslmode=require"\nca_file = "{tmp_path / "other-ca" / "ca.pem"}"\n'
+                      f'password_file = "{password}"\n')
+    sealer = Sealer("pump-1", bytes.fromhex(keys.provision("pump-1", "wifi")["key"]), link="wifi", epoch=1)
+    hub = HubProcess(broker, keys.path, tmp_path / "tls.db", tmp_path / "tls.log", "--config", config).start()
+    try:
+        hub.wait_connected()
+        publish(broker.port, [(topic_for("pump-1"), sealer.seal(b"one"))])
+        wait_for(lambda: any(e["event"] == "sink_down" for e in hub.events()), 60, "the sink to fail on its CA")
+        down = next(e for e in hub.events() if e["event"] == "sink_down")
+        assert "certificate" in down["error"] or "SSL" in down["error"], down
+    finally:
+        hub.stop()
+    assert "s3cret-not-to-print" not in hub.log.read_text()
+
+    hub = hub_with_sinks(tmp_path, broker, keys, url, name="locked")
+    try:
+        publish(broker.port, [(topic_for("pump-1"), sealer.seal(b"two"))])
+        wait_for(lambda: len(pg_records(postgres)) == 1, 60, "the first record delivered")
+        with psycopg.connect(url) as locker:
+            locker.execute("BEGIN")
+            locker.execute("LOCK TABLE linkseal_records IN ACCESS EXCLUSIVE MODE")
+            publish(broker.port, [(topic_for("pump-1"), sealer.seal(b"three"))])
+            wait_for(lambda: any(e["event"] == "sink_down" for e in hub.events()), 60, "the locked sink to be down")
+            hub.signal(signal.SIGTERM)
+            assert hub.wait(timeout=30) == 0  # not held until the lock goes
+            locker.execute("ROLLBACK")
+    finally:
+        hub.stop()

@@ -35,6 +35,7 @@ class RabbitMQ:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port, amqp, dist = free_port(), free_port(), free_port()
         epmd = epmd_port or free_port()
+        self.epmd_port, self.owns_epmd = epmd, epmd_port is None
         self.amqp_port = amqp
         self.node = f"linkseal-test-{self.port}@localhost"
         (self.dir / "rabbitmq.conf").write_text(
@@ -94,6 +95,8 @@ class RabbitMQ:
                            capture_output=True, timeout=60)
             self.process.wait(60)
         self._kill_group()
+        if self.owns_epmd:
+            kill_epmd(self.epmd_port)
 
     def kill(self):
         self._kill_group()
@@ -143,6 +146,21 @@ class RabbitMQCluster:
     def stop(self):
         for node in reversed(self.nodes):
             node.stop()
+        kill_epmd(self.nodes[0].epmd_port)
+
+
+def kill_epmd(port: int) -> None:
+    """epmd daemonises out of the node's process group: find the one on our private port by
+    its environment and stop it, so the tests leave no process behind."""
+    marker = f"ERL_EPMD_PORT={port}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() == "epmd" and marker in (entry / "environ").read_bytes().split(b"\0"):
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue  # gone meanwhile, or not ours to read
 
 
 class Nats:

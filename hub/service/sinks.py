@@ -8,7 +8,9 @@ makes it exactly once there.
 """
 
 import binascii
+import re
 import ssl
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from hub.service.mqtt_publisher import MqttPublisher, MqttPublishError
@@ -21,6 +23,8 @@ PG_SCHEMA = f"""CREATE TABLE IF NOT EXISTS {PG_TABLE} (
     device_time_ms bigint, verified_at timestamptz NOT NULL, payload bytea NOT NULL,
     PRIMARY KEY (device, epoch, seq))"""
 ACK_TIMEOUT = 10.0  # seconds for a batch's PUBACKs before the sink counts as down
+LOCK_TIMEOUT_MS = 5000  # a PostgreSQL sink waits this long for a lock held elsewhere, then is down
+STATEMENT_TIMEOUT_MS = 60000
 
 
 class SinkError(Exception):
@@ -54,8 +58,39 @@ def largest_verified_message() -> int:
     return len(verified_json(widest))
 
 
+def postgres_options(url, ca_file=None, cert_file=None, key_file=None, username=None, password_file=None) -> dict:
+    """psycopg connection arguments from a [[forward]] table's TLS and login settings, each file
+    checked now (a sink that cannot use them must not start and fail later): ca_file makes the
+    server's certificate and name checked (sslmode verify-full)."""
+    from hub.service.config import ConfigError
+
+    where = f"[[forward]] {sink_name(url)}"
+    if bool(cert_file) != bool(key_file):
+        raise ConfigError(f"{where}: cert_file and key_file go together (client certificate)")
+    options = {}
+    for name, path, argument in (("ca_file", ca_file, "sslrootcert"), ("cert_file", cert_file, "sslcert"),
+                                 ("key_file", key_file, "sslkey")):
+        if path:
+            if not Path(path).is_file():
+                raise ConfigError(f"{where}: {name} {path}: no such file")
+            options[argument] = str(path)
+    if ca_file:
+        options["sslmode"] = "verify-full"
+    if username:
+        options["user"] = username
+    if password_file:
+        try:
+            options["password"] = Path(password_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{where}: password_file {password_file}: {exc.strerror}") from None
+    return options
+
+
 def sink_name(url: str) -> str:
-    """How a sink is named in logs, metrics and the outbox: its URL without credentials or query."""
+    """How a sink is named in logs, metrics and the outbox: its URL without credentials or query
+    (a key=value connection string: without its password)."""
+    if "://" not in url:
+        return re.sub(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S*)", "password=...", url)
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]  # as written: a bad port is reported by open_sink, not here
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
@@ -87,20 +122,32 @@ class PostgresSink:
     """Batches into linkseal_records: COPY into a temporary table, then INSERT ... ON CONFLICT
     DO NOTHING, one transaction per batch, so each record appears exactly once."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, **options):
+        """options: psycopg connection arguments (postgres_options: TLS files, user, password)."""
         self.url = url
+        self.options = options
         self.conn = None
 
     def _connect(self):
         import psycopg
 
         try:
-            conn = psycopg.connect(self.url, connect_timeout=10)
+            # A table or row lock held elsewhere fails the batch after LOCK_TIMEOUT_MS instead of
+            # hanging: the sink shows as down, and a stop never waits on it.
+            conn = psycopg.connect(self.url, connect_timeout=10, options=f"-c lock_timeout={LOCK_TIMEOUT_MS} "
+                                   f"-c statement_timeout={STATEMENT_TIMEOUT_MS}", **self.options)
             with conn.transaction():
                 conn.execute(PG_SCHEMA)
         except psycopg.Error as exc:
-            raise SinkError(f"PostgreSQL: {_first_line(exc)}") from None
+            raise SinkError(f"PostgreSQL: {self._redact(_first_line(exc))}") from None
         self.conn = conn
+
+    def _redact(self, text: str) -> str:
+        """An error line without any password the sink was given (errors can quote the conninfo)."""
+        for secret in (self.options.get("password"), urlsplit(self.url).password):
+            if secret:
+                text = text.replace(secret, "...")
+        return sink_name(text) if "password" in text else text
 
     def deliver(self, records) -> None:
         import psycopg
@@ -119,7 +166,7 @@ class PostgresSink:
                 self.conn.execute(f"INSERT INTO {PG_TABLE} SELECT * FROM incoming ON CONFLICT DO NOTHING")
         except psycopg.Error as exc:
             self.close()
-            raise SinkError(f"PostgreSQL: {_first_line(exc)}") from None
+            raise SinkError(f"PostgreSQL: {self._redact(_first_line(exc))}") from None
 
     def close(self) -> None:
         if self.conn is not None:
@@ -149,5 +196,5 @@ def open_sink(url: str, client_id: str, ca_file=None, cert_file=None, key_file=N
                               password_from_environment=False)
         return MqttSink(broker, client_id)
     if scheme in ("postgresql", "postgres"):
-        return PostgresSink(url)
+        return PostgresSink(url, **postgres_options(url, ca_file, cert_file, key_file, username, password_file))
     raise ConfigError(f"--forward {sink_name(url)!r}: expected mqtt://, mqtts:// or postgresql://")

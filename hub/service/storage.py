@@ -576,7 +576,8 @@ class WriterLock:
         real = Path(os.path.realpath(db_path))
         self.path = Path(str(real) + ".lock")
         try:
-            self.db_file = open(real, "ab")  # creates an empty file (a new database) when missing
+            # A missing database is created here, empty (SQLite takes it as new), private as the store is.
+            self.db_file = os.fdopen(os.open(real, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
             self.file = open(self.path, "a+")
         except OSError as exc:
             raise StorageError(f"{db_path}: cannot open it or its lock file {self.path}: {exc.strerror}") from None
