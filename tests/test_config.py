@@ -48,7 +48,7 @@ def test_hub_toml(tmp_path):
 
 
 @pytest.mark.parametrize("text,message", [
-    ("[ingest]\nbatch_size = 0\n", "must be positive"),
+    ("[ingest]\nbatch_size = 0\n", "must be a positive finite number"),
     ("[ingest]\nbatch_size = 'many'\n", "must be an integer"),
     ("[rate_limits]\ncarrier-pigeon = { rate = 1, burst = 1 }\n", "not a link type"),
     ("[rate_limits]\nwifi = { rate = 1 }\n", "needs numbers"),
@@ -57,7 +57,14 @@ def test_hub_toml(tmp_path):
     ('[retention]\nrecrods = "7d"\n', "[retention] recrods: not a retention setting"),
     ('[[forward]]\nhost = "inner"\n', "[[forward]] number 1 needs url"),
     ('forward = "mqtt://x"\n', "forward must be [[forward]] tables"),
-    ('[outbox]\nmax_backlog = -1\n', "[outbox] max_backlog must be positive"),
+    ('[outbox]\nmax_backlog = -1\n', "[outbox] max_backlog must be a positive finite number"),
+    ("[mqtt]\nbackoff_max = nan\n", "[mqtt] backoff_max must be a positive finite number"),
+    ("[ingest]\nreport_interval = inf\n", "[ingest] report_interval must be a positive finite number"),
+    ("[outbox]\nprune_interval = nan\n", "[outbox] prune_interval must be a positive finite number"),
+    ("[rate_limits]\ndefault = { rate = nan, burst = 10 }\n", "rate must be a finite number > 0"),
+    ("[rate_limits]\nwifi = { rate = 10, burst = inf }\n", "rate must be a finite number > 0"),
+    ("[ingest]\nbatchsize = 10\n", "[ingest] batchsize: not a setting of [ingest]"),
+    ("[rate_limit]\ndefault = { rate = 1, burst = 1 }\n", "[rate_limit]: not a hub.toml section"),
 ])
 def test_bad_hub_toml_names_the_setting(tmp_path, text, message):
     path = tmp_path / "hub.toml"

@@ -1,5 +1,6 @@
 """`linkseal hub run` settings: the broker URL and credentials, and hub.toml."""
 
+import math
 import os
 import re
 import tomllib
@@ -108,6 +109,23 @@ _SETTINGS = (("mqtt", "client_id", "client_id"), ("mqtt", "keepalive", "keepaliv
              ("console", "tls_key", "console_tls_key"))
 
 
+_SECTIONS = {section for section, _, _ in _SETTINGS} | {"rate_limits", "forward", "retention"}
+
+
+def _refuse_unknown_keys(path, data) -> None:
+    """A misspelt section or key would otherwise be ignored silently, leaving the default."""
+    for section, table in data.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"{path}: [{section}]: not a hub.toml section (expected one of "
+                              f"{', '.join(sorted(_SECTIONS))})")
+        known = {key for s, key, _ in _SETTINGS if s == section}
+        if known and isinstance(table, dict):
+            for key in table:
+                if key not in known:
+                    raise ConfigError(f"{path}: [{section}] {key}: not a setting of [{section}] (expected one of "
+                                      f"{', '.join(sorted(known))})")
+
+
 def load_settings(path: Path | None, known_links) -> HubSettings:
     settings = HubSettings()
     settings.rate_limits = {name: DEFAULT_RATE for name in known_links}
@@ -119,6 +137,7 @@ def load_settings(path: Path | None, known_links) -> HubSettings:
         raise ConfigError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    _refuse_unknown_keys(path, data)
     for section, key, attribute in _SETTINGS:
         if key not in data.get(section, {}):
             continue
@@ -126,8 +145,8 @@ def load_settings(path: Path | None, known_links) -> HubSettings:
         if type(value) is not type(default) and not (isinstance(default, float) and type(value) is int):
             kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[type(default)]
             raise ConfigError(f"{path}: [{section}] {key} must be {kind}")
-        if type(value) in (int, float) and value <= 0:
-            raise ConfigError(f"{path}: [{section}] {key} must be positive")
+        if type(value) in (int, float) and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{path}: [{section}] {key} must be a positive finite number")
         setattr(settings, attribute, value)
     limits = data.get("rate_limits", {})
     default = limits.get("default")
@@ -143,8 +162,8 @@ def load_settings(path: Path | None, known_links) -> HubSettings:
         except (KeyError, TypeError, ValueError):
             raise ConfigError(f"{path}: [rate_limits] {name if name in limits else 'default'} needs numbers "
                               "`rate` (frames per second) and `burst`") from None
-        if rate <= 0 or burst < 1:
-            raise ConfigError(f"{path}: [rate_limits] {name}: rate must be > 0 and burst >= 1")
+        if not (math.isfinite(rate) and math.isfinite(burst) and rate > 0 and burst >= 1):
+            raise ConfigError(f"{path}: [rate_limits] {name}: rate must be a finite number > 0 and burst >= 1")
         settings.rate_limits[name] = (rate, burst)
     settings.forwards = _forwards(path, data.get("forward", []))
     settings.retention = _retention(path, data.get("retention", {}))
