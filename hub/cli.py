@@ -150,6 +150,9 @@ def start_console(args, db_path):
         if len(token) < 16:
             raise InputError(f"--console-token-file {args.console_token_file}: the token is shorter than 16 "
                              "characters")
+        if Path(args.console_token_file).stat().st_mode & 0o077:
+            raise InputError(f"--console-token-file {args.console_token_file}: readable by others than its owner; "
+                             f"chmod 600 {args.console_token_file}")
     if not is_loopback(host) and not (tls and token):
         raise InputError(f"console on {host}: off loopback it needs TLS (--console-tls-cert, --console-tls-key) and "
                          "a token (--console-token-file); or keep it on 127.0.0.1 and reach it through an SSH tunnel "

@@ -223,6 +223,15 @@ def test_off_loopback_without_tls_and_a_token_is_refused(tmp_path, keys):
     result = subprocess.run([str(LINKSEAL), "hub", "console", "--db", db, "--listen", "0.0.0.0:0"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "needs TLS" in result.stderr and "Traceback" not in result.stderr
+    ipv6 = subprocess.Popen([str(LINKSEAL), "hub", "console", "--db", db, "--listen", "[::1]:0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:  # [::1] is loopback too: served without TLS, and it answers to its bracketed name
+        line = ipv6.stdout.readline()
+        assert line.startswith("console on http://[::1]:"), line + ipv6.stderr.read()
+        assert json.loads(_get(line.split()[2] + "api/v1/links")[2])["links"] == {}
+    finally:
+        ipv6.send_signal(signal.SIGINT)
+        ipv6.wait(10)
     console = subprocess.Popen([str(LINKSEAL), "hub", "console", "--db", db, "--listen", "127.0.0.1:0"],
                                stdout=subprocess.PIPE, text=True)
     try:
@@ -291,9 +300,13 @@ def test_off_loopback_it_serves_tls_and_asks_for_the_token(tmp_path, keys):
     cert, key = issue(ca, "console.plant", tmp_path, "console", server_hosts=("console.plant", "127.0.0.1"))
     token = tmp_path / "token"
     token.write_text("a-long-random-console-token\n")
-    console = subprocess.Popen([str(LINKSEAL), "hub", "console", "--db", db, "--listen", "0.0.0.0:0",
-                                "--console-tls-cert", cert, "--console-tls-key", key, "--console-token-file", token],
-                               stdout=subprocess.PIPE, text=True)
+    token.chmod(0o644)
+    command = [str(LINKSEAL), "hub", "console", "--db", db, "--listen", "0.0.0.0:0",
+               "--console-tls-cert", cert, "--console-tls-key", key, "--console-token-file", token]
+    shared = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert shared.returncode == 2 and "readable by others" in shared.stderr and "Traceback" not in shared.stderr
+    token.chmod(0o600)
+    console = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         line = console.stdout.readline()
         port = int(line.split()[2].rstrip("/").rsplit(":", 1)[1])
@@ -355,3 +368,119 @@ def test_the_console_reads_the_hub_workers_postgresql_store(tmp_path, keys, post
         assert json.loads(_get(url + "audit")[2])["chain_intact"] is True
     finally:
         server.stop()
+
+
+def _raw(address: str, request: bytes, tls_context=None) -> bytes:
+    """Send a request as given (no client library fixing it up); everything the console answers."""
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=10) as sock:
+        conn = tls_context.wrap_socket(sock) if tls_context else sock
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_every_answer_carries_the_headers_and_the_request_must_name_the_console(hub_with_console):
+    hub, url, _ = hub_with_console
+    address = url[len("http://"):]
+    own = f"Host: {address}\r\n"
+    absolute = _raw(address, f"GET http://evil.example/api/v1/links HTTP/1.1\r\n{own}Connection: close\r\n\r\n".encode())
+    assert absolute.startswith(b"HTTP/1.0 421") or absolute.startswith(b"HTTP/1.1 421"), absolute[:80]
+    named = _raw(address, f"GET http://{address}/api/v1/links HTTP/1.1\r\n{own}Connection: close\r\n\r\n".encode())
+    assert b" 200 " in named.split(b"\r\n")[0]
+    two_hosts = _raw(address, f"GET /api/v1/links HTTP/1.1\r\n{own}Host: evil.example\r\n\r\n".encode())
+    assert b" 400 " in two_hosts.split(b"\r\n")[0]
+    for method in (b"get", b"BREW", b"DELETE"):
+        answer = _raw(address, method + f" /api/v1/links HTTP/1.1\r\n{own}Connection: close\r\n\r\n".encode())
+        head = answer.split(b"\r\n\r\n")[0].decode()
+        assert "Content-Security-Policy: default-src 'none'" in head and "X-Content-Type-Options: nosniff" in head, head
+        assert "Allow: GET, HEAD" in head, head
+    stream_head = _raw(address, f"HEAD /api/v1/stream HTTP/1.1\r\n{own}Connection: close\r\n\r\n".encode())
+    assert stream_head.endswith(b"\r\n\r\n") and b"text/event-stream" in stream_head  # headers, no body
+    # A client that resets its connection mid-request leaves no traceback in the hub's output.
+    host, port = address.rsplit(":", 1)
+    reset = socket.create_connection((host, int(port)))
+    reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    reset.sendall(f"GET /api/v1/events?limit=500 HTTP/1.1\r\n{own}\r\n".encode())
+    reset.close()
+    assert _get(url + "/api/v1/links")[0] == 200
+    assert "Traceback" not in hub.log.read_text()
+
+
+def test_idle_and_slow_clients_cannot_freeze_the_tls_console(tmp_path):
+    """Sockets that never start their TLS handshake, and requests sent a byte at a time, do not
+    hold up anyone else; they are dropped after the head timeout. A stream that is never read
+    ends after its lifetime."""
+    import ssl
+
+    from hub.keys.pki import init_ca, issue
+    from hub.service.console import HEAD_TIMEOUT_S
+    from hub.service.storage import SQLiteStorage
+
+    db = tmp_path / "hub.db"
+    SQLiteStorage(db).close()
+    ca = tmp_path / "ca"
+    init_ca(ca)
+    cert, key = issue(ca, "console.plant", tmp_path, "console", server_hosts=("console.plant", "127.0.0.1"))
+    token = tmp_path / "token"
+    token.write_text("a-long-random-console-token\n")
+    token.chmod(0o600)
+    console = subprocess.Popen([str(LINKSEAL), "hub", "console", "--db", db, "--listen", "0.0.0.0:0",
+                                "--console-tls-cert", cert, "--console-tls-key", key, "--console-token-file", token],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    idle = []
+    try:
+        port = int(console.stdout.readline().split()[2].rstrip("/").rsplit(":", 1)[1])
+        context = ssl.create_default_context(cafile=str(ca / "ca.pem"))
+        context.check_hostname = False
+        request = (f"GET /api/v1/links HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer "
+                   "a-long-random-console-token\r\nConnection: close\r\n\r\n").encode()
+        for _ in range(3):  # TCP only, never a ClientHello
+            idle.append(socket.create_connection(("127.0.0.1", port)))
+        slow = context.wrap_socket(socket.create_connection(("127.0.0.1", port)))
+        slow.sendall(request[:10])  # a request line begun and never finished
+        idle.append(slow)
+        answer = _raw(f"127.0.0.1:{port}", request, context)
+        assert answer.split(b"\r\n")[0].endswith(b"200 OK"), answer[:100]
+        # The stalled ones are closed by the console once the head timeout has passed.
+        idle[0].settimeout(HEAD_TIMEOUT_S + 20)
+        assert idle[0].recv(1) == b""
+        slow.settimeout(HEAD_TIMEOUT_S + 20)
+        assert slow.recv(1) == b""
+    finally:
+        for sock in idle:
+            sock.close()
+        console.send_signal(signal.SIGINT)
+        _, stderr = console.communicate(timeout=10)
+    assert "Traceback" not in stderr
+
+
+def test_the_audit_is_computed_once_per_interval_however_many_poll(tmp_path, monkeypatch):
+    """The audit reads every event: pollers share one result per AUDIT_CACHE_S instead of each
+    making the database walk the chain (it competed with ingest)."""
+    import threading
+
+    from hub.service import console as console_module
+    from hub.service.storage import SQLiteStorage
+
+    db = tmp_path / "hub.db"
+    SQLiteStorage(db).close()
+    walks = []
+    real_audit = console_module.console_api.audit
+    monkeypatch.setattr(console_module.console_api, "audit", lambda reader: walks.append(1) or real_audit(reader))
+    server = console_module.ConsoleServer(db, "127.0.0.1", 0)
+    try:
+        threads = [threading.Thread(target=server.audit) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        results = {json.dumps(server.audit(), sort_keys=True) for _ in range(20)}
+        assert len(walks) == 1 and len(results) == 1
+        server._audit = (server._audit[0] - console_module.AUDIT_CACHE_S, server._audit[1])  # the interval passes
+        server.audit()
+        assert len(walks) == 2
+    finally:
+        server.httpd.server_close()

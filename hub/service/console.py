@@ -13,16 +13,25 @@ readers never hold up the hub's commits). It adds no way in:
   inline script, no frames;
 - live updates by Server-Sent Events, at most MAX_STREAMS at a time, each on its own thread
   and connection with a send timeout, so a slow or stuck browser is dropped and never slows
-  ingest.
+  ingest; a stream ends after STREAM_LIFETIME_S (the browser's EventSource reconnects where it
+  left off), so streams that are never read cannot hold the slots;
+- nothing a client does can hold the accept path: the TLS handshake and the request head are
+  read on the connection's own thread, each within HEAD_TIMEOUT_S (an idle socket, a
+  handshake never started, a request sent a byte at a time are dropped), and at most
+  MAX_CONNECTIONS connections are open at once;
+- the audit of the event chain, the costly page, is computed at most once per
+  AUDIT_CACHE_S and shared, so pollers cannot compete with ingest for the database.
 """
 
 import hmac
 import ipaddress
 import json
 import mimetypes
+import socket
 import ssl
 import threading
 import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
@@ -34,6 +43,11 @@ from hub.service.storage import SQLiteReader
 MAX_STREAMS = 8
 STREAM_POLL_S = 0.5
 STREAM_SEND_TIMEOUT_S = 5.0
+STREAM_LIFETIME_S = 30.0
+MAX_CONNECTIONS = 64
+HEAD_TIMEOUT_S = 10.0  # for the TLS handshake, and again for the request line and headers
+AUDIT_CACHE_S = 60.0
+ALLOWED_METHODS = "GET, HEAD"
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
                                "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
@@ -65,9 +79,52 @@ def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _in_host_header(name: str) -> str:
+    return f"[{name}]" if ":" in name and not name.startswith("[") else name
+
+
+class _Server(ThreadingHTTPServer):
+    """Each connection on its own thread from accept on: the TLS handshake happens there, with
+    a deadline, never in the accept loop; connections beyond MAX_CONNECTIONS are closed at once."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, tls_context):
+        host = address[0].strip("[]")
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.tls_context = tls_context
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__((host, address[1]), handler)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            request.settimeout(HEAD_TIMEOUT_S)
+            if self.tls_context is not None:
+                request = self.tls_context.wrap_socket(request, server_side=True)  # handshake here, within the timeout
+            self.finish_request(request, client_address)
+        except (OSError, ssl.SSLError):
+            pass  # a client that reset, timed out or failed its handshake: nothing to say on stderr
+        finally:
+            self.shutdown_request(request)
+            self.slots.release()
+
+    def handle_error(self, request, client_address):
+        pass  # a dropped connection is not the operator's problem: no traceback on stderr
 
 
 class ConsoleServer:
@@ -79,20 +136,34 @@ class ConsoleServer:
         self.streams = threading.BoundedSemaphore(MAX_STREAMS)
         self.stopping = threading.Event()
         handler = type("Handler", (_Handler,), {"console": self})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
+        context = None
         if tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             context.load_cert_chain(*tls)
-            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.httpd = _Server((host, port), handler, context)
         bound_host, bound_port = self.httpd.server_address[:2]
-        self.address = f"{bound_host}:{bound_port}"
+        self.address = f"{_in_host_header(bound_host)}:{bound_port}"
         names = {bound_host, host} | ({"localhost", "127.0.0.1", "[::1]"} if is_loopback(bound_host) else set())
         if tls:  # off loopback, browsers use the names its certificate was issued for
             names |= certificate_names(tls[0])
-        self.allowed_hosts = {f"{name}:{bound_port}" for name in names}
+        self.allowed_hosts = {f"{_in_host_header(name)}:{bound_port}" for name in names}
         self.thread = None
+        self._audit_lock = threading.Lock()
+        self._audit = (float("-inf"), None)  # (monotonic time computed, result)
+
+    def audit(self) -> dict:
+        """The audit page, computed at most once per AUDIT_CACHE_S however many ask."""
+        with self._audit_lock:
+            computed, result = self._audit
+            if time.monotonic() - computed >= AUDIT_CACHE_S:
+                reader = self.open_reader()
+                try:
+                    result = console_api.audit(reader)
+                finally:
+                    reader.close()
+                self._audit = (time.monotonic(), result)
+            return result
 
     def open_reader(self):
         """A reader of its own for one request or stream: never the hub's writing connection."""
@@ -124,8 +195,21 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # the hub's own log says enough; no request lines on stderr
         pass
 
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        if parsed:  # the head is in: the rest of the request may take as long as its answer does
+            self.connection.settimeout(None)
+        return parsed
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own errors (a bad request line, an unknown method) in the console's form:
+        with the security headers, a JSON body, and Allow on 405 and 501."""
+        self.close_connection = True
+        extra = {"Allow": ALLOWED_METHODS} if code in (405, 501) else None
+        self._refuse(code, message or HTTPStatus(code).phrase, extra)
+
     def do_POST(self):
-        self._refuse(405, "read-only console: GET only")
+        self._refuse(405, "read-only console: GET only", {"Allow": ALLOWED_METHODS})
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = do_POST
 
@@ -134,18 +218,24 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self, head: bool = False):
         console = self.console
-        if self.headers.get("Host") not in console.allowed_hosts:
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) != 1:
+            return self._refuse(400, "exactly one Host header is required")
+        if hosts[0] not in console.allowed_hosts:
             return self._refuse(421, "this console answers to its own address only")
+        target = urlsplit(self.path)
+        if target.scheme or target.netloc:  # absolute form: it must name this console too
+            if target.scheme not in ("http", "https") or target.netloc not in console.allowed_hosts:
+                return self._refuse(421, "this console answers to its own address only")
         if console.token is not None:
             given = self.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {console.token}".encode()):
                 return self._refuse(401, "a token is required", {"WWW-Authenticate": "Bearer"})
-        parts = urlsplit(self.path)
-        path, query = unquote(parts.path), {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        path, query = unquote(target.path), {k: v[-1] for k, v in parse_qs(target.query, keep_blank_values=True).items()}
         try:
             if path.startswith("/api/v1/"):
                 if path == "/api/v1/stream":
-                    return self._stream(console_api.event_id(query.get("after", "0")))
+                    return self._stream(console_api.event_id(query.get("after", "0")), head)
                 return self._json(self._api(path[len("/api/v1/"):], query), head)
             return self._static(path, head)
         except console_api.NotFound as exc:
@@ -172,27 +262,36 @@ class _Handler(BaseHTTPRequestHandler):
                     raise console_api.BadRequest("link is required")
                 return console_api.series(reader, query["link"], query.get("span", "1h"))
             if route == "audit":
-                return console_api.audit(reader)
+                return self.console.audit()
             if route == "openapi.json":
                 return json.loads((static_dir() / "openapi.json").read_text())
             raise console_api.NotFound(f"no API route {route!r}")
         finally:
             reader.close()
 
-    def _stream(self, after: int):
-        """Server-Sent Events: every new security event, as the API's event objects."""
+    def _stream(self, after: int, head: bool = False):
+        """Server-Sent Events: every new security event, as the API's event objects, for at most
+        STREAM_LIFETIME_S (then the browser reconnects from the last id it saw)."""
         console = self.console
+        if head:
+            self.send_response(200)
+            self._headers({"Content-Type": "text/event-stream"})
+            self.end_headers()
+            return
         if not console.streams.acquire(blocking=False):
             return self._refuse(503, f"at most {MAX_STREAMS} live streams at a time")
         try:
             self.send_response(200)
             self._headers({"Content-Type": "text/event-stream"})
             self.end_headers()
+            self.close_connection = True
             self.connection.settimeout(STREAM_SEND_TIMEOUT_S)  # a stuck browser is dropped, not waited for
             reader = console.open_reader()
             try:
-                last_ping = time.monotonic()
-                while not console.stopping.is_set():
+                self.wfile.write(b"retry: 1000\n\n")
+                last_ping = ends = time.monotonic()
+                ends += STREAM_LIFETIME_S
+                while not console.stopping.is_set() and time.monotonic() < ends:
                     for event in reader.events_after(after, console_api.MAX_EVENTS):
                         self.wfile.write(f"id: {event['id']}\ndata: {json.dumps(event)}\n\n".encode())
                         after = event["id"]
