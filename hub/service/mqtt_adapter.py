@@ -262,8 +262,8 @@ class HubService:
     def _process(self, items):
         with self._stalled_lock:
             stalled, self._stalled = self._stalled, 0.0
-        if stalled:
-            self.ingest.verifier.credit_stall(stalled, items[0][2])
+        if stalled:  # on the hub's clock, which is the arrival times' (stalls are not counted in replays)
+            self.ingest.verifier.credit_stall(stalled, time.time())
         for topic, payload, t, _, _, dup in items:
             try:
                 verdict = self.ingest.handle(topic, payload, t, dup)

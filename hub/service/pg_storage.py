@@ -25,7 +25,7 @@ from hub.service.storage import GENESIS_HASH, Batch, StorageError, Stored, event
 SCHEMA = [PG_SCHEMA, """
 CREATE TABLE IF NOT EXISTS linkseal_partitions (
     partition integer PRIMARY KEY, token bigint NOT NULL, owner text NOT NULL, since timestamptz NOT NULL,
-    unknown_device bigint NOT NULL DEFAULT 0)""", """
+    unknown_device bigint NOT NULL DEFAULT 0, intake_at double precision)""", """
 CREATE TABLE IF NOT EXISTS linkseal_devices (
     device text PRIMARY KEY, partition integer NOT NULL, link text NOT NULL, state bytea NOT NULL)""", """
 CREATE INDEX IF NOT EXISTS linkseal_devices_partition ON linkseal_devices (partition)""", """
@@ -41,8 +41,16 @@ CREATE TABLE IF NOT EXISTS linkseal_events (
     kind text NOT NULL, reason text NOT NULL, prev_hash text NOT NULL, hash text NOT NULL,
     PRIMARY KEY (partition, id))""", """
 ALTER TABLE linkseal_events ADD COLUMN IF NOT EXISTS seq bigserial""", """
-CREATE INDEX IF NOT EXISTS linkseal_events_seq ON linkseal_events (seq)""", """
-ALTER TABLE linkseal_partitions ADD COLUMN IF NOT EXISTS intake_at double precision"""]
+CREATE INDEX IF NOT EXISTS linkseal_events_seq ON linkseal_events (seq)""",
+          # Only when missing: ALTER TABLE locks the table even when there is nothing to add, and
+          # every worker's connection runs this list while others commit (a deadlock otherwise).
+          """
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                   AND table_name = 'linkseal_partitions' AND column_name = 'intake_at') THEN
+        ALTER TABLE linkseal_partitions ADD COLUMN intake_at double precision;
+    END IF;
+END $$"""]
 
 
 class Fenced(Exception):
