@@ -57,7 +57,9 @@ def add_hub_group(groups):
                           "repeatable; credentials and TLS files go in hub.toml [[forward]]")
     run.set_defaults(run=_run)
 
-    report = command(sub, "report", "The per-link report over stored data.",
+    report = command(sub, "report", "The per-link report over stored data. Before reading it runs SQLite's quick "
+                     "check (the file's structure, not its indexes: `hub audit` runs the full check, the event "
+                     "chain and the seals).",
                      ["linkseal hub report --db hub.db --since 15m",
                       "linkseal hub report --db hub.db --link wifi --json",
                       "linkseal hub report --db postgresql://db.plant/linkseal (hub workers)"])
@@ -78,14 +80,21 @@ def add_hub_group(groups):
 
     prune = command(sub, "prune", "Apply the retention settings to a stopped hub's database now, and hand the "
                     "freed space back to the file system (`hub run` prunes by itself, a small step at a time).",
-                    ["linkseal hub prune --db hub.db", "linkseal hub prune --db hub.db --config hub.toml"])
+                    ["linkseal hub prune --db hub.db --keys hub.keys",
+                     "linkseal hub prune --db hub.db --keys hub.keys --config hub.toml"])
     prune.add_argument("--db", required=True, type=Path)
     prune.add_argument("--config", type=Path, help="hub.toml with a [retention] table (default: the defaults)")
+    add_keys_option(prune, help_text="the hub's key file: a store sealed by `hub run` is written only with it",
+                    required=False)
     prune.set_defaults(run=_prune)
 
-    audit = command(sub, "audit", "Check the hash chain of stored security events.",
-                    ["linkseal hub audit --db hub.db", "linkseal hub audit --db postgresql://db.plant/linkseal"])
+    audit = command(sub, "audit", "Check a hub store: SQLite's full integrity check, the hash chain of the security "
+                    "events, and the seals over every other table (keyed: give the hub's key file to check that "
+                    "nobody without it recomputed them). Reads only; works on a read-only copy.",
+                    ["linkseal hub audit --db hub.db --keys hub.keys", "linkseal hub audit --db copy-of-hub.db",
+                     "linkseal hub audit --db postgresql://db.plant/linkseal"])
     audit.add_argument("--db", required=True, help="the hub's SQLite file, or the workers' postgresql://...")
+    add_keys_option(audit, help_text="the hub's key file, to check the keyed seals", required=False)
     audit.set_defaults(run=_audit)
 
     topology = command(sub, "topology", "Declare, over AMQP, what hub workers consume on RabbitMQ: a consistent-hash "
@@ -275,7 +284,7 @@ def _run(args):
     verifier = _verifier(args, settings.rate_limits)
     sinks = _sinks(args.forward, settings)
     lock = WriterLock(args.db)  # one writer per database, for as long as this hub runs
-    storage = _open_waiting(args.db, log)
+    storage = _open_waiting(args.db, log, seal_key=open_keyfile(args).seal_key())
     storage.require_sound()
     for name in storage.set_sinks([name for name, _ in sinks]):
         log("sink_forgotten", sink=name, reason="no longer configured: it holds no records back any more")
@@ -357,7 +366,7 @@ def _topology(args):
     print(declare(_amqp_parameters(args), args.partitions))
 
 
-def _open_waiting(path, log, backoff_max=30.0):
+def _open_waiting(path, log, backoff_max=30.0, seal_key=None):
     """The hub's database; a full, locked or read-only one is waited for (logged once), not
     exited on: a service manager restarting the hub in a loop would not free the disk."""
     from hub.service.storage import SQLiteStorage, StorageFault
@@ -365,7 +374,7 @@ def _open_waiting(path, log, backoff_max=30.0):
     delay, reported = 0.5, None
     while True:
         try:
-            storage = SQLiteStorage(path)
+            storage = SQLiteStorage(path, seal_key=seal_key)
         except StorageFault as exc:
             if exc.kind != reported:
                 log(exc.kind, error=str(exc), action="waiting for the database before connecting to the broker")
@@ -426,7 +435,12 @@ def _prune(args):
     if not args.db.is_file():
         raise InputError(f"{args.db}: no such hub database")
     lock = WriterLock(args.db)  # not beside a running hub
-    storage = SQLiteStorage(args.db, create=False)
+    seal_key = open_keyfile(args).seal_key() if args.keys else None
+    try:
+        storage = SQLiteStorage(args.db, create=False, seal_key=seal_key)
+    except BaseException:
+        lock.release()
+        raise
     total = {}
     try:
         while True:
@@ -446,29 +460,42 @@ def _prune(args):
 
 def _audit(args):
     """SQLite's integrity check, the security events' hash chain and the seals over every other
-    table; exit status 1 when anything is wrong."""
-    from hub.service.storage import SQLiteStorage
+    table, through a read-only connection (a copy on read-only media works); exit status 1 when
+    anything is wrong."""
+    from hub.service.storage import SQLiteReader
 
     if _is_postgres(args.db):
         return _audit_postgres(args.db)
-    storage = SQLiteStorage(Path(args.db), create=False)
+    seal_key = open_keyfile(args).seal_key() if args.keys else None
+    reader = SQLiteReader.read_only(Path(args.db))
     try:
-        damage = storage.integrity_problem(full=True)
+        damage = reader.integrity_problem(full=True)
         try:
-            checked, broken = storage.audit()
-            anchor_id, anchor_hash = storage.events_anchor()
-            unsealed = storage.seal_problems()
-            pruned = storage.pruned_records_upto()
+            checked, broken = reader.audit()
+            anchor_id, anchor_hash = reader.events_anchor()
+            unsealed = reader.seal_problems(seal_key)
+            pruned = reader.pruned_records_upto()
+            keyed = reader.seal_key_id() is not None
         except sqlite3.DatabaseError as exc:  # too damaged to read
-            checked, broken, anchor_id, unsealed, pruned = 0, f"unreadable ({exc})", 0, [], 0
+            checked, broken, anchor_id, unsealed, pruned, keyed = 0, f"unreadable ({exc})", 0, [], 0, False
     finally:
-        storage.close()
+        reader.close()
     start = (f"from the pruning anchor (events 1-{anchor_id} pruned; anchor hash {anchor_hash[:16]}...)"
              if anchor_id else "from the first event")
-    print(f"BROKEN: SQLite integrity check: {damage}" if damage else "OK: SQLite integrity check")
+    print(f"BROKEN: SQLite integrity check: {damage}" if damage else "OK: SQLite integrity check (full)")
     note = f" (records 1-{pruned} were pruned by retention)" if pruned else ""
     failed = _print_audit(checked, broken, f"hash chain intact {start}", f" {start}", unsealed,
-                          f"records, counters, device state, link counters and device status match their seals{note}")
+                          "records, counters, device state, link counters, device status, sink cursors and the "
+                          f"store's marks match their seals{note}")
+    if keyed and seal_key is None:
+        print("NOT CHECKED: the seals are keyed; without --keys this audit cannot tell them from seals someone "
+              "recomputed after editing the file")
+    elif keyed:
+        print("OK: the seals are the hub's (keyed sum checked). Whoever holds the key file could still rewrite "
+              "rows and seals alike, and an older copy of the whole store passes as it was")
+    else:
+        print("NOT KEYED: these seals catch damage and careless edits; anyone who can write the file and knows the "
+              "format could recompute them (`hub run` keys a store with its key file)")
     return 1 if damage or failed else 0
 
 

@@ -18,8 +18,8 @@ def command(sub, name, help_text, examples):
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def add_keys_option(parser, flag="--keys", help_text="hub key file"):
-    parser.add_argument(flag, required=True, type=Path, help=help_text)
+def add_keys_option(parser, flag="--keys", help_text="hub key file", required=True):
+    parser.add_argument(flag, required=required, type=Path, help=help_text)
     parser.add_argument("--insecure-plaintext", action="store_true",
                         help="allow an unencrypted key file (tests and demos only)")
 

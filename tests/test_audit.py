@@ -150,3 +150,106 @@ def test_a_damaged_store_is_refused_by_report_and_run_and_named_by_audit(db, tmp
             storage.require_sound()
         finally:
             storage.close()
+
+
+# -- the store's own state, keyed seals, foreign files, copies ------------------------------
+
+@pytest.mark.parametrize("sql, located", [
+    # Moving a sink's cursor would silently suppress delivery of the records it skips.
+    ("INSERT INTO sinks VALUES ('mqtt://inner:1883', 0)", "the sinks' delivery cursors"),
+    # The chain's head rewritten after cutting events off its end; a fake pruning anchor.
+    ("UPDATE meta SET value = (SELECT prev_hash FROM events ORDER BY id DESC LIMIT 1) WHERE key = 'events_head'",
+     "the store's own marks"),
+    ("INSERT INTO meta VALUES ('events_anchor', '2 ' || (SELECT hash FROM events WHERE id = 2))",
+     "the store's own marks"),
+])
+def test_the_stores_own_state_is_sealed(db, sql, located):
+    edit(db, sql)
+    result = audit(db)
+    assert result.returncode == 1 and located in result.stdout, result.stdout
+
+
+def test_cutting_events_off_either_end_of_the_chain_is_found(db):
+    edit(db, "DELETE FROM events WHERE id = (SELECT MAX(id) FROM events)")
+    edit(db, "UPDATE meta SET value = (SELECT hash FROM events ORDER BY id DESC LIMIT 1) WHERE key = 'events_head'")
+    assert audit(db).returncode == 1
+    edit(db, "DELETE FROM events WHERE id <= 2")
+    edit(db, "INSERT OR REPLACE INTO meta VALUES ('events_anchor', '2 ' || (SELECT prev_hash FROM events WHERE id = 3))")
+    result = audit(db)
+    assert result.returncode == 1 and "the store's own marks" in result.stdout, result.stdout
+
+
+def keyed_store(path, keyfile):
+    """The db fixture's store as `hub run` leaves it: its seals keyed with the key file's seal key."""
+    SQLiteStorage(path, create=False, seal_key=keyfile.seal_key()).close()
+
+
+def test_keyed_seals_catch_an_editor_who_recomputes_them(db, keys):
+    from hub.service import seals
+
+    keyed_store(db, keys)
+    with_keys = lambda: subprocess.run([str(LINKSEAL), "hub", "audit", "--db", str(db), "--keys", str(keys.path),
+                                        "--insecure-plaintext"], capture_output=True, text=True, timeout=60)
+    clean = with_keys()
+    assert clean.returncode == 0 and "OK: the seals are the hub's" in clean.stdout, clean.stdout
+    # An editor who knows the format: move the sink cursor, and recompute every plain digest.
+    editor = sqlite3.connect(db)
+    editor.execute("INSERT INTO sinks VALUES ('postgresql://inner/plant', 600)")
+    editor.execute(f"DELETE FROM seals WHERE tbl != '{seals.KEYED_ROW}'")
+    editor.executemany("INSERT INTO seals VALUES (?, ?, ?)", [(table, seg, f"{digest:032x}") for (table, seg), digest
+                                                              in seals.recompute(editor).items()])
+    editor.commit()
+    editor.close()
+    without = audit(db)
+    assert without.returncode == 0 and "NOT CHECKED: the seals are keyed" in without.stdout, without.stdout
+    caught = with_keys()
+    assert caught.returncode == 1 and "the seals themselves were rewritten" in caught.stdout, caught.stdout
+    assert keys.seal_key().hex() not in caught.stdout + caught.stderr  # the key never shows
+
+
+def test_a_keyed_store_is_written_only_with_its_key(db, keys, tmp_path):
+    from hub.keys.keyfile import KeyFile
+
+    keyed_store(db, keys)
+    with pytest.raises(StorageError, match="sealed under another key file"):
+        SQLiteStorage(db, create=False, seal_key=KeyFile.create(tmp_path / "other.keys").seal_key())
+    storage = SQLiteStorage(db, create=False)  # for reading, as `hub report` does
+    with pytest.raises(StorageError, match="open it with the hub's key file"):
+        storage.prune_step(T0 + 10 * DAY2, Retention(records=0))
+    storage.close()
+    pruned = subprocess.run([str(LINKSEAL), "hub", "prune", "--db", str(db)], capture_output=True, text=True,
+                            timeout=60)
+    assert pruned.returncode == 2 and "--keys" in pruned.stderr and "Traceback" not in pruned.stderr
+
+
+def test_a_file_that_is_not_a_hub_store_is_refused_and_left_alone(tmp_path):
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    other = tmp_path / "other.db"
+    app = sqlite3.connect(other)
+    app.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    app.commit()
+    app.close()
+    for path in (empty, other):
+        before = path.read_bytes()
+        for command in (["hub", "audit", "--db", str(path)], ["hub", "report", "--db", str(path)]):
+            result = subprocess.run([str(LINKSEAL), *command], capture_output=True, text=True, timeout=60)
+            assert result.returncode == 2 and "not a linkseal hub store" in result.stderr, (command, result.stderr)
+            assert "Traceback" not in result.stderr
+        assert path.read_bytes() == before  # no tables of ours added
+
+
+def test_an_audit_of_a_copy_on_read_only_media_works(db, tmp_path):
+    copy_dir = tmp_path / "ro"
+    copy_dir.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(copy_dir)], capture_output=True,
+                             text=True)
+    if mounted.returncode:
+        pytest.fail(f"this test mounts a tmpfs and needs root for it: {mounted.stderr.strip()}")
+    try:
+        (copy_dir / "hub.db").write_bytes(db.read_bytes())
+        subprocess.run(["mount", "-o", "remount,ro", str(copy_dir)], check=True)
+        result = audit(copy_dir / "hub.db")
+        assert result.returncode == 0 and "BROKEN" not in result.stdout, result.stdout + result.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(copy_dir)], check=True)

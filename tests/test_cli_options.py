@@ -155,10 +155,10 @@ def test_the_checked_types_accept_their_ranges():
 def test_a_bug_is_not_called_an_input_error(tmp_path, monkeypatch):
     """Only input errors exit 2; a bug (here a ValueError deep inside a command) exits 1 with one
     line that says so, and --debug shows its traceback."""
-    from hub.service.storage import SQLiteStorage
+    from hub.service.storage import SQLiteReader, SQLiteStorage
 
     SQLiteStorage(tmp_path / "hub.db").close()
-    monkeypatch.setattr(SQLiteStorage, "audit", lambda self: int("a bug"))
+    monkeypatch.setattr(SQLiteReader, "audit", lambda self: int("a bug"))
     code, err = run(["hub", "audit", "--db", str(tmp_path / "hub.db")])
     assert code == 1, err
     assert err.startswith("linkseal: internal error: ValueError") and "--debug" in err

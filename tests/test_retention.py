@@ -188,3 +188,26 @@ def test_per_device_counter_history_expires_and_link_totals_stay(tmp_path):
     oldest = storage.db.execute("SELECT MIN(minute) FROM counts WHERE scope = 'device'").fetchone()[0]
     assert oldest >= now - 5 * DAY
     assert storage.load().unknown_device == unknown_before  # what a restarted hub counts on from
+
+
+def test_release_space_hands_back_every_free_page(tmp_path):
+    from hub.service.storage import Retention, SQLiteStorage
+
+    from .test_storage import TOPIC, frames, open_ingest
+
+    ingest = open_ingest(tmp_path / "hub.db")
+    for i, frame in enumerate(frames(20000)):
+        ingest.handle(TOPIC, frame, 1000.0 + i)
+        if i % 500 == 0:
+            ingest.commit()
+    ingest.commit()
+    ingest.storage.close()
+    storage = SQLiteStorage(tmp_path / "hub.db", create=False)
+    while any(storage.prune_step(1e9, Retention(records=0, events=0)).values()):
+        pass
+    free, pages = (storage.db.execute(f"PRAGMA {name}").fetchone()[0] for name in ("freelist_count", "page_count"))
+    assert free > pages / 2  # most of the file is free pages now
+    released = storage.release_space()
+    assert storage.db.execute("PRAGMA freelist_count").fetchone()[0] == 0
+    assert released >= free * storage.db.execute("PRAGMA page_size").fetchone()[0] * 0.9
+    storage.close()

@@ -230,6 +230,10 @@ class KeyFile:
     def mqtt_password(self, username: str) -> str:
         return derive_mqtt_password(self._master, username)
 
+    def seal_key(self) -> bytes:
+        """The key of the hub store's seals (hub/service/seals.py): derived, never stored apart."""
+        return _hkdf(self._master, b"linkseal/v1 seal key", 32)
+
     def _entry(self, device_id: str) -> dict:
         if device_id not in self.devices:
             raise KeyFileError(f"device {device_id!r} is not in {self.path}")

@@ -22,10 +22,11 @@ CURSOR_SAVE_S = 0.5  # how often a busy forwarder writes its cursor: a crash re-
 
 
 class Forwarder:
-    def __init__(self, name: str, sink, db_path, log, stopping: threading.Event, backoff_max: float = 30.0):
+    def __init__(self, name: str, sink, db_path, log, stopping: threading.Event, backoff_max: float = 30.0,
+                 seal_key: bytes | None = None):
         self.name = name
         self.sink = sink
-        self.outbox = Outbox(db_path)  # this thread's own connection
+        self.outbox = Outbox(db_path, seal_key)  # this thread's own connection; it seals the cursor it moves
         self._observer = Outbox(db_path)  # for backlog(), from the log and metrics threads
         self._observer_lock = threading.Lock()
         self.log = log

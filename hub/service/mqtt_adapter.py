@@ -73,8 +73,8 @@ class HubService:
         self._stalled_lock = threading.Lock()
         self._disconnected_at = None  # monotonic time the broker connection was lost
         self._next_prune = 0.0  # monotonic time of the next retention step
-        self.forwarders = [Forwarder(name, sink, ingest.storage.path, log, self.stopping, settings.backoff_max)
-                           for name, sink in sinks]
+        self.forwarders = [Forwarder(name, sink, ingest.storage.path, log, self.stopping, settings.backoff_max,
+                                     getattr(ingest.storage, "seal_key", None)) for name, sink in sinks]
         if metrics is not None:
             metrics.watch_forwarders(self.forwarders)
         self.client = self._make_client()

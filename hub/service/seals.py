@@ -14,13 +14,21 @@ Counter rows are hashed as value x hash(key), so the upserts that add to a count
 roll-ups that merge minutes into hours and days) change digests without reading the row.
 The security events have their own hash chain (storage.event_hash) and are not sealed here.
 
-Without a secret, someone who can write the database and knows this format can recompute
-the digests too: seals catch damage and edits, not an attacker who owns the bastion host
-(docs/threat-model.md).
+The sinks' cursors and the meta rows (the event chain's head and pruning anchor, retention
+marks) are sealed too: moving a cursor would silently suppress delivery, rewriting the head or
+the anchor would hide events cut from either end of the chain.
+
+Keyed: the digests above are plain SHA-256 sums, which anyone who can write the file and
+knows this format could recompute. So a store opened with a seal key (from the hub's key
+file) also keeps KEYED_ROW: the sum over every sealed segment of HMAC-SHA256(seal key,
+table | segment | digest), cut to 128 bits, updated with each digest in the same transaction.
+Without the key nobody can make it agree with digests they recomputed, nor remove a segment
+(its rows and its seal row) unnoticed. Someone who holds the key file can (docs/threat-model.md).
 """
 
 import functools
 import hashlib
+import hmac
 import time
 import zlib
 
@@ -38,8 +46,12 @@ COLUMNS = {
     "devices": "device, link, state",
     "links": "link, state",
     "device_status": "device, status",
+    "sinks": "sink, delivered_upto",
+    "meta": "key, value",
 }
-KEYS = {"devices": "device", "links": "link", "device_status": "device"}  # tables whose rows are replaced
+# Tables whose rows are replaced, by their key column.
+KEYS = {"devices": "device", "links": "link", "device_status": "device", "sinks": "sink", "meta": "key"}
+KEYED_ROW = "#keyed"  # the seals row holding the keyed sum (not a table)
 
 
 # One encoding per table, fields joined by 0x1F: none of them can hold that byte raw (device
@@ -53,6 +65,8 @@ _ENCODE = {
     "devices": lambda r: b"devices\x1f%s\x1f%s\x1f" % (r[0].encode(), r[1].encode()) + r[2],
     "links": lambda r: b"links\x1f%s\x1f" % r[0].encode() + r[1],
     "device_status": lambda r: b"device_status\x1f%s\x1f%s" % (r[0].encode(), r[1].encode()),
+    "sinks": lambda r: b"sinks\x1f%s\x1f%d" % (r[0].encode(), r[1]),
+    "meta": lambda r: b"meta\x1f%s\x1f%s" % (r[0].encode(), r[1].encode()),
 }
 
 
@@ -77,7 +91,7 @@ def segment(table: str, row: tuple) -> int:
         return row[0] // RECORD_SEGMENT
     if table == "counts":
         return row[0] // DAY
-    if table == "links":
+    if table in ("links", "sinks", "meta"):
         return 0
     return zlib.crc32(row[0].encode()) % NAME_SEGMENTS
 
@@ -90,13 +104,32 @@ def describe(table: str, seg: int) -> str:
         return f"counters of {time.strftime('%Y-%m-%d', time.gmtime(seg * DAY))} (UTC)"
     if table == "links":
         return "link counters"
+    if table == "sinks":
+        return "the sinks' delivery cursors"
+    if table == "meta":
+        return "the store's own marks (event chain head and anchor, retention progress)"
     return f"{table} rows in slice {seg} of {NAME_SEGMENTS} (by name)"
 
 
-class SealDelta:
-    """The digest changes one transaction makes; written by flush() inside that transaction."""
+def keyed_term(key: bytes, table: str, seg: int, digest: int) -> int:
+    """One segment's share of the keyed sum; a segment without rows (digest 0) adds nothing."""
+    if not digest:
+        return 0
+    mac = hmac.digest(key, b"%s\x1f%d\x1f%032x" % (table.encode(), seg, digest), "sha256")
+    return int.from_bytes(mac[:16], "big")
 
-    def __init__(self):
+
+def key_id(key: bytes) -> str:
+    """Names a seal key without revealing it: which key file sealed a store."""
+    return hmac.digest(key, b"linkseal/v1 seal key id", "sha256")[:8].hex()
+
+
+class SealDelta:
+    """The digest changes one transaction makes; written by flush() inside that transaction.
+    key: the store's seal key, when its seals are keyed (then flush keeps the keyed sum)."""
+
+    def __init__(self, key: bytes | None = None):
+        self.key = key
         self.changes = {}  # (table, segment) -> sum to add
         self.written = {}  # table -> {name: hash} of the rows replace() wrote: the storage keeps them after COMMIT
 
@@ -142,12 +175,20 @@ class SealDelta:
             self.add(table, old, -1)
 
     def flush(self, db) -> None:
+        keyed = 0
         for (table, seg), change in self.changes.items():
             if not change:
                 continue
             row = db.execute("SELECT digest FROM seals WHERE tbl = ? AND segment = ?", (table, seg)).fetchone()
-            digest = ((int(row[0], 16) if row else 0) + change) % MODULUS
+            old = int(row[0], 16) if row else 0
+            digest = (old + change) % MODULUS
             db.execute("INSERT OR REPLACE INTO seals VALUES (?, ?, ?)", (table, seg, f"{digest:032x}"))
+            if self.key is not None:
+                keyed += keyed_term(self.key, table, seg, digest) - keyed_term(self.key, table, seg, old)
+        if keyed:
+            row = db.execute("SELECT digest FROM seals WHERE tbl = ? AND segment = 0", (KEYED_ROW,)).fetchone()
+            total = ((int(row[0], 16) if row else 0) + keyed) % MODULUS
+            db.execute("INSERT OR REPLACE INTO seals VALUES (?, 0, ?)", (KEYED_ROW, f"{total:032x}"))
         self.changes = {}
 
 
@@ -162,11 +203,30 @@ def recompute(db) -> dict:
 
 def stored(db) -> dict:
     return {(table, seg): int(digest, 16) for table, seg, digest in db.execute("SELECT tbl, segment, digest FROM seals")
-            if int(digest, 16)}
+            if int(digest, 16) and table != KEYED_ROW}
 
 
-def check(db) -> list[str]:
-    """What does not match its seal, one line per segment; empty when everything does."""
+def keyed_sum(key: bytes, digests: dict) -> int:
+    return sum(keyed_term(key, table, seg, digest) for (table, seg), digest in digests.items()) % MODULUS
+
+
+def stored_keyed_sum(db) -> int | None:
+    row = db.execute("SELECT digest FROM seals WHERE tbl = ? AND segment = 0", (KEYED_ROW,)).fetchone()
+    return int(row[0], 16) if row else None
+
+
+def write_keyed_sum(db, key: bytes) -> None:
+    """Key a store's seals as they stand (a store first opened with a key)."""
+    db.execute("INSERT OR REPLACE INTO seals VALUES (?, 0, ?)", (KEYED_ROW, f"{keyed_sum(key, stored(db)):032x}"))
+
+
+def check(db, key: bytes | None = None) -> list[str]:
+    """What does not match its seal, one line per segment; empty when everything does. With
+    the key, also whether the seals themselves are the hub's (the keyed sum)."""
     want, got = stored(db), recompute(db)
-    return [f"{describe(table, seg)}: rows were changed, added or removed outside the hub"
-            for table, seg in sorted(set(want) | set(got)) if want.get((table, seg)) != got.get((table, seg))]
+    problems = [f"{describe(table, seg)}: rows were changed, added or removed outside the hub"
+                for table, seg in sorted(set(want) | set(got)) if want.get((table, seg)) != got.get((table, seg))]
+    if key is not None and stored_keyed_sum(db) != keyed_sum(key, want):
+        problems.append("the seals themselves were rewritten or removed outside the hub (their keyed sum does not "
+                        "match: someone recomputed them without the key file)")
+    return problems

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from hub.service import seals
 
-SCHEMA_VERSION = 3  # 2: the outbox ids; 3: seals
+SCHEMA_VERSION = 4  # 2: the outbox ids; 3: seals; 4: sinks and meta sealed too
 GENESIS_HASH = "0" * 64
 HOUR, DAY = 3600, 86400
 
@@ -199,6 +199,20 @@ def event_filter(order_column: str, mark: str, after_id: int, kind, link, device
     return " AND ".join(where), params
 
 
+def require_hub_store(db, path) -> None:
+    """StorageError unless the file is a linkseal hub store: an empty file or another
+    application's database is refused, never given our tables."""
+    try:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() if "meta" in tables else None
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise StorageError(f"{path}: not a usable SQLite database ({exc})") from None
+    if schema is None or "records" not in tables:
+        db.close()
+        raise StorageError(f"{path}: not a linkseal hub store (no hub tables in it): give the --db of a hub")
+
+
 def event_hash(prev_hash: str, event: dict) -> str:
     """The chain link of one security event: SHA-256 over the previous hash and the event."""
     body = json.dumps([event["t"], event["device"], event["link"], event["kind"], event["reason"]],
@@ -214,13 +228,20 @@ class SQLiteReader:
         self.db = db
 
     @classmethod
-    def read_only(cls, path) -> "SQLiteReader":
-        """A reader on its own connection that cannot write (for a thread of its own)."""
+    def read_only(cls, path, copy: bool = False) -> "SQLiteReader":
+        """A reader on its own connection that cannot write (for a thread of its own). copy: a
+        file nothing writes any more (an audit of a copy, perhaps on read-only media: SQLite
+        then needs no -shm file beside it). StorageError for a file that is not a hub store."""
         path = Path(path)
         if not path.is_file():
             raise StorageError(f"{path}: no such hub database")
-        db = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, check_same_thread=False)
+        # A copy on read-only media (or in a directory we may not write) has no -shm beside it
+        # and cannot get one: read it as immutable.
+        copy = copy or not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK)
+        mode = "ro&immutable=1" if copy else "ro"
+        db = sqlite3.connect(f"file:{path.resolve()}?mode={mode}", uri=True, check_same_thread=False)
         db.execute("PRAGMA busy_timeout = 3000")
+        require_hub_store(db, path)
         return cls(db)
 
     def close(self) -> None:
@@ -290,6 +311,23 @@ class SQLiteReader:
             return str(exc)
         return None if rows == [("ok",)] else str(rows[0][0])
 
+    def seal_problems(self, key: bytes | None = None) -> list[str]:
+        """Rows that do not match their seals (hub/service/seals.py); with the seal key, also
+        seals recomputed by someone without it. Empty when all is well."""
+        problems = seals.check(self.db, key)
+        if key is not None and self.seal_key_id() not in (None, seals.key_id(key)):
+            problems.insert(0, "this store was sealed under another key file: give the hub's own --keys")
+        return problems
+
+    def seal_key_id(self) -> str | None:
+        """Which key sealed the store (seals.key_id), or None when its seals are not keyed."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'seal_key_id'").fetchone()
+        return row[0] if row else None
+
+    def pruned_records_upto(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'records_pruned_upto'").fetchone()
+        return int(row[0]) if row else 0
+
     def audit(self) -> tuple[int, str | None]:
         """(events checked, None) when the chain holds, else (events checked, what broke).
         The chain is checked from the anchor left by pruning (events_anchor), or from its start."""
@@ -312,8 +350,11 @@ class SQLiteReader:
 
 
 class SQLiteStorage(SQLiteReader):
-    def __init__(self, path, create: bool = True):
+    def __init__(self, path, create: bool = True, seal_key: bytes | None = None):
+        """seal_key: keys the store's seals (KeyFile.seal_key); a store sealed with a key can
+        only be written with it."""
         self.path = Path(path)
+        self.seal_key = seal_key
         if not create and not self.path.is_file():
             raise StorageError(f"{self.path}: no such hub database")
         if not self.path.exists():
@@ -323,6 +364,8 @@ class SQLiteStorage(SQLiteReader):
                 raise StorageError(f"{self.path}: cannot create: {exc.strerror}") from None
         try:
             self.db = _connect(self.path)
+            if self.path.stat().st_size or not create:  # a file that exists must be ours before we write to it
+                require_hub_store(self.db, self.path)
             # Freed pages are reused, and `hub prune` can hand them back (set before any table exists).
             self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -335,8 +378,11 @@ class SQLiteStorage(SQLiteReader):
             if version is not None and version[0] == "2":
                 self._seal_existing()
                 version = (str(SCHEMA_VERSION),)
+            if version is not None and version[0] == "3":
+                self._seal_existing(tables=("sinks", "meta"))
+                version = (str(SCHEMA_VERSION),)
             if version is None:
-                self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                self._write(lambda delta: self._set_meta(delta, "schema", str(SCHEMA_VERSION)))
                 version = (str(SCHEMA_VERSION),)
         except sqlite3.DatabaseError as exc:
             if hasattr(self, "db"):  # `hub run` opens again while it waits: no connection left behind each time
@@ -350,6 +396,7 @@ class SQLiteStorage(SQLiteReader):
             raise StorageError(f"{self.path}: not a usable SQLite database ({exc})") from None
         if version[0] != str(SCHEMA_VERSION):
             raise StorageError(f"{self.path}: schema version {version[0]}, this hub reads {SCHEMA_VERSION}")
+        self._key_seals()
         last = self.db.execute("SELECT hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
         self._last_hash = last[0] if last else GENESIS_HASH
         # table -> {name: seal hash} of rows this process wrote: replacing them needs no read.
@@ -367,14 +414,60 @@ class SQLiteStorage(SQLiteReader):
         db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
         db.execute("COMMIT")
 
-    def _seal_existing(self):
-        """Schema 2 had no seals: seal the tables as they are (one pass, once)."""
+    def _seal_existing(self, tables=tuple(seals.COLUMNS)):
+        """Seal tables as they are (one pass, once): schema 2 had no seals, schema 3 none over
+        the sinks and meta tables."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
-        db.executemany("INSERT OR REPLACE INTO seals VALUES (?, ?, ?)",
-                       [(table, seg, f"{digest:032x}") for (table, seg), digest in seals.recompute(db).items()])
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
+        delta = seals.SealDelta()
+        for table in tables:
+            db.execute("DELETE FROM seals WHERE tbl = ?", (table,))
+            for row in db.execute(f"SELECT {seals.COLUMNS[table]} FROM {table}"):
+                delta.add(table, row)
+        delta.flush(db)
         db.execute("COMMIT")
+
+    def _key_seals(self) -> None:
+        """A store first opened with a seal key is keyed from now on; one keyed by another key
+        file, or opened without its key, is never written (its keyed sum would go stale)."""
+        stored_id = self.seal_key_id()
+        if self.seal_key is None:
+            self._keyed_elsewhere = stored_id is not None
+            return
+        self._keyed_elsewhere = False
+        if stored_id is None:
+            def key(delta):
+                self._set_meta(delta, "seal_key_id", seals.key_id(self.seal_key))
+                delta.flush(self.db)
+                seals.write_keyed_sum(self.db, self.seal_key)
+            self._write(key, keyed=False)
+        elif stored_id != seals.key_id(self.seal_key):
+            raise StorageError(f"{self.path}: sealed under another key file (seal key {stored_id}); give the "
+                               "hub's own --keys")
+
+    def _delta(self, keyed: bool = True) -> seals.SealDelta:
+        if getattr(self, "_keyed_elsewhere", False):
+            raise StorageError(f"{self.path}: its seals are keyed: open it with the hub's key file (--keys) to write")
+        return seals.SealDelta(self.seal_key if keyed else None)
+
+    def _write(self, change, keyed: bool = True) -> None:
+        """change(delta) in one transaction, the seals flushed with it."""
+        db = self.db
+        delta = self._delta(keyed)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            change(delta)
+            delta.flush(db)
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            raise
+
+    def _set_meta(self, delta, key: str, value: str) -> None:
+        """A meta row, sealed like every other: its old value's hash out, the new one's in."""
+        delta.replace(self.db, "meta", [(key, value)], {})
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     # -- the ingest path --------------------------------------------------------------
 
@@ -390,7 +483,7 @@ class SQLiteStorage(SQLiteReader):
     def commit(self, batch: Batch) -> None:
         db = self.db
         last_hash = self._last_hash
-        delta = seals.SealDelta()
+        delta = self._delta()
         db.execute("BEGIN IMMEDIATE")
         try:
             if batch.records:
@@ -404,7 +497,6 @@ class SQLiteStorage(SQLiteReader):
                 if rows:
                     delta.replace(db, table, rows, self._row_hashes.setdefault(table, {}))
                     db.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
-            delta.flush(db)
             for event in batch.events:
                 new_hash = event_hash(last_hash, event)
                 db.execute("INSERT INTO events (t, device, link, kind, reason, prev_hash, hash) "
@@ -412,16 +504,18 @@ class SQLiteStorage(SQLiteReader):
                                                             event["kind"], event["reason"], last_hash, new_hash))
                 last_hash = new_hash
             if batch.intake_at is not None:
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('intake_at', ?)", (repr(batch.intake_at),))
-            if batch.events:  # the chain's head, so that cutting rows off its end shows too
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('events_head', ?)", (last_hash,))
+                self._set_meta(delta, "intake_at", repr(batch.intake_at))
+            if batch.events:  # the chain's head (sealed), so that cutting rows off its end shows too
+                self._set_meta(delta, "events_head", last_hash)
+            delta.flush(db)
             db.execute("COMMIT")
         except BaseException:
             _rollback(db)
             raise
         self._last_hash = last_hash
         for table, hashes in delta.written.items():  # only once committed
-            self._row_hashes[table].update(hashes)
+            if table in self._row_hashes:  # (meta rows are read again each time: no cache for them)
+                self._row_hashes[table].update(hashes)
 
     def _insert_records(self, records, delta) -> None:
         db = self.db
@@ -442,14 +536,23 @@ class SQLiteStorage(SQLiteReader):
         """Keep a cursor for exactly these sinks: a new sink starts with every retained record, a
         sink no longer configured is forgotten (it no longer holds records back). Returns those forgotten."""
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        forgotten = [name for (name,) in db.execute("SELECT sink FROM sinks") if name not in names]
-        db.executemany("DELETE FROM sinks WHERE sink = ?", [(name,) for name in forgotten])
-        # Just before the oldest retained record, so a backlog is newest id - cursor, exactly.
-        start = db.execute("SELECT MIN(id) - 1 FROM records").fetchone()[0]
-        db.executemany("INSERT OR IGNORE INTO sinks VALUES (?, ?)",
-                       [(name, start if start is not None else self.last_record_id()) for name in names])
-        db.execute("COMMIT")
+        forgotten = []
+
+        def change(delta):
+            known = {name for (name,) in db.execute("SELECT sink FROM sinks")}
+            forgotten.extend(name for name in known if name not in names)
+            for name in forgotten:
+                delta.remove(db, "sinks", "sink = ?", (name,))
+                db.execute("DELETE FROM sinks WHERE sink = ?", (name,))
+            # Just before the oldest retained record, so a backlog is newest id - cursor, exactly.
+            start = db.execute("SELECT MIN(id) - 1 FROM records").fetchone()[0]
+            start = start if start is not None else self.last_record_id()
+            for name in names:
+                if name not in known:
+                    delta.add("sinks", (name, start))
+                    db.execute("INSERT INTO sinks VALUES (?, ?)", (name, start))
+
+        self._write(change)
         return forgotten
 
     def prune_step(self, now: float, retention: Retention, limit: int = 2000) -> dict:
@@ -457,14 +560,14 @@ class SQLiteStorage(SQLiteReader):
         Returns what it removed; all zeros when there is nothing (more) to do."""
         db = self.db
         done = {"records": 0, "counts_rolled": 0, "device_counts": 0, "events": 0}
-        delta = seals.SealDelta()  # pruning keeps the seals right: audit tells it from a deletion
+        delta = self._delta()  # pruning keeps the seals right: audit tells it from a deletion
         db.execute("BEGIN IMMEDIATE")
         try:
             done["records"] = self._prune_records(now - retention.records, limit, delta)
             done["counts_rolled"] = (self._roll_up(now - retention.minute_counts, HOUR, "rolled_hours_upto", delta) +
                                      self._roll_up(now - retention.hourly_counts, DAY, "rolled_days_upto", delta))
             done["device_counts"] = self._expire_device_counts(now - retention.device_counts, delta)
-            done["events"] = self._prune_events(now - retention.events, limit)
+            done["events"] = self._prune_events(now - retention.events, limit, delta)
             delta.flush(db)
             db.execute("COMMIT")
         except BaseException:
@@ -486,7 +589,7 @@ class SQLiteStorage(SQLiteReader):
         if last is None:
             return 0
         delta.remove(self.db, "records", "id <= ?", (last,))
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('records_pruned_upto', ?)", (str(last),))
+        self._set_meta(delta, "records_pruned_upto", str(last))
         return self.db.execute("DELETE FROM records WHERE id <= ?", (last,)).rowcount
 
     def _roll_up(self, cutoff: float, size: int, mark: str, delta) -> int:
@@ -510,7 +613,7 @@ class SQLiteStorage(SQLiteReader):
                         "WHERE minute > ? AND minute < ? GROUP BY scope, name, counter "
                         "ON CONFLICT DO UPDATE SET value = value + excluded.value", (start, start, end))
         merged = self.db.execute("DELETE FROM counts WHERE minute > ? AND minute < ?", (start, end)).rowcount
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (mark, str(end)))
+        self._set_meta(delta, mark, str(end))
         return merged
 
     def _expire_device_counts(self, cutoff: float, delta) -> int:
@@ -524,7 +627,7 @@ class SQLiteStorage(SQLiteReader):
         delta.remove(self.db, "counts", "minute = ? AND scope = 'device'", (oldest,))
         return self.db.execute("DELETE FROM counts WHERE minute = ? AND scope = 'device'", (oldest,)).rowcount
 
-    def _prune_events(self, cutoff: float, limit: int) -> int:
+    def _prune_events(self, cutoff: float, limit: int, delta) -> int:
         rows = self.db.execute("SELECT id, t, hash FROM events ORDER BY id LIMIT ?", (limit,)).fetchall()
         last = None
         for row_id, t, stored_hash in rows:
@@ -535,13 +638,14 @@ class SQLiteStorage(SQLiteReader):
             return 0
         removed = self.db.execute("DELETE FROM events WHERE id <= ?", (last[0],)).rowcount
         # The anchor: the last pruned event's position and hash, where the audit now starts.
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('events_anchor', ?)", (f"{last[0]} {last[1]}",))
+        self._set_meta(delta, "events_anchor", f"{last[0]} {last[1]}")
         return removed
 
     def release_space(self) -> int:
         """Hand freed pages back to the file system (for a stopped hub); returns bytes released."""
         before = self.path.stat().st_size
-        self.db.execute("PRAGMA incremental_vacuum")
+        # Run as a script: through execute() the pragma takes one step, and frees one page.
+        self.db.executescript("PRAGMA incremental_vacuum;")
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return max(0, before - self.path.stat().st_size)
 
@@ -552,13 +656,6 @@ class SQLiteStorage(SQLiteReader):
             raise StorageError(f"{self.path}: the database is damaged (SQLite: {problem}); restore it from a backup "
                                f"(`linkseal hub audit --db {self.path}` shows what else is wrong)")
 
-    def seal_problems(self) -> list[str]:
-        """Rows that do not match their seals (hub/service/seals.py); empty when all do."""
-        return seals.check(self.db)
-
-    def pruned_records_upto(self) -> int:
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'records_pruned_upto'").fetchone()
-        return int(row[0]) if row else 0
 
 
 class WriterLock:
@@ -604,7 +701,8 @@ class Outbox:
     """The delivery side's view of the records table: one per forwarder thread (its own
     connection), plus one for metrics. Reads undelivered records, moves a sink's cursor."""
 
-    def __init__(self, path):
+    def __init__(self, path, seal_key: bytes | None = None):
+        self.seal_key = seal_key
         try:
             self.db = _connect(path)
             # A cursor update lost to a power cut only means records delivered again: no fsync for it.
@@ -622,8 +720,20 @@ class Outbox:
         return [StoredRecord(*row) for row in rows]
 
     def mark_delivered(self, sink: str, upto: int) -> None:
-        self.db.execute("UPDATE sinks SET delivered_upto = ? WHERE sink = ? AND delivered_upto < ?",
-                        (upto, sink, upto))
+        """Move the cursor, and its seal with it (a cursor moved by anything else shows in the audit)."""
+        db = self.db
+        delta = seals.SealDelta(self.seal_key)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT delivered_upto FROM sinks WHERE sink = ?", (sink,)).fetchone()
+            if row is not None and row[0] < upto:
+                delta.replace(db, "sinks", [(sink, upto)], {})
+                db.execute("UPDATE sinks SET delivered_upto = ? WHERE sink = ?", (upto, sink))
+                delta.flush(db)
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            raise
 
     def backlog(self, after_id: int) -> tuple[int, float | None]:
         """(records after the cursor, arrival of the oldest of them or None)."""
