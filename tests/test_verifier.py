@@ -282,3 +282,34 @@ def test_round_trip_property(payload, epoch, seq, tag_len, key_id, stamp, link):
     data = sealer.seal(payload, stamp)
     verifier = Verifier([DeviceKeys("pump-1", {key_id: KEY}, "wifi", tag_len)], link_names())
     assert verifier.verify(TOPIC, data, 0.0) == ("valid", "pump-1", link, epoch, seq, stamp, payload, "")
+
+
+def test_unknown_device_ids_that_could_deceive_are_shown_escaped(verifier):
+    """An attacker picks the topic: an id with a trailing space, a right-to-left override or a
+    look-alike letter must not read as a real device's id in events or the console."""
+    verifier_frame = b"\x00" * 20
+    shown = {}
+    for topic_id in ("pump-1 ", "pump\u202e1-", "pump-\u0406", "pump-2"):
+        verdict = verifier.verify(f"linkseal/v1/{topic_id}/rec", verifier_frame, 100.0)
+        assert verdict.outcome == "unknown_device"
+        shown[topic_id] = verdict.device_id
+    assert shown == {"pump-1 ": "pump-1\\x20", "pump\u202e1-": "pump\\u202e1-", "pump-\u0406": "pump-\\u0406",
+                     "pump-2": "pump-2"}
+    events = [e for e in verifier.events if e["kind"] == "unknown_device"]
+    assert [e["device"] for e in events] == list(shown.values())
+    assert all("shown escaped" in e["reason"] for e in events[:3]) and "escaped" not in events[3]["reason"]
+
+
+def test_provisioning_refuses_ids_that_are_not_plain_ascii(tmp_path):
+    import subprocess
+
+    from hub.keys.keyfile import KeyFile
+    from tools.services import LINKSEAL
+
+    KeyFile.create(tmp_path / "hub.keys")
+    for device_id in ("pump-1 ", " pump-1", "pump\u202e1", "pump-\u0406", "pump 1"):
+        result = subprocess.run([str(LINKSEAL), "keys", "provision", device_id, "--keys", str(tmp_path / "hub.keys"),
+                                 "--insecure-plaintext", "--link", "wifi", "--out", str(tmp_path / "d.json")],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and "device id has the character" in result.stderr, (device_id, result.stderr)
+        assert "Traceback" not in result.stderr

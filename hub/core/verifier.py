@@ -418,6 +418,9 @@ class Verifier:
         self.unknown_device += 1
         device = _device_in_topic(topic)
         reason = "no key for this device" if device is not None else "not a linkseal record or status topic"
+        if device is not None and not _plain_id(device):
+            device = _escaped(device)
+            reason += " (its id is not plain: shown escaped)"
         self.record_event(t, device, None, "unknown_device", reason)
         return _verdict(Verdict, ("unknown_device", device, None, None, None, None, None, reason))
 
@@ -553,6 +556,22 @@ def _previous_key(dev, key_id: int, t: float):
 def _record_topic(device_id: str) -> str:
     # agent.topic_for without its checks: ids here come from the key file, checked on load.
     return TOPIC_PREFIX + device_id + _TOPIC_SUFFIX
+
+
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+def _plain_id(device: str) -> bool:
+    return all(ch in _PLAIN for ch in device)
+
+
+def _escaped(device: str) -> str:
+    """An attacker's id as it cannot mislead: every character that could not be in a real id
+    (spaces, controls, bidirectional overrides, look-alikes) as a \\x, \\u or \\U escape, so
+    `pump-1 ` is shown as `pump-1\\x20`, never as `pump-1`."""
+    return "".join(ch if ch in _PLAIN else ("\\x%02x" % ord(ch) if ord(ch) < 0x100 else
+                                            "\\u%04x" % ord(ch) if ord(ch) < 0x10000 else "\\U%08x" % ord(ch))
+                   for ch in device)
 
 
 def _device_in_topic(topic: str):
