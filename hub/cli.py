@@ -472,7 +472,10 @@ def _audit(args):
         damage = reader.integrity_problem(full=True)
         try:
             checked, broken = reader.audit()
-            anchor_id, anchor_hash = reader.events_anchor()
+            try:
+                anchor_id, anchor_hash = reader.events_anchor()
+            except ValueError:  # audit() said so already
+                anchor_id, anchor_hash = 0, ""
             unsealed = reader.seal_problems(seal_key)
             pruned = reader.pruned_records_upto()
             keyed = reader.seal_key_id() is not None

@@ -183,6 +183,8 @@ def _attacks(text):
             attacks[kind.strip()] = int(count) if count else 1
         except ValueError:
             raise InputError(f"--attacks {item!r}: the count must be a whole number") from None
+        if attacks[kind.strip()] < 0:
+            raise InputError(f"--attacks {item!r}: the count must be 0 or more")
     return attacks
 
 

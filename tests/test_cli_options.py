@@ -165,3 +165,48 @@ def test_a_bug_is_not_called_an_input_error(tmp_path, monkeypatch):
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     with pytest.raises(ValueError, match="a bug"):
         main(["--debug", "hub", "audit", "--db", str(tmp_path / "hub.db")])
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"t": 1e999, "topic": "linkseal/v1/a/rec", "payload_b64": ""}', "finite number of seconds"),
+    ('{"t": NaN, "topic": "linkseal/v1/a/rec", "payload_b64": ""}', "finite number of seconds"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+])
+def test_capture_lines_that_are_not_times_or_are_too_deep_are_input_errors(tmp_path, line, message):
+    from hub.keys.keyfile import KeyFile
+
+    KeyFile.create(tmp_path / "hub.keys")
+    capture = tmp_path / "capture.jsonl"
+    capture.write_text(line + "\n")
+    code, err = run(["hub", "verify", str(capture), "--keys", str(tmp_path / "hub.keys"), "--insecure-plaintext"])
+    assert code == 2 and message in err and f"{capture}:1" in err and "Traceback" not in err, err
+
+
+def test_a_file_that_is_no_key_file_is_called_so(tmp_path):
+    code, err = run(["keys", "list", "--keys", "/etc/passwd", "--insecure-plaintext"])
+    assert code == 2 and "not a key file" in err and "chmod" not in err, err
+
+
+def test_a_negative_attack_count_is_refused():
+    code, err = run(["sim", "run", "--no-broker", "--duration", "5", "--attacks", "tamper=-1"])
+    assert code == 2 and "--attacks 'tamper=-1'" in err, err
+
+
+def test_a_garbage_pruning_anchor_is_reported_broken_not_a_crash(tmp_path):
+    import sqlite3
+
+    from hub.service.storage import SQLiteStorage
+
+    SQLiteStorage(tmp_path / "hub.db").close()
+    db = sqlite3.connect(tmp_path / "hub.db")
+    db.execute("INSERT INTO meta VALUES ('events_anchor', 'garbage')")
+    db.commit()
+    db.close()
+    import subprocess
+
+    from tools.services import LINKSEAL
+
+    result = subprocess.run([str(LINKSEAL), "hub", "audit", "--db", str(tmp_path / "hub.db")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1 and "not one the hub writes" in result.stdout, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr

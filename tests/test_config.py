@@ -30,6 +30,7 @@ def test_broker_urls(tmp_path, monkeypatch):
     ("mqtt://h", {"ca_file": "ca.pem"}, "need an mqtts://"),
     ("mqtts://h", {"cert_file": "c.pem"}, "go together"),
     ("mqtts://h", {"ca_file": "/nonexistent/ca.pem"}, "no such file"),
+    ("mqtt://[::1", {}, "expected mqtt://"),
 ])
 def test_bad_broker_settings(url, kwargs, message):
     with pytest.raises(ConfigError, match=message):
@@ -65,6 +66,9 @@ def test_hub_toml(tmp_path):
     ("[rate_limits]\nwifi = { rate = 10, burst = inf }\n", "rate must be a finite number > 0"),
     ("[ingest]\nbatchsize = 10\n", "[ingest] batchsize: not a setting of [ingest]"),
     ("[rate_limit]\ndefault = { rate = 1, burst = 1 }\n", "[rate_limit]: not a hub.toml section"),
+    ("[mqtt]\nkeepalive = 100000\n", "[mqtt] keepalive must be at most 65535"),
+    ('[mqtt]\nclient_id = ""\n', "[mqtt] client_id must not be empty"),
+    ("mqtt = 5\n", "mqtt must be a table"),
 ])
 def test_bad_hub_toml_names_the_setting(tmp_path, text, message):
     path = tmp_path / "hub.toml"

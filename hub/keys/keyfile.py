@@ -91,8 +91,11 @@ def _read_private_json(path: Path, what: str) -> dict:
     if path.is_dir():  # before the permission check, which would ask to chmod the directory
         raise KeyFileError(f"{path}: is a directory, not a {what}")
     try:
+        data = json.loads(path.read_text())  # first what it is: /etc/passwd is no key file, whatever its mode
+        if not isinstance(data, dict):
+            raise json.JSONDecodeError("not an object", "", 0)
         keystore.check_private(path)
-        return json.loads(path.read_text())
+        return data
     except FileNotFoundError:
         hint = " (create one with `linkseal keys init`)" if what == "key file" else ""
         raise KeyFileError(f"{path}: no such {what}{hint}") from None
@@ -100,8 +103,8 @@ def _read_private_json(path: Path, what: str) -> dict:
         raise KeyFileError(str(exc)) from None
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read: {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise KeyFileError(f"{path}: not a JSON {what}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise KeyFileError(f"{path}: not a {what} (not the JSON linkseal writes)") from None
 
 
 class KeyFile:

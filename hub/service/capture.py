@@ -6,6 +6,7 @@
 import base64
 import binascii
 import json
+import math
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,14 +89,16 @@ def _parse_line(path, number, line):
         item = json.loads(line)
     except json.JSONDecodeError as exc:
         raise CaptureError(f"{where}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise CaptureError(f"{where}: nested too deeply to be a capture line") from None
     if not isinstance(item, dict):
         raise CaptureError(f"{where}: expected a JSON object")
     for field in ("t", "topic", "payload_b64"):
         if field not in item:
             raise CaptureError(f"{where}: missing field {field!r}")
     t, topic, b64 = item["t"], item["topic"], item["payload_b64"]
-    if not isinstance(t, (int, float)) or isinstance(t, bool):
-        raise CaptureError(f"{where}: field 't' must be a number of seconds")
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t):
+        raise CaptureError(f"{where}: field 't' must be a finite number of seconds")
     if not isinstance(topic, str):
         raise CaptureError(f"{where}: field 'topic' must be a string")
     if not isinstance(b64, str):

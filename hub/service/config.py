@@ -69,8 +69,11 @@ def parse_broker(url: str, ca_file=None, cert_file=None, key_file=None, username
                  option: str = "--broker", password_from_environment: bool = True) -> Broker:
     """The hub's (or the agent's) broker; for a sink, option names it and the environment's
     password (the hub's own, for the device network's broker) is never used."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed IPv6 literal: mqtt://[::1
+        parts = None
+    if parts is None or parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise ConfigError(f"{option} {url!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
     if parts.username or parts.password:
         where = ("--username and the password in LINKSEAL_MQTT_PASSWORD or --password-file"
@@ -109,6 +112,8 @@ _SETTINGS = (("mqtt", "client_id", "client_id"), ("mqtt", "keepalive", "keepaliv
              ("console", "tls_key", "console_tls_key"))
 
 
+# Upper bounds the protocol sets: MQTT's keepalive is a 16-bit number of seconds.
+_LIMITS = {"keepalive": (65535, "MQTT keeps it in 16 bits")}
 _SECTIONS = {section for section, _, _ in _SETTINGS} | {"rate_limits", "forward", "retention"}
 
 
@@ -118,6 +123,8 @@ def _refuse_unknown_keys(path, data) -> None:
         if section not in _SECTIONS:
             raise ConfigError(f"{path}: [{section}]: not a hub.toml section (expected one of "
                               f"{', '.join(sorted(_SECTIONS))})")
+        if section != "forward" and not isinstance(table, dict):
+            raise ConfigError(f"{path}: {section} must be a table ([{section}]), not a value")
         known = {key for s, key, _ in _SETTINGS if s == section}
         if known and isinstance(table, dict):
             for key in table:
@@ -147,6 +154,10 @@ def load_settings(path: Path | None, known_links) -> HubSettings:
             raise ConfigError(f"{path}: [{section}] {key} must be {kind}")
         if type(value) in (int, float) and not (math.isfinite(value) and value > 0):
             raise ConfigError(f"{path}: [{section}] {key} must be a positive finite number")
+        if key in _LIMITS and value > _LIMITS[key][0]:
+            raise ConfigError(f"{path}: [{section}] {key} must be at most {_LIMITS[key][0]} ({_LIMITS[key][1]})")
+        if type(value) is str and not value and key == "client_id":
+            raise ConfigError(f"{path}: [{section}] {key} must not be empty (the broker keeps the hub's session under it)")
         setattr(settings, attribute, value)
     limits = data.get("rate_limits", {})
     default = limits.get("default")

@@ -299,8 +299,10 @@ class SQLiteReader:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'events_anchor'").fetchone()
         if row is None:
             return 0, GENESIS_HASH
-        anchor_id, anchor_hash = row[0].split()
-        return int(anchor_id), anchor_hash
+        parts = row[0].split()
+        if len(parts) != 2 or not parts[0].isdecimal() or len(parts[1]) != 64:
+            raise ValueError("the pruning anchor in meta is not one the hub writes (it was edited)")
+        return int(parts[0]), parts[1]
 
     def integrity_problem(self, full: bool = False) -> str | None:
         """SQLite's own check of the file (quick: the structure; full: every index too);
@@ -331,7 +333,10 @@ class SQLiteReader:
     def audit(self) -> tuple[int, str | None]:
         """(events checked, None) when the chain holds, else (events checked, what broke).
         The chain is checked from the anchor left by pruning (events_anchor), or from its start."""
-        anchor_id, prev = self.events_anchor()
+        try:
+            anchor_id, prev = self.events_anchor()
+        except ValueError as exc:
+            return 0, str(exc)
         expected_id = anchor_id + 1
         checked = 0
         for row_id, t, device, link, kind, reason, prev_hash, stored_hash in self.db.execute(
