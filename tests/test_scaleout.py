@@ -264,6 +264,10 @@ def test_broker_accounts_let_devices_write_only_their_own_topics_and_workers_onl
     node = RabbitMQ(tmp_path / "strict", anonymous=False).start()
     try:
         node.ctl("import_definitions", tmp_path / "conf" / "definitions.json")
+        as_worker = linkseal("hub", "topology", "--broker", node.amqp_url, "--partitions", 2, "--username",
+                             "linkseal-hub", "--password-file", tmp_path / "conf" / "hub.password")
+        assert as_worker.returncode == 2 and "needs an administrator's account" in as_worker.stderr, as_worker.stderr
+        assert "Traceback" not in as_worker.stderr
         assert linkseal("hub", "topology", "--broker", node.amqp_url, "--partitions", 2).returncode == 0  # as admin
         password = keys.mqtt_password
         assert _mqtt_publish(node.port, "bed-01", password("bed-01"), topic_for("bed-01"), first.seal(b"r")) == \
@@ -457,3 +461,31 @@ def test_repartitioning_after_a_drain_keeps_each_device_state(tmp_path, rabbit, 
         assert (device["valid"], device["duplicate"], device["lost"]) == (25, 10, 5), device
     rows = postgres.query("SELECT device, epoch, seq FROM linkseal_records")
     assert len(rows) == len(set(rows)) == 12 * 25
+
+
+def test_topology_names_the_missing_plugin(tmp_path):
+    node = RabbitMQ(tmp_path / "bare", plugins=("rabbitmq_mqtt",)).start()
+    try:
+        out = linkseal("hub", "topology", "--broker", node.amqp_url, "--partitions", 2)
+    finally:
+        node.stop()
+    assert out.returncode == 2 and "rabbitmq-plugins enable rabbitmq_consistent_hash_exchange" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_worker_role_that_cannot_set_up_the_tables_is_an_input_error(postgres):
+    """Tables created by another role: the worker's says so in one line (exit 2), no traceback."""
+    import psycopg
+
+    from hub.service.pg_storage import ensure_schema
+    from hub.service.storage import StorageError
+
+    ensure_schema(postgres.url)  # as the administrator
+    role = f"linkseal_stranger_{os.getpid()}"
+    postgres.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        with pytest.raises(StorageError, match="the workers' role must own linkseal_"):
+            ensure_schema(postgres.url.replace("postgres@", f"{role}@"))
+    finally:
+        with psycopg.connect(postgres.url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP ROLE "{role}"')

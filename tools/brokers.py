@@ -27,9 +27,9 @@ class RabbitMQ:
     epmd ports, Erlang cookie, HOME, mnesia, logs and enabled-plugins file."""
 
     def __init__(self, directory: Path, anonymous: bool = True, epmd_port: int | None = None,
-                 cookie: str | None = None):
+                 cookie: str | None = None, plugins=("rabbitmq_mqtt", "rabbitmq_consistent_hash_exchange")):
         """anonymous: MQTT clients without a login are let in as guest (else they must log in).
-        epmd_port, cookie: shared by the nodes of one cluster (RabbitMQCluster)."""
+        epmd_port, cookie: shared by the nodes of one cluster (RabbitMQCluster); plugins: enabled ones."""
         _require(RABBITMQ_BIN / "rabbitmq-server", "rabbitmq-server")
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -45,7 +45,7 @@ class RabbitMQ:
                "mqtt.default_user = guest\nmqtt.default_pass = guest\n" if anonymous else
                "mqtt.allow_anonymous = false\n") +
             "management.tcp.port = 0\nloopback_users = none\n")
-        (self.dir / "enabled_plugins").write_text("[rabbitmq_mqtt,rabbitmq_consistent_hash_exchange].\n")
+        (self.dir / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
         cookie_file = self.dir / ".erlang.cookie"
         if not cookie_file.exists():
             cookie_file.write_text(cookie or os.urandom(16).hex())

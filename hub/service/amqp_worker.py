@@ -107,28 +107,48 @@ def declare(parameters, partitions: int) -> str:
         raise ConfigError(f"--broker amqp://{_where(parameters)}: cannot connect "
                           f"({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})") from None
     try:
-        existing = count_partitions(connection)
-        if existing and existing != partitions:
-            raise ConfigError(
-                f"--partitions {partitions}: the broker already has {existing} partitions; changing the number under "
-                "traffic would let two workers hold one device. Stop the devices' traffic, let the workers drain "
-                "every queue, stop them, delete the linkseal.partition.* queues, then declare again: each device's "
-                "state follows it to its new partition (docs/scale-out.md)")
-        channel = connection.channel()
-        channel.exchange_declare(HASH_EXCHANGE, "x-consistent-hash", durable=True)
-        channel.exchange_bind(HASH_EXCHANGE, "amq.topic", RECORD_KEY)
-        for index in range(partitions):
-            name = PARTITION_QUEUE.format(index)
-            channel.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum",
-                                                                "x-single-active-consumer": True})
-            channel.queue_bind(name, HASH_EXCHANGE, BINDING_WEIGHT)
-        channel.queue_declare(STATUS_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
-        channel.queue_bind(STATUS_QUEUE, "amq.topic", STATUS_KEY)
+        _declare(connection, partitions)
+    except (pika.exceptions.ChannelClosedByBroker, pika.exceptions.ConnectionClosedByBroker) as exc:
+        raise ConfigError(_refusal(parameters, exc)) from None  # one line, with what to do about it
     finally:
-        connection.close()
+        if connection.is_open:
+            connection.close()
     return (f"{partitions} partitions: quorum queues {PARTITION_QUEUE.format(0)}..{PARTITION_QUEUE.format(partitions - 1)}"
             f" (single active consumer) behind the consistent-hash exchange {HASH_EXCHANGE}; status messages via "
             f"{STATUS_QUEUE}")
+
+
+def _declare(connection, partitions: int) -> None:
+    existing = count_partitions(connection)
+    if existing and existing != partitions:
+        raise ConfigError(
+            f"--partitions {partitions}: the broker already has {existing} partitions; changing the number under "
+            "traffic would let two workers hold one device. Stop the devices' traffic, let the workers drain "
+            "every queue, stop them, delete the linkseal.partition.* queues, then declare again: each device's "
+            "state follows it to its new partition (docs/scale-out.md)")
+    channel = connection.channel()
+    channel.exchange_declare(HASH_EXCHANGE, "x-consistent-hash", durable=True)
+    channel.exchange_bind(HASH_EXCHANGE, "amq.topic", RECORD_KEY)
+    for index in range(partitions):
+        name = PARTITION_QUEUE.format(index)
+        channel.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum",
+                                                            "x-single-active-consumer": True})
+        channel.queue_bind(name, HASH_EXCHANGE, BINDING_WEIGHT)
+    channel.queue_declare(STATUS_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_bind(STATUS_QUEUE, "amq.topic", STATUS_KEY)
+
+
+def _refusal(parameters, exc) -> str:
+    """What the broker's refusal of a declaration means for the operator."""
+    text = exc.reply_text or str(exc)
+    if "x-consistent-hash" in text:
+        return (f"--broker amqp://{_where(parameters)}: the broker has no x-consistent-hash exchange type: enable "
+                "the plugin with `rabbitmq-plugins enable rabbitmq_consistent_hash_exchange` (and rabbitmq_mqtt for "
+                "the devices) on every node, then declare again")
+    if exc.reply_code == 403:
+        return (f"--broker amqp://{_where(parameters)}: refused ({text}): `hub topology` needs an administrator's "
+                "account; the workers' account may only consume")
+    return f"--broker amqp://{_where(parameters)}: the broker refused the declaration ({text})"
 
 
 class _Partition:

@@ -40,7 +40,12 @@ CREATE TABLE IF NOT EXISTS linkseal_events (
     partition integer NOT NULL, id bigint NOT NULL, t double precision NOT NULL, device text, link text,
     kind text NOT NULL, reason text NOT NULL, prev_hash text NOT NULL, hash text NOT NULL,
     PRIMARY KEY (partition, id))""", """
-ALTER TABLE linkseal_events ADD COLUMN IF NOT EXISTS seq bigserial""", """
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                   AND table_name = 'linkseal_events' AND column_name = 'seq') THEN
+        ALTER TABLE linkseal_events ADD COLUMN seq bigserial;
+    END IF;
+END $$""", """
 CREATE INDEX IF NOT EXISTS linkseal_events_seq ON linkseal_events (seq)""",
           # Only when missing: ALTER TABLE locks the table even when there is nothing to add, and
           # every worker's connection runs this list while others commit (a deadlock otherwise).
@@ -64,9 +69,15 @@ def _connect(url: str):
         conn = psycopg.connect(url, connect_timeout=10)
     except psycopg.Error as exc:
         raise StorageError(f"PostgreSQL {_redacted(url)}: {str(exc).strip().splitlines()[0]}") from None
-    with conn.transaction():
-        for statement in SCHEMA:
-            conn.execute(statement)
+    try:
+        with conn.transaction():
+            for statement in SCHEMA:
+                conn.execute(statement)
+    except psycopg.Error as exc:
+        conn.close()
+        raise StorageError(f"PostgreSQL {_redacted(url)}: cannot set up the hub's tables "
+                           f"({str(exc).strip().splitlines()[0]}): the workers' role must own linkseal_* tables, "
+                           "or create them with it first") from None
     return conn
 
 
