@@ -32,11 +32,12 @@ mosquitto:
 		fi; \
 	fi
 
-# tests/test_brokers.py and test_scaleout.py start RabbitMQ and NATS instances of their own, and
-# tests/test_console.py drives Debian's chromium (Playwright never downloads a browser here).
+# tests/test_brokers.py and test_scaleout.py start RabbitMQ and NATS instances of their own,
+# tests/test_console.py drives Debian's chromium (Playwright never downloads a browser here), and
+# tests/test_deploy.py runs docs/deploy-bastion.md, whose backup step uses the sqlite3 shell.
 brokers:
 	@for pair in rabbitmq-server:/usr/lib/rabbitmq/bin/rabbitmq-server nats-server:/usr/sbin/nats-server \
-			chromium:/usr/bin/chromium; do \
+			chromium:/usr/bin/chromium sqlite3:/usr/bin/sqlite3; do \
 		package=$${pair%%:*}; binary=$${pair#*:}; \
 		if [ ! -x "$$binary" ]; then \
 			if [ "$$(id -u)" = 0 ]; then \

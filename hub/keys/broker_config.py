@@ -85,8 +85,11 @@ def write_broker_config(keyfile, out_dir: Path, port: int | None = None, tls: bo
         if ca_dir is None:
             raise ValueError("--tls needs --ca DIR (create one with `linkseal keys ca init`)")
         cert, key = issue(ca_dir, server_hosts[0], out_dir, "broker", server_hosts=server_hosts)
-        files.update(cert=cert, key=key)
-        lines += [f"listener {port}" + (f" {bind}" if bind else ""), f"cafile {(Path(ca_dir) / CA_CERT).resolve()}", f"certfile {cert.resolve()}",
+        # The CA's certificate beside the broker's own: the CA directory also holds the CA's key
+        # and stays root-only, where Mosquitto (its own user) could not read it.
+        ca_copy = write_file(out_dir / CA_CERT, (Path(ca_dir) / CA_CERT).read_bytes())
+        files.update(cert=cert, key=key, ca=ca_copy)
+        lines += [f"listener {port}" + (f" {bind}" if bind else ""), f"cafile {ca_copy.resolve()}", f"certfile {cert.resolve()}",
                   f"keyfile {key.resolve()}", "require_certificate true", "use_identity_as_username true",
                   "tls_version tlsv1.2"]
     else:
