@@ -507,7 +507,8 @@ def _print_audit(checked, broken, chain_ok: str, chain_where: str, problems, tab
     if broken:
         print(f"BROKEN after {checked} intact events checked{chain_where}: {broken}")
     else:
-        print(f"OK: {checked} security events, {chain_ok}")
+        print(f"OK: {checked} events in the chain (every stored event: security, device status and link health; "
+              f"`hub report` lists them by kind), {chain_ok}")
     for problem in problems:
         print(f"BROKEN: {problem}")
     if not problems:

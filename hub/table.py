@@ -38,6 +38,8 @@ def print_report(report: dict, console: Console | None = None, devices: bool = F
         console.print("No frames: the report is empty.")
         return
     console.print(link_table(report))
+    console.print("recv: frames received; dup: duplicates; reord: reordered; corr: corrupt (the link damaged them); "
+                  "forg: forged (intact but not authentic); repl: replays; malf: malformed.", highlight=False)
     if devices:
         table = Table(title="Per device", box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, show_edge=False)
         for header in ("device", "link", "recv", "lost", "loss%", "corr", "forged", "replay", "drops", "state"):
@@ -59,7 +61,8 @@ def print_report(report: dict, console: Console | None = None, devices: bool = F
         if len(first) < 5:
             first.append(event)
     summary = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())) or "none"
-    console.print(f"Frames from unknown devices: {report['unknown_device']}.")
+    console.print(f"Frames from unknown devices: {report['unknown_device']} (every frame is counted; events are "
+                  "sampled: at most 10 of a kind are listed per minute).")
     console.print(f"Security events: {summary}.")
     for event in first:
         console.print(f"  {event['kind']:<14} {event['device']} on {event['link'] or 'no link'}: {event['reason']}",

@@ -91,8 +91,11 @@ def print_comparison(comparison: dict, console: Console | None = None) -> None:
                       f"{row['duplicate']['measured']}/{row['duplicate']['truth']}",
                       f"{row['reordered']['measured']}/{row['reordered']['truth']}")
     console.print(table)
-    console.print("cfg: the model's rate; real: this run's ground truth; dup, reord: hub/truth.\n"
-                  "* configured loss outside the hub's interval (expect about 1 link in 20).", highlight=False)
+    starred = any(not row["loss"]["inside"] for row in comparison["links"].values())
+    console.print("cfg: the model's rate; real: this run's ground truth; hub: what the hub measured; corr: "
+                  "corruption; dup, reord: duplicates and reordered frames, hub/truth."
+                  + ("\n* configured loss outside the hub's interval (expect about 1 link in 20)." if starred else ""),
+                  highlight=False)
     if "attacks" in comparison:
         attack_table = Table(title="Attacks", box=box.SIMPLE_HEAD, show_edge=False)
         for header in ("attack", "injected", "detected as its class"):

@@ -69,7 +69,7 @@ def test_seal_then_verify_capture(provisioned, tmp_path):
     ('{"t": 1, "topic": "x"}\n', ":1: missing field 'payload_b64'"),
     ('{"t": 1, "topic": "x", "payload_b64": "***"}\n', ":1: field 'payload_b64' is not valid base64"),
     ('["a"]\n', ":1: expected a JSON object"),
-    ('{"t": "now", "topic": "x", "payload_b64": ""}\n', ":1: field 't' must be a number"),
+    ('{"t": "now", "topic": "x", "payload_b64": ""}\n', ":1: field 't' must be a finite number"),
 ])
 def test_bad_capture_lines_are_named(provisioned, tmp_path, content, fragment):
     keys, _ = provisioned

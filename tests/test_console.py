@@ -14,6 +14,7 @@ import pytest
 
 from agent import Sealer, topic_for
 from agent import frame as wire
+from hub.core.verifier import _escaped
 from tools.services import LINKSEAL, HubProcess, frames_seen, publish, stored_report, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -117,8 +118,9 @@ def test_pages_show_what_the_report_says_live_and_escaped(hub_with_console, brow
 
     page.goto(url + "/#events")
     page.wait_for_selector("#events-body tr[data-kind='forged']")
-    # The hostile device name is shown as text: no element made of it, no script run.
-    assert page.locator("#events-body").get_by_text(HOSTILE, exact=True).count() == 1
+    # The hostile device name arrives escaped by the hub (it is not a plain id) and is shown as
+    # text: no element made of it, no script run.
+    assert page.locator("#events-body").get_by_text(_escaped(HOSTILE), exact=True).count() == 1
     assert page.locator("#events-body img").count() == 0 and page.title() == "linkseal console"
     assert "intact" in page.locator("#audit").inner_text()
     before = page.locator("#events-body tr[data-kind='forged']").count()

@@ -206,6 +206,8 @@ def require_hub_store(db, path) -> None:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() if "meta" in tables else None
     except sqlite3.DatabaseError as exc:
+        if passing_fault(exc):  # locked, full, read-only: the caller says so and waits
+            raise
         db.close()
         raise StorageError(f"{path}: not a usable SQLite database ({exc})") from None
     if schema is None or "records" not in tables:
