@@ -380,7 +380,9 @@ def test_a_three_node_cluster_loses_a_leader_node_and_a_worker_and_keeps_every_a
     gateway = report["devices"]["gateway-1"]
     assert (gateway["valid"], gateway["lost"], gateway["status"]["epoch"]) == (200, 0, 1), gateway
     assert any(e["event"] == "fault_injected" for e in workers.events("a"))
-    assert report["links"]["wifi"]["redelivered"] >= 1  # the batch committed before the crash came again
+    # The batch committed before the crash came again: on wifi or, when the crash fell on a batch
+    # of the agent's records, on rs485 (which commit is the fourth depends on timing).
+    assert sum(link["redelivered"] for link in report["links"].values()) >= 1
     assert sorted(seq for device, _, seq in rows if device == "gateway-1") == list(range(200))
 
 
