@@ -486,3 +486,44 @@ def test_the_audit_is_computed_once_per_interval_however_many_poll(tmp_path, mon
         assert len(walks) == 2
     finally:
         server.httpd.server_close()
+
+
+AXE = Path(__file__).resolve().parent.parent / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def test_pages_pass_axe_wcag_aa(hub_with_console, browser):
+    """axe-core (npm) in the real browser: no serious or critical WCAG 2.1 A/AA violation on the
+    Links, Events and Devices pages (colour contrast, labels, table headers among them)."""
+    hub, url, _ = hub_with_console
+    assert AXE.exists(), f"{AXE} is missing: `make test` installs it with npm ci"
+    context = browser.new_context(bypass_csp=True)  # to load axe itself; the pages keep their own CSP otherwise
+    page = context.new_page()
+    found = {}
+    for view, ready in (("links", "tr[data-link='fiber']"), ("events", "#events-body tr"),
+                        ("devices", "tr[data-device='plc-02']")):
+        page.goto(f"{url}/#{view}")
+        page.wait_for_selector(ready)
+        page.evaluate(AXE.read_text())
+        result = page.evaluate("axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', "
+                               "'wcag21a', 'wcag21aa']}})")
+        found[view] = [f"{v['id']} ({v['impact']}): {v['nodes'][0]['target']}" for v in result["violations"]
+                       if v["impact"] in ("serious", "critical")]
+    context.close()
+    assert found == {"links": [], "events": [], "devices": []}, found
+
+
+def test_table_headers_line_up_with_their_columns(hub_with_console, browser):
+    """Each header is aligned as its column's cells are (text left, numbers right)."""
+    hub, url, _ = hub_with_console
+    page = browser.new_page()
+    for view, ready in (("devices", "tr[data-device='plc-02']"), ("events", "#events-body tr")):
+        page.goto(f"{url}/#{view}")
+        page.wait_for_selector(ready)
+        mismatched = page.evaluate("""() => [...document.querySelectorAll('main table')].flatMap(table => {
+            const heads = [...table.querySelectorAll('thead th')];
+            const cells = [...(table.querySelector('tbody tr') || {children: []}).children];
+            return heads.map((th, i) => cells[i] && getComputedStyle(th).textAlign !== getComputedStyle(cells[i]).textAlign
+                ? th.textContent : null).filter(x => x);
+        })""")
+        assert mismatched == [], (view, mismatched)
+    page.close()

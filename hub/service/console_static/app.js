@@ -110,7 +110,7 @@ async function showEvents() {
   const audit = await api("audit");
   const first = await api("events?limit=500&" + params.toString());
   first.events.forEach((event) => body.prepend(eventRow(event)));
-  const inputs = ["kind", "link", "device"].map((key) => el("input", { placeholder: key, name: key,
+  const inputs = ["kind", "link", "device"].map((key) => el("input", { placeholder: key, name: key, "aria-label": key,
                                                                         value: params.get(key) || "" }));
   const apply = el("button", { text: "Filter", onclick: () => {
     const query = new URLSearchParams();
@@ -123,8 +123,8 @@ async function showEvents() {
               text: audit.chain_intact ? "Hash chain verified: " + audit.events_checked + " events intact."
                                        : "Hash chain BROKEN: " + audit.problem }),
     el("div", { class: "controls" }, ...inputs, apply),
-    el("table", {}, el("thead", {}, el("tr", {}, ...["time", "kind", "link", "device", "reason"].map(
-      (h) => el("th", { text: h })))), body));
+    el("table", {}, el("thead", {}, el("tr", {}, el("th", { text: "time" }), ...["kind", "link", "device", "reason"]
+      .map((h) => el("th", { text: h, class: "text" })))), body));
   // Everything after the last event shown arrives live; none is read twice.
   stream = new EventSource("/api/v1/stream?after=" + first.last_id);
   stream.onmessage = (message) => {
@@ -136,7 +136,8 @@ async function showEvents() {
 // -- Devices ------------------------------------------------------------------------------
 
 async function showDevices(query) {
-  const box = el("input", { id: "device-search", placeholder: "device id contains…", value: query || "" });
+  const box = el("input", { id: "device-search", placeholder: "device id contains…", value: query || "",
+                            "aria-label": "device id contains" });
   const go = () => { location.hash = "devices?q=" + encodeURIComponent(box.value); };
   box.addEventListener("keydown", (e) => { if (e.key === "Enter") go(); });
   const data = await api("devices?limit=200&q=" + encodeURIComponent(query || ""));
@@ -152,8 +153,8 @@ async function showDevices(query) {
   main.replaceChildren(el("h1", { text: "Devices" }),
     el("div", { class: "controls" }, box, el("button", { text: "Search", onclick: go })),
     el("p", { class: "muted", text: data.total + " matching" }),
-    table([["device"], ["link"], ["status"], ["last seen", "wide"], ["firmware", "wide"], ["queued", "wide"],
-           ["source drops", "wide"], ["loss"]], rows));
+    table([["device"], ["link", "text"], ["status", "text"], ["last seen", "wide"], ["firmware", "wide"],
+           ["queued", "wide"], ["source drops", "wide"], ["loss"]], rows));
 }
 
 async function showDevice(id) {
@@ -164,7 +165,7 @@ async function showDevice(id) {
                  ["lost on device", d.lost_on_device], ["status", JSON.stringify(d.status)]];
   const box = el("div", { class: "chart" });
   main.replaceChildren(el("h1", { text: id }),
-    table([["what"], ["value"]], facts.map(([k, v]) => el("tr", {}, el("td", { text: k }),
+    table([["what"], ["value", "text"]], facts.map(([k, v]) => el("tr", {}, el("td", { text: k }),
                                                             el("td", { text: String(v), class: "text" })))),
     el("h2", { text: "Loss, last 24 h" }), box,
     el("h2", { text: "Security events" }),
