@@ -289,9 +289,10 @@ def test_demo_keeps_its_console_up_until_ctrl_c(tmp_path):
     assert demo.wait(30) == 0
 
 
-def test_off_loopback_it_serves_tls_and_asks_for_the_token(tmp_path, keys):
-    import ssl
-
+def tls_console_command(tmp_path):
+    """`hub console` off loopback over an empty store, with TLS (a CA of the test's own, the
+    certificate for console.plant and 127.0.0.1) and a token file (0600); returns (command,
+    CA directory, token file)."""
     from hub.keys.pki import init_ca, issue
     from hub.service.storage import SQLiteStorage
 
@@ -302,9 +303,16 @@ def test_off_loopback_it_serves_tls_and_asks_for_the_token(tmp_path, keys):
     cert, key = issue(ca, "console.plant", tmp_path, "console", server_hosts=("console.plant", "127.0.0.1"))
     token = tmp_path / "token"
     token.write_text("a-long-random-console-token\n")
+    token.chmod(0o600)
+    return ([str(LINKSEAL), "hub", "console", "--db", db, "--listen", "0.0.0.0:0", "--console-tls-cert", cert,
+             "--console-tls-key", key, "--console-token-file", token], ca, token)
+
+
+def test_off_loopback_it_serves_tls_and_asks_for_the_token(tmp_path, keys):
+    import ssl
+
+    command, ca, token = tls_console_command(tmp_path)
     token.chmod(0o644)
-    command = [str(LINKSEAL), "hub", "console", "--db", db, "--listen", "0.0.0.0:0",
-               "--console-tls-cert", cert, "--console-tls-key", key, "--console-token-file", token]
     shared = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert shared.returncode == 2 and "readable by others" in shared.stderr and "Traceback" not in shared.stderr
     token.chmod(0o600)
@@ -417,21 +425,10 @@ def test_idle_and_slow_clients_cannot_freeze_the_tls_console(tmp_path):
     ends after its lifetime."""
     import ssl
 
-    from hub.keys.pki import init_ca, issue
     from hub.service.console import HEAD_TIMEOUT_S
-    from hub.service.storage import SQLiteStorage
 
-    db = tmp_path / "hub.db"
-    SQLiteStorage(db).close()
-    ca = tmp_path / "ca"
-    init_ca(ca)
-    cert, key = issue(ca, "console.plant", tmp_path, "console", server_hosts=("console.plant", "127.0.0.1"))
-    token = tmp_path / "token"
-    token.write_text("a-long-random-console-token\n")
-    token.chmod(0o600)
-    console = subprocess.Popen([str(LINKSEAL), "hub", "console", "--db", db, "--listen", "0.0.0.0:0",
-                                "--console-tls-cert", cert, "--console-tls-key", key, "--console-token-file", token],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command, ca, _ = tls_console_command(tmp_path)
+    console = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     idle = []
     try:
         port = int(console.stdout.readline().split()[2].rstrip("/").rsplit(":", 1)[1])
