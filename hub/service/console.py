@@ -29,6 +29,7 @@ import json
 import mimetypes
 import socket
 import ssl
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -119,12 +120,12 @@ class _Server(ThreadingHTTPServer):
             self.finish_request(request, client_address)
         except (OSError, ssl.SSLError):
             pass  # a client that reset, timed out or failed its handshake: nothing to say on stderr
+        except Exception as exc:  # a bug: one line, never a traceback
+            print(f"linkseal console: internal error ({type(exc).__name__}) serving {client_address[0]}",
+                  file=sys.stderr, flush=True)
         finally:
             self.shutdown_request(request)
             self.slots.release()
-
-    def handle_error(self, request, client_address):
-        pass  # a dropped connection is not the operator's problem: no traceback on stderr
 
 
 class ConsoleServer:

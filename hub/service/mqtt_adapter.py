@@ -143,10 +143,13 @@ class HubService:
                 return
             except queue.Full:  # storage is behind: stop reading; the broker keeps the rest
                 self._add_stall(time.monotonic() - blocked)
+        # Stopping: leave it unacknowledged, the broker redelivers it to the next run.
 
     def _held_up(self, seconds: float) -> None:
         # Unacknowledged messages fill the broker's in-flight window, after which it keeps the
         # devices' frames back: a commit or a sink wait this long is a stall, not a pause of theirs.
+        # (With a queue smaller than that window, a full queue may count the same stall again:
+        # the credit is then at most twice the stall's.)
         if seconds >= STALL_MIN_S:
             self._add_stall(seconds)
 
@@ -154,7 +157,6 @@ class HubService:
         if self.arrival_clock is None:  # a replay runs on its trace's times, not on stalls of this run
             with self._stalled_lock:
                 self._stalled += seconds
-        # Stopping: leave it unacknowledged, the broker redelivers it to the next run.
 
     def _network_loop(self, worker):
         delay = 1.0

@@ -362,6 +362,7 @@ class SQLiteStorage(SQLiteReader):
         only be written with it."""
         self.path = Path(path)
         self.seal_key = seal_key
+        self._keyed_elsewhere = False  # keyed with a key we were not given: read only (_key_seals)
         if not create and not self.path.is_file():
             raise StorageError(f"{self.path}: no such hub database")
         if not self.path.exists():
@@ -454,7 +455,7 @@ class SQLiteStorage(SQLiteReader):
                                "hub's own --keys")
 
     def _delta(self, keyed: bool = True) -> seals.SealDelta:
-        if getattr(self, "_keyed_elsewhere", False):
+        if self._keyed_elsewhere:
             raise StorageError(f"{self.path}: its seals are keyed: open it with the hub's key file (--keys) to write")
         return seals.SealDelta(self.seal_key if keyed else None)
 
