@@ -76,12 +76,22 @@ def start_broker(tmp_path, files, port, tls=False):
     return Mosquitto.from_config(broker_dir, port, files["conf"].read_text(), tls=tls).start()
 
 
+def listening_addresses(port: int) -> set:
+    """The local addresses something listens on at this TCP port (ss, from iproute2)."""
+    import subprocess
+
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[3].rsplit(":", 1)[0] for line in out.splitlines()}
+
+
 def test_password_accounts_and_acl(tmp_path, keyfile):
     port = free_port()
     files = write_broker_config(keyfile, tmp_path / "broker", port=port, data_dir=tmp_path)
     assert "message_size_limit 1500" in files["conf"].read_text()
     broker = start_broker(tmp_path, files, port)
     try:
+        # Plain MQTT carries passwords in clear: the listener is on loopback only.
+        assert listening_addresses(port) == {"127.0.0.1"}
         hub = client(broker, "hub", HUB_MQTT_USER, files["hub_password"].read_text().strip())
         listener = Listener(hub)
         a = client(broker, "a", "pump-a", keyfile.mqtt_password("pump-a"))

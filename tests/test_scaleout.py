@@ -491,3 +491,31 @@ def test_a_worker_role_that_cannot_set_up_the_tables_is_an_input_error(postgres)
     finally:
         with psycopg.connect(postgres.url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
             admin.execute(f'DROP ROLE "{role}"')
+
+
+def test_a_workers_restart_backlog_sent_within_the_rate_drains_whole(tmp_path, rabbit, keys, postgres):
+    """As for the single hub (test_hub_service): a device at 49 frames/s (limit 100/s, burst 10)
+    keeps sending while no worker runs; RabbitMQ keeps the backlog, and the worker that takes the
+    partitions afterwards accepts every record of it."""
+    from tools.services import publish_paced
+
+    fresh_topology(rabbit, PARTITIONS)
+    config = tmp_path / "hub.toml"
+    config.write_text("[rate_limits]\ndefault = { rate = 100, burst = 10 }\n")
+    sealer = Sealer("pump-9", bytes.fromhex(keys.provision("pump-9", "wifi")["key"]), link="wifi", epoch=1)
+    stream = [(topic_for("pump-9"), sealer.seal(b"%d" % i)) for i in range(310)]
+    stored = lambda: postgres.query("SELECT COUNT(*) FROM linkseal_records")[0][0]  # noqa: E731
+    workers = Workers(tmp_path, rabbit, keys.path, postgres.url)
+    try:
+        workers.start("a", "--config", config)
+        publish_paced(rabbit.port, stream[:10], 49)
+        wait_for(lambda: stored() == 10, 60, "the first records")
+        workers.stop()
+        publish_paced(rabbit.port, stream[10:], 49)  # about 6 s with no worker: RabbitMQ keeps them
+        workers.start("b", "--config", config)
+        wait_for(lambda: stored() == len(stream), 60, "the backlog")
+        wait_for(lambda: drained(rabbit), 60, "the queues to drain")
+    finally:
+        workers.stop()
+    device = _report(postgres.url)["devices"]["pump-9"]
+    assert (device["valid"], device["rate_limited"], device["lost"]) == (len(stream), 0, 0), device
