@@ -152,7 +152,7 @@ def test_derived_keys_differ_by_device_and_key_id():
 
 
 @pytest.mark.parametrize("content,message", [
-    ("not json", "not a JSON key file"),
+    ("not json", "not a key file"),
     ('{"format": "other"}', "not a linkseal hub key file"),
     ('{"format": "linkseal-hub-keys/1", "master_secret": "zz"}', "master_secret"),
     ('{"format": "linkseal-hub-keys/1", "master_secret": "' + "00" * 32 + '", "devices": {"a/b": {}}}',
