@@ -188,16 +188,18 @@ class Verifier:
         if window is None or window.epoch != epoch:
             window = self._window_for(dev, epoch, seq)
         slot = window.accept(seq, link, dev.counters, self.link_counters, redelivered) if window is not None else REPLAY
-        if slot == VALID and self._limits is not None and not redelivered and not self._take_token(dev, t):
+        if slot == VALID:
             # Only authentic new frames spend the device's rate: garbage, forgeries, replays, copies
-            # and the broker's redeliveries cost it nothing. The position counts as received, so
-            # the hub's refusal is not charged to the link as loss.
+            # and the broker's redeliveries cost it nothing. One over the rate keeps its position
+            # counted as received, so the hub's refusal is not charged to the link as loss.
+            if self._limits is None or redelivered or self._take_token(dev, t):
+                dev.counters[VALID] += 1
+                lc[VALID] += 1
+                dev.link = link
+                return _verdict(Verdict, ("valid", dev.device_id, name, epoch, seq, stamp, data[body:tag_at], ""))
             slot = RATE_LIMITED
         dev.counters[slot] += 1
         lc[slot] += 1
-        if slot == VALID:
-            dev.link = link
-            return _verdict(Verdict, ("valid", dev.device_id, name, epoch, seq, stamp, data[body:tag_at], ""))
         if slot == REPLAY:
             reason = ("epoch %d is retired" % epoch if window is None
                       else "seq %d is older than the replay window" % seq)
