@@ -1,15 +1,21 @@
 # Wire format v1: the one encoder and decoder of linkseal frames.
 # Runs unchanged on MicroPython and CPython; docs/protocol.md is the normative text.
 #
-#   byte 0      version (high nibble, 1) | T (bit 2: timestamp present) | tag code (bits 0-1)
+#   byte 0      version (high nibble, 1) | C (bit 3: compact form) | T (bit 2: timestamp present)
+#               | tag code (bits 0-1)
 #   byte 1      key id
-#   byte 2      link code (hardware/links)
+#   byte 2      link code (hardware/links); not in the compact form
 #   varint      boot epoch
 #   varint      sequence number within the epoch
 #   varint      device time in ms since 1970 (only when T is set)
 #   ...         payload
-#   tag         HMAC-SHA256(key, MAC_DOMAIN | len(device id) | device id | all bytes above)[:tag length]
-#   4 bytes     CRC-32 (IEEE 802.3, big-endian) of every byte before it
+#   tag         HMAC-SHA256(key, domain | len(device id) | device id | all bytes above)[:tag length]
+#   4 bytes     CRC-32 (IEEE 802.3, big-endian) of every byte before it; not in the compact form
+#
+# The compact form is for links whose own integrity check drops every damaged frame before
+# it reaches the hub (hardware/links: compact_frames, LoRaWAN's MIC): no CRC, no link code
+# (the device's link is its own), and MAC domains of its own, so that neither form can be
+# turned into the other. A device uses one form only; the hub knows which from its key file.
 import binascii
 import struct
 
@@ -18,9 +24,11 @@ MAC_DOMAIN = b"linkseal/v1 frame\x00"
 # Status messages (birth, death, heartbeat) are sealed the same way under their own domain,
 # with their own sequence numbers: no status message can pass for a record, or the reverse.
 STATUS_DOMAIN = b"linkseal/v1 status\x00"
+COMPACT_DOMAIN = b"linkseal/v1 compact frame\x00"
+COMPACT_STATUS_DOMAIN = b"linkseal/v1 compact status\x00"
 TAG_LENGTHS = (8, 16, 32)  # index = tag code
 FLAG_TIMESTAMP = 0x04
-FLAGS_RESERVED = 0x08
+FLAG_COMPACT = 0x08
 CRC_LEN = 4
 FIXED_HEADER_LEN = 3
 MAX_COUNTER = 0xFFFFFFFF  # epoch and seq are unsigned 32-bit
@@ -84,23 +92,17 @@ def tag_code(tag_len):
     raise ValueError("tag length must be 8, 16 or 32 bytes, not %r" % (tag_len,))
 
 
-def header_start(key_id, link_code, epoch, tag_len, with_timestamp):
+def header_start(key_id, link_code, epoch, tag_len, with_timestamp, compact=False):
     """The header up to the sequence number: the same for every frame of an epoch."""
     first = (VERSION << 4) | tag_code(tag_len)
     if with_timestamp:
         first |= FLAG_TIMESTAMP
-    out = bytearray((first, key_id, link_code))
+    if compact:
+        out = bytearray((first | FLAG_COMPACT, key_id))
+    else:
+        out = bytearray((first, key_id, link_code))
     put_varint(out, epoch)
     return bytes(out)
-
-
-def encode_header(key_id, link_code, epoch, seq, tag_len, timestamp_ms=None):
-    """The header bytes (everything before the payload) as a bytearray."""
-    out = bytearray(header_start(key_id, link_code, epoch, tag_len, timestamp_ms is not None))
-    put_varint(out, seq)
-    if timestamp_ms is not None:
-        put_varint(out, timestamp_ms)
-    return out
 
 
 def mac_prefix(device_id, domain=MAC_DOMAIN):
@@ -113,7 +115,7 @@ def mac_prefix(device_id, domain=MAC_DOMAIN):
 
 
 def decode(frame):
-    """Check the CRC, then split the frame.
+    """Check the CRC, then split a frame of the full form.
 
     Returns (key_id, link_code, epoch, seq, timestamp_ms or None, payload_start, tag_start, tag_len);
     the payload is frame[payload_start:tag_start], the tag frame[tag_start:tag_start + tag_len].
@@ -125,25 +127,39 @@ def decode(frame):
         raise CorruptFrame("CRC-32 mismatch" if end >= 0 else "shorter than a CRC")
     if end < FIXED_HEADER_LEN:
         raise MalformedFrame("frame too short for a header")
+    if frame[0] & FLAG_COMPACT:
+        raise MalformedFrame("compact form from a device of the full form")
+    return _split(frame, end, FIXED_HEADER_LEN, frame[2])
+
+
+def decode_compact(frame):
+    """Split a frame of the compact form (no CRC to check: the link dropped damaged frames).
+    Returns what decode() does, with None for the link code (the device's own)."""
+    if len(frame) < 2:
+        raise MalformedFrame("frame too short for a header")
+    if not frame[0] & FLAG_COMPACT:
+        raise MalformedFrame("full form from a device of the compact form")
+    return _split(frame, len(frame), 2, None)
+
+
+def _split(frame, end, header_len, link_code):
     first = frame[0]
     if first >> 4 != VERSION:
         raise MalformedFrame("unsupported format version %d" % (first >> 4))
-    if first & FLAGS_RESERVED:
-        raise MalformedFrame("reserved flag bit set")
     code = first & 0x03
     if code >= len(TAG_LENGTHS):
         raise MalformedFrame("reserved tag length code")
     tag_len = TAG_LENGTHS[code]
     tag_start = end - tag_len
-    if tag_start <= FIXED_HEADER_LEN + 1:
+    if tag_start <= header_len + 1:
         raise MalformedFrame("frame too short for its %d-byte tag" % tag_len)
-    epoch = frame[FIXED_HEADER_LEN]
+    epoch = frame[header_len]
     if epoch < 0x80:  # the common one-byte epoch, without the loop
-        pos = FIXED_HEADER_LEN + 1
+        pos = header_len + 1
     else:
-        epoch, pos = get_varint(frame, FIXED_HEADER_LEN, tag_start, MAX_COUNTER)
+        epoch, pos = get_varint(frame, header_len, tag_start, MAX_COUNTER)
     seq, pos = get_varint(frame, pos, tag_start, MAX_COUNTER)
     timestamp = None
     if first & FLAG_TIMESTAMP:
         timestamp, pos = get_varint(frame, pos, tag_start, MAX_TIMESTAMP)
-    return frame[1], frame[2], epoch, seq, timestamp, pos, tag_start, tag_len
+    return frame[1], link_code, epoch, seq, timestamp, pos, tag_start, tag_len

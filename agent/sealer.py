@@ -50,7 +50,7 @@ class Sealer:
     Status messages (seal_status) count in `status_seq`, their own sequence per epoch.
     """
 
-    def __init__(self, device_id, key, key_id=0, link="wifi", epoch=0, tag_len=16):
+    def __init__(self, device_id, key, key_id=0, link="wifi", epoch=0, tag_len=16, compact=False):
         check_device_id(device_id)
         key = bytes(key)
         if len(key) < MIN_KEY_LEN:
@@ -67,6 +67,7 @@ class Sealer:
         self.link = link
         self.link_code, self.max_payload = LINKS[link]
         self.tag_len = tag_len
+        self.compact = compact  # the compact form: no link code, no CRC (agent/frame.py)
         self.epoch = epoch
         self.seq = 0
         self.status_seq = 0
@@ -77,8 +78,10 @@ class Sealer:
         if len(key) > _BLOCK:
             key = hashlib.sha256(key).digest()
         ipad = _xor_pad(key, 0x36)
-        self._inner_start = ipad + frame.mac_prefix(device_id)
-        self._status_start = ipad + frame.mac_prefix(device_id, frame.STATUS_DOMAIN)
+        domains = (frame.COMPACT_DOMAIN, frame.COMPACT_STATUS_DOMAIN) if compact else (frame.MAC_DOMAIN,
+                                                                                        frame.STATUS_DOMAIN)
+        self._inner_start = ipad + frame.mac_prefix(device_id, domains[0])
+        self._status_start = ipad + frame.mac_prefix(device_id, domains[1])
         self._opad = _xor_pad(key, 0x5C)
         self._starts = None  # (epoch, header start without, with timestamp), see _header_starts
 
@@ -87,7 +90,8 @@ class Sealer:
         starts = self._starts
         if starts is None or starts[0] != self.epoch:
             args = (self.key_id, self.link_code, self.epoch, self.tag_len)
-            starts = self._starts = (self.epoch, frame.header_start(*args, False), frame.header_start(*args, True))
+            starts = self._starts = (self.epoch, frame.header_start(*args, False, self.compact),
+                                     frame.header_start(*args, True, self.compact))
         return starts
 
     def seal(self, payload, timestamp_ms=None):
@@ -131,7 +135,8 @@ class Sealer:
         outer = hashlib.sha256(self._opad)
         outer.update(inner.digest())
         out.extend(outer.digest()[: self.tag_len])
-        out.extend(frame.crc_trailer(out))
+        if not self.compact:
+            out.extend(frame.crc_trailer(out))
         return bytes(out)
 
 
@@ -139,4 +144,4 @@ def sealer_for(config, epoch):
     """The Sealer for a device config written by `linkseal keys provision` (device.json), on
     the board and on Linux devices alike."""
     return Sealer(config["device_id"], bytes.fromhex(config["key"]), key_id=config["key_id"], link=config["link"],
-                  epoch=epoch, tag_len=config["tag_len"])
+                  epoch=epoch, tag_len=config["tag_len"], compact=config.get("form") == "compact")

@@ -1,4 +1,4 @@
-"""Frame overhead (every byte but the payload) per tag length, against OSCORE and COSE_Mac0."""
+"""Frame overhead (every byte but the payload) per tag length and form, against OSCORE and COSE_Mac0."""
 
 import json
 
@@ -8,8 +8,8 @@ KEY = bytes(32)
 REFERENCES = {"oscore_8_byte_tag": "11-15", "cose_mac0_hmac256_64": "about 17"}
 
 
-def overhead(tag_len, epoch, seq, timestamp=None):
-    sealer = Sealer("bench", KEY, tag_len=tag_len, epoch=epoch)
+def overhead(tag_len, epoch, seq, timestamp=None, compact=False):
+    sealer = Sealer("bench", KEY, tag_len=tag_len, epoch=epoch, link="lora" if compact else "wifi", compact=compact)
     sealer.seq = seq
     return len(sealer.seal(b"p" * 10, timestamp)) - 10
 
@@ -24,6 +24,15 @@ def main():
             "with_device_timestamp": overhead(tag_len, 2**14 - 1, 2**21 - 1, 1_800_000_000_000),
             "reference_bytes": REFERENCES,
         }))
+    # The compact form (no link code, no CRC) for links whose own check drops damaged frames.
+    print(json.dumps({
+        "figure": "overhead_compact_bytes",
+        "value": overhead(8, 127, 2**14 - 1, compact=True),  # the issue's bound: epoch < 128, seq < 16,384
+        "target": "<= 13",
+        "tag16": overhead(16, 127, 2**14 - 1, compact=True),
+        "record_bytes_in_a_51_byte_uplink": 51 - overhead(8, 127, 2**14 - 1, compact=True),
+        "reference_bytes": REFERENCES,
+    }))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,10 @@ class Link:
     jitter_ms: float
     burst: Burst
     sources: dict
+    # The link's own integrity check drops every damaged frame before the hub (LoRaWAN's MIC):
+    # its devices may seal in the compact form, without a CRC (agent/frame.py).
+    compact_frames: bool = False
+    payload_limits: dict = None  # region -> data rate -> largest application payload (LoRaWAN)
 
     @property
     def max_payload(self) -> int:
@@ -87,8 +91,17 @@ def load_link(path: Path) -> Link:
     ge = Burst(*(_number(path, burst, key, 0.0, 1.0) for key in _BURST))
     if ge.p + ge.r == 0:
         raise RegistryError(f"{path}: burst p and r cannot both be 0")
+    compact = data.get("compact_frames", False)
+    if not isinstance(compact, bool):
+        raise RegistryError(f"{path}: compact_frames must be true or false")
+    limits = data.get("payload_limits", {})
+    if not isinstance(limits, dict) or not all(
+            isinstance(rates, dict) and rates and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= mtu
+                                                      for v in rates.values()) for rates in limits.values()):
+        raise RegistryError(f"{path}: payload_limits must be tables of region -> data rate -> bytes (1..mtu)")
     return Link(name=name, code=code, description=str(data.get("description", "")), mtu=mtu,
-                burst=ge, sources=dict(data.get("sources", {})), **figures)
+                burst=ge, sources=dict(data.get("sources", {})), compact_frames=compact,
+                payload_limits={region: dict(rates) for region, rates in limits.items()}, **figures)
 
 
 @lru_cache(maxsize=None)

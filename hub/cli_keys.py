@@ -27,8 +27,14 @@ def add_keys_group(groups):
     prov.add_argument("device_id")
     add_keys_option(prov)
     prov.add_argument("--link", required=True, help="home link type (see hardware/links)")
-    prov.add_argument("--tag-len", type=int, default=16, choices=(8, 16, 32),
-                      help="tag length; also the minimum the hub accepts from this device (default 16)")
+    prov.add_argument("--tag-len", type=int, choices=(8, 16, 32),
+                      help="tag length; also the minimum the hub accepts from this device (default 16; 8 in the "
+                           "compact form)")
+    prov.add_argument("--form", choices=("full", "compact"),
+                      help="frame form (default full; compact only on links whose own check drops damaged "
+                           "frames: LoRaWAN)")
+    prov.add_argument("--region", help="LoRaWAN region for the payload limit (default EU868)")
+    prov.add_argument("--data-rate", help="LoRaWAN data rate, e.g. DR0 (default: the region's smallest payload)")
     prov.add_argument("--key-id", type=Number(int, 0, 255), default=0, help="key id, 0..255 (default 0)")
     prov.add_argument("--out", required=True, type=Path, help="where to write the device config")
     prov.add_argument("--force", action="store_true",
@@ -109,13 +115,16 @@ def _provision(args):
     entry = keyfile.devices.get(args.device_id)
     if entry is not None and not args.force:
         wanted = {"link": args.link, "tag_len": args.tag_len, "key_id": args.key_id}
-        changes = [f"{name} {entry[name]} -> {value}" for name, value in wanted.items() if entry[name] != value]
+        changes = [f"{name} {entry[name]} -> {value}" for name, value in wanted.items()
+                   if value is not None and entry[name] != value]
         raise InputError(f"{args.device_id}: already provisioned ({entry['state']}, {entry['link']}); "
                          + (f"this would change {', '.join(changes)}" if changes else "nothing would change")
                          + "; add --force to re-provision it (`keys rotate` gives it a new key)")
-    _write_device_config(args.out, keyfile.provision(args.device_id, args.link, args.tag_len, args.key_id))
-    print(f"provisioned {args.device_id} on {args.link} (tag {args.tag_len} bytes, key id {args.key_id}); "
-          f"device config written to {args.out} (mode 0600)")
+    config = keyfile.provision(args.device_id, args.link, args.tag_len, args.key_id, form=args.form,
+                               region=args.region, data_rate=args.data_rate)
+    _write_device_config(args.out, config)
+    print(f"provisioned {args.device_id} on {args.link} ({config['form']} frames, tag {config['tag_len']} bytes, "
+          f"key id {args.key_id}); device config written to {args.out} (mode 0600)")
 
 
 def _rotate(args):

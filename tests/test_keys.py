@@ -186,3 +186,32 @@ def test_device_config_checks(tmp_path):
     path.write_text('{"device_id": "a"}')
     with pytest.raises(KeyFileError, match="'key' is missing"):
         load_device_config(path)
+
+
+def test_compact_provisioning_checks_the_uplink_size(tmp_path):
+    """The compact form on a LoRaWAN link: 8-byte tag by default, the payload limit of its region
+    and data rate in the config; a data rate too small for the overhead plus one byte, or the
+    compact form on a link that needs its CRC, is refused (exit 2, one line)."""
+    import subprocess
+
+    from tools.services import LINKSEAL
+
+    keyfile = KeyFile.create(tmp_path / "hub.keys")
+    config = keyfile.provision("field-tx-3", "lora", form="compact")
+    assert (config["form"], config["tag_len"], config["max_frame"]) == ("compact", 8, 51)  # EU868 DR0
+    assert keyfile.provision("field-tx-4", "lora", form="compact", region="US915", data_rate="DR1")["max_frame"] == 53
+    assert keyfile.provision("pump-1", "wifi")["form"] == "full"
+    specs = {spec.device_id: spec for spec in keyfile.device_keys()}
+    assert specs["field-tx-3"].compact and not specs["pump-1"].compact
+    rotated = keyfile.rotate("field-tx-3")
+    assert rotated["form"] == "compact"  # rotation keeps the form
+    cases = [(["field-tx-5", "--link", "lora", "--form", "compact", "--region", "US915", "--data-rate", "DR0"],
+              "an uplink carries 11 bytes"),
+             (["pump-2", "--link", "wifi", "--form", "compact"], "does not drop damaged frames"),
+             (["field-tx-6", "--link", "lora", "--region", "AS923"], "unknown region 'AS923'")]
+    for argv, message in cases:
+        result = subprocess.run([str(LINKSEAL), "keys", "provision", *argv, "--keys", str(keyfile.path),
+                                 "--insecure-plaintext", "--out", str(tmp_path / "d.json")], capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 2 and message in result.stderr, (argv, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1

@@ -81,3 +81,71 @@ def test_decode_reads_vector_fields():
         assert (key_id, epoch, seq, stamp, tag_len) == (v["key_id"], v["epoch"], v["seq"], v["timestamp_ms"],
                                                          v["tag_len"])
         assert bytes.fromhex(v["frame"])[start:tag_at] == bytes.fromhex(v["payload"])
+
+
+COMPACT = load_vectors("compact")
+
+
+def _compact_sealer(vector):
+    return Sealer(vector["device_id"], bytes.fromhex(vector["key"]), key_id=vector["key_id"], link=vector["link"],
+                  epoch=vector["epoch"], tag_len=vector["tag_len"], compact=True)
+
+
+@pytest.mark.parametrize("vector", COMPACT, ids=[v["name"] for v in COMPACT])
+def test_compact_vectors_seal_and_tag_by_an_independent_implementation(vector):
+    sealer = _compact_sealer(vector)
+    payload = bytes.fromhex(vector["payload"])
+    if vector["status"]:
+        assert sealer.seal_status(payload).hex() == vector["frame"]
+    else:
+        sealer.seq = vector["seq"]
+        assert sealer.seal(payload, vector["timestamp_ms"]).hex() == vector["frame"]
+    # The tag with the standard library's HMAC over the compact domain; nothing follows it.
+    data = bytes.fromhex(vector["frame"])
+    body, tag = data[: -vector["tag_len"]], data[-vector["tag_len"]:]
+    domain = b"linkseal/v1 compact status\x00" if vector["status"] else b"linkseal/v1 compact frame\x00"
+    device = vector["device_id"].encode()
+    assert hmac.new(bytes.fromhex(vector["key"]), domain + bytes([len(device)]) + device + body,
+                    "sha256").digest()[: vector["tag_len"]] == tag
+    assert data[0] & wire.FLAG_COMPACT and data[1] == vector["key_id"]  # no link code after the key id
+
+
+@pytest.mark.parametrize("vector", [v for v in COMPACT if not v["status"]], ids=lambda v: v["name"])
+def test_compact_vector_verifies_with_its_fields(vector):
+    verifier = Verifier([DeviceKeys(vector["device_id"], {vector["key_id"]: bytes.fromhex(vector["key"])},
+                                    vector["link"], vector["tag_len"], compact=True)], link_names())
+    verdict = verifier.verify(topic_for(vector["device_id"]), bytes.fromhex(vector["frame"]), 0.0)
+    assert (verdict.outcome, verdict.link, verdict.epoch, verdict.seq, verdict.device_time_ms) == (
+        "valid", vector["link"], vector["epoch"], vector["seq"], vector["timestamp_ms"])
+    assert verdict.payload == bytes.fromhex(vector["payload"])
+
+
+def test_compact_overhead_bound_from_the_issue():
+    """8-byte tag, epoch < 128, seq < 16,384: at most 13 bytes, so a 51-byte uplink carries 38."""
+    by_name = {v["name"]: v for v in COMPACT}
+    for name in ("compact overhead bound, 8-byte tag", "compact, 38 bytes in a 51-byte uplink"):
+        v = by_name[name]
+        assert len(bytes.fromhex(v["frame"])) - len(bytes.fromhex(v["payload"])) <= 13, name
+    assert len(bytes.fromhex(by_name["compact, 38 bytes in a 51-byte uplink"]["frame"])) == 51
+
+
+def test_neither_form_passes_for_the_other():
+    """The form is bound into the MAC (flag and domain): a compact frame made to look full, or
+    the reverse, never verifies; a full frame from a compact device is malformed."""
+    key = bytes(range(32))
+    compact = Sealer("sensor-9", key, link="lora", epoch=1, tag_len=8, compact=True)
+    full = Sealer("sensor-9", key, link="lora", epoch=1, tag_len=8)
+    compact_frame, full_frame = compact.seal(b"x"), full.seal(b"x")
+    as_compact = Verifier([DeviceKeys("sensor-9", {0: key}, "lora", 8, compact=True)], link_names())
+    as_full = Verifier([DeviceKeys("sensor-9", {0: key}, "lora", 8)], link_names())
+    topic = topic_for("sensor-9")
+    assert as_compact.verify(topic, full_frame, 0.0).outcome == "malformed"
+    assert as_full.verify(topic, compact_frame, 0.0).outcome == "corrupt"  # no CRC where the full form has one
+    # The full frame's header rewritten as compact (flag set, link code and CRC cut): the MAC fails.
+    rewritten = bytes([full_frame[0] | wire.FLAG_COMPACT, full_frame[1]]) + full_frame[3:-4]
+    assert as_compact.verify(topic, rewritten, 0.0).outcome == "forged"
+    # On the compact path damage is a forgery: the link's own check should have dropped it.
+    damaged = bytearray(compact_frame)
+    damaged[-1] ^= 1
+    assert as_compact.verify(topic, bytes(damaged), 0.0).outcome == "forged"
+    assert as_compact.verify(topic, compact_frame, 0.0).outcome == "valid"

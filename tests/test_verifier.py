@@ -100,7 +100,7 @@ def test_malformed_structure_with_intact_crc(verifier):
     cases = [
         bytes([0x21]) + frame[1:-4],  # version 2
         bytes([0x13]) + frame[1:-4],  # reserved tag length code
-        bytes([0x19]) + frame[1:-4],  # reserved flag bit
+        bytes([0x19]) + frame[1:-4],  # the compact flag, from a device of the full form
         frame[:2] + bytes([200]) + frame[3:-4],  # link code not in the registry
         frame[:3] + b"\x80\x00" + frame[4:-4],  # epoch varint not in shortest form
         b"\x11\x00\x04",  # a header and nothing else

@@ -51,6 +51,9 @@ FLOOD_KINDS = ("unknown_device", "forged", "replay")  # events sampled per minut
 EVENT_SAMPLES = 10
 _TOPIC_SUFFIX = "/rec"
 _decode = wire.decode
+_decode_compact = wire.decode_compact
+_FULL_DOMAINS = (wire.MAC_DOMAIN, wire.STATUS_DOMAIN)  # a device's MAC domains: records, status
+_COMPACT_DOMAINS = (wire.COMPACT_DOMAIN, wire.COMPACT_STATUS_DOMAIN)
 _Corrupt = wire.CorruptFrame
 _Malformed = wire.MalformedFrame
 _digest = hmac.digest
@@ -60,13 +63,14 @@ class DeviceKeys:
     """What the hub knows of one device: its keys by key id, home link, minimum tag.
 
     current: the key id in use (default: the highest); accept_until: key id -> time after
-    which that previous key is retired; revoked: every frame from the device is refused.
+    which that previous key is retired; revoked: every frame from the device is refused;
+    compact: the device seals in the compact form (agent/frame.py), and in no other.
     """
 
-    __slots__ = ("device_id", "keys", "link", "min_tag_len", "current", "accept_until", "revoked")
+    __slots__ = ("device_id", "keys", "link", "min_tag_len", "current", "accept_until", "revoked", "compact")
 
     def __init__(self, device_id: str, keys: dict, link: str, min_tag_len: int = 16, current: int | None = None,
-                 accept_until: dict | None = None, revoked: bool = False):
+                 accept_until: dict | None = None, revoked: bool = False, compact: bool = False):
         self.device_id = device_id
         self.keys = dict(keys)
         self.link = link
@@ -74,6 +78,7 @@ class DeviceKeys:
         self.current = max(self.keys) if current is None else current
         self.accept_until = dict(accept_until or {})
         self.revoked = revoked
+        self.compact = compact
 
 
 class Verdict(tuple):
@@ -100,7 +105,7 @@ _verdict = tuple.__new__
 class _Device:
     # Kept small on purpose: the bench measures bytes per device at 100k devices.
     __slots__ = ("device_id", "link", "min_tag", "key_id", "key", "other_keys", "until", "revoked", "mac",
-                 "counters", "current", "older", "tokens", "stamp", "credited")
+                 "counters", "current", "older", "tokens", "stamp", "credited", "domains")
 
     def __init__(self, spec: DeviceKeys, link_code: int):
         self.device_id = spec.device_id
@@ -113,6 +118,7 @@ class _Device:
         self.other_keys = others or None
         self.until = spec.accept_until or None  # previous key id -> retired after this time
         self.revoked = spec.revoked
+        self.domains = _COMPACT_DOMAINS if spec.compact else _FULL_DOMAINS  # its form: (records, status)
         self.mac = None  # cached HMAC state, see Verifier._mac_state
         self.counters = new_counters()
         self.current = None  # EpochWindow of the newest epoch seen
@@ -157,7 +163,11 @@ class Verifier:
         if dev is None:
             return self._unknown(topic, t)
         try:
-            key_id, link, epoch, seq, stamp, body, tag_at, tag_len = _decode(data)
+            if dev.domains is _FULL_DOMAINS:
+                key_id, link, epoch, seq, stamp, body, tag_at, tag_len = _decode(data)
+            else:  # the device's own link: a compact frame carries none
+                key_id, _, epoch, seq, stamp, body, tag_at, tag_len = _decode_compact(data)
+                link = dev.link
         except _Corrupt as exc:
             return self._reject(dev, CORRUPT, str(exc), t)
         except _Malformed as exc:
@@ -178,7 +188,7 @@ class Verifier:
             key, problem = _previous_key(dev, key_id, t)
             if key is None:
                 return self._reject(dev, FORGED, problem, t)
-            mac = _digest(key, wire.mac_prefix(dev.device_id) + data[:tag_at], "sha256")
+            mac = _digest(key, wire.mac_prefix(dev.device_id, dev.domains[0]) + data[:tag_at], "sha256")
         if not compare_digest(mac[:tag_len], data[tag_at : tag_at + tag_len]):
             return self._reject(dev, FORGED, "MAC mismatch", t)
 
@@ -231,7 +241,11 @@ class Verifier:
             return self._unknown(topic, t)
         name = self.link_names[dev.link]
         try:
-            key_id, link, epoch, seq, _, body, tag_at, tag_len = _decode(data)
+            if dev.domains is _FULL_DOMAINS:
+                key_id, link, epoch, seq, _, body, tag_at, tag_len = _decode(data)
+            else:
+                key_id, _, epoch, seq, _, body, tag_at, tag_len = _decode_compact(data)
+                link = dev.link
         except (_Corrupt, _Malformed) as exc:
             kind = "corrupt" if isinstance(exc, _Corrupt) else "malformed"
             return _verdict(Verdict, (kind, dev.device_id, name, None, None, None, None, "status: %s" % exc))
@@ -287,7 +301,7 @@ class Verifier:
         key, problem = (dev.key, None) if key_id == dev.key_id else _previous_key(dev, key_id, t)
         if key is None:
             return problem
-        mac = _digest(key, wire.mac_prefix(dev.device_id, wire.STATUS_DOMAIN) + data[:tag_at], "sha256")
+        mac = _digest(key, wire.mac_prefix(dev.device_id, dev.domains[1]) + data[:tag_at], "sha256")
         if not compare_digest(mac[:tag_len], data[tag_at : tag_at + tag_len]):
             return "MAC mismatch"
         return None
@@ -411,7 +425,7 @@ class Verifier:
             for holder in self._mac_holders:
                 holder.mac = None
             self._mac_holders.clear()
-        dev.mac = _hmac_new(dev.key, wire.mac_prefix(dev.device_id), digestmod="sha256")
+        dev.mac = _hmac_new(dev.key, wire.mac_prefix(dev.device_id, dev.domains[0]), digestmod="sha256")
         self._mac_holders.append(dev)
         return dev.mac
 

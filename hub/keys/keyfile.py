@@ -176,23 +176,44 @@ class KeyFile:
 
     # -- devices ----------------------------------------------------------------------
 
-    def provision(self, device_id: str, link: str, tag_len: int = 16, key_id: int = 0, save: bool = True) -> dict:
+    def provision(self, device_id: str, link: str, tag_len: int | None = None, key_id: int = 0, save: bool = True,
+                  form: str | None = None, region: str | None = None, data_rate: str | None = None) -> dict:
         """Register a device (or update its link and minimum tag); return its device config.
 
-        save=False defers writing the key file (many devices at once: call save() after).
+        form: "full" (the default, 16-byte tag) or "compact" (agent/frame.py; 8-byte tag), which
+        only links whose own check drops damaged frames allow (hardware/links: compact_frames).
+        region, data_rate: for a link with payload limits (LoRaWAN), checked for a compact
+        device or when given (default: the first region at its smallest data rate), refused
+        when a frame with one byte of record would not fit. save=False defers writing the key
+        file (call save() after).
         """
         valid_device_id(device_id)
+        links = load_links()
+        if link not in links:
+            raise KeyFileError(f"unknown link {link!r}; known: {', '.join(sorted(links))}")
+        form = form or "full"
+        if form not in ("full", "compact"):
+            raise KeyFileError(f"form must be full or compact, not {form!r}")
+        if form == "compact" and not links[link].compact_frames:
+            raise KeyFileError(f"{link}: its link layer does not drop damaged frames, so its frames need the CRC "
+                               "of the full form (hardware/links: compact_frames)")
+        tag_len = tag_len or (8 if form == "compact" else 16)
         try:
             wire.tag_code(tag_len)
         except ValueError as exc:  # the agent core's check (plain ValueError: it runs on MicroPython)
             raise KeyFileError(f"{device_id!r}: {exc}") from None
-        if link not in load_links():
-            raise KeyFileError(f"unknown link {link!r}; known: {', '.join(sorted(load_links()))}")
         if not 0 <= key_id <= 255:
             raise KeyFileError("key id must be 0..255")
-        previous = self.devices.get(device_id, {})
-        self.devices[device_id] = {"link": link, "tag_len": tag_len, "key_id": key_id, "state": "active",
-                                   "previous": previous.get("previous", [])}
+        entry = {"link": link, "tag_len": tag_len, "key_id": key_id, "state": "active",
+                 "previous": self.devices.get(device_id, {}).get("previous", [])}
+        if form == "compact":
+            entry["form"] = "compact"
+        limits = links[link].payload_limits
+        if limits and (region or data_rate or form == "compact"):
+            entry["max_frame"] = _largest_frame(link, limits, region, data_rate, form, tag_len)
+        elif region or data_rate:
+            raise KeyFileError(f"{link}: no regions or data rates (only LoRaWAN links have them)")
+        self.devices[device_id] = entry
         if save:
             self.save()
         return self.device_config(device_id)
@@ -206,6 +227,8 @@ class KeyFile:
             "key_id": entry["key_id"],
             "link": entry["link"],
             "tag_len": entry["tag_len"],
+            "form": entry.get("form", "full"),
+            **({"max_frame": entry["max_frame"]} if "max_frame" in entry else {}),
             "mqtt_username": device_id,
             "mqtt_password": derive_mqtt_password(self._master, device_id),
         }
@@ -250,7 +273,8 @@ class KeyFile:
             keys = {kid: derive_device_key(self._master, device_id, kid) for kid in ids}
             until = {p["key_id"]: p["accept_until"] for p in e["previous"]}
             specs.append(DeviceKeys(device_id, keys, e["link"], e["tag_len"], current=e["key_id"],
-                                    accept_until=until, revoked=e["state"] == "revoked"))
+                                    accept_until=until, revoked=e["state"] == "revoked",
+                                    compact=e.get("form") == "compact"))
         return specs
 
 
@@ -278,9 +302,34 @@ def _parse_content(path: Path, data: dict) -> tuple[bytes, dict]:
                     raise ValueError("key ids must be 0..255")
             if entry["state"] not in ("active", "revoked"):
                 raise ValueError(f"unknown state {entry['state']!r}")
+            if entry.get("form", "full") not in ("full", "compact"):
+                raise ValueError(f"unknown form {entry['form']!r}")
         except (KeyError, TypeError, ValueError) as exc:
             raise KeyFileError(f"{path}: device {device_id!r}: {exc}") from None
     return master, devices
+
+
+def frame_overhead(form: str, tag_len: int) -> int:
+    """A frame's bytes beside its record for epochs below 128 and sequence numbers below 16,384
+    (one- and two-byte varints): the header, the tag and, in the full form, the CRC."""
+    header = (2 if form == "compact" else wire.FIXED_HEADER_LEN) + 1 + 2
+    return header + tag_len + (0 if form == "compact" else wire.CRC_LEN)
+
+
+def _largest_frame(link, limits, region, data_rate, form, tag_len) -> int:
+    """The payload limit of the region and data rate, checked to carry a frame of one byte."""
+    region = region or next(iter(limits))
+    if region not in limits:
+        raise KeyFileError(f"{link}: unknown region {region!r}; known: {', '.join(limits)}")
+    rates = limits[region]
+    data_rate = data_rate or min(rates, key=rates.get)
+    if data_rate not in rates:
+        raise KeyFileError(f"{link} {region}: unknown data rate {data_rate!r}; known: {', '.join(rates)}")
+    need = frame_overhead(form, tag_len) + 1
+    if rates[data_rate] < need:
+        raise KeyFileError(f"{link} {region} {data_rate}: an uplink carries {rates[data_rate]} bytes, a {form} frame "
+                           f"with a {tag_len}-byte tag and one byte of record needs {need}: pick a faster data rate")
+    return rates[data_rate]
 
 
 DEVICE_FIELDS = {"device_id": str, "key": str, "key_id": int, "link": str, "tag_len": int}

@@ -44,6 +44,34 @@ def frame_vectors():
     return out
 
 
+COMPACT_FRAMES = [
+    # name, device id, key, key id, tag len, epoch, seq, timestamp ms, payload (link: lora)
+    ("compact, first frame", "sensor-9", KEY16, 0, 8, 0, 0, None, b""),
+    ("compact overhead bound, 8-byte tag", "sensor-9", KEY16, 1, 8, 127, 2**14 - 1, None, b"t=21.5"),
+    ("compact, 16-byte tag", "sensor-9", KEY32, 2, 16, 3, 200, None, b"\x01\x02\x03"),
+    ("compact, device timestamp", "field-tx-3", KEY32, 0, 8, 9, 5, 1795000000123, b"soil=33"),
+    ("compact, 38 bytes in a 51-byte uplink", "field-tx-3", KEY32, 0, 8, 1, 300, None, bytes(range(38))),
+]
+
+
+def compact_vectors():
+    """The compact form (no link code, no CRC, MAC domains of its own): records and a status message."""
+    out = []
+    for name, device, key, key_id, tag_len, epoch, seq, stamp, payload in COMPACT_FRAMES:
+        sealer = Sealer(device, key, key_id=key_id, link="lora", epoch=epoch, tag_len=tag_len, compact=True)
+        sealer.seq = seq
+        data = sealer.seal(payload, stamp)
+        out.append({"name": name, "device_id": device, "key": key.hex(), "key_id": key_id, "link": "lora",
+                    "tag_len": tag_len, "epoch": epoch, "seq": seq, "timestamp_ms": stamp, "payload": payload.hex(),
+                    "status": False, "frame": data.hex()})
+    sealer = Sealer("sensor-9", KEY16, link="lora", epoch=4, tag_len=8, compact=True)
+    data = sealer.seal_status(b'{"type":"heartbeat"}')
+    out.append({"name": "compact status message", "device_id": "sensor-9", "key": KEY16.hex(), "key_id": 0,
+                "link": "lora", "tag_len": 8, "epoch": 4, "seq": 0, "timestamp_ms": None,
+                "payload": b'{"type":"heartbeat"}'.hex(), "status": True, "frame": data.hex()})
+    return out
+
+
 def _reseal(body: bytes) -> bytes:
     return body + wire.crc_trailer(body)
 
@@ -92,6 +120,7 @@ def key_vectors():
 
 
 if __name__ == "__main__":
-    for name, data in (("frames", frame_vectors()), ("outcomes", outcome_vectors()), ("keys", key_vectors())):
+    for name, data in (("frames", frame_vectors()), ("outcomes", outcome_vectors()), ("keys", key_vectors()),
+                       ("compact", compact_vectors())):
         (HERE / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
         print(f"wrote {HERE / name}.json")
