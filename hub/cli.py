@@ -55,6 +55,10 @@ def add_hub_group(groups):
                      help="deliver every authentic record inward, at least once: mqtt://HOST:PORT or mqtts://... "
                           "(topic linkseal/verified/<device>) or postgresql://... (table linkseal_records); "
                           "repeatable; credentials and TLS files go in hub.toml [[forward]]")
+    run.add_argument("--lorawan", action="append", default=[], metavar="URL",
+                     help="also read a LoRaWAN network server's MQTT integration: chirpstack+mqtt://HOST:PORT, "
+                          "chirpstack+mqtts://..., ttn+mqtt://... or ttn+mqtts://...; repeatable; logins and CA files "
+                          "go in hub.toml [[lorawan]] (devices by DevEUI: `keys provision --dev-eui`)")
     run.set_defaults(run=_run)
 
     report = command(sub, "report", "The per-link report over stored data. Before reading it runs SQLite's quick "
@@ -300,9 +304,11 @@ def _run(args):
         except OSError as exc:
             raise InputError(f"--metrics {':'.join(map(str, args.metrics))}: cannot listen ({exc})") from None
     reload = lambda: open_keyfile(args).device_keys()  # noqa: E731  (SIGHUP)
+    lorawan = _lorawan(args.lorawan, settings)
     _require_bound_client_ids(broker, log)
     try:
-        return HubService(broker, settings, ingest, log, metrics, load_devices=reload, sinks=sinks).run()
+        return HubService(broker, settings, ingest, log, metrics, load_devices=reload, sinks=sinks, lorawan=lorawan,
+                          load_euis=lambda: open_keyfile(args).devices_by_eui()).run()
     finally:
         lock.release()
 
@@ -385,6 +391,15 @@ def _open_waiting(path, log, backoff_max=30.0, seal_key=None):
         if reported:
             log("storage_recovered", after=reported)
         return storage
+
+
+def _lorawan(urls, settings) -> list:
+    """(server, broker) for --lorawan URLs and hub.toml [[lorawan]] tables (their logins and CA)."""
+    from hub.service.config import parse_lorawan
+
+    tables = [{"url": url} for url in urls or ()] + settings.lorawan
+    return [parse_lorawan(table["url"], table.get("ca_file"), table.get("username"), table.get("password_file"))
+            for table in tables]
 
 
 def _sinks(urls, settings) -> list:

@@ -35,6 +35,8 @@ def add_keys_group(groups):
                            "frames: LoRaWAN)")
     prov.add_argument("--region", help="LoRaWAN region for the payload limit (default EU868)")
     prov.add_argument("--data-rate", help="LoRaWAN data rate, e.g. DR0 (default: the region's smallest payload)")
+    prov.add_argument("--dev-eui", help="LoRaWAN DevEUI (16 hex digits): how the network server names the device "
+                                        "(`hub run --lorawan`)")
     prov.add_argument("--key-id", type=Number(int, 0, 255), default=0, help="key id, 0..255 (default 0)")
     prov.add_argument("--out", required=True, type=Path, help="where to write the device config")
     prov.add_argument("--force", action="store_true",
@@ -121,7 +123,7 @@ def _provision(args):
                          + (f"this would change {', '.join(changes)}" if changes else "nothing would change")
                          + "; add --force to re-provision it (`keys rotate` gives it a new key)")
     config = keyfile.provision(args.device_id, args.link, args.tag_len, args.key_id, form=args.form,
-                               region=args.region, data_rate=args.data_rate)
+                               region=args.region, data_rate=args.data_rate, dev_eui=args.dev_eui)
     _write_device_config(args.out, config)
     print(f"provisioned {args.device_id} on {args.link} ({config['form']} frames, tag {config['tag_len']} bytes, "
           f"key id {args.key_id}); device config written to {args.out} (mode 0600)")

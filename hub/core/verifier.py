@@ -429,11 +429,21 @@ class Verifier:
         self._mac_holders.append(dev)
         return dev.mac
 
-    def _unknown(self, topic, t):
+    def refuse(self, topic: str, reason: str, t: float, unknown_label: str | None = None) -> Verdict:
+        """A message the way in could not read a frame from (an uplink event without data,
+        say): `malformed` for the device of topic, or `unknown_device` under unknown_label
+        when no device has that topic."""
+        dev = self._devices.get(topic)
+        if dev is None:
+            return self._unknown(topic, t, unknown_label, reason)
+        return self._reject(dev, MALFORMED, reason, t)
+
+    def _unknown(self, topic, t, device=None, reason=None):
         # No state is created for a device we hold no key for: only a counter and an event.
         self.unknown_device += 1
-        device = _device_in_topic(topic)
-        reason = "no key for this device" if device is not None else "not a linkseal record or status topic"
+        if device is None:
+            device = _device_in_topic(topic)
+            reason = "no key for this device" if device is not None else "not a linkseal record or status topic"
         if device is not None and not _plain_id(device):
             device = _escaped(device)
             reason += " (its id is not plain: shown escaped)"

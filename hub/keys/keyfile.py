@@ -177,7 +177,8 @@ class KeyFile:
     # -- devices ----------------------------------------------------------------------
 
     def provision(self, device_id: str, link: str, tag_len: int | None = None, key_id: int = 0, save: bool = True,
-                  form: str | None = None, region: str | None = None, data_rate: str | None = None) -> dict:
+                  form: str | None = None, region: str | None = None, data_rate: str | None = None,
+                  dev_eui: str | None = None) -> dict:
         """Register a device (or update its link and minimum tag); return its device config.
 
         form: "full" (the default, 16-byte tag) or "compact" (agent/frame.py; 8-byte tag), which
@@ -213,6 +214,11 @@ class KeyFile:
             entry["max_frame"] = _largest_frame(link, limits, region, data_rate, form, tag_len)
         elif region or data_rate:
             raise KeyFileError(f"{link}: no regions or data rates (only LoRaWAN links have them)")
+        if dev_eui is not None:  # how a LoRaWAN network server names the device (hub run --lorawan)
+            entry["dev_eui"] = _dev_eui(dev_eui)
+            owner = next((d for d, e in self.devices.items() if e.get("dev_eui") == entry["dev_eui"]), device_id)
+            if owner != device_id:
+                raise KeyFileError(f"DevEUI {entry['dev_eui']} is {owner}'s already")
         self.devices[device_id] = entry
         if save:
             self.save()
@@ -265,6 +271,10 @@ class KeyFile:
             raise KeyFileError(f"device {device_id!r} is not in {self.path}")
         return self.devices[device_id]
 
+    def devices_by_eui(self) -> dict:
+        """DevEUI -> device id, for the devices provisioned with one (LoRaWAN)."""
+        return {e["dev_eui"]: d for d, e in self.devices.items() if "dev_eui" in e}
+
     def device_keys(self) -> list[DeviceKeys]:
         """What the verifier needs: derived keys, home link, minimum tag, previous keys, state."""
         specs = []
@@ -307,6 +317,13 @@ def _parse_content(path: Path, data: dict) -> tuple[bytes, dict]:
         except (KeyError, TypeError, ValueError) as exc:
             raise KeyFileError(f"{path}: device {device_id!r}: {exc}") from None
     return master, devices
+
+
+def _dev_eui(text: str) -> str:
+    eui = text.replace(":", "").replace("-", "").lower()
+    if len(eui) != 16 or any(c not in "0123456789abcdef" for c in eui):
+        raise KeyFileError(f"DevEUI {text!r}: expected 16 hex digits (8 bytes)")
+    return eui
 
 
 def frame_overhead(form: str, tag_len: int) -> int:

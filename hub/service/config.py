@@ -44,6 +44,7 @@ class HubSettings:
     rate_limits: dict = field(default_factory=dict)  # link name -> (rate, burst)
     log_json: bool = False
     forwards: list = field(default_factory=list)  # [[forward]] tables: url, ca_file, username ...
+    lorawan: list = field(default_factory=list)  # [[lorawan]] tables: url, ca_file, username, password_file
     max_backlog: int = DEFAULT_MAX_BACKLOG
     prune_interval: float = 10.0  # seconds between retention steps in `hub run`
     retention: Retention = field(default_factory=Retention)
@@ -114,7 +115,7 @@ _SETTINGS = (("mqtt", "client_id", "client_id"), ("mqtt", "keepalive", "keepaliv
 
 # Upper bounds the protocol sets: MQTT's keepalive is a 16-bit number of seconds.
 _LIMITS = {"keepalive": (65535, "MQTT keeps it in 16 bits")}
-_SECTIONS = {section for section, _, _ in _SETTINGS} | {"rate_limits", "forward", "retention"}
+_SECTIONS = {section for section, _, _ in _SETTINGS} | {"rate_limits", "forward", "retention", "lorawan"}
 
 
 def _refuse_unknown_keys(path, data) -> None:
@@ -123,7 +124,7 @@ def _refuse_unknown_keys(path, data) -> None:
         if section not in _SECTIONS:
             raise ConfigError(f"{path}: [{section}]: not a hub.toml section (expected one of "
                               f"{', '.join(sorted(_SECTIONS))})")
-        if section != "forward" and not isinstance(table, dict):
+        if section not in ("forward", "lorawan") and not isinstance(table, dict):
             raise ConfigError(f"{path}: {section} must be a table ([{section}]), not a value")
         known = {key for s, key, _ in _SETTINGS if s == section}
         if known and isinstance(table, dict):
@@ -177,19 +178,37 @@ def load_settings(path: Path | None, known_links) -> HubSettings:
             raise ConfigError(f"{path}: [rate_limits] {name}: rate must be a finite number > 0 and burst >= 1")
         settings.rate_limits[name] = (rate, burst)
     settings.forwards = _forwards(path, data.get("forward", []))
+    settings.lorawan = _forwards(path, data.get("lorawan", []), "lorawan", ("url", "ca_file", "username",
+                                                                            "password_file"))
     settings.retention = _retention(path, data.get("retention", {}))
     return settings
 
 
-def _forwards(path, tables) -> list:
+def _forwards(path, tables, section="forward", keys=None) -> list:
+    keys = keys or _FORWARD_KEYS
     if not isinstance(tables, list) or not all(isinstance(table, dict) for table in tables):
-        raise ConfigError(f"{path}: forward must be [[forward]] tables")
+        raise ConfigError(f"{path}: {section} must be [[{section}]] tables")
     for number, table in enumerate(tables, start=1):
-        unknown = set(table) - set(_FORWARD_KEYS)
+        unknown = set(table) - set(keys)
         if unknown or not isinstance(table.get("url"), str):
-            raise ConfigError(f"{path}: [[forward]] number {number} needs url (a string) and takes only "
-                              f"{', '.join(_FORWARD_KEYS)}" + (f"; not {', '.join(sorted(unknown))}" if unknown else ""))
+            raise ConfigError(f"{path}: [[{section}]] number {number} needs url (a string) and takes only "
+                              f"{', '.join(keys)}" + (f"; not {', '.join(sorted(unknown))}" if unknown else ""))
     return [dict(table) for table in tables]
+
+
+LORAWAN_SCHEMES = {"chirpstack+mqtt": "chirpstack", "chirpstack+mqtts": "chirpstack", "ttn+mqtt": "ttn",
+                   "ttn+mqtts": "ttn"}
+
+
+def parse_lorawan(url: str, ca_file=None, username=None, password_file=None) -> tuple[str, Broker]:
+    """(server, its broker) for --lorawan chirpstack+mqtt[s]://HOST:PORT or ttn+mqtt[s]://HOST:PORT."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in LORAWAN_SCHEMES:
+        raise ConfigError(f"--lorawan {url!r}: expected chirpstack+mqtt://, chirpstack+mqtts://, ttn+mqtt:// or "
+                          "ttn+mqtts:// and HOST:PORT")
+    broker = parse_broker(scheme.split("+")[1] + "://" + rest, ca_file, None, None, username, password_file,
+                          option="--lorawan", password_from_environment=False)
+    return LORAWAN_SCHEMES[scheme], broker
 
 
 def _retention(path, table) -> Retention:

@@ -53,8 +53,9 @@ class Ingest:
         if self._intake_at is not None:
             self.verifier.credit_stall(now - self._intake_at, now)
 
-    def handle(self, topic: str, payload: bytes, t: float, redelivered: bool = False):
-        """Verify one message; returns the verifier's Verdict. redelivered: the MQTT DUP flag."""
+    def handle(self, topic: str, payload: bytes, t: float, redelivered: bool = False, refused=None):
+        """Verify one message; returns the verifier's Verdict. redelivered: the MQTT DUP flag;
+        refused: (reason, label) when the way in found no frame in the message (Verifier.refuse)."""
         minute = int(t // 60) * 60
         if minute != self._minute:
             self._close_minute()
@@ -63,7 +64,9 @@ class Ingest:
         if known is not None and known[0] not in self._before:
             self._before[known[0]] = known[1].tobytes()
             self._touched.add(known[0])
-        if is_status_topic(topic):  # birth, death, heartbeat: kept as the device's status
+        if refused is not None:
+            verdict = self.verifier.refuse(topic, refused[0], t, refused[1])
+        elif is_status_topic(topic):  # birth, death, heartbeat: kept as the device's status
             verdict = self.verifier.verify_status(topic, payload, t)
             if verdict.outcome == "valid":
                 self._statuses.add(verdict.device_id)

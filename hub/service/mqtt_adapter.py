@@ -23,6 +23,7 @@ import paho.mqtt.client as mqtt
 
 from hub.core.report import abnormal_reasons, entry
 from hub.service.forwarder import Forwarder, wait_for_room
+from hub.service.lorawan_source import LorawanSource
 from hub.service.storage import describe_fault, passing_fault
 
 # Records and the devices' status messages (birth, death, heartbeat).
@@ -41,11 +42,13 @@ STALL_MIN_S = 1.0
 
 class HubService:
     def __init__(self, broker, settings, ingest, log, metrics=None, load_devices=None, sinks=(), clock=time.time,
-                 arrival_clock=None):
+                 arrival_clock=None, lorawan=(), load_euis=None):
         """load_devices: returns the key file's DeviceKeys again, for SIGHUP reloads.
         sinks: (name, sink) pairs records are forwarded to; clock: the time retention uses;
         arrival_clock(topic, payload): the arrival time given to the verifier (default: now;
-        a replay gives each message its time in the trace)."""
+        a replay gives each message its time in the trace). lorawan: (server, broker) pairs,
+        network servers read beside the broker (hub/service/lorawan_source.py); load_euis:
+        returns the key file's DevEUI -> device id, at start and on reloads."""
         self.broker = broker
         self.settings = settings
         self.ingest = ingest
@@ -78,6 +81,10 @@ class HubService:
         if metrics is not None:
             metrics.watch_forwarders(self.forwarders)
         self.client = self._make_client()
+        self.load_euis = load_euis
+        euis = load_euis() if load_euis else {}
+        self.lorawan = [LorawanSource(server, where, f"{settings.client_id}-lorawan-{number}", euis, self._put, log)
+                        for number, (server, where) in enumerate(lorawan, start=1)]
 
     # -- MQTT -------------------------------------------------------------------------
 
@@ -135,7 +142,11 @@ class HubService:
 
     def _on_message(self, client, userdata, message):
         t = time.time() if self.arrival_clock is None else self.arrival_clock(message.topic, message.payload)
-        item = (message.topic, message.payload, t, message.mid, message.qos, message.dup)
+        self._put((message.topic, message.payload, t, message.mid, message.qos, message.dup, client, None))
+
+    def _put(self, item) -> None:
+        """Queue (topic, payload, t, mid, qos, dup, client to acknowledge on, refused) for the
+        ingest thread; blocks while storage is behind."""
         while not self.stopping.is_set():
             blocked = time.monotonic()
             try:
@@ -266,9 +277,9 @@ class HubService:
             stalled, self._stalled = self._stalled, 0.0
         if stalled:  # on the hub's clock, which is the arrival times' (stalls are not counted in replays)
             self.ingest.verifier.credit_stall(stalled, time.time())
-        for topic, payload, t, _, _, dup in items:
+        for topic, payload, t, _, _, dup, _, refused in items:
             try:
-                verdict = self.ingest.handle(topic, payload, t, dup)
+                verdict = self.ingest.handle(topic, payload, t, dup, refused)
             except Exception as exc:  # must not happen (fuzzed); never let one message stop the hub
                 self.log("internal_error", error=type(exc).__name__, topic=topic[:120])
                 continue
@@ -282,8 +293,8 @@ class HubService:
         for forwarder in self.forwarders:  # new records to deliver
             forwarder.wake.set()
         committed = time.time()
-        for _, _, _, mid, qos, _ in items:
-            self.client.ack(mid, qos)
+        for _, _, _, mid, qos, _, client, _ in items:
+            client.ack(mid, qos)
         if self.metrics:
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
             self.metrics.ingest_lag.set(committed - items[0][2])
@@ -298,6 +309,10 @@ class HubService:
             self.log("keys_reload_failed", error=str(exc))
             return
         self.ingest.verifier.update_devices(devices)
+        if self.load_euis is not None:
+            euis = self.load_euis()
+            for source in self.lorawan:
+                source.devices_by_eui = euis
         self.log("keys_reloaded", devices=len(devices), revoked=sum(d.revoked for d in devices))
 
     def _prune(self):
@@ -375,10 +390,14 @@ class HubService:
         worker.start()
         for forwarder in self.forwarders:
             forwarder.start()
+        for source in self.lorawan:
+            source.start()
         self.log("started", broker=f"{self.broker.host}:{self.broker.port}", tls=self.broker.tls,
                  devices=self.ingest.verifier.device_count, metrics=self.metrics.address if self.metrics else None)
         self._network_loop(worker)
         worker.join()
+        for source in self.lorawan:  # after the last commit's acknowledgements
+            source.stop()
         for forwarder in self.forwarders:
             forwarder.join()
         self.ingest.storage.close()

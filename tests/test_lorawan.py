@@ -1,0 +1,134 @@
+"""`hub run --lorawan`: records through LoRaWAN network servers' MQTT integrations, on a real
+Mosquitto standing in for the servers' brokers. ChirpStack v4 uplink events made with its own
+classes (`chirpstack-api`: the JSON mapping, zero fields left out, and binary protobuf), The
+Things Stack v3 JSON by its documented shape (unknown fields included); bad events counted,
+never a stop; the hub's counts equal `hub verify` on the same frames."""
+
+import base64
+import json
+import subprocess
+
+from agent import Sealer
+from agent.sealer import topic_for
+from hub.service.capture import encode_line
+from tools.services import LINKSEAL, HubProcess, frames_seen, publish, stored_report, wait_for
+
+EUI_CHIRP, EUI_TTN, EUI_STRANGER = "0102030405060708", "a1b2c3d4e5f60718", "ffffffffffffffff"
+
+
+def chirpstack_event(eui, frame, f_cnt, gateways=(("gw-1", -101, 7.5),), binary=False):
+    from chirpstack_api import integration
+    from google.protobuf import json_format
+
+    event = integration.UplinkEvent(deduplication_id="7c8d", f_cnt=f_cnt, f_port=10, data=frame)
+    event.device_info.dev_eui = eui
+    event.tx_info.frequency = 868100000
+    event.tx_info.modulation.lora.spreading_factor = 9
+    for gateway, rssi, snr in gateways:
+        rx = event.rx_info.add()
+        rx.gateway_id, rx.rssi, rx.snr = gateway, rssi, snr
+    return event.SerializeToString() if binary else json_format.MessageToJson(event).encode()
+
+
+def ttn_event(eui, frame, f_cnt):
+    return json.dumps({
+        "end_device_ids": {"device_id": "field-tx-4", "dev_eui": eui.upper(), "application_ids": {"application_id": "a"}},
+        "received_at": "2026-12-04T10:00:00Z", "correlation_ids": ["as:up:01"],
+        "uplink_message": {"f_port": 10, "f_cnt": f_cnt, "frm_payload": base64.b64encode(frame).decode(),
+                           "rx_metadata": [{"gateway_ids": {"gateway_id": "ttn-gw"}, "rssi": -97, "snr": 9.25,
+                                            "channel_rssi": -97}],
+                           "settings": {"data_rate": {"lora": {"bandwidth": 125000, "spreading_factor": 7}},
+                                        "frequency": "868300000"},
+                           "consumed_airtime": "0.061696s"},
+    }).encode()
+
+
+def test_uplinks_through_chirpstack_and_ttn_count_as_hub_verify_says(tmp_path, broker, keys):
+    compact = keys.provision("field-tx-3", "lora", form="compact", dev_eui=EUI_CHIRP)
+    full = keys.provision("field-tx-4", "lora", dev_eui=EUI_TTN)
+    c = Sealer("field-tx-3", bytes.fromhex(compact["key"]), link="lora", epoch=1, tag_len=8, compact=True)
+    f = Sealer("field-tx-4", bytes.fromhex(full["key"]), link="lora", epoch=1)
+    c_frames = [c.seal(b"soil=%d" % i) for i in range(40)]
+    f_frames = [f.seal(b"t=%d" % i) for i in range(40)]
+    chirp_topic, ttn_topic = "application/7/device/%s/event/up" % EUI_CHIRP, "v3/app@ttn/devices/field-tx-4/up"
+    messages = []
+    for i, frame in enumerate(c_frames):
+        if i % 10 == 3:
+            continue  # lost in the air
+        messages.append((chirp_topic, chirpstack_event(EUI_CHIRP, frame, i, binary=i % 2 == 1,
+                                                       gateways=[("gw-1", -101, 7.5), ("gw-2", -115, -3.0)])))
+    messages += [(ttn_topic, ttn_event(EUI_TTN, frame, i)) for i, frame in enumerate(f_frames)]
+    bad = [
+        (chirp_topic, b"{not json"),
+        (chirp_topic, json.dumps({"deviceInfo": {"devEui": EUI_CHIRP}, "data": 42}).encode()),  # wrong type
+        (chirp_topic, json.dumps({"deviceInfo": {"devEui": EUI_CHIRP}}).encode()),  # no data
+        (chirp_topic, chirpstack_event(EUI_CHIRP, b"\x00" * 100_000, 99)),  # huge
+        (chirp_topic, chirpstack_event(EUI_STRANGER, c_frames[0], 1)),  # unknown DevEUI
+        (chirp_topic, chirpstack_event(EUI_CHIRP, f_frames[0], 50)),  # full form on a compact device
+        (ttn_topic, json.dumps({"end_device_ids": {"dev_eui": EUI_TTN}, "uplink_message": {"frm_payload": "%%"}})
+         .encode()),  # not base64
+    ]
+    hub = HubProcess(broker, keys.path, tmp_path / "hub.db", tmp_path / "hub.log", "--lorawan",
+                     f"chirpstack+mqtt://127.0.0.1:{broker.port}", "--lorawan", f"ttn+mqtt://127.0.0.1:{broker.port}")
+    hub.start()
+    try:
+        hub.wait_connected()
+        wait_for(lambda: sum(e["event"] == "lorawan_subscribed" for e in hub.events()) == 2, 30,
+                 "both network servers subscribed")
+        publish(broker.port, messages + bad)
+        wait_for(lambda: frames_seen(hub.db) == len(messages) + len(bad), 60, "every uplink event counted")
+        assert hub.process.poll() is None
+    finally:
+        hub.stop()
+    report = stored_report(hub.db)
+    assert "Traceback" not in hub.log.read_text()
+    # The same frames, as a capture on the devices' own topics, through `hub verify`.
+    capture = tmp_path / "capture.jsonl"
+    capture.write_text("".join(encode_line(0.0, topic_for("field-tx-3"), frame) + "\n"
+                               for i, frame in enumerate(c_frames) if i % 10 != 3)
+                       + "".join(encode_line(0.0, topic_for("field-tx-4"), frame) + "\n" for frame in f_frames))
+    offline = json.loads(subprocess.run([str(LINKSEAL), "hub", "verify", str(capture), "--keys", str(keys.path),
+                                         "--insecure-plaintext", "--json"], capture_output=True, text=True,
+                                        timeout=60).stdout)
+    counters = ("valid", "lost", "forged", "duplicate", "corrupt")
+    for device in ("field-tx-3", "field-tx-4"):
+        extra = {"field-tx-3": 3, "field-tx-4": 1}[device]  # the bad events that name a provisioned DevEUI
+        assert {k: report["devices"][device][k] for k in counters} == {k: offline["devices"][device][k]
+                                                                       for k in counters}, device
+        assert report["devices"][device]["malformed"] == offline["devices"][device]["malformed"] + extra
+    assert report["devices"]["field-tx-3"]["valid"] == 36 and report["devices"]["field-tx-3"]["lost"] == 4
+    # The stranger's DevEUI, and the two events no DevEUI could be read from (not JSON; far too large).
+    assert report["unknown_device"] == 3
+    events = report["events"]
+    assert any(e["kind"] == "unknown_device" and e["device"] == EUI_STRANGER for e in events)
+
+
+def test_a_kill_9_mid_stream_loses_and_doubles_nothing(tmp_path, broker, keys):
+    """ChirpStack's events at QoS 1 into the hub's persistent session for the network server:
+    acknowledged only after the commit, so a kill -9 and a restart lose nothing and accept
+    nothing twice."""
+    import signal
+
+    config = keys.provision("field-tx-3", "lora", form="compact", dev_eui=EUI_CHIRP)
+    sealer = Sealer("field-tx-3", bytes.fromhex(config["key"]), link="lora", epoch=1, tag_len=8, compact=True)
+    topic = "application/7/device/%s/event/up" % EUI_CHIRP
+    events = [(topic, chirpstack_event(EUI_CHIRP, sealer.seal(b"%d" % i), i)) for i in range(400)]
+    args = ("--lorawan", f"chirpstack+mqtt://127.0.0.1:{broker.port}")
+    hub = HubProcess(broker, keys.path, tmp_path / "hub.db", tmp_path / "hub.log", *args).start()
+    try:
+        wait_for(lambda: any(e["event"] == "lorawan_subscribed" for e in hub.events()), 30, "the subscription")
+        publish(broker.port, events[:200])
+        wait_for(lambda: frames_seen(hub.db) >= 50, 60, "some events stored")
+        hub.signal(signal.SIGKILL)
+        hub.wait()
+        publish(broker.port, events[200:])  # queued in the hub's session meanwhile
+    finally:
+        hub.stop()
+    again = HubProcess(broker, keys.path, tmp_path / "hub.db", tmp_path / "hub-again.log", *args).start()
+    try:
+        wait_for(lambda: stored_report(again.db)["devices"].get("field-tx-3", {}).get("valid") == 400, 60,
+                 "every record after the restart")
+    finally:
+        again.stop()
+    device = stored_report(again.db)["devices"]["field-tx-3"]
+    assert (device["valid"], device["lost"], device["duplicate"]) == (400, 0, 0), device
