@@ -15,6 +15,7 @@ from bench import (  # noqa: E402
     bench_firmware,
     bench_forward,
     bench_ingest,
+    bench_lorawan,
     bench_loss_model,
     bench_memory,
     bench_micropython,
@@ -27,6 +28,6 @@ from bench import (  # noqa: E402
 
 if __name__ == "__main__":
     for module in (bench_overhead, bench_verify, bench_memory, bench_micropython, bench_ingest, bench_seals,
-                   bench_forward, bench_restart_backlog,
+                   bench_forward, bench_restart_backlog, bench_lorawan,
                    bench_scaleout, bench_console, bench_faults, bench_loss_model, bench_firmware):
         module.main()

@@ -1,0 +1,80 @@
+"""lorawan_ingest_ratio: frames/s that `hub run` verifies and commits when they arrive as
+ChirpStack uplink events (`--lorawan chirpstack+mqtt://`, JSON made with `chirpstack-api`),
+over the same frames on the plain broker path, in the same run (target >= 0.8).
+
+Both hubs read one Mosquitto on loopback; each run is timed from the first publish to the
+last frame committed. 2,000 compact LoRa devices, 10 frames each.
+"""
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from agent import Sealer, topic_for
+from hub.keys.keyfile import KeyFile
+from tools.services import HubProcess, Mosquitto, frames_seen, publish, wait_for
+
+DEVICES = 2000
+FRAMES_PER_DEVICE = 10
+
+
+def traffic(keyfile):
+    """(record topic, frame, ChirpStack event topic, event JSON) for every frame."""
+    from chirpstack_api import integration
+    from google.protobuf import json_format
+
+    sealers = []
+    for i in range(DEVICES):
+        eui = f"{i:016x}"
+        config = keyfile.provision(f"field-{i:05d}", "lora", form="compact", dev_eui=eui, save=False)
+        sealers.append((eui, Sealer(config["device_id"], bytes.fromhex(config["key"]), link="lora", epoch=1,
+                                    tag_len=8, compact=True)))
+    keyfile.save()
+    out = []
+    for n in range(FRAMES_PER_DEVICE):
+        for eui, sealer in sealers:
+            frame = sealer.seal(b'{"soil": 33}')
+            event = integration.UplinkEvent(f_cnt=n, f_port=10, data=frame)
+            event.device_info.dev_eui = eui
+            gateway = event.rx_info.add()
+            gateway.gateway_id, gateway.rssi, gateway.snr = "gw-1", -100, 7.5
+            out.append((topic_for(sealer.device_id), frame, f"application/1/device/{eui}/event/up",
+                        json_format.MessageToJson(event).encode()))
+    return out
+
+
+def timed_run(broker, keyfile, messages, tmp, name, *extra) -> float:
+    hub = HubProcess(broker, keyfile.path, tmp / f"{name}.db", tmp / f"{name}.log", *extra).start()
+    try:
+        hub.wait_connected()
+        if extra:
+            wait_for(lambda: any(e["event"] == "lorawan_subscribed" for e in hub.events()), 30, "the subscription")
+        start = time.perf_counter()
+        publish(broker.port, messages)
+        wait_for(lambda: frames_seen(hub.db) >= len(messages), 300, f"the {name} hub to commit every frame")
+        return len(messages) / (time.perf_counter() - start)
+    finally:
+        hub.stop()
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        keyfile = KeyFile.create(tmp / "hub.keys")
+        frames = traffic(keyfile)
+        (tmp / "broker").mkdir()
+        broker = Mosquitto(tmp / "broker").start_on_a_free_port()
+        try:
+            plain = timed_run(broker, keyfile, [(topic, frame) for topic, frame, _, _ in frames], tmp, "plain")
+            lorawan = timed_run(broker, keyfile, [(topic, event) for _, _, topic, event in frames], tmp, "lorawan",
+                                "--lorawan", f"chirpstack+mqtt://127.0.0.1:{broker.port}")
+        finally:
+            broker.stop()
+    print(json.dumps({"figure": "lorawan_ingest_ratio", "value": round(lorawan / plain, 3), "target": ">= 0.8",
+                      "lorawan_frames_per_s": round(lorawan), "broker_path_frames_per_s": round(plain),
+                      "frames": len(frames), "devices": DEVICES, "event_format": "ChirpStack v4 JSON"}))
+
+
+if __name__ == "__main__":
+    main()
