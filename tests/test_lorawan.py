@@ -101,6 +101,7 @@ def test_uplinks_through_chirpstack_and_ttn_count_as_hub_verify_says(tmp_path, b
     assert report["unknown_device"] == 3
     events = report["events"]
     assert any(e["kind"] == "unknown_device" and e["device"] == EUI_STRANGER for e in events)
+    assert any(e["kind"] == "unknown_device" and e["device"] is None and "not JSON" in e["reason"] for e in events)
 
 
 def test_a_kill_9_mid_stream_loses_and_doubles_nothing(tmp_path, broker, keys):

@@ -443,6 +443,7 @@ class Verifier:
         self.unknown_device += 1
         if device is None:
             device = _device_in_topic(topic)
+        if reason is None:
             reason = "no key for this device" if device is not None else "not a linkseal record or status topic"
         if device is not None and not _plain_id(device):
             device = _escaped(device)
