@@ -98,7 +98,7 @@ def test_a_disk_full_backlog_sent_within_the_rate_drains_whole(tmp_path, broker,
     db = small_filesystem / "hub.db"
     hub = start_hub(tmp_path, broker, keys, "--config", config, db=db)
     try:
-        publish(broker.port, stream[:10])
+        publish_paced(broker.port, stream[:10], 49)  # the device's pace throughout (10 at once would spend the burst)
         wait_for(lambda: frames_seen(db) == 10, 60, "the first frames stored")
         filler = fill(small_filesystem)
         publish_paced(broker.port, stream[10:], 49)
