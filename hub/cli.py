@@ -227,7 +227,7 @@ def _verifier(args, rate_limits=None):
 
 def _verify(args):
     from hub.core.report import build_report, write_json
-    from hub.service.capture import EventSpool, read_capture
+    from shared.capture import EventSpool, read_capture
     from hub.table import print_report
 
     verifier = _verifier(args)
@@ -272,7 +272,7 @@ def _run(args):
     from hardware.link_registry import load_links
     from hub.service.config import load_settings
     from hub.service.ingest import Ingest
-    from hub.service.log import EventLog
+    from shared.log import EventLog
     from hub.service.metrics import HubMetrics
     from hub.service.mqtt_adapter import HubService
     from hub.service.storage import WriterLock
@@ -335,7 +335,7 @@ def _run_worker(args):
     from hub.core.verifier import Verifier
     from hub.service.amqp_worker import Worker
     from hub.service.config import load_settings
-    from hub.service.log import EventLog
+    from shared.log import EventLog
 
     if not _is_postgres(args.db):
         raise InputError("--broker amqp://... runs a hub worker, whose state is shared in PostgreSQL: give "

@@ -30,7 +30,7 @@ def input_errors() -> tuple:
     from hub.keys.keyfile import KeyFileError
     from hub.keys.keystore import KeystoreError
     from hub.keys.pki import PKIError
-    from hub.service.capture import CaptureError
+    from shared.capture import CaptureError
     from hub.service.config import ConfigError
     from hub.service.storage import StorageError
     from simulator.run import ScenarioError

@@ -23,7 +23,7 @@ from hub.core.report import build_stored_report
 from hub.core.verifier import Verifier
 from hub.service.config import HubSettings, parse_broker
 from hub.service.ingest import Ingest
-from hub.service.log import EventLog
+from shared.log import EventLog
 from hub.service.mqtt_adapter import HubService
 from hub.service.storage import SQLiteStorage
 

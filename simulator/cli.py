@@ -375,7 +375,7 @@ def _proxy(args):
 
 
 def _capture(args):
-    from hub.service.capture import encode_line
+    from shared.capture import encode_line
 
     from .run import generate, label
 

@@ -228,7 +228,7 @@ def write_outputs(out_dir: Path, header: dict, events: list, labelled: list, hub
     """report.json, capture.jsonl (hub verify's format), trace.jsonl and a PNG per link."""
     import json
 
-    from hub.service.capture import encode_line
+    from shared.capture import encode_line
 
     from .compare import plot
     from .trace import write_trace

@@ -73,7 +73,7 @@ def test_a_crash_between_commit_and_acknowledgement_is_not_counted_against_the_l
 
     from hub.service.config import HubSettings, parse_broker
     from hub.service.ingest import Ingest
-    from hub.service.log import EventLog
+    from shared.log import EventLog
     from hub.service.mqtt_adapter import HubService
     from hub.service.storage import SQLiteStorage
 
@@ -320,7 +320,7 @@ def test_slow_storage_stops_intake_instead_of_dropping(tmp_path, broker, keys):
 
     from hub.service.config import HubSettings, parse_broker
     from hub.service.ingest import Ingest
-    from hub.service.log import EventLog
+    from shared.log import EventLog
     from hub.service.mqtt_adapter import HubService
     from hub.service.storage import SQLiteStorage
 
@@ -366,7 +366,7 @@ def test_a_stop_signal_in_the_middle_of_a_log_line_does_not_deadlock(tmp_path):
 
     from hub.service.config import HubSettings, parse_broker
     from hub.service.ingest import Ingest
-    from hub.service.log import EventLog
+    from shared.log import EventLog
     from hub.service.mqtt_adapter import HubService
     from hub.service.storage import SQLiteStorage
 

@@ -10,7 +10,7 @@ import subprocess
 
 from agent import Sealer
 from agent.sealer import topic_for
-from hub.service.capture import encode_line
+from shared.capture import encode_line
 from tools.services import LINKSEAL, HubProcess, frames_seen, publish, stored_report, wait_for
 
 EUI_CHIRP, EUI_TTN, EUI_STRANGER = "0102030405060708", "a1b2c3d4e5f60718", "ffffffffffffffff"

@@ -17,7 +17,7 @@ import pytest
 from agent import Sealer, topic_for
 from agent import frame as wire
 from hub.keys.keyfile import write_private_json
-from hub.service.capture import encode_line
+from shared.capture import encode_line
 from tools.brokers import RabbitMQ, RabbitMQCluster
 from tools.services import LINKSEAL, publish, wait_for
 

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from agent.frame import MAX_COUNTER
-from hub.cli_common import InputError, Number, add_broker_options, broker_from_args, command
+from shared.cli import InputError, Number, add_broker_options, broker_from_args, command
 
 
 def add_agent_group(groups):
@@ -42,8 +42,8 @@ def add_agent_group(groups):
 def _agent_seal(args):
     from agent import topic_for
     from agent.sealer import sealer_for
-    from hub.keys.keyfile import load_device_config
-    from hub.service.capture import encode_line
+    from shared.device_config import load_device_config
+    from shared.capture import encode_line
 
     sealer = sealer_for(load_device_config(args.device), args.epoch)
     topic = topic_for(sealer.device_id)
@@ -59,8 +59,8 @@ def _agent_seal(args):
 
 def _agent_run(args):
     from firmware.device.epoch import EpochError
-    from hub.keys.keyfile import load_device_config
-    from hub.service.log import EventLog
+    from shared.device_config import load_device_config
+    from shared.log import EventLog
 
     from .run import AgentState, LinuxAgent
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from firmware.device import epoch as epoch_file
 from hardware.board_registry import Board
-from hub.keys.keyfile import load_device_config, write_private_json
+from shared.device_config import load_device_config, write_private_json
 
 from .board_files import AGENT_CORE, DEVICE_MODULES, agent_dir, agent_sources, device_dir, device_sources
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from hub.cli_common import InputError, Number, command
+from shared.cli import InputError, Number, command
 
 
 def add_firmware_group(groups):
@@ -43,7 +43,7 @@ def add_firmware_group(groups):
 def _build(args):
     from firmware.host.build import AGENT_BUDGET, FIRMWARE_BUDGET, agent_settings, build
     from hardware.board_registry import board
-    from hub.service.config import parse_broker
+    from shared.settings import parse_broker
 
     target = board(args.board)
     wifi_password = None

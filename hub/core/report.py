@@ -167,7 +167,7 @@ def to_json(report: dict) -> str:
 
 def write_json(report: dict, stream) -> None:
     """to_json(report) written piece by piece: a report whose events are spooled on disk
-    (hub.service.capture.EventSpool) is never held in memory whole."""
+    (shared.capture.EventSpool) is never held in memory whole."""
     for chunk in _ENCODER.iterencode(report):
         stream.write(chunk)
     stream.write("\n")

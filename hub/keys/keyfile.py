@@ -8,7 +8,6 @@ atomically, and refused when group or others can read them.
 """
 
 import base64
-import json
 import os
 import secrets
 import time
@@ -22,6 +21,12 @@ from agent import frame as wire
 from hardware.link_registry import load_links
 from hub.core.verifier import DeviceKeys
 from hub.keys import keystore
+from shared.device_config import (  # noqa: F401  (the hub's key commands use them from here too)
+    KeyFileError,
+    load_device_config,
+    read_private_json,
+    write_private_json,
+)
 
 FORMAT = "linkseal-hub-keys/1"
 MASTER_LEN = 32
@@ -31,10 +36,6 @@ HUB_MQTT_USER = "linkseal/hub"  # a '/' keeps Mosquitto's %u ACL patterns from e
 CONSUMER_MQTT_USER = "linkseal/consumer"  # reads linkseal/verified/# on the trusted side (broker-config)
 FORWARDER_MQTT_USER = "linkseal/forwarder"  # the hub's MQTT sink when it is the device network's broker
 _HKDF_SALT = b"linkseal/v1 device key"
-
-
-class KeyFileError(ValueError):
-    """A key file or device config that cannot be used; the message names the file."""
 
 
 def _hkdf(master: bytes, info: bytes, length: int) -> bytes:
@@ -48,23 +49,6 @@ def derive_device_key(master: bytes, device_id: str, key_id: int) -> bytes:
 def derive_mqtt_password(master: bytes, username: str) -> str:
     """A broker password per account, derived like the keys, so broker-config can rebuild it."""
     return base64.urlsafe_b64encode(_hkdf(master, b"linkseal/v1 mqtt password" + username.encode(), 24)).decode()
-
-
-def write_private_json(path: Path, data: dict) -> None:
-    """Write JSON readable by the owner only; a crash leaves the old file or the new one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out, indent=2, sort_keys=True)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def valid_device_id(device_id: str) -> str:
@@ -85,26 +69,6 @@ def write_file(path: Path, data, private: bool = False) -> Path:
         os.fchmod(out.fileno(), mode)  # O_CREAT's mode only applies to a new file
         out.write(data)
     return Path(path)
-
-
-def _read_private_json(path: Path, what: str) -> dict:
-    if path.is_dir():  # before the permission check, which would ask to chmod the directory
-        raise KeyFileError(f"{path}: is a directory, not a {what}")
-    try:
-        data = json.loads(path.read_text())  # first what it is: /etc/passwd is no key file, whatever its mode
-        if not isinstance(data, dict):
-            raise json.JSONDecodeError("not an object", "", 0)
-        keystore.check_private(path)
-        return data
-    except FileNotFoundError:
-        hint = " (create one with `linkseal keys init`)" if what == "key file" else ""
-        raise KeyFileError(f"{path}: no such {what}{hint}") from None
-    except keystore.KeystoreError as exc:
-        raise KeyFileError(str(exc)) from None
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read: {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise KeyFileError(f"{path}: not a {what} (not the JSON linkseal writes)") from None
 
 
 class KeyFile:
@@ -144,7 +108,7 @@ class KeyFile:
     def load(cls, path: Path, passphrase=None, allow_plaintext: bool = False) -> "KeyFile":
         """passphrase: bytes, or a function returning them, asked only if the file is encrypted."""
         path = Path(path)
-        data = _read_private_json(path, "key file")
+        data = read_private_json(path, "key file")
         sealing = None
         if keystore.is_envelope(data):
             if passphrase is None:
@@ -347,24 +311,3 @@ def _largest_frame(link, limits, region, data_rate, form, tag_len) -> int:
         raise KeyFileError(f"{link} {region} {data_rate}: an uplink carries {rates[data_rate]} bytes, a {form} frame "
                            f"with a {tag_len}-byte tag and one byte of record needs {need}: pick a faster data rate")
     return rates[data_rate]
-
-
-DEVICE_FIELDS = {"device_id": str, "key": str, "key_id": int, "link": str, "tag_len": int}
-
-
-def load_device_config(path: Path) -> dict:
-    """A device config written by `keys provision`, checked field by field."""
-    path = Path(path)
-    config = _read_private_json(path, "device config")
-    if not isinstance(config, dict):
-        raise KeyFileError(f"{path}: not a JSON device config")
-    for field, kind in DEVICE_FIELDS.items():
-        if not isinstance(config.get(field), kind) or isinstance(config.get(field), bool):
-            raise KeyFileError(f"{path}: field {field!r} is missing or not a {kind.__name__}")
-    try:
-        key = bytes.fromhex(config["key"])
-    except ValueError:
-        raise KeyFileError(f"{path}: field 'key' is not hex") from None
-    if len(key) < 16:
-        raise KeyFileError(f"{path}: field 'key' is shorter than 16 bytes")
-    return config

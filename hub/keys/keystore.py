@@ -9,7 +9,6 @@ import base64
 import json
 import os
 import secrets
-import stat
 import sys
 from pathlib import Path
 
@@ -94,14 +93,6 @@ def decrypt_json(envelope: dict, file_key: bytes, path: Path) -> dict:
 
 def _aad(header: dict) -> bytes:
     return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-
-
-def check_private(path: Path) -> None:
-    """Refuse a secret file that group or others can read, as ssh does with private keys."""
-    mode = stat.S_IMODE(Path(path).stat().st_mode)
-    if mode & 0o077:
-        raise KeystoreError(f"{path}: permissions {mode:04o} let other users read a secret; "
-                            f"run `chmod 600 {path}` and try again")
 
 
 def passphrase_from_environment(confirm: bool = False) -> bytes:
