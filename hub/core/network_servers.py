@@ -18,24 +18,23 @@ server can see and drop it, not forge or replay it undetected.
 import base64
 import binascii
 import json
+from typing import NamedTuple
 
 CHIRPSTACK, TTN = "chirpstack", "ttn"
 TOPICS = {CHIRPSTACK: "application/+/device/+/event/up", TTN: "v3/+/devices/+/up"}
 
 
-class Uplink(tuple):
-    """One uplink's fields: dev_eui (16 lower-case hex digits), data (the frame), f_cnt, f_port,
-    gateways [(gateway id, rssi, snr)], spreading_factor, frequency (Hz), or None when absent."""
+class Uplink(NamedTuple):
+    """One uplink: dev_eui (16 lower-case hex digits), data (the frame), f_cnt, f_port, gateways
+    [(gateway id, rssi, snr)], spreading_factor and frequency (Hz), or None when absent."""
 
-    __slots__ = ()
-    _fields = ("dev_eui", "data", "f_cnt", "f_port", "gateways", "spreading_factor", "frequency")
-    dev_eui = property(lambda self: self[0])
-    data = property(lambda self: self[1])
-    f_cnt = property(lambda self: self[2])
-    f_port = property(lambda self: self[3])
-    gateways = property(lambda self: self[4])
-    spreading_factor = property(lambda self: self[5])
-    frequency = property(lambda self: self[6])
+    dev_eui: str
+    data: bytes
+    f_cnt: int
+    f_port: int
+    gateways: list
+    spreading_factor: int | None
+    frequency: int | None
 
 
 class NotAnUplink(ValueError):
@@ -107,11 +106,11 @@ def _chirpstack_json(doc: dict) -> Uplink:
         raise NotAnUplink("rxInfo is not a list of gateways", dev_eui)
     gateways = [(str(g.get("gatewayId", "")), _number(g.get("rssi"), "rssi", dev_eui),
                  _number(g.get("snr"), "snr", dev_eui, 0.0)) for g in rx]
-    return Uplink((dev_eui, _data(doc.get("data"), dev_eui), _number(doc.get("fCnt"), "fCnt", dev_eui),
-                   _number(doc.get("fPort"), "fPort", dev_eui), gateways,
-                   _number(lora.get("spreadingFactor") if isinstance(lora, dict) else None, "spreadingFactor",
-                           dev_eui, None),
-                   _number(tx.get("frequency"), "frequency", dev_eui, None)))
+    return Uplink(dev_eui, _data(doc.get("data"), dev_eui), _number(doc.get("fCnt"), "fCnt", dev_eui),
+                  _number(doc.get("fPort"), "fPort", dev_eui), gateways,
+                  _number(lora.get("spreadingFactor") if isinstance(lora, dict) else None, "spreadingFactor",
+                          dev_eui, None),
+                  _number(tx.get("frequency"), "frequency", dev_eui, None))
 
 
 def _chirpstack_protobuf(payload: bytes) -> Uplink:
@@ -126,9 +125,9 @@ def _chirpstack_protobuf(payload: bytes) -> Uplink:
     if not event.data:
         raise NotAnUplink("uplink without data", dev_eui)
     lora = event.tx_info.modulation.lora
-    return Uplink((dev_eui, bytes(event.data), event.f_cnt, event.f_port,
-                   [(g.gateway_id, g.rssi, g.snr) for g in event.rx_info],
-                   lora.spreading_factor or None, event.tx_info.frequency or None))
+    return Uplink(dev_eui, bytes(event.data), event.f_cnt, event.f_port,
+                  [(g.gateway_id, g.rssi, g.snr) for g in event.rx_info],
+                  lora.spreading_factor or None, event.tx_info.frequency or None)
 
 
 def _ttn(doc: dict) -> Uplink:
@@ -151,6 +150,6 @@ def _ttn(doc: dict) -> Uplink:
         frequency = int(frequency) if frequency is not None else None  # TTN writes it as a string
     except (TypeError, ValueError):
         raise NotAnUplink("frequency is not a number", dev_eui) from None
-    return Uplink((dev_eui, _data(message.get("frm_payload"), dev_eui),
-                   _number(message.get("f_cnt"), "f_cnt", dev_eui), _number(message.get("f_port"), "f_port", dev_eui),
-                   gateways, _number(lora.get("spreading_factor"), "spreading_factor", dev_eui, None), frequency))
+    return Uplink(dev_eui, _data(message.get("frm_payload"), dev_eui),
+                  _number(message.get("f_cnt"), "f_cnt", dev_eui), _number(message.get("f_port"), "f_port", dev_eui),
+                  gateways, _number(lora.get("spreading_factor"), "spreading_factor", dev_eui, None), frequency)

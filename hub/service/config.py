@@ -110,14 +110,15 @@ def load_settings(path: Path | None, known_links) -> HubSettings:
         if not (math.isfinite(rate) and math.isfinite(burst) and rate > 0 and burst >= 1):
             raise ConfigError(f"{path}: [rate_limits] {name}: rate must be a finite number > 0 and burst >= 1")
         settings.rate_limits[name] = (rate, burst)
-    settings.forwards = _forwards(path, data.get("forward", []))
-    settings.lorawan = _forwards(path, data.get("lorawan", []), "lorawan", ("url", "ca_file", "username",
+    settings.forwards = _url_tables(path, data.get("forward", []))
+    settings.lorawan = _url_tables(path, data.get("lorawan", []), "lorawan", ("url", "ca_file", "username",
                                                                             "password_file"))
     settings.retention = _retention(path, data.get("retention", {}))
     return settings
 
 
-def _forwards(path, tables, section="forward", keys=None) -> list:
+def _url_tables(path, tables, section="forward", keys=None) -> list:
+    """[[forward]] or [[lorawan]] tables: each a url and only the keys it may take."""
     keys = keys or _FORWARD_KEYS
     if not isinstance(tables, list) or not all(isinstance(table, dict) for table in tables):
         raise ConfigError(f"{path}: {section} must be [[{section}]] tables")
