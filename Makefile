@@ -71,8 +71,8 @@ bench: $(STAMP) $(MICROPYTHON) $(UMQTT) mosquitto brokers postgres
 # shipped with it, so no browser ever fetches anything from elsewhere.
 console-assets: $(MICROPYTHON)
 	cp node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css node_modules/uplot/LICENSE \
-		hub/service/console_static/vendor/
-	mv hub/service/console_static/vendor/LICENSE hub/service/console_static/vendor/uPlot.LICENSE
+		hub/service/console/static/vendor/
+	mv hub/service/console/static/vendor/LICENSE hub/service/console/static/vendor/uPlot.LICENSE
 
 # Regenerate agent/link_codes.py after editing hardware/links/*.toml.
 link-codes: $(STAMP)

@@ -1,4 +1,4 @@
-"""The operator console (hub/service/console.py).
+"""The operator console (hub/service/console/server.py).
 
 console_api_p95_ms: the 95th percentile time of /api/v1/links and /api/v1/devices (a search)
 over a store of 10,000 devices with a day of counters (links per minute; devices per hour,
@@ -25,9 +25,9 @@ from bench.bench_ingest import bare_subscriber_rate, sealed_traffic
 from hardware.link_registry import links_by_code
 from hub.core.verifier import DeviceKeys, Verifier
 from hub.keys.keyfile import KeyFile
-from hub.service.console import ConsoleServer
+from hub.service.console.server import ConsoleServer
 from hub.service.ingest import Ingest
-from hub.service.storage import SQLiteStorage
+from hub.service.storage.sqlite import SQLiteStorage
 from tools.services import LINKSEAL, HubProcess, Mosquitto, frames_seen, publish, wait_for
 
 DEVICES = 10_000

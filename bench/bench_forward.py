@@ -31,8 +31,8 @@ from hardware.link_registry import links_by_code
 from hub.core.verifier import DeviceKeys, Verifier
 from hub.keys.keyfile import KeyFile
 from hub.service.ingest import Ingest
-from hub.service.sinks import PostgresSink
-from hub.service.storage import DAY, HOUR, Retention, SQLiteStorage, StoredRecord
+from hub.service.delivery.sinks import PostgresSink
+from hub.service.storage.sqlite import DAY, HOUR, Retention, SQLiteStorage, StoredRecord
 from tools.services import HubProcess, Mosquitto, PostgresDatabase, Subscriber, frames_seen, publish, wait_for
 
 FAST = "[rate_limits]\ndefault = { rate = 100000, burst = 100000 }\n"

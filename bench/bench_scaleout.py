@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench.bench_ingest import hub_backlog_rate, sealed_traffic
 from hub.keys.keyfile import KeyFile
-from hub.service.pg_storage import ensure_schema
+from hub.service.storage.postgres import ensure_schema
 from tools.brokers import RabbitMQ
 from tools.services import LINKSEAL, Mosquitto, PostgresDatabase, publish, wait_for
 

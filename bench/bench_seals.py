@@ -1,4 +1,4 @@
-"""What the seals (hub/service/seals.py) add to each commit.
+"""What the seals (hub/service/storage/seals.py) add to each commit.
 
 seal_commit_overhead: the time to commit a batch with its seals over the time without them,
 for a batch of 1000 messages from 1000 devices (the worst case: every device's state row
@@ -15,9 +15,9 @@ from pathlib import Path
 from agent import Sealer, topic_for
 from hardware.link_registry import links_by_code
 from hub.core.verifier import DeviceKeys, Verifier
-from hub.service import seals
+from hub.service.storage import seals
 from hub.service.ingest import Ingest
-from hub.service.storage import SQLiteStorage
+from hub.service.storage.sqlite import SQLiteStorage
 
 BATCH = 1000
 REPEATS = 15

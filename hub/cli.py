@@ -148,7 +148,7 @@ def _console_options(parser, option, help_text):
 def start_console(args, db_path):
     """The console of --console/--listen, serving; None when not asked for. Off loopback it
     needs TLS and a token, or it is refused (exit 2) before anything listens."""
-    from hub.service.console import ConsoleServer, is_loopback
+    from hub.service.console.server import ConsoleServer, is_loopback
 
     host, port = args.console
     tls = (args.console_tls_cert, args.console_tls_key) if args.console_tls_cert or args.console_tls_key else None
@@ -192,7 +192,7 @@ def _console_from_settings(args, settings) -> None:
 
 def _console(args):
     if _is_postgres(args.db):
-        from hub.service.pg_storage import ensure_schema
+        from hub.service.storage.postgres import ensure_schema
 
         ensure_schema(args.db)  # StorageError (exit 2) when PostgreSQL cannot be reached
     elif not Path(args.db).is_file():
@@ -251,7 +251,7 @@ def _require_bound_client_ids(broker, log) -> None:
     """With the account `hub broker-config` generates, refuse a broker that lets any login take
     any client id: a device's credentials could take the hub's session and its queued records."""
     from hub.keys.keyfile import HUB_MQTT_USER
-    from hub.service.broker_probe import ProbeFailed, client_ids_bound
+    from hub.service.ways_in.broker_probe import ProbeFailed, client_ids_bound
 
     if broker.username != HUB_MQTT_USER:
         return
@@ -274,8 +274,8 @@ def _run(args):
     from hub.service.ingest import Ingest
     from shared.log import EventLog
     from hub.service.metrics import HubMetrics
-    from hub.service.mqtt_adapter import HubService
-    from hub.service.storage import WriterLock
+    from hub.service.ways_in.mqtt_adapter import HubService
+    from hub.service.storage.sqlite import WriterLock
 
     if args.broker.startswith("amqp://"):
         return _run_worker(args)
@@ -318,7 +318,7 @@ def _is_postgres(db: str) -> bool:
 
 
 def _amqp_parameters(args):
-    from hub.service.amqp_worker import amqp_parameters
+    from hub.service.ways_in.amqp_worker import amqp_parameters
 
     password = os.environ.get("LINKSEAL_MQTT_PASSWORD")
     if args.password_file:
@@ -330,10 +330,10 @@ def _amqp_parameters(args):
 
 
 def _run_worker(args):
-    """A hub worker: RabbitMQ partitions in, PostgreSQL state (hub/service/amqp_worker.py)."""
+    """A hub worker: RabbitMQ partitions in, PostgreSQL state (hub/service/ways_in/amqp_worker.py)."""
     from hardware.link_registry import links_by_code, load_links
     from hub.core.verifier import Verifier
-    from hub.service.amqp_worker import Worker
+    from hub.service.ways_in.amqp_worker import Worker
     from hub.service.config import load_settings
     from shared.log import EventLog
 
@@ -367,7 +367,7 @@ def _run_worker(args):
 
 
 def _topology(args):
-    from hub.service.amqp_worker import declare
+    from hub.service.ways_in.amqp_worker import declare
 
     print(declare(_amqp_parameters(args), args.partitions))
 
@@ -375,7 +375,7 @@ def _topology(args):
 def _open_waiting(path, log, backoff_max=30.0, seal_key=None):
     """The hub's database; a full, locked or read-only one is waited for (logged once), not
     exited on: a service manager restarting the hub in a loop would not free the disk."""
-    from hub.service.storage import SQLiteStorage, StorageFault
+    from hub.service.storage.sqlite import SQLiteStorage, StorageFault
 
     delay, reported = 0.5, None
     while True:
@@ -405,7 +405,7 @@ def _lorawan(urls, settings) -> list:
 def _sinks(urls, settings) -> list:
     """(name, sink) for --forward URLs and hub.toml [[forward]] tables; the names must differ."""
     from hub.service.config import FORWARD_OPTIONS
-    from hub.service.sinks import open_sink, sink_name
+    from hub.service.delivery.sinks import open_sink, sink_name
 
     tables = [{"url": url} for url in urls] + settings.forwards
     sinks = []
@@ -420,12 +420,12 @@ def _sinks(urls, settings) -> list:
 
 def _report(args):
     from hub.core.report import build_stored_report, to_json
-    from hub.service.storage import SQLiteStorage
+    from hub.service.storage.sqlite import SQLiteStorage
     from hub.table import print_report
 
     since = time.time() - args.since if args.since is not None else None
     if _is_postgres(args.db):
-        from hub.service.pg_storage import PostgresReader
+        from hub.service.storage.postgres import PostgresReader
 
         storage = PostgresReader(args.db)
     else:
@@ -444,7 +444,7 @@ def _report(args):
 def _prune(args):
     from hardware.link_registry import load_links
     from hub.service.config import load_settings
-    from hub.service.storage import SQLiteStorage, WriterLock
+    from hub.service.storage.sqlite import SQLiteStorage, WriterLock
 
     retention = load_settings(args.config, load_links()).retention
     if not args.db.is_file():
@@ -477,7 +477,7 @@ def _audit(args):
     """SQLite's integrity check, the security events' hash chain and the seals over every other
     table, through a read-only connection (a copy on read-only media works); exit status 1 when
     anything is wrong."""
-    from hub.service.storage import SQLiteReader
+    from hub.service.storage.sqlite import SQLiteReader
 
     if _is_postgres(args.db):
         return _audit_postgres(args.db)
@@ -547,7 +547,7 @@ def _rabbitmq_config(args):
 
 def _audit_postgres(url):
     """The workers' security-event chains and the tables' agreement; exit status 1 when either fails."""
-    from hub.service.pg_storage import PostgresReader
+    from hub.service.storage.postgres import PostgresReader
 
     reader = PostgresReader(url)
     try:
@@ -565,7 +565,7 @@ def _audit_postgres(url):
 
 def _broker_config(args):
     from hub.keys.broker_config import write_broker_config
-    from hub.service.sinks import largest_verified_message
+    from hub.service.delivery.sinks import largest_verified_message
 
     if args.rabbitmq:
         return _rabbitmq_config(args)

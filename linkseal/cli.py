@@ -32,7 +32,7 @@ def input_errors() -> tuple:
     from hub.keys.pki import PKIError
     from shared.capture import CaptureError
     from hub.service.config import ConfigError
-    from hub.service.storage import StorageError
+    from hub.service.storage.sqlite import StorageError
     from simulator.run import ScenarioError
     from simulator.trace import TraceError
 

@@ -24,8 +24,8 @@ from hub.core.verifier import Verifier
 from hub.service.config import HubSettings, parse_broker
 from hub.service.ingest import Ingest
 from shared.log import EventLog
-from hub.service.mqtt_adapter import HubService
-from hub.service.storage import SQLiteStorage
+from hub.service.ways_in.mqtt_adapter import HubService
+from hub.service.storage.sqlite import SQLiteStorage
 
 
 class EmbeddedBroker:

@@ -395,7 +395,7 @@ def _demo(args) -> int:
         raise InputError("--console shows the hub's database, which only the broker path writes: drop --no-broker")
     status = run_demo(args.no_broker, args.out, args.seed)
     if args.console:
-        from hub.service.console import ConsoleServer, is_loopback
+        from hub.service.console.server import ConsoleServer, is_loopback
 
         host, port = args.console
         if not is_loopback(host):

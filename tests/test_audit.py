@@ -12,7 +12,7 @@ from agent import Sealer, topic_for
 from agent import frame as wire
 from agent.status import HEARTBEAT, status_payload
 from hub.core.report import build_stored_report
-from hub.service.storage import Retention, SQLiteStorage, StorageError
+from hub.service.storage.sqlite import Retention, SQLiteStorage, StorageError
 from tools.services import LINKSEAL
 
 from .test_storage import KEY, open_ingest
@@ -185,7 +185,7 @@ def keyed_store(path, keyfile):
 
 
 def test_keyed_seals_catch_an_editor_who_recomputes_them(db, keys):
-    from hub.service import seals
+    from hub.service.storage import seals
 
     keyed_store(db, keys)
     with_keys = lambda: subprocess.run([str(LINKSEAL), "hub", "audit", "--db", str(db), "--keys", str(keys.path),

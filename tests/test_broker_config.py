@@ -164,7 +164,7 @@ def test_hub_and_devices_over_mutual_tls(tmp_path, keyfile):
 
 def test_forward_here_lets_the_hub_write_verified_records_and_no_device_touch_them(tmp_path, keyfile):
     from hub.keys.keyfile import CONSUMER_MQTT_USER, FORWARDER_MQTT_USER
-    from hub.service.sinks import largest_verified_message
+    from hub.service.delivery.sinks import largest_verified_message
 
     port = free_port()
     files = write_broker_config(keyfile, tmp_path / "broker", port=port, data_dir=tmp_path,

@@ -155,7 +155,7 @@ def test_the_checked_types_accept_their_ranges():
 def test_a_bug_is_not_called_an_input_error(tmp_path, monkeypatch):
     """Only input errors exit 2; a bug (here a ValueError deep inside a command) exits 1 with one
     line that says so, and --debug shows its traceback."""
-    from hub.service.storage import SQLiteReader, SQLiteStorage
+    from hub.service.storage.sqlite import SQLiteReader, SQLiteStorage
 
     SQLiteStorage(tmp_path / "hub.db").close()
     monkeypatch.setattr(SQLiteReader, "audit", lambda self: int("a bug"))
@@ -195,7 +195,7 @@ def test_a_negative_attack_count_is_refused():
 def test_a_garbage_pruning_anchor_is_reported_broken_not_a_crash(tmp_path):
     import sqlite3
 
-    from hub.service.storage import SQLiteStorage
+    from hub.service.storage.sqlite import SQLiteStorage
 
     SQLiteStorage(tmp_path / "hub.db").close()
     db = sqlite3.connect(tmp_path / "hub.db")

@@ -79,7 +79,7 @@ def test_bad_hub_toml_names_the_setting(tmp_path, text, message):
 
 
 def test_forward_and_retention_settings(tmp_path):
-    from hub.service.storage import DAY, Retention
+    from hub.service.storage.sqlite import DAY, Retention
 
     path = tmp_path / "hub.toml"
     path.write_text('[[forward]]\nurl = "mqtts://inner:8883"\nca_file = "ca.pem"\n'
@@ -112,7 +112,7 @@ def test_a_bad_forward_url_is_an_input_error(tmp_path):
 
 
 def test_a_sink_never_gets_the_hubs_own_broker_password(tmp_path, monkeypatch):
-    from hub.service.sinks import open_sink
+    from hub.service.delivery.sinks import open_sink
 
     monkeypatch.setenv("LINKSEAL_MQTT_PASSWORD", "the device network's password")
     (tmp_path / "inner.password").write_text("inner secret\n")

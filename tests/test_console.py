@@ -219,7 +219,7 @@ def test_a_stuck_live_stream_does_not_hold_up_the_hub(hub_with_console, broker):
 
 def test_off_loopback_without_tls_and_a_token_is_refused(tmp_path, keys):
     db = tmp_path / "hub.db"
-    from hub.service.storage import SQLiteStorage
+    from hub.service.storage.sqlite import SQLiteStorage
 
     SQLiteStorage(db).close()
     result = subprocess.run([str(LINKSEAL), "hub", "console", "--db", db, "--listen", "0.0.0.0:0"],
@@ -248,7 +248,7 @@ def test_off_loopback_without_tls_and_a_token_is_refused(tmp_path, keys):
 
 def test_the_shipped_chart_library_is_the_npm_package():
     """uPlot comes from npm at development time (`make console-assets`), pinned by package-lock.json."""
-    from hub.service.console import static_dir
+    from hub.service.console.server import static_dir
 
     lock = json.loads((Path(__file__).parent.parent / "package-lock.json").read_text())
     assert lock["packages"]["node_modules/uplot"]["version"]
@@ -294,7 +294,7 @@ def tls_console_command(tmp_path):
     certificate for console.plant and 127.0.0.1) and a token file (0600); returns (command,
     CA directory, token file)."""
     from hub.keys.pki import init_ca, issue
-    from hub.service.storage import SQLiteStorage
+    from hub.service.storage.sqlite import SQLiteStorage
 
     db = tmp_path / "hub.db"
     SQLiteStorage(db).close()
@@ -346,9 +346,9 @@ def test_the_console_reads_the_hub_workers_postgresql_store(tmp_path, keys, post
     from hardware.link_registry import links_by_code
     from hub.core.report import build_stored_report
     from hub.core.verifier import Verifier
-    from hub.service.console import ConsoleServer
+    from hub.service.console.server import ConsoleServer
     from hub.service.ingest import Ingest
-    from hub.service.pg_storage import PartitionStorage, PostgresReader, claim
+    from hub.service.storage.postgres import PartitionStorage, PostgresReader, claim
 
     sealer = Sealer("pump-1", bytes.fromhex(keys.provision("pump-1", "ble")["key"]), link="ble")
     verifier = Verifier(keys.device_keys(), {code: link.name for code, link in links_by_code().items()})
@@ -425,7 +425,7 @@ def test_idle_and_slow_clients_cannot_freeze_the_tls_console(tmp_path):
     ends after its lifetime."""
     import ssl
 
-    from hub.service.console import HEAD_TIMEOUT_S
+    from hub.service.console.server import HEAD_TIMEOUT_S
 
     command, ca, _ = tls_console_command(tmp_path)
     console = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -461,8 +461,8 @@ def test_the_audit_is_computed_once_per_interval_however_many_poll(tmp_path, mon
     making the database walk the chain (it competed with ingest)."""
     import threading
 
-    from hub.service import console as console_module
-    from hub.service.storage import SQLiteStorage
+    from hub.service.console import server as console_module
+    from hub.service.storage.sqlite import SQLiteStorage
 
     db = tmp_path / "hub.db"
     SQLiteStorage(db).close()

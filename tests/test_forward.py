@@ -210,7 +210,7 @@ def test_a_record_the_sink_broker_refuses_is_never_counted_delivered(tmp_path, b
     the record stays in the outbox; under the generated limit it is delivered."""
     from hub.keys.broker_config import write_broker_config
     from hub.keys.keyfile import CONSUMER_MQTT_USER, FORWARDER_MQTT_USER
-    from hub.service.sinks import largest_verified_message
+    from hub.service.delivery.sinks import largest_verified_message
     from tools.services import Mosquitto, free_port
 
     sealer = Sealer("pump-1", bytes.fromhex(keys.provision("pump-1", "wifi")["key"]), link="wifi", epoch=1)

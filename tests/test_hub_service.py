@@ -74,8 +74,8 @@ def test_a_crash_between_commit_and_acknowledgement_is_not_counted_against_the_l
     from hub.service.config import HubSettings, parse_broker
     from hub.service.ingest import Ingest
     from shared.log import EventLog
-    from hub.service.mqtt_adapter import HubService
-    from hub.service.storage import SQLiteStorage
+    from hub.service.ways_in.mqtt_adapter import HubService
+    from hub.service.storage.sqlite import SQLiteStorage
 
     class CrashAfterCommit(SQLiteStorage):
         def commit(self, batch):
@@ -321,8 +321,8 @@ def test_slow_storage_stops_intake_instead_of_dropping(tmp_path, broker, keys):
     from hub.service.config import HubSettings, parse_broker
     from hub.service.ingest import Ingest
     from shared.log import EventLog
-    from hub.service.mqtt_adapter import HubService
-    from hub.service.storage import SQLiteStorage
+    from hub.service.ways_in.mqtt_adapter import HubService
+    from hub.service.storage.sqlite import SQLiteStorage
 
     class GatedStorage(SQLiteStorage):
         """SQLite whose commits wait until the test opens the gate: storage that has stalled."""
@@ -367,8 +367,8 @@ def test_a_stop_signal_in_the_middle_of_a_log_line_does_not_deadlock(tmp_path):
     from hub.service.config import HubSettings, parse_broker
     from hub.service.ingest import Ingest
     from shared.log import EventLog
-    from hub.service.mqtt_adapter import HubService
-    from hub.service.storage import SQLiteStorage
+    from hub.service.ways_in.mqtt_adapter import HubService
+    from hub.service.storage.sqlite import SQLiteStorage
 
     log = EventLog(stream=io.StringIO())
     service = HubService(parse_broker("mqtt://127.0.0.1:1"), HubSettings(),

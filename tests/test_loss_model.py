@@ -9,7 +9,7 @@ from hub.core.loss_model import wilson_interval
 from hub.core.report import build_report, build_stored_report
 from hub.core.window import EpochWindow
 from hub.service.ingest import Ingest
-from hub.service.storage import SQLiteStorage
+from hub.service.storage.sqlite import SQLiteStorage
 from tools.loss_sequences import HIDDEN_STATE_PROFILES, hub_link_entry, netem_gemodel, stationary_loss
 
 from .conftest import KEY, make_verifier

@@ -54,8 +54,8 @@ def test_the_wheel_carries_the_data_and_no_test_tooling(installed):
     for needed in ("hardware/links/wifi.toml", "hardware/boards/esp32.toml", "firmware/device/app.py",
                    "firmware/device/main.py", "agent/frame.py", "linkseal/__main__.py",
                    "hub/deploy/linkseal-hub.service", "simulator/virtual_device.mjs", "simulator/board/machine.py",
-                   "hub/service/console_static/index.html", "hub/service/console_static/app.js",
-                   "hub/service/console_static/openapi.json", "hub/service/console_static/vendor/uPlot.iife.min.js"):
+                   "hub/service/console/static/index.html", "hub/service/console/static/app.js",
+                   "hub/service/console/static/openapi.json", "hub/service/console/static/vendor/uPlot.iife.min.js"):
         assert needed in names, f"the wheel lacks {needed}"
     assert not {name for name in names if name.split("/")[0] in ("tests", "tools", "bench")}
 

@@ -12,7 +12,7 @@ from hardware.link_registry import links_by_code
 from hub.core.report import build_stored_report
 from hub.core.verifier import EVENT_SAMPLES, DeviceKeys, Verifier
 from hub.service.ingest import Ingest
-from hub.service.storage import DAY, HOUR, Outbox, Retention, SQLiteStorage
+from hub.service.storage.sqlite import DAY, HOUR, Outbox, Retention, SQLiteStorage
 from tools.services import LINKSEAL
 
 KEY = bytes(range(32))
@@ -191,7 +191,7 @@ def test_per_device_counter_history_expires_and_link_totals_stay(tmp_path):
 
 
 def test_release_space_hands_back_every_free_page(tmp_path):
-    from hub.service.storage import Retention, SQLiteStorage
+    from hub.service.storage.sqlite import Retention, SQLiteStorage
 
     from .test_storage import TOPIC, frames, open_ingest
 

@@ -479,8 +479,8 @@ def test_a_worker_role_that_cannot_set_up_the_tables_is_an_input_error(postgres)
     """Tables created by another role: the worker's says so in one line (exit 2), no traceback."""
     import psycopg
 
-    from hub.service.pg_storage import ensure_schema
-    from hub.service.storage import StorageError
+    from hub.service.storage.postgres import ensure_schema
+    from hub.service.storage.sqlite import StorageError
 
     ensure_schema(postgres.url)  # as the administrator
     role = f"linkseal_stranger_{os.getpid()}"

@@ -9,7 +9,7 @@ from agent.status import BIRTH, DEATH, HEARTBEAT, status_payload
 from hub.core.counters import BURSTS, L2R, LOST, R2L, REORDERED
 from hub.core.report import build_report, build_stored_report
 from hub.service.ingest import Ingest
-from hub.service.storage import SQLiteStorage
+from hub.service.storage.sqlite import SQLiteStorage
 
 from .conftest import KEY, make_verifier
 

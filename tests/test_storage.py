@@ -13,7 +13,7 @@ from agent import Sealer, topic_for
 from hub.core.report import build_report, build_stored_report
 from hub.core.verifier import OUTCOMES
 from hub.service.ingest import Ingest
-from hub.service.storage import SQLiteStorage, StorageError
+from hub.service.storage.sqlite import SQLiteStorage, StorageError
 
 from .conftest import KEY, link_names, make_verifier
 
@@ -224,7 +224,7 @@ def test_a_stall_credits_what_devices_sent_meanwhile_and_the_credit_lapses():
 def test_a_schema_1_database_is_migrated_to_the_outbox_in_arrival_order(tmp_path):
     import sqlite3
 
-    from hub.service.storage import SCHEMA_VERSION, SQLiteStorage
+    from hub.service.storage.sqlite import SCHEMA_VERSION, SQLiteStorage
 
     db = tmp_path / "old.db"
     old = sqlite3.connect(db)

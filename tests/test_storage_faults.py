@@ -133,7 +133,7 @@ def test_a_database_locked_by_another_process_pauses_the_hub(tmp_path, broker, k
 
 
 def test_locked_at_start_up_is_not_called_damaged(tmp_path, broker, keys):
-    from hub.service.storage import SQLiteStorage, StorageError
+    from hub.service.storage.sqlite import SQLiteStorage, StorageError
 
     SQLiteStorage(tmp_path / "hub.db").close()
     holder = sqlite3.connect(tmp_path / "hub.db", isolation_level=None)

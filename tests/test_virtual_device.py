@@ -18,7 +18,7 @@ import pytest
 
 from firmware.host.board_files import device_sources
 from hub.keys.keyfile import KeyFile, write_private_json
-from hub.service.storage import SQLiteStorage
+from hub.service.storage.sqlite import SQLiteStorage
 from simulator.micropython_lib import LIB as MICROPYTHON_LIB
 from simulator.micropython_lib import UMQTT
 from simulator.micropython_lib import install as install_umqtt

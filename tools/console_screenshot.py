@@ -8,7 +8,7 @@ import sys
 
 from playwright.sync_api import sync_playwright
 
-from hub.service.console import ConsoleServer
+from hub.service.console.server import ConsoleServer
 
 
 def main(db: str, out: str, page_hash: str = "#links") -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from hub.core.report import build_stored_report
-from hub.service.storage import SQLiteStorage
+from hub.service.storage.sqlite import SQLiteStorage
 
 LINKSEAL = Path(sys.executable).parent / "linkseal"
 

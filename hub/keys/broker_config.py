@@ -62,7 +62,7 @@ def write_broker_config(keyfile, out_dir: Path, port: int | None = None, tls: bo
                         forward_here: int | None = None, bind: str | None = None) -> dict:
     """Write mosquitto.conf, acl, passwords (and TLS files) into out_dir; returns their paths.
     forward_here: the size of the largest verified record the hub's sink publishes here
-    (hub.service.sinks.largest_verified_message), or None; bind: the listener's address;
+    (hub.service.delivery.sinks.largest_verified_message), or None; bind: the listener's address;
     without TLS it defaults to loopback (127.0.0.1)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

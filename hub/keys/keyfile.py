@@ -227,7 +227,7 @@ class KeyFile:
         return derive_mqtt_password(self._master, username)
 
     def seal_key(self) -> bytes:
-        """The key of the hub store's seals (hub/service/seals.py): derived, never stored apart."""
+        """The key of the hub store's seals (hub/service/storage/seals.py): derived, never stored apart."""
         return _hkdf(self._master, b"linkseal/v1 seal key", 32)
 
     def _entry(self, device_id: str) -> dict:

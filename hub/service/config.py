@@ -5,7 +5,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from hub.service.storage import Retention
+from hub.service.storage.sqlite import Retention
 from shared.settings import Broker, ConfigError, parse_broker, parse_duration  # noqa: F401  (hub.toml uses them)
 
 DEFAULT_RATE = (100.0, 1000.0)  # frames per second and burst per device: generous on purpose

@@ -1,6 +1,6 @@
 """The ingest path without MQTT: verify each message, gather what one commit must hold.
 
-The MQTT adapter (hub/service/mqtt_adapter.py) feeds messages in and acknowledges them only after
+The MQTT adapter (hub/service/ways_in/mqtt_adapter.py) feeds messages in and acknowledges them only after
 `commit()` returns, so a crash between the two makes the broker redeliver, and the
 restored verifier state turns the redelivery into a duplicate, never a second record.
 """
@@ -8,7 +8,7 @@ restored verifier state turns the redelivery into a duplicate, never a second re
 from hub.core.counters import LINK_SLOT_NAMES, LINK_SLOTS
 from hub.core.status import is_status_topic
 from hub.core.verifier import Verifier
-from hub.service.storage import Batch, Storage
+from hub.service.storage.sqlite import Batch, Storage
 
 _ZERO = bytes(8 * LINK_SLOTS)
 

@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from hub.core.counters import OUTCOME_OF
 from hub.core.report import abnormal_reasons, entry
-from hub.service.storage import FAULT_KINDS
+from hub.service.storage.sqlite import FAULT_KINDS
 
 
 class VerifierCollector:

@@ -7,7 +7,7 @@ records never disagree, so a frame accepted before is never accepted again.
 
 The records table is also the outbox: its `id` is the commit order (never reused), and each
 sink's cursor in `sinks` is the id of the last record that sink acknowledged (Outbox, used by
-hub/service/forwarder.py). Pruning (prune_step) removes what the retention settings let go,
+hub/service/delivery/forwarder.py). Pruning (prune_step) removes what the retention settings let go,
 a small step at a time: delivered records, minute counters rolled up into hours and days
 (totals unchanged), and old security events behind an anchor that keeps the chain checkable.
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from hub.service import seals
+from hub.service.storage import seals
 
 SCHEMA_VERSION = 4  # 2: the outbox ids; 3: seals; 4: sinks and meta sealed too
 GENESIS_HASH = "0" * 64
@@ -316,7 +316,7 @@ class SQLiteReader:
         return None if rows == [("ok",)] else str(rows[0][0])
 
     def seal_problems(self, key: bytes | None = None) -> list[str]:
-        """Rows that do not match their seals (hub/service/seals.py); with the seal key, also
+        """Rows that do not match their seals (hub/service/storage/seals.py); with the seal key, also
         seals recomputed by someone without it. Empty when all is well."""
         problems = seals.check(self.db, key)
         if key is not None and self.seal_key_id() not in (None, seals.key_id(key)):

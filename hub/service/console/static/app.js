@@ -1,5 +1,5 @@
 // The console's pages: plain DOM, every string from the hub set as text (never as HTML), the
-// data from the read-only JSON API under /api/v1/ (hub/service/console_api.py).
+// data from the read-only JSON API under /api/v1/ (hub/service/console/api.py).
 "use strict";
 
 const main = document.getElementById("main");

@@ -2,7 +2,7 @@
 
 A sink takes a batch of stored, valid records and returns only once the far side has them
 (every PUBACK, or the PostgreSQL commit); any failure raises SinkError and the forwarder
-(hub/service/forwarder.py) retries the same batch later. Delivery is therefore at least
+(hub/service/delivery/forwarder.py) retries the same batch later. Delivery is therefore at least
 once; the record id `device/epoch/seq` is the idempotency key, and PostgreSQL's primary key
 makes it exactly once there.
 """
@@ -13,8 +13,8 @@ import ssl
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from hub.service.mqtt_publisher import MqttPublisher, MqttPublishError
-from hub.service.storage import StoredRecord
+from hub.service.delivery.mqtt_publisher import MqttPublisher, MqttPublishError
+from hub.service.storage.sqlite import StoredRecord
 
 VERIFIED_PREFIX = "linkseal/verified/"
 PG_TABLE = "linkseal_records"

@@ -13,8 +13,8 @@ upstream (HubService), so the broker holds the rest.
 import threading
 import time
 
-from hub.service.sinks import SinkError
-from hub.service.storage import Outbox, passing_fault
+from hub.service.delivery.sinks import SinkError
+from hub.service.storage.sqlite import Outbox, passing_fault
 
 BATCH = 1000  # records per delivery
 LINGER_S = 0.1  # a partial batch waits this long for more records: fewer, fuller deliveries under load

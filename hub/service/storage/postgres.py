@@ -1,7 +1,7 @@
 """The hub's store in PostgreSQL, for hub workers on a RabbitMQ cluster (docs/scale-out.md).
 
 Each worker owns some partitions (the quorum queues it is the single active consumer of) and
-keeps one PartitionStorage per owned partition: the Storage of hub/service/storage.py over
+keeps one PartitionStorage per owned partition: the Storage of hub/service/storage/sqlite.py over
 the rows of that partition's devices. A commit writes a batch's records (linkseal_records,
 the table the gateway's PostgreSQL sink writes too), counter deltas, device state, statuses,
 link counters and security events in one transaction, and only then are the batch's
@@ -19,8 +19,8 @@ workers add to the same rows; each partition keeps its own chain of security eve
 
 import json
 
-from hub.service.sinks import PG_SCHEMA, PG_TABLE
-from hub.service.storage import GENESIS_HASH, Batch, StorageError, Stored, event_filter, event_hash
+from hub.service.delivery.sinks import PG_SCHEMA, PG_TABLE
+from hub.service.storage.sqlite import GENESIS_HASH, Batch, StorageError, Stored, event_filter, event_hash
 
 SCHEMA = [PG_SCHEMA, """
 CREATE TABLE IF NOT EXISTS linkseal_partitions (
@@ -133,7 +133,7 @@ class WorkerRegistry:
 
 
 class PartitionStorage:
-    """The Storage (hub/service/storage.py) of one partition, for the worker holding `token`."""
+    """The Storage (hub/service/storage/sqlite.py) of one partition, for the worker holding `token`."""
 
     def __init__(self, url: str, partition: int, token: int):
         self.url, self.partition, self.token = url, partition, token
@@ -244,7 +244,7 @@ class PostgresReader:
                                  "ORDER BY t, partition, id", (since if since is not None else float("-inf"),))
         return [dict(zip(("t", "device", "link", "kind", "reason"), row)) for row in rows.fetchall()]
 
-    # -- what the console reads (hub/service/console_api.py) ------------------------------
+    # -- what the console reads (hub/service/console/api.py) ------------------------------
 
     def events_after(self, after_id: int, limit: int, kind=None, link=None, device=None) -> list:
         """Events of every partition by their global sequence number (`id` here). Workers commit

@@ -1,7 +1,7 @@
 """The console's JSON API (/api/v1/...): what its pages read, in the report's own shapes.
 
 Pure functions over a store reader (SQLiteReader, or anything with its reading methods), so
-the HTTP adapter (hub/service/console.py) only routes and escapes nothing: the browser puts
+the HTTP adapter (hub/service/console/server.py) only routes and escapes nothing: the browser puts
 every string in the page as text. Payloads are never included: records may be patient data,
 and the console shows counts, ids and reasons only. docs/console-openapi.json describes it.
 """

@@ -1,7 +1,7 @@
 """The operator console: a read-only web page and JSON API served by the hub (docs/hub.md, Console).
 
-A thin adapter: it routes GET requests to hub/service/console_api.py and to the static files
-of hub/service/console_static/, each request on its own read-only SQLite connection (WAL:
+A thin adapter: it routes GET requests to hub/service/console/api.py and to the static files
+of hub/service/console/static/, each request on its own read-only SQLite connection (WAL:
 readers never hold up the hub's commits). It adds no way in:
 
 - only GET and HEAD exist (anything else is 405); nothing it serves changes state;
@@ -38,8 +38,8 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from hub.service import console_api
-from hub.service.storage import SQLiteReader
+from hub.service.console import api as console_api
+from hub.service.storage.sqlite import SQLiteReader
 
 MAX_STREAMS = 8
 STREAM_POLL_S = 0.5
@@ -60,7 +60,7 @@ PAGES = ("/", "/index.html")
 
 
 def static_dir() -> Path:
-    return Path(str(resources.files("hub.service") / "console_static"))
+    return Path(str(resources.files("hub.service.console") / "static"))
 
 
 def certificate_names(cert_file) -> set:
@@ -169,7 +169,7 @@ class ConsoleServer:
     def open_reader(self):
         """A reader of its own for one request or stream: never the hub's writing connection."""
         if str(self.db).startswith(("postgresql://", "postgres://")):
-            from hub.service.pg_storage import PostgresReader
+            from hub.service.storage.postgres import PostgresReader
 
             return PostgresReader(str(self.db))
         return SQLiteReader.read_only(self.db)

@@ -18,7 +18,7 @@ that holds more than its share, ceil(partitions / live workers), hands one parti
 back: it commits, cancels that consumer and registers again at the back of the queue's line,
 so the next worker in line becomes active). On
 the first delivery from a queue it claims the partition in PostgreSQL (a new fencing token,
-hub/service/pg_storage.py), loads the state of that partition's devices, and from then on
+hub/service/storage/postgres.py), loads the state of that partition's devices, and from then on
 verifies like the embedded hub (Ingest, Verifier): a batch is committed in one transaction,
 then its deliveries are acknowledged. A crash between the two redelivers the batch: the
 window counts those frames as redelivered and the records table keeps one row each.
@@ -192,7 +192,7 @@ class Worker:
     def run(self) -> int:
         import pika
 
-        from hub.service.pg_storage import WorkerRegistry
+        from hub.service.storage.postgres import WorkerRegistry
 
         self.registry = WorkerRegistry(self.db_url, self.owner)  # StorageError (exit 2) if PostgreSQL is not there
         try:
@@ -208,8 +208,8 @@ class Worker:
     def _serve_until_stopped(self, pika) -> None:
         import psycopg
 
-        from hub.service.pg_storage import WorkerRegistry
-        from hub.service.storage import StorageError
+        from hub.service.storage.postgres import WorkerRegistry
+        from hub.service.storage.sqlite import StorageError
 
         while not self.stopping.is_set():
             try:
@@ -309,7 +309,7 @@ class Worker:
     def _take(self, index, channel) -> _Partition:
         """This worker is the queue's active consumer now: claim the partition, load its state."""
         from hub.service.ingest import Ingest
-        from hub.service.pg_storage import PartitionStorage, claim
+        from hub.service.storage.postgres import PartitionStorage, claim
 
         token = claim(self.db_url, index, self.owner)
         storage = PartitionStorage(self.db_url, index, token)
@@ -356,7 +356,7 @@ class Worker:
                 self._commit(partition)
 
     def _commit(self, partition) -> None:
-        from hub.service.pg_storage import Fenced
+        from hub.service.storage.postgres import Fenced
 
         try:
             partition.ingest.commit()

@@ -6,7 +6,7 @@ its messages (paho manual ack), so a crash before the commit makes the broker re
 Between them a bounded queue: when storage falls behind, the network loop blocks instead
 of reading more, and the broker holds the backlog in the hub's persistent session.
 
-Forwarders (hub/service/forwarder.py), one thread per sink, deliver committed records
+Forwarders (hub/service/delivery/forwarder.py), one thread per sink, deliver committed records
 inward; a commit wakes them. Only when a sink's backlog passes the bound does the ingest
 thread stop taking batches (so stop acknowledging). Between batches the ingest thread also
 runs retention a small step at a time.
@@ -22,9 +22,9 @@ import time
 import paho.mqtt.client as mqtt
 
 from hub.core.report import abnormal_reasons, entry
-from hub.service.forwarder import Forwarder, wait_for_room
-from hub.service.lorawan_source import LorawanSource
-from hub.service.storage import describe_fault, passing_fault
+from hub.service.delivery.forwarder import Forwarder, wait_for_room
+from hub.service.ways_in.lorawan_source import LorawanSource
+from hub.service.storage.sqlite import describe_fault, passing_fault
 
 # Records and the devices' status messages (birth, death, heartbeat).
 TOPICS = [("linkseal/v1/+/rec", 1), ("linkseal/v1/+/status", 1)]
@@ -47,7 +47,7 @@ class HubService:
         sinks: (name, sink) pairs records are forwarded to; clock: the time retention uses;
         arrival_clock(topic, payload): the arrival time given to the verifier (default: now;
         a replay gives each message its time in the trace). lorawan: (server, broker) pairs,
-        network servers read beside the broker (hub/service/lorawan_source.py); load_euis:
+        network servers read beside the broker (hub/service/ways_in/lorawan_source.py); load_euis:
         returns the key file's DevEUI -> device id, at start and on reloads."""
         self.broker = broker
         self.settings = settings
