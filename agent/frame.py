@@ -142,6 +142,11 @@ def decode_compact(frame):
     return _split(frame, len(frame), 2, None)
 
 
+def position(frame):
+    """(epoch, seq) of a frame of either form: the device's view of its own queued frames."""
+    return (decode_compact if frame[0] & FLAG_COMPACT else decode)(frame)[2:4]
+
+
 def _split(frame, end, header_len, link_code):
     first = frame[0]
     if first >> 4 != VERSION:

@@ -50,7 +50,7 @@ class Sealer:
     Status messages (seal_status) count in `status_seq`, their own sequence per epoch.
     """
 
-    def __init__(self, device_id, key, key_id=0, link="wifi", epoch=0, tag_len=16, compact=False):
+    def __init__(self, device_id, key, key_id=0, link="wifi", epoch=0, tag_len=16, compact=False, max_frame=0):
         check_device_id(device_id)
         key = bytes(key)
         if len(key) < MIN_KEY_LEN:
@@ -68,6 +68,7 @@ class Sealer:
         self.link_code, self.max_payload = LINKS[link]
         self.tag_len = tag_len
         self.compact = compact  # the compact form: no link code, no CRC (agent/frame.py)
+        self.max_frame = max_frame  # largest whole frame the link takes (LoRaWAN: its data rate's payload), 0: any
         self.epoch = epoch
         self.seq = 0
         self.status_seq = 0
@@ -130,6 +131,9 @@ class Sealer:
             frame.put_varint(out, seq)
             frame.put_varint(out, timestamp_ms)
         out.extend(payload)
+        size = len(out) + self.tag_len + (0 if self.compact else 4)
+        if self.max_frame and size > self.max_frame:
+            raise ValueError("frame of %d bytes would be over the device's limit of %d" % (size, self.max_frame))
         inner = hashlib.sha256(inner_start)
         inner.update(out)
         outer = hashlib.sha256(self._opad)
@@ -144,4 +148,5 @@ def sealer_for(config, epoch):
     """The Sealer for a device config written by `linkseal keys provision` (device.json), on
     the board and on Linux devices alike."""
     return Sealer(config["device_id"], bytes.fromhex(config["key"]), key_id=config["key_id"], link=config["link"],
-                  epoch=epoch, tag_len=config["tag_len"], compact=config.get("form") == "compact")
+                  epoch=epoch, tag_len=config["tag_len"], compact=config.get("form") == "compact",
+                  max_frame=config.get("max_frame", 0))

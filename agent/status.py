@@ -14,7 +14,14 @@
 #                 on, and the frames below kept_end still queued here are on their way; the
 #                 hub counts the rest as destroyed by the reset (firmware/device/sealmark.py)
 #   flash_writes  files the agent wrote or replaced since it started (flash wear), if known
+#   too_large     of source_drops: frames sealed but too long for the link's current data rate
+#                 (LoRaWAN, after ADR lowered it), dropped unsent, since the device started
+#
+# Devices in the compact form (LoRaWAN: 51-byte uplinks) send the same fields in a few bytes
+# (compact_status_payload; docs/protocol.md "Compact status"): no fw, no flash_writes.
 import json
+
+from .frame import put_varint
 
 FIRMWARE_VERSION = "0.2.0"
 BIRTH = "birth"
@@ -22,11 +29,19 @@ DEATH = "death"
 HEARTBEAT = "heartbeat"
 
 
+KINDS = (BIRTH, DEATH, HEARTBEAT)  # compact type byte: index + 1
+RESET_CAUSES = ("unknown", "power_on", "hard_reset", "watchdog", "deep_sleep", "soft_reset")
+COMPACT_SENT = 1  # compact flags byte: sent follows
+COMPACT_PREV = 2  # prev follows
+
+
 def status_payload(kind, sealer, queued, source_drops, sent=None, reset_cause=None, refused=0, prev=None,
-                   flash_writes=None):
+                   flash_writes=None, too_large=0):
     doc = {"type": kind, "next_seq": sealer.seq, "queued": queued, "source_drops": source_drops}
     if refused:
         doc["refused"] = refused
+    if too_large:
+        doc["too_large"] = too_large
     if flash_writes is not None:
         doc["flash_writes"] = flash_writes
     if sent is not None:
@@ -37,3 +52,20 @@ def status_payload(kind, sealer, queued, source_drops, sent=None, reset_cause=No
         if prev is not None:
             doc["prev"] = list(prev)
     return json.dumps(doc).encode()
+
+
+def compact_status_payload(kind, sealer, queued, source_drops, sent=None, reset_cause=None, refused=0, prev=None,
+                           too_large=0):
+    # type, flags, then varints: next_seq, queued, source_drops, refused, too_large, [sent: 2],
+    # [prev: 4], and for a birth one byte of reset cause. 7 bytes for a quiet heartbeat.
+    out = bytearray((KINDS.index(kind) + 1, (COMPACT_SENT if sent is not None else 0) |
+                     (COMPACT_PREV if prev is not None else 0)))
+    for value in (sealer.seq, queued, source_drops, refused, too_large):
+        put_varint(out, value)
+    for value in (sent or ()):
+        put_varint(out, value)
+    for value in (prev or ()):
+        put_varint(out, value)
+    if kind == BIRTH:
+        out.append(RESET_CAUSES.index(reset_cause) if reset_cause in RESET_CAUSES else 0)
+    return bytes(out)

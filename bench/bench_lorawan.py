@@ -13,6 +13,7 @@ from pathlib import Path
 
 from agent import Sealer, topic_for
 from hub.keys.keyfile import KeyFile
+from simulator.lorawan.network import chirpstack_event, chirpstack_topic
 from tools.services import HubProcess, Mosquitto, frames_seen, publish, wait_for
 
 DEVICES = 2000
@@ -21,9 +22,6 @@ FRAMES_PER_DEVICE = 10
 
 def traffic(keyfile):
     """(record topic, frame, ChirpStack event topic, event JSON) for every frame."""
-    from chirpstack_api import integration
-    from google.protobuf import json_format
-
     sealers = []
     for i in range(DEVICES):
         eui = f"{i:016x}"
@@ -35,12 +33,8 @@ def traffic(keyfile):
     for n in range(FRAMES_PER_DEVICE):
         for eui, sealer in sealers:
             frame = sealer.seal(b'{"soil": 33}')
-            event = integration.UplinkEvent(f_cnt=n, f_port=10, data=frame)
-            event.device_info.dev_eui = eui
-            gateway = event.rx_info.add()
-            gateway.gateway_id, gateway.rssi, gateway.snr = "gw-1", -100, 7.5
-            out.append((topic_for(sealer.device_id), frame, f"application/1/device/{eui}/event/up",
-                        json_format.MessageToJson(event).encode()))
+            out.append((topic_for(sealer.device_id), frame, chirpstack_topic(eui),
+                        chirpstack_event(eui, frame, n, gateways=(("gw-1", -100, 7.5),))))
     return out
 
 

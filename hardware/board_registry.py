@@ -11,6 +11,8 @@ BOARDS_DIR = data_dir("boards")
 _FIELDS = {"name": str, "description": str, "port": str, "board": str, "ram_kib": int, "flash_mib": int,
            "network": list, "watchdog": bool, "tls": bool, "freezes_umqtt_simple": bool, "mpy_version": str,
            "min_micropython": str}
+# A board with a LoRaWAN modem names it and its UART in a [lorawan] table (the firmware's lorawan transport).
+_MODEM_FIELDS = {"modem": str, "command_set": str, "uart": int, "tx": int, "rx": int, "baud": int}
 
 
 class BoardError(ValueError):
@@ -31,6 +33,7 @@ class Board:
     freezes_umqtt_simple: bool
     mpy_version: str
     min_micropython: str
+    lorawan: dict | None = None
 
     @property
     def mpy_major(self) -> int:
@@ -50,7 +53,14 @@ def load_boards(directory: Path = BOARDS_DIR) -> dict:
                 raise BoardError(f"{path}: {field} must be a {kind.__name__}")
         if data["name"] != path.stem:
             raise BoardError(f"{path}: name {data['name']!r} must match the file name")
-        boards[data["name"]] = Board(**{field: data[field] for field in _FIELDS})
+        modem = data.get("lorawan")
+        if modem is not None:
+            for field, kind in _MODEM_FIELDS.items():
+                if not isinstance(modem.get(field), kind):
+                    raise BoardError(f"{path}: lorawan.{field} must be a {kind.__name__}")
+            if modem["command_set"] != "RUI3":
+                raise BoardError(f"{path}: lorawan.command_set: the firmware speaks RUI3 only")
+        boards[data["name"]] = Board(**{field: data[field] for field in _FIELDS}, lorawan=modem)
     return boards
 
 

@@ -60,6 +60,9 @@ class Link:
     # its devices may seal in the compact form, without a CRC (agent/frame.py).
     compact_frames: bool = False
     payload_limits: dict = None  # region -> data rate -> largest application payload (LoRaWAN)
+    data_rates: dict = None  # region -> data rate -> (spreading factor, bandwidth kHz)
+    duty_cycle: dict = None  # region -> share of time a device may transmit (0: no duty cycle)
+    ports: tuple = None  # (records, status messages): LoRaWAN fPorts
 
     @property
     def max_payload(self) -> int:
@@ -99,9 +102,39 @@ def load_link(path: Path) -> Link:
             isinstance(rates, dict) and rates and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= mtu
                                                       for v in rates.values()) for rates in limits.values()):
         raise RegistryError(f"{path}: payload_limits must be tables of region -> data rate -> bytes (1..mtu)")
-    return Link(name=name, code=code, description=str(data.get("description", "")), mtu=mtu,
+    rates = data.get("data_rates", {})
+    if not isinstance(rates, dict) or not all(
+            isinstance(table, dict) and set(table) == set(limits.get(region, ())) and all(
+                isinstance(v, list) and len(v) == 2 and 6 <= v[0] <= 12 and v[1] in (125, 250, 500)
+                for v in table.values()) for region, table in rates.items()):
+        raise RegistryError(f"{path}: data_rates must give [spreading factor 6..12, bandwidth 125/250/500 kHz] "
+                            "for every data rate of payload_limits")
+    duty = data.get("duty_cycle", {})
+    if not isinstance(duty, dict) or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in duty.values()):
+        raise RegistryError(f"{path}: duty_cycle must map regions to shares 0..1")
+    ports = (data.get("record_port"), data.get("status_port")) if "record_port" in data else None
+    if ports is not None and not (all(isinstance(v, int) and 1 <= v <= 223 for v in ports) and ports[0] != ports[1]):
+        raise RegistryError(f"{path}: record_port and status_port must be two LoRaWAN fPorts 1..223")
+    return Link(name=name, code=code, description=str(data.get("description", "")), mtu=mtu, ports=ports,
                 burst=ge, sources=dict(data.get("sources", {})), compact_frames=compact,
-                payload_limits={region: dict(rates) for region, rates in limits.items()}, **figures)
+                payload_limits={region: dict(rates) for region, rates in limits.items()},
+                data_rates={region: {dr: tuple(v) for dr, v in table.items()} for region, table in rates.items()},
+                duty_cycle={region: float(v) for region, v in duty.items()}, **figures)
+
+
+LORAWAN_OVERHEAD = 13  # MHDR 1, FHDR 7 (no FOpts), FPort 1, MIC 4: added to the application payload
+
+
+def lora_airtime_s(payload: int, spreading_factor: int, bandwidth_khz: int = 125, coding_rate: int = 1,
+                   preamble: int = 8) -> float:
+    """Time on air of one LoRaWAN uplink carrying `payload` application bytes (Semtech
+    AN1200.13; explicit header, CRC on, low data rate optimisation when a symbol lasts over
+    16 ms, coding rate 4/(4 + coding_rate))."""
+    symbol = (1 << spreading_factor) / (bandwidth_khz * 1000.0)
+    low_rate = 1 if symbol > 0.016 else 0
+    bits = 8 * (payload + LORAWAN_OVERHEAD) - 4 * spreading_factor + 28 + 16
+    symbols = 8 + max(-(-bits // (4 * (spreading_factor - 2 * low_rate))) * (coding_rate + 4), 0)
+    return (preamble + 4.25) * symbol + symbols * symbol
 
 
 @lru_cache(maxsize=None)

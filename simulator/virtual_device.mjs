@@ -14,6 +14,8 @@
 // - Network: the `_vdev` JS module gives the board's socket shim TCP connections, each one
 //   a pair of FIFOs to a small Python bridge process (simulator/tcp_bridge.py): Node has no
 //   synchronous sockets, but it can read and write FIFOs synchronously.
+// - UARTs: --uart ID=PATH,... gives machine.UART(ID) a serial line, a pseudo-terminal whose
+//   other end is a peripheral's emulator (the LoRaWAN modem of simulator/lorawan/).
 // - Board shims (machine, network, socket/usocket, time) live in DIR --shims, mounted like
 //   frozen modules: first on sys.path, not on the flash.
 // - Ctrl-C and the watchdog: whenever a program sleeps, waits on the network or feeds the
@@ -192,6 +194,49 @@ const net = {
   },
 };
 
+// -- UARTs: serial lines to the board's peripherals (a LoRaWAN modem) --------------------------
+
+// --uart "2=/dev/pts/7,1=/dev/pts/9": machine.UART(2) reads and writes the first path, a
+// pseudo-terminal whose other side is the peripheral's emulator (simulator/lorawan/modem_line.py).
+const uartPaths = Object.fromEntries((args.uart || "").split(",").filter(Boolean).map((item) => {
+  const at = item.indexOf("=");
+  return [Number(item.slice(0, at)), item.slice(at + 1)];
+}));
+const uarts = new Map();
+
+const serial = {
+  // 0 when the UART is wired, minus an errno when the board has no such UART.
+  uart_open(id) {
+    if (!(id in uartPaths)) return -19;  // ENODEV
+    if (!uarts.has(id)) uarts.set(id, fs.openSync(uartPaths[id], fs.constants.O_RDWR | fs.constants.O_NOCTTY |
+                                                  fs.constants.O_NONBLOCK));
+    return 0;
+  },
+  uart_write(id, hex) {
+    const data = Buffer.from(hex, "hex");
+    for (let done = 0; done < data.length;) {
+      try {
+        done += fs.writeSync(uarts.get(id), data, done);
+      } catch (err) {
+        if (err.code !== "EAGAIN") throw err;
+        sleepMs(1);  // the line is full: as a UART's FIFO, wait for it to drain
+      }
+    }
+    return data.length;
+  },
+  // Hex of up to n bytes, "" when nothing came within timeoutMs.
+  uart_read(id, n, timeoutMs) {
+    let data;
+    try {
+      data = readWait(uarts.get(id), n, timeoutMs);
+    } catch (err) {
+      if (err.code !== "EIO") throw err;
+      return "";  // nobody on the other end of the line: nothing to read, as on an unwired UART
+    }
+    return data === null || data.length === 0 ? "" : data.toString("hex");
+  },
+};
+
 // -- the board -----------------------------------------------------------------------------
 
 // Console input read while the program runs (looking for Ctrl-C), kept for the REPL.
@@ -220,6 +265,7 @@ let watchdog = null;  // {timeoutMs, fedAt}
 
 const board = {
   ...net,
+  ...serial,
   unique_id: () => uniqueId,
   interrupted,
   reset: (cause) => { resetRequested = true; resetCause = cause; },
@@ -232,6 +278,8 @@ const board = {
 
 async function boot(runMain) {
   for (const id of [...connections.keys()]) net.close(id);
+  for (const fd of uarts.values()) fs.closeSync(fd);  // a reset drops what the UART held
+  uarts.clear();
   watchdog = null;
   resetRequested = false;
   const mp = await loadMicroPython({ heapsize: heapSize, linebuffer: false, stdout: consoleWrite });

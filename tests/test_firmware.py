@@ -216,3 +216,41 @@ def test_build_for_a_tls_broker_puts_its_ca_on_the_board(tmp_path):
     assert settings["broker"] == {"host": "broker.lan", "port": 8883, "tls": True, "ca": "ca.der"}
     der = (tmp_path / "build" / "ca.der").read_bytes()
     assert x509.load_der_x509_certificate(der) == x509.load_pem_x509_certificate(ca_pem.read_bytes())
+
+
+def test_a_lorawan_build_and_its_input_errors(tmp_path):
+    """A lora device builds for a board with a modem (its region's payload per data rate in
+    agent.json); the wrong board, a broker for a LoRaWAN device or a wifi device on the modem
+    board are input errors (exit 2, one line)."""
+    import json
+    import subprocess
+    import sys
+
+    from hub.keys.keyfile import KeyFile, write_private_json
+
+    linkseal = Path(sys.executable).parent / "linkseal"
+    keyfile = KeyFile.create(tmp_path / "hub.keys")
+    write_private_json(tmp_path / "lora.json", keyfile.provision("tx-1", "lora", form="compact", region="US915",
+                                                                 data_rate="DR1", dev_eui="0102030405060708"))
+    write_private_json(tmp_path / "wifi.json", keyfile.provision("pump-1", "wifi"))
+
+    def build(device, board, *extra):
+        return subprocess.run([str(linkseal), "firmware", "build", "--device", tmp_path / device, "--board", board,
+                               "--out", tmp_path / "build", *extra], capture_output=True, text=True, timeout=120)
+
+    built = build("lora.json", "esp32-rak3172")
+    assert built.returncode == 0, built.stderr
+    settings = json.loads((tmp_path / "build" / "agent.json").read_text())
+    assert settings["lorawan"]["limits"] == [11, 53, 125, 222, 222] and settings["lorawan"]["uart"] == 2
+    assert (settings["lorawan"]["record_port"], settings["lorawan"]["status_port"]) == (10, 11)
+    device = json.loads((tmp_path / "build" / "device.json").read_text())
+    assert (device["form"], device["region"], device["max_frame"]) == ("compact", "US915", 53)
+    for result, words in [
+        (build("lora.json", "esp32", "--broker", "mqtt://127.0.0.1"), "has no LoRaWAN modem"),
+        (build("lora.json", "esp32-rak3172", "--broker", "mqtt://127.0.0.1"), "reaches no broker"),
+        (build("wifi.json", "esp32-rak3172"), "provision it with --link lora"),
+        (build("lora.json", "esp32", "--transport", "lorawan"), "board esp32 has no LoRaWAN modem"),
+        (build("wifi.json", "esp32"), "--broker is required"),
+    ]:
+        assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert build("lora.json", "esp32", "--transport", "mqtt", "--broker", "mqtt://127.0.0.1").returncode == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware.host.board_files import AGENT_CORE, BOARD_LIBRARIES, DEVICE_MODULES, board_sources
+from firmware.host.board_files import AGENT_CORE, BOARD_LIBRARIES, board_sources, device_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("agent", "firmware", "hardware", "hub", "simulator", "linkseal")
@@ -105,7 +105,7 @@ def test_cores_are_sans_io(core):
 
 
 def test_board_code_imports_only_board_code_and_micropython_modules():
-    board_modules = {f"agent.{name}" for name in AGENT_CORE if name != "__init__"} | {"agent"} | set(DEVICE_MODULES)
+    board_modules = {f"agent.{name}" for name in AGENT_CORE if name != "__init__"} | {"agent"} | set(device_modules())
     for board_path, source in board_sources().items():
         package = "agent" if board_path.startswith("lib/agent/") else ""
         for node in ast.walk(ast.parse(source.read_text())):
@@ -142,22 +142,32 @@ def test_host_only_code_lives_in_the_host_folders():
     assert not stray, f"host-only code outside agent/linux and firmware/host: {stray}"
 
 
-def test_a_build_holds_exactly_the_board_files(tmp_path):
-    from firmware.host.build import agent_settings, build
+@pytest.mark.parametrize("transport", ["mqtt", "lorawan"])
+def test_a_build_holds_exactly_the_board_files(tmp_path, transport):
+    from firmware.host.build import agent_settings, build, lorawan_settings
     from hardware.board_registry import board
     from hub.keys.keyfile import KeyFile, write_private_json
     from hub.service.config import parse_broker
 
     keyfile = KeyFile.create(tmp_path / "hub.keys")
-    write_private_json(tmp_path / "d.json", keyfile.provision("d1", "wifi"))
-    esp32 = board("esp32")
+    if transport == "mqtt":
+        target = board("esp32")
+        write_private_json(tmp_path / "d.json", keyfile.provision("d1", "wifi"))
+        settings = agent_settings(parse_broker("mqtt://127.0.0.1"), target)
+    else:
+        target = board("esp32-rak3172")
+        config = keyfile.provision("d1", "lora", form="compact", region="EU868")
+        write_private_json(tmp_path / "d.json", config)
+        settings = lorawan_settings(target, config)
     out = tmp_path / "build"
-    build(tmp_path / "d.json", esp32, out, agent_settings(parse_broker("mqtt://127.0.0.1"), esp32))
+    build(tmp_path / "d.json", target, out, settings)
     built = {path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()}
-    expected = {name[:-3] + ".mpy" if name.startswith("lib/") else name for name in board_sources()}
+    expected = {name[:-3] + ".mpy" if name.startswith("lib/") else name for name in board_sources(transport)}
     assert built == expected | {"device.json", "agent.json", "epoch", "manifest.py"}
+    other = "lib/lorawan.mpy" if transport == "mqtt" else "lib/transport.mpy"
+    assert other not in built  # one transport a build: what the device needs
     manifest = (out / "manifest.py").read_text()
-    assert "linux" not in manifest and manifest.count("module(") == len(DEVICE_MODULES)
+    assert "linux" not in manifest and manifest.count("module(") == len(device_modules(transport))
 
 
 def test_readme_layout_table_names_paths_that_exist():

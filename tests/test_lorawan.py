@@ -4,43 +4,16 @@ classes (`chirpstack-api`: the JSON mapping, zero fields left out, and binary pr
 Things Stack v3 JSON by its documented shape (unknown fields included); bad events counted,
 never a stop; the hub's counts equal `hub verify` on the same frames."""
 
-import base64
 import json
 import subprocess
 
 from agent import Sealer
 from agent.sealer import topic_for
 from shared.capture import encode_line
+from simulator.lorawan.network import chirpstack_event, ttn_event
 from tools.services import LINKSEAL, HubProcess, frames_seen, publish, stored_report, wait_for
 
 EUI_CHIRP, EUI_TTN, EUI_STRANGER = "0102030405060708", "a1b2c3d4e5f60718", "ffffffffffffffff"
-
-
-def chirpstack_event(eui, frame, f_cnt, gateways=(("gw-1", -101, 7.5),), binary=False):
-    from chirpstack_api import integration
-    from google.protobuf import json_format
-
-    event = integration.UplinkEvent(deduplication_id="7c8d", f_cnt=f_cnt, f_port=10, data=frame)
-    event.device_info.dev_eui = eui
-    event.tx_info.frequency = 868100000
-    event.tx_info.modulation.lora.spreading_factor = 9
-    for gateway, rssi, snr in gateways:
-        rx = event.rx_info.add()
-        rx.gateway_id, rx.rssi, rx.snr = gateway, rssi, snr
-    return event.SerializeToString() if binary else json_format.MessageToJson(event).encode()
-
-
-def ttn_event(eui, frame, f_cnt):
-    return json.dumps({
-        "end_device_ids": {"device_id": "field-tx-4", "dev_eui": eui.upper(), "application_ids": {"application_id": "a"}},
-        "received_at": "2026-12-04T10:00:00Z", "correlation_ids": ["as:up:01"],
-        "uplink_message": {"f_port": 10, "f_cnt": f_cnt, "frm_payload": base64.b64encode(frame).decode(),
-                           "rx_metadata": [{"gateway_ids": {"gateway_id": "ttn-gw"}, "rssi": -97, "snr": 9.25,
-                                            "channel_rssi": -97}],
-                           "settings": {"data_rate": {"lora": {"bandwidth": 125000, "spreading_factor": 7}},
-                                        "frequency": "868300000"},
-                           "consumed_airtime": "0.061696s"},
-    }).encode()
 
 
 def test_uplinks_through_chirpstack_and_ttn_count_as_hub_verify_says(tmp_path, broker, keys):

@@ -98,3 +98,25 @@ def test_compact_vectors_seal_identically_on_micropython():
         "    print(binascii.hexlify(frame).decode())\n"
     )
     assert run_micropython(code).split() == [v["frame"] for v in vectors]
+
+
+def test_compact_status_is_the_same_bytes_on_micropython():
+    from agent import Sealer
+    from agent.status import BIRTH, HEARTBEAT, compact_status_payload
+
+    sealer = Sealer("field-tx-3", bytes(range(32)), link="lora", epoch=5, tag_len=8, compact=True)
+    for _ in range(200):
+        sealer.seal(b"r")
+    expected = [compact_status_payload(BIRTH, sealer, 3, 70000, None, "watchdog", 2, [4, 9, 12, 4], 1).hex(),
+                compact_status_payload(HEARTBEAT, sealer, 0, 0, [5, 199]).hex()]
+    code = """
+import binascii
+from agent import Sealer
+from agent.status import BIRTH, HEARTBEAT, compact_status_payload
+s = Sealer("field-tx-3", bytes(range(32)), link="lora", epoch=5, tag_len=8, compact=True)
+for _ in range(200):
+    s.seal(b"r")
+print(binascii.hexlify(compact_status_payload(BIRTH, s, 3, 70000, None, "watchdog", 2, [4, 9, 12, 4], 1)).decode())
+print(binascii.hexlify(compact_status_payload(HEARTBEAT, s, 0, 0, [5, 199])).decode())
+"""
+    assert run_micropython(code).split() == expected

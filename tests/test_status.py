@@ -213,3 +213,70 @@ def test_records_refused_at_the_source_are_reported():
     assert build_report(verifier)["devices"]["pump-1"]["status"]["refused"] == 3
     bad = sealer.seal_status(b'{"type": "heartbeat", "next_seq": 0, "queued": 0, "source_drops": 0, "refused": -1}')
     assert verifier.verify_message(STATUS, bad, 2.0).outcome == "malformed"
+
+
+def test_compact_status_says_what_the_json_one_says_in_a_few_bytes():
+    """A compact (LoRaWAN) device's status: the same fields as JSON, minus fw and flash_writes,
+    read by the hub into the same document."""
+    from agent.status import compact_status_payload
+    from hub.core.status import parse_status
+
+    sealer = Sealer("field-tx-3", KEY, link="lora", epoch=9, tag_len=8, compact=True)
+    for _ in range(300):
+        sealer.seal(b"r")
+    cases = [
+        dict(kind=BIRTH, queued=2, source_drops=5, sent=None, reset_cause="watchdog", refused=1,
+             prev=[8, 40, 44, 4], too_large=3),
+        dict(kind=HEARTBEAT, queued=0, source_drops=0, sent=[9, 299], reset_cause=None, refused=0, prev=None,
+             too_large=0),
+        dict(kind=DEATH, queued=7, source_drops=70000, sent=[9, 290], reset_cause=None, refused=0, prev=None,
+             too_large=0),
+    ]
+    for case in cases:
+        compact = compact_status_payload(case["kind"], sealer, case["queued"], case["source_drops"], case["sent"],
+                                         case["reset_cause"], case["refused"], case["prev"], case["too_large"])
+        full = status_payload(case["kind"], sealer, case["queued"], case["source_drops"], case["sent"],
+                              case["reset_cause"], case["refused"], case["prev"], None, case["too_large"])
+        expected = {k: v for k, v in json.loads(full).items() if k != "fw"}
+        read = {k: v for k, v in parse_status(compact, compact=True).items() if v or k not in ("refused", "too_large")}
+        assert read == expected
+        assert len(compact) < len(full) / 3
+    quiet = compact_status_payload(HEARTBEAT, sealer, 0, 0)
+    assert len(quiet) == 8  # type, flags, next_seq 300 (2 bytes), four zero counters
+
+
+def test_a_bad_compact_status_is_refused_with_its_reason():
+    from agent.status import compact_status_payload
+    from hub.core.status import parse_status
+
+    sealer = Sealer("field-tx-3", KEY, link="lora", epoch=9, tag_len=8, compact=True)
+    good = compact_status_payload(BIRTH, sealer, 0, 0, reset_cause="power_on")
+    for bad, reason in [(b"", "unknown type"), (b"\x04\x00", "unknown type"), (b"\x03\x08", "flags"),
+                        (good[:-1], "reset cause"), (good + b"\x00", "after its last field"),
+                        (b"\x03\x00\x80\x00\x00\x00\x00\x00", "shortest form"), (b"\x03\x00\x01\x00", "varint"),
+                        (b"\x03\x00\x00\x00\x01\x00\x02", "too_large")]:
+        try:
+            parse_status(bad, compact=True)
+        except ValueError as exc:
+            assert reason in str(exc), (bad, exc)
+        else:
+            raise AssertionError(f"{bad!r} was read")
+
+
+def test_compact_status_messages_through_the_verifier():
+    from agent.status import compact_status_payload
+
+    from hub.core.verifier import DeviceKeys, Verifier
+
+    from .conftest import link_names
+
+    verifier = Verifier([DeviceKeys("field-tx-3", {0: KEY}, "lora", 8, compact=True)], link_names())
+    sealer = Sealer("field-tx-3", KEY, link="lora", epoch=2, tag_len=8, compact=True)
+    birth = sealer.seal_status(compact_status_payload(BIRTH, sealer, 0, 0, reset_cause="power_on"))
+    topic = status_topic_for("field-tx-3")
+    assert verifier.verify_message(topic, birth, 1.0).outcome == "valid"
+    assert verifier.verify_message(topic, birth, 2.0).outcome == "replay"
+    json_birth = sealer.seal_status(status_payload(BIRTH, sealer, 0, 0))  # JSON under the compact seal
+    assert verifier.verify_message(topic, json_birth, 3.0).outcome == "malformed"
+    status = build_report(verifier)["devices"]["field-tx-3"]["status"]
+    assert (status["last"], status["reset_cause"], status["epoch"]) == ("birth", "power_on", 2)

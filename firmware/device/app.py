@@ -3,7 +3,8 @@
 #
 # Files on the board (written by `linkseal firmware build` and `firmware flash`):
 #   device.json   the device's id, key and broker credentials (`linkseal keys provision`)
-#   agent.json    broker address, WiFi, QoS, intervals, watchdog (`firmware build` options)
+#   agent.json    transport (mqtt: broker address, WiFi, QoS; lorawan: the modem's UART and
+#                 the payload per data rate), intervals, watchdog (`firmware build` options)
 #   epoch         the boot epoch (epoch.py); queue, queue.state: store-and-forward (store.py)
 #   sealmark      how far the epoch may have got (sealmark.py): the next birth tells the hub
 #                 which records a power cut destroyed in the RAM queue
@@ -21,11 +22,10 @@ import epoch as epoch_file
 import records
 import sealmark
 from store import Store
-from transport import Transport
 
 from agent import frame
 from agent.sealer import sealer_for, status_topic_for, topic_for
-from agent.status import BIRTH, DEATH, HEARTBEAT, status_payload
+from agent.status import BIRTH, DEATH, HEARTBEAT, compact_status_payload, status_payload
 
 DEFAULTS = {
     "qos": 1,  # 0 or 1
@@ -41,6 +41,7 @@ DEFAULTS = {
     "watchdog_ms": 30000,
     "seal_lease": sealmark.LEASE,  # records per seal-mark write: the bound on what a power cut leaves unsure
     "log_seals": False,  # print every (epoch, seq) sealed on the console (diagnostics, tests)
+    "held_retry_ms": 1000,  # a LoRaWAN modem busy or at its duty cycle: try the frame again after this
 }
 _RESET_CAUSES = {1: "power_on", 2: "hard_reset", 3: "watchdog", 4: "deep_sleep", 5: "soft_reset"}
 
@@ -96,7 +97,7 @@ class Agent:
         # What the birth says about the epoch before: the frames of it still queued on flash
         # are on their way; the rest above what the hub saw were destroyed.
         self.prev = self.mark.prev_field(sealmark.kept_end(store.frames(), boot_epoch - 1,
-                                                           lambda data: frame.decode(data)[2:4]))
+                                                           frame.position))
         self.topic = topic_for(config["device_id"])
         self.status_topic = status_topic_for(config["device_id"])
         self.store = store
@@ -104,6 +105,7 @@ class Agent:
         self.cause = cause
         self.sent = None  # (epoch, seq) of the newest record the broker took
         self.refused = 0  # records too long for the link
+        self.too_large = 0  # sealed frames the link's current data rate cannot carry, dropped unsent
         self.failures = 0  # connection attempts failed in a row
         now = time.ticks_ms()
         self.next_record = now
@@ -112,9 +114,13 @@ class Agent:
         self.next_send = now
 
     def _status(self, kind):
-        return self.sealer.seal_status(
-            status_payload(kind, self.sealer, len(self.store), self.store.source_drops, self.sent, self.cause,
-                           self.refused, self.prev, self.mark.writes + self.store.writes))
+        if self.sealer.compact:  # a LoRaWAN uplink: the same fields in a few bytes
+            doc = compact_status_payload(kind, self.sealer, len(self.store), self.store.source_drops, self.sent,
+                                         self.cause, self.refused, self.prev, self.too_large)
+        else:
+            doc = status_payload(kind, self.sealer, len(self.store), self.store.source_drops, self.sent, self.cause,
+                                 self.refused, self.prev, self.mark.writes + self.store.writes, self.too_large)
+        return self.sealer.seal_status(doc)
 
     def take_record(self):
         record = records.read()
@@ -131,11 +137,14 @@ class Agent:
             print("linkseal: record refused:", exc)
 
     def connect(self, now):
-        # The death message is sealed now and held by the broker as the last will.
-        will = self._status(DEATH)
+        # The death message is sealed now and held by the broker as the last will (LoRaWAN has
+        # none: no status number is spent on a death that is never sent).
+        will = self._status(DEATH) if self.transport.has_will else None
         try:
             self.transport.connect(self.status_topic, will)
-            self.transport.publish(self.status_topic, self._status(BIRTH), 1)
+            held = self.transport.publish(self.status_topic, self._status(BIRTH), 1)
+            if held:
+                raise OSError(held)  # no birth yet: connect again later
         except Exception as exc:  # OSError, MQTTException, a refused login: retry later
             self.transport.close()
             self.failures += 1
@@ -149,13 +158,23 @@ class Agent:
         print("linkseal: connected, epoch %d, %d queued" % (self.sealer.epoch, len(self.store)))
 
     def send_one(self, now):
-        """Publish the oldest queued frame; forget it once the broker has it."""
+        """Publish the oldest queued frame; forget it once the broker has it (or, on LoRaWAN,
+        once it went out)."""
         data = self.store.peek()
         if data is None or time.ticks_diff(now, self.next_send) < 0:
             return False
-        self.transport.publish(self.topic, data, self.settings["qos"])
+        try:
+            held = self.transport.publish(self.topic, data, self.settings["qos"])
+        except ValueError as exc:  # longer than the link's current data rate carries: never cut
+            self.store.drop()
+            self.too_large += 1
+            print("linkseal: frame dropped unsent:", exc)
+            return True
+        if held:  # the modem is busy or at its duty cycle: the frame waits
+            self.next_send = time.ticks_add(now, self.settings["held_retry_ms"])
+            return False
         self.store.pop()
-        self.sent = frame.decode(data)[2:4]
+        self.sent = frame.position(data)
         if self.settings["max_rate"]:
             self.next_send = time.ticks_add(now, 1000 // self.settings["max_rate"])
         return True
@@ -200,16 +219,30 @@ def start(config_path="device.json", settings_path="agent.json"):
                 feed()
                 time.sleep_ms(200)
     config = load_json(config_path)
-    network_up(settings, feed)
-    broker = settings["broker"]
-    # client id = device id: the brokers `hub broker-config` sets up bind each account to its own
-    transport = Transport(config["device_id"], broker["host"], broker["port"],
-                          config.get("mqtt_username"), config.get("mqtt_password"), broker.get("tls", False),
-                          settings["keepalive_s"], settings["ack_timeout_s"], broker.get("ca"))
+    transport = make_transport(config, settings, feed)
     store = Store("queue", ram_frames=settings["ram_queue"], file_bytes=settings["queue_bytes"])
     agent = Agent(config, settings, boot_epoch, store, transport, reset_cause())
     print("linkseal: agent started, epoch %d, %d queued" % (boot_epoch, len(store)))
     return agent, feed
+
+
+def make_transport(config, settings, feed):
+    lorawan = settings.get("lorawan")
+    if lorawan:
+        from machine import UART
+
+        import lorawan as modem
+
+        uart = UART(lorawan["uart"], baudrate=lorawan["baud"], tx=lorawan["tx"], rx=lorawan["rx"], timeout=100)
+        return modem.Transport(uart, lorawan["limits"], lorawan["record_port"], lorawan["status_port"])
+    from transport import Transport
+
+    network_up(settings, feed)
+    broker = settings["broker"]
+    # client id = device id: the brokers `hub broker-config` sets up bind each account to its own
+    return Transport(config["device_id"], broker["host"], broker["port"], config.get("mqtt_username"),
+                     config.get("mqtt_password"), broker.get("tls", False), settings["keepalive_s"],
+                     settings["ack_timeout_s"], broker.get("ca"))
 
 
 def main():

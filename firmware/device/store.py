@@ -168,3 +168,9 @@ class Store:
             return
         if self.ram:
             self.ram.pop(0)
+
+    def drop(self):
+        """Forget the oldest frame unsent (the link can never carry it): a source drop."""
+        self.pop()
+        self.source_drops += 1
+        self._save_state()

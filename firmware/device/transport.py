@@ -14,6 +14,8 @@ from umqtt.simple import MQTTClient
 
 
 class Transport:
+    has_will = True  # the broker holds a sealed death message for when the connection breaks
+
     def __init__(self, client_id, host, port, user=None, password=None, tls=False, keepalive_s=60,
                  ack_timeout_s=10, ca_file=None):
         self.client_id = client_id

@@ -15,7 +15,9 @@ from importlib import resources
 from pathlib import Path
 
 AGENT_CORE = ("__init__", "frame", "link_codes", "sealer", "status")
-DEVICE_MODULES = ("app", "epoch", "records", "sealmark", "store", "transport")
+DEVICE_MODULES = ("app", "epoch", "records", "sealmark", "store")
+# One transport per build: what the device needs and no more (the firmware's size budget).
+TRANSPORTS = {"mqtt": "transport", "lorawan": "lorawan"}
 DEVICE_SCRIPTS = ("boot", "main")
 # What a board's MicroPython offers the modules above (GUIDE: MicroPython rules), besides each other.
 BOARD_LIBRARIES = ("binascii", "gc", "hashlib", "json", "machine", "micropython", "network", "os", "random", "ssl",
@@ -40,13 +42,19 @@ def agent_sources() -> dict:
     return {f"lib/agent/{name}.py": agent_dir() / f"{name}.py" for name in AGENT_CORE}
 
 
-def device_sources() -> dict:
-    """Board path -> source file of the device application (modules, then the two scripts)."""
-    files = {f"lib/{name}.py": device_dir() / f"{name}.py" for name in DEVICE_MODULES}
+def device_modules(transport: str | None = None) -> tuple:
+    """The device application's modules with one transport, or with every one (None)."""
+    return DEVICE_MODULES + (tuple(TRANSPORTS.values()) if transport is None else (TRANSPORTS[transport],))
+
+
+def device_sources(transport: str | None = None) -> dict:
+    """Board path -> source file of the device application (modules, then the two scripts),
+    with one transport or every one (None)."""
+    files = {f"lib/{name}.py": device_dir() / f"{name}.py" for name in device_modules(transport)}
     files.update({f"{name}.py": device_dir() / f"{name}.py" for name in DEVICE_SCRIPTS})
     return files
 
 
-def board_sources() -> dict:
+def board_sources(transport: str | None = None) -> dict:
     """Every source file that goes onto a board, by its path there (before compiling to .mpy)."""
-    return {**agent_sources(), **device_sources()}
+    return {**agent_sources(), **device_sources(transport)}

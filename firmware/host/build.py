@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 from firmware.device import epoch as epoch_file
-from hardware.board_registry import Board
+from hardware.board_registry import Board, load_boards
 from shared.device_config import load_device_config, write_private_json
 
-from .board_files import AGENT_CORE, DEVICE_MODULES, agent_dir, agent_sources, device_dir, device_sources
+from .board_files import AGENT_CORE, agent_dir, agent_sources, device_dir, device_modules, device_sources
 
 AGENT_BUDGET = 6 * 1024  # bytes of .mpy for the agent core (the issue's bar)
 FIRMWARE_BUDGET = 16 * 1024  # bytes of .mpy for everything we ship, umqtt aside
@@ -50,18 +50,23 @@ def first_epoch_file(path: Path, epoch: int = 0) -> None:
     epoch_file.write(str(path), epoch)
 
 
-def manifest_text(board: Board) -> str:
+def transport_of(settings: dict) -> str:
+    """Which transport a build's agent.json sets up (app.py reads it the same way)."""
+    return "lorawan" if "lorawan" in settings else "mqtt"
+
+
+def manifest_text(board: Board, transport: str = "mqtt") -> str:
     lines = [
         "# Freeze linkseal into a custom MicroPython image for board " + board.board + ":",
         f"#   make -C ports/{board.port} BOARD={board.board} FROZEN_MANIFEST=$PWD/manifest.py",
         'include("$(PORT_DIR)/boards/manifest.py")',
         'require("hmac")',
     ]
-    if not board.freezes_umqtt_simple:
+    if transport == "mqtt" and not board.freezes_umqtt_simple:
         lines.append('require("umqtt.simple")')
     # The agent core only: agent/linux is CPython code and must not be frozen.
     lines.append(f'package("agent", files={[name + ".py" for name in AGENT_CORE]!r}, base_path="{agent_dir().parent}")')
-    lines += [f'module("{name}.py", base_path="{device_dir()}")' for name in DEVICE_MODULES]
+    lines += [f'module("{name}.py", base_path="{device_dir()}")' for name in device_modules(transport)]
     return "\n".join(lines) + "\n"
 
 
@@ -81,6 +86,27 @@ def agent_settings(broker, board: Board, wifi_ssid=None, wifi_password=None, qos
     if broker.ca_file:
         settings["broker"]["ca"] = CA_FILE
     return settings
+
+
+def lorawan_settings(board: Board, config: dict, heartbeat_s=300, record_interval_ms=60_000) -> dict:
+    """agent.json for the lorawan transport: the board's modem and UART, the device's region's
+    payload per data rate (the transport never sends a frame over it)."""
+    from hardware.link_registry import load_links
+
+    if board.lorawan is None:
+        with_modem = ", ".join(name for name, b in load_boards().items() if b.lorawan) or "none"
+        raise BuildError(f"--transport lorawan: board {board.name} has no LoRaWAN modem (boards with one: {with_modem})")
+    if config["link"] != "lora" or "region" not in config:
+        raise BuildError(f"device {config['device_id']}: provision it with --link lora and --region for LoRaWAN "
+                         "(keys provision ... --link lora --form compact --region EU868 --dev-eui ...)")
+    lora = load_links()["lora"]
+    rates = lora.payload_limits[config["region"]]
+    modem = board.lorawan
+    return {"lorawan": {"uart": modem["uart"], "tx": modem["tx"], "rx": modem["rx"], "baud": modem["baud"],
+                        "record_port": lora.ports[0], "status_port": lora.ports[1],
+                        "limits": [rates[f"DR{n}"] for n in range(len(rates))]},
+            "heartbeat_s": heartbeat_s, "record_interval_ms": record_interval_ms, "watchdog": board.watchdog,
+            "max_rate": 0}  # the modem's duty cycle sets the pace: it answers busy until it may send
 
 
 def ca_der(path) -> bytes:
@@ -105,7 +131,8 @@ def build(device_json: Path, board: Board, out: Path, settings: dict, ca_file=No
     (out / "lib" / "agent").mkdir(parents=True)
     os.chmod(out, 0o700)  # it will hold the device key
     sizes = {"agent": 0, "firmware": 0}
-    for part, sources in (("agent", agent_sources()), ("firmware", device_sources())):
+    transport = transport_of(settings)
+    for part, sources in (("agent", agent_sources()), ("firmware", device_sources(transport))):
         for board_path, source in sources.items():
             if board_path.startswith("lib/"):
                 target = out / (board_path[:-3] + ".mpy")
@@ -123,5 +150,5 @@ def build(device_json: Path, board: Board, out: Path, settings: dict, ca_file=No
     if ca_file:
         (out / CA_FILE).write_bytes(ca_der(ca_file))
     first_epoch_file(out / "epoch")
-    (out / "manifest.py").write_text(manifest_text(board))
+    (out / "manifest.py").write_text(manifest_text(board, transport))
     return sizes

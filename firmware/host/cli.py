@@ -11,10 +11,16 @@ def add_firmware_group(groups):
     build = command(sub, "build", "Compile the agent and firmware to .mpy for one device and board, with its "
                     "config, its settings (broker, WiFi), first epoch and a manifest.py for custom firmware images.",
                     ["linkseal firmware build --device pump-12.json --board esp32 --broker mqtts://broker.lan "
-                     "--wifi-ssid ward-4 --wifi-password-file wifi.txt --out build/pump-12"])
+                     "--wifi-ssid ward-4 --wifi-password-file wifi.txt --out build/pump-12",
+                     "linkseal firmware build --device field-tx-3.json --board esp32-rak3172 --heartbeat 600 "
+                     "--record-interval 300000 --out build/field-tx-3"])
     build.add_argument("--device", required=True, type=Path, help="device config from `keys provision`")
-    build.add_argument("--board", required=True, help="a board from hardware/boards (esp32, esp32-s3, rp2-pico-w)")
-    build.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT the device publishes to")
+    build.add_argument("--board", required=True, help="a board from hardware/boards (esp32, esp32-s3, rp2-pico-w, "
+                       "esp32-rak3172)")
+    build.add_argument("--transport", choices=("mqtt", "lorawan"),
+                       help="mqtt: WiFi and a broker; lorawan: the board's LoRaWAN modem (default: lorawan for a "
+                       "board with a modem, else mqtt)")
+    build.add_argument("--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT the device publishes to (mqtt only)")
     build.add_argument("--ca-file", type=Path, help="CA certificate of the broker (mqtts), put on the board so it "
                        "checks the broker's certificate")
     build.add_argument("--wifi-ssid", help="WiFi network to join (boards with WiFi)")
@@ -41,11 +47,25 @@ def add_firmware_group(groups):
 
 
 def _build(args):
-    from firmware.host.build import AGENT_BUDGET, FIRMWARE_BUDGET, agent_settings, build
+    from firmware.host.build import agent_settings, build, lorawan_settings
     from hardware.board_registry import board
+    from shared.device_config import load_device_config
     from shared.settings import parse_broker
 
     target = board(args.board)
+    transport = args.transport or ("lorawan" if target.lorawan else "mqtt")
+    if transport == "lorawan":
+        if args.broker or args.wifi_ssid or args.ca_file:
+            raise InputError("--broker, --wifi-ssid, --ca-file: a LoRaWAN device reaches no broker; its network "
+                             "server does (hub run --lorawan)")
+        settings = lorawan_settings(target, load_device_config(args.device), args.heartbeat, args.record_interval)
+        return _report(args, build(args.device, target, args.out, settings))
+    if not args.broker:
+        raise InputError("--broker is required for the mqtt transport")
+    config = load_device_config(args.device)
+    if config["link"] == "lora" and args.transport is None:
+        raise InputError(f"{args.device}: a lora device, but board {args.board} has no LoRaWAN modem: pick one that "
+                         "has (esp32-rak3172), or --transport mqtt to carry its records over WiFi")
     wifi_password = None
     if args.wifi_password_file:
         try:
@@ -55,7 +75,12 @@ def _build(args):
     broker = parse_broker(args.broker, ca_file=args.ca_file)
     settings = agent_settings(broker, target, args.wifi_ssid, wifi_password, args.qos, args.heartbeat,
                               args.record_interval)
-    sizes = build(args.device, target, args.out, settings, args.ca_file)
+    _report(args, build(args.device, target, args.out, settings, args.ca_file))
+
+
+def _report(args, sizes):
+    from firmware.host.build import AGENT_BUDGET, FIRMWARE_BUDGET
+
     print(f"built {args.out} for {args.board}: agent core {sizes['agent']} bytes of .mpy (budget {AGENT_BUDGET}), "
           f"firmware {sizes['firmware']} bytes (budget {FIRMWARE_BUDGET}); device.json and agent.json are 0600")
     if sizes["agent"] > AGENT_BUDGET or sizes["firmware"] > FIRMWARE_BUDGET:

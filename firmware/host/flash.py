@@ -3,7 +3,7 @@
 - Every file of the build goes to the same path on the board, except `epoch`: a board that
   already has an epoch keeps it (writing the build's epoch 0 over it would let sequence
   numbers repeat under the same key).
-- umqtt.simple is installed when the board lacks it: from a micropython-lib checkout (or
+- umqtt.simple is installed when the build speaks MQTT and the board lacks it: from a micropython-lib checkout (or
   any folder holding umqtt/simple.py) given with --micropython-lib, else `mpremote mip
   install umqtt.simple` (the host then needs to reach micropython.org).
 - --verify compares each file's SHA-256 on the board with the build's; only file names and
@@ -71,7 +71,8 @@ def flash(port: str, build_dir: Path, verify: bool = False, micropython_lib: Pat
     if EPOCH in present:
         files = [(local, remote) for local, remote in files if remote != EPOCH]
         say("the board keeps its boot epoch (never written back)")
-    if "umqtt" not in present:
+    needs_umqtt = any(remote == "lib/transport.mpy" for _, remote in files)  # a LoRaWAN build has no MQTT
+    if needs_umqtt and "umqtt" not in present:
         if umqtt is not None:
             files.append((umqtt, "lib/" + UMQTT))
             say(f"umqtt.simple: from {umqtt}")

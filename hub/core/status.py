@@ -9,9 +9,10 @@ What they say is kept per device (`DeviceStatus`) and shown in reports; a heartb
 import json
 
 from agent import status as device_status
+from agent.frame import MalformedFrame, get_varint
 
 STATUS_SUFFIX = "/status"
-KINDS = (device_status.BIRTH, device_status.DEATH, device_status.HEARTBEAT)
+KINDS = device_status.KINDS
 STATUS_WINDOW = 64
 NEWEST, LATE = "newest", "late"
 _COUNTER_MAX = 0xFFFFFFFF
@@ -21,18 +22,24 @@ def is_status_topic(topic: str) -> bool:
     return topic.endswith(STATUS_SUFFIX)
 
 
-def parse_status(payload: bytes) -> dict:
-    """The status document, checked; ValueError naming the field that is wrong."""
-    try:
-        doc = json.loads(payload)
-    except ValueError:
-        raise ValueError("status payload is not JSON") from None
+def parse_status(payload: bytes, compact: bool = False) -> dict:
+    """The status document, checked; ValueError naming the field that is wrong.
+    compact: the device is in the compact form, which sends its status in a few bytes."""
+    if compact:
+        doc = _read_compact(payload)
+    else:
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            raise ValueError("status payload is not JSON") from None
     if not isinstance(doc, dict) or doc.get("type") not in KINDS:
         raise ValueError(f"status type must be one of {', '.join(KINDS)}")
     for field in ("next_seq", "queued", "source_drops"):
         if not _counter(doc.get(field)):
             raise ValueError(f"status field {field} must be a whole number 0..{_COUNTER_MAX}")
-    for field in ("refused", "flash_writes"):
+    if doc.get("too_large", 0) > doc["source_drops"]:
+        raise ValueError("status field too_large counts some of source_drops: it cannot be larger")
+    for field in ("refused", "flash_writes", "too_large"):
         if field in doc and not _counter(doc[field]):
             raise ValueError(f"status field {field} must be a whole number 0..{_COUNTER_MAX}")
     sent = doc.get("sent")
@@ -46,6 +53,36 @@ def parse_status(payload: bytes) -> dict:
     for field in ("fw", "reset_cause"):
         if field in doc and not (isinstance(doc[field], str) and len(doc[field]) <= 64):
             raise ValueError(f"status field {field} must be a short string")
+    return doc
+
+
+def _read_compact(payload: bytes) -> dict:
+    """The document of a compact status (agent/status.py compact_status_payload)."""
+    if len(payload) < 2 or not 1 <= payload[0] <= len(KINDS) or payload[1] & ~(
+            device_status.COMPACT_SENT | device_status.COMPACT_PREV):
+        raise ValueError("compact status: unknown type or flags")
+    flags, count = payload[1], 5 + (2 if payload[1] & device_status.COMPACT_SENT else 0) + (
+        4 if payload[1] & device_status.COMPACT_PREV else 0)
+    values, pos = [], 2
+    try:
+        for _ in range(count):
+            value, pos = get_varint(payload, pos, len(payload), _COUNTER_MAX)
+            values.append(value)
+    except MalformedFrame as exc:
+        raise ValueError(f"compact status: {exc}") from None
+    doc = dict(zip(("type", "next_seq", "queued", "source_drops", "refused", "too_large"),
+                   [KINDS[payload[0] - 1]] + values[:5]))
+    rest = values[5:]
+    if flags & device_status.COMPACT_SENT:
+        doc["sent"], rest = rest[:2], rest[2:]
+    if flags & device_status.COMPACT_PREV:
+        doc["prev"] = rest
+    if doc["type"] == device_status.BIRTH:
+        if pos >= len(payload) or payload[pos] >= len(device_status.RESET_CAUSES):
+            raise ValueError("compact status: a birth ends with a known reset cause")
+        doc["reset_cause"], pos = device_status.RESET_CAUSES[payload[pos]], pos + 1
+    if pos != len(payload):
+        raise ValueError("compact status: bytes after its last field")
     return doc
 
 
@@ -95,7 +132,7 @@ class DeviceStatus:
             return
         fields.update(online=doc["type"] != device_status.DEATH, last=doc["type"], t=t, link=link, epoch=epoch,
                       next_seq=doc["next_seq"], queued=doc["queued"], source_drops=doc["source_drops"],
-                      refused=doc.get("refused", 0))
+                      refused=doc.get("refused", 0), too_large=doc.get("too_large", 0))
         for name in ("fw", "reset_cause", "flash_writes"):
             if name in doc:
                 fields[name] = doc[name]

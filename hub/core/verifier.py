@@ -255,7 +255,7 @@ class Verifier:
             return _verdict(Verdict, ("forged", dev.device_id, name, None, None, None, None, "status: " + problem))
         name = self.link_names[link]
         try:
-            doc = parse_status(data[body:tag_at])
+            doc = parse_status(data[body:tag_at], dev.domains is not _FULL_DOMAINS)
         except ValueError as exc:
             return _verdict(Verdict, ("malformed", dev.device_id, name, epoch, seq, None, None, str(exc)))
         status = self.status.get(dev.device_id) or self.status.setdefault(dev.device_id, DeviceStatus())

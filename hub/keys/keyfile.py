@@ -175,7 +175,8 @@ class KeyFile:
             entry["form"] = "compact"
         limits = links[link].payload_limits
         if limits and (region or data_rate or form == "compact"):
-            entry["max_frame"] = _largest_frame(link, limits, region, data_rate, form, tag_len)
+            entry["region"] = region or next(iter(limits))  # the firmware's payload per data rate
+            entry["max_frame"] = _largest_frame(link, limits, entry["region"], data_rate, form, tag_len)
         elif region or data_rate:
             raise KeyFileError(f"{link}: no regions or data rates (only LoRaWAN links have them)")
         if dev_eui is not None:  # how a LoRaWAN network server names the device (hub run --lorawan)
@@ -198,7 +199,7 @@ class KeyFile:
             "link": entry["link"],
             "tag_len": entry["tag_len"],
             "form": entry.get("form", "full"),
-            **({"max_frame": entry["max_frame"]} if "max_frame" in entry else {}),
+            **{field: entry[field] for field in ("max_frame", "region") if field in entry},
             "mqtt_username": device_id,
             "mqtt_password": derive_mqtt_password(self._master, device_id),
         }
@@ -299,7 +300,6 @@ def frame_overhead(form: str, tag_len: int) -> int:
 
 def _largest_frame(link, limits, region, data_rate, form, tag_len) -> int:
     """The payload limit of the region and data rate, checked to carry a frame of one byte."""
-    region = region or next(iter(limits))
     if region not in limits:
         raise KeyFileError(f"{link}: unknown region {region!r}; known: {', '.join(limits)}")
     rates = limits[region]

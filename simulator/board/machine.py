@@ -43,3 +43,36 @@ class WDT:
     def feed(self):
         _vdev.wdt_feed()
         _poll()
+
+
+class UART:
+    # A serial line to a peripheral (virtual_device.mjs --uart): the parts of machine.UART the
+    # firmware's LoRaWAN transport uses. timeout (ms) bounds each read, as on a board.
+    def __init__(self, id, baudrate=115200, tx=None, rx=None, timeout=0, **kwargs):
+        result = _vdev.uart_open(id)
+        if result < 0:
+            raise ValueError("UART(%d) doesn't exist" % id)
+        self._id = id
+        self._timeout = timeout
+
+    def write(self, buf):
+        return _vdev.uart_write(self._id, binascii.hexlify(bytes(buf)).decode())
+
+    def read(self, n=256):
+        _poll()
+        data = _vdev.uart_read(self._id, n, self._timeout)
+        return binascii.unhexlify(data) if data else None
+
+    def readline(self):
+        # Byte by byte up to a newline, as MicroPython's UART.readline; None if nothing came.
+        line = b""
+        while not line.endswith(b"\n"):
+            _poll()
+            data = _vdev.uart_read(self._id, 1, self._timeout)
+            if not data:
+                break
+            line += binascii.unhexlify(data)
+        return line or None
+
+    def any(self):
+        return 0

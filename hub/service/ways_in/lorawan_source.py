@@ -4,7 +4,8 @@ Each uplink event (hub/core/network_servers.py) becomes the device's record topi
 frame, and goes into the hub's ingest queue beside the broker's own messages: verified,
 committed, and only then acknowledged to the network server's broker (QoS 1 with ChirpStack;
 The Things Stack publishes at QoS 0 only, so what its broker drops after the network server
-shows as loss). Devices are found by their DevEUI (`keys provision --dev-eui`); an unknown
+shows as loss). Status messages come on their own fPort (hardware/links/lora.toml), records on
+the other. Devices are found by their DevEUI (`keys provision --dev-eui`); an unknown
 DevEUI is an unknown device, an event without a readable frame is `malformed` for its device.
 """
 
@@ -13,7 +14,8 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from agent.sealer import topic_for
+from agent.sealer import status_topic_for, topic_for
+from hardware.link_registry import load_links
 from hub.core.network_servers import TOPICS, TTN, NotAnUplink, parse_uplink
 
 # What the hub subscribes at: The Things Stack's MQTT server offers QoS 0 only.
@@ -26,6 +28,7 @@ class LorawanSource:
         self.server, self.broker, self.log, self.put = server, broker, log, put
         self.devices_by_eui = devices_by_eui  # replaced whole on a key reload
         self.where = f"{server} at {broker.host}:{broker.port}"
+        self.status_port = load_links()["lora"].ports[1]  # status messages' fPort, records on any other
         qos = QOS.get(server, 1)
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=qos == 0,
                                   protocol=mqtt.MQTTv311, manual_ack=True)
@@ -72,4 +75,5 @@ class LorawanSource:
                        uplink.dev_eui)
             self.put((f"lorawan/{uplink.dev_eui}", b"", t, message.mid, message.qos, message.dup, client, refused))
             return
-        self.put((topic_for(device), uplink.data, t, message.mid, message.qos, message.dup, client, None))
+        topic = status_topic_for(device) if uplink.f_port == self.status_port else topic_for(device)
+        self.put((topic, uplink.data, t, message.mid, message.qos, message.dup, client, None))
