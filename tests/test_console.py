@@ -15,6 +15,7 @@ import pytest
 from agent import Sealer, topic_for
 from agent import frame as wire
 from hub.core.verifier import _escaped
+from simulator.lorawan.network import chirpstack_event, chirpstack_topic
 from tools.services import LINKSEAL, HubProcess, frames_seen, publish, stored_report, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -42,14 +43,21 @@ def hub_with_console(tmp_path, broker, keys):
     traffic = []
     for n in range(50):
         for device, sealer in sealers.items():
-            frame = sealer.seal(b"reading")
+            frame = sealer.seal(b"hr=72;spo2=98")
             if not (device.startswith("plc") and n % 10 == 5):
                 traffic.append((topic_for(device), frame))
     traffic.append((topic_for("bed-03"), forged(traffic[3][1])))
     traffic.append((f"linkseal/v1/{HOSTILE}/rec", traffic[0][1]))
-    hub = HubProcess(broker, keys.path, tmp_path / "hub.db", tmp_path / "hub.log", "--console", "127.0.0.1:0").start()
+    # A LoRa device through a ChirpStack integration: radio figures (fCnt 5 lost after sending).
+    eui = "0102030405060708"
+    lora = keys.provision("field-tx-1", "lora", form="compact", dev_eui=eui)
+    field = Sealer("field-tx-1", bytes.fromhex(lora["key"]), link="lora", tag_len=8, compact=True)
+    traffic += [(chirpstack_topic(eui), chirpstack_event(eui, field.seal(b"soil"), n)) for n in range(12) if n != 5]
+    hub = HubProcess(broker, keys.path, tmp_path / "hub.db", tmp_path / "hub.log", "--console", "127.0.0.1:0",
+                     "--lorawan", f"chirpstack+mqtt://127.0.0.1:{broker.port}").start()
     try:
         hub.wait_connected()
+        wait_for(lambda: any(e["event"] == "lorawan_subscribed" for e in hub.events()), 30, "the subscription")
         publish(broker.port, traffic)
         wait_for(lambda: frames_seen(hub.db) >= len(traffic) - 1, 30, "the traffic at the hub")
         address = wait_for(lambda: next((e["address"] for e in hub.events() if e["event"] == "console"), None), 30,
@@ -107,6 +115,9 @@ def test_pages_show_what_the_report_says_live_and_escaped(hub_with_console, brow
         cell = lambda field: row.locator(f"td[data-field='{field}']").inner_text()  # noqa: E731
         assert cell("received") == str(link["received"]) and cell("forged") == str(link["forged"])
         assert cell("replay") == str(link["replay"]) and cell("loss_rate") == pct(link["loss_rate"])
+    radio = page.locator("tr[data-radio='lora']")  # LoRaWAN links show their radio figures
+    assert radio.locator("td[data-field='lost_after_transmission']").inner_text() == "1"
+    assert page.locator("tr[data-gateway='gw-1']").count() == 1
     fiber = page.locator("tr[data-link='fiber']")
     assert "abnormal" in fiber.get_attribute("class") and "above" in fiber.locator("td[data-field='abnormal']").inner_text()
     assert "abnormal" not in (page.locator("tr[data-link='wifi']").get_attribute("class") or "")
@@ -166,7 +177,7 @@ def test_read_only_own_host_only_strict_headers_and_no_payload(hub_with_console)
         assert refused.value.code == 405
     for path in ("/api/v1/links", "/api/v1/devices?q=", "/api/v1/devices/bed-01", "/api/v1/events?limit=500"):
         text = _get(url + path)[2].decode()
-        assert "reading" not in text and "payload" not in text  # records' contents never leave the store
+        assert "spo2" not in text and "payload" not in text  # records' contents never leave the store
     assert _get(url + "/../pyproject.toml")[0] == 404 and _get(url + "/api/v1/devices/nobody")[0] == 404
     assert _get(url + "/api/v1/events?limit=0")[0] == 400
 

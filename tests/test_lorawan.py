@@ -106,3 +106,52 @@ def test_a_kill_9_mid_stream_loses_and_doubles_nothing(tmp_path, broker, keys):
         again.stop()
     device = stored_report(again.db)["devices"]["field-tx-3"]
     assert (device["valid"], device["lost"], device["duplicate"]) == (400, 0, 0), device
+
+
+def test_radio_figures_in_the_report_the_console_and_the_metrics(tmp_path, broker, keys):
+    """Uplinks whose fCnt skips (lost after sending) and whose sequence numbers skip where the
+    fCnt does not (never sent), heard by two gateways: the stored report, the console's API and
+    the metrics say the same."""
+    import urllib.request
+
+    config = keys.provision("field-tx-3", "lora", form="compact", dev_eui=EUI_CHIRP)
+    sealer = Sealer("field-tx-3", bytes.fromhex(config["key"]), link="lora", epoch=1, tag_len=8, compact=True)
+    topic = "application/7/device/%s/event/up" % EUI_CHIRP
+    events, f_cnt = [], 0
+    for seq in range(60):
+        frame = sealer.seal(b"%d" % seq)
+        if seq % 10 == 4:
+            continue  # sealed, never sent: the fCnt does not move
+        if seq % 10 != 7:  # seq 7, 17, ...: sent and lost in the air
+            gateways = [("gw-roof", -95, 9.0)] + ([("gw-far", -119, -8.5)] if seq % 3 == 0 else [])
+            events.append((topic, chirpstack_event(EUI_CHIRP, frame, f_cnt, gateways=gateways, spreading_factor=10)))
+        f_cnt += 1
+    hub = HubProcess(broker, keys.path, tmp_path / "hub.db", tmp_path / "hub.log", "--lorawan",
+                     f"chirpstack+mqtt://127.0.0.1:{broker.port}", "--console", "127.0.0.1:0", "--metrics",
+                     "127.0.0.1:0").start()
+    try:
+        wait_for(lambda: any(e["event"] == "lorawan_subscribed" for e in hub.events()), 30, "the subscription")
+        publish(broker.port, events)
+        wait_for(lambda: frames_seen(hub.db) == len(events), 60, "every uplink event counted")
+        console = next(e["address"] for e in hub.events() if e["event"] == "console")
+        metrics = next(e["metrics"] for e in hub.events() if e["event"] == "started")
+
+        def get(url):
+            request = urllib.request.Request(url, headers={"Accept": "application/json"})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.read().decode()
+
+        links = json.loads(get(f"http://{console}/api/v1/links"))["links"]
+        device = json.loads(get(f"http://{console}/api/v1/devices/field-tx-3"))["device"]
+        scraped = get(f"http://{metrics}/metrics")
+    finally:
+        hub.stop()
+    radio = stored_report(tmp_path / "hub.db")["devices"]["field-tx-3"]["radio"]
+    assert (radio["uplinks"], radio["lost_after_transmission"], radio["lost_before_transmission"]) == (48, 6, 6)
+    assert radio["gateways"]["gw-roof"] == {"frames": 48, "share": 1.0, "rssi_median": -95, "snr_median": 9.0}
+    assert radio["gateways"]["gw-far"]["frames"] == 16 and radio["gateways"]["gw-far"]["snr_median"] == -8.5
+    assert radio["spreading_factors"] == {"10": {"frames": 48, "snr_median": 9.0}}
+    assert device["radio"] == radio and links["lora"]["radio"]["lost_after_transmission"] == 6
+    assert 'linkseal_radio_lost_after_transmission_total{link="lora"} 6.0' in scraped
+    assert 'linkseal_radio_lost_before_transmission{link="lora"} 6.0' in scraped
+    assert 'linkseal_radio_snr_median_db{link="lora",spreading_factor="10"} 9.0' in scraped

@@ -105,6 +105,14 @@ def test_firmware_through_the_modem_and_chirpstack_into_the_hub_with_a_kill_9(tm
     assert {t[1] for t in server.truth} == {10, 11}
     assert [t[0] for t in server.truth] == list(range(len(server.truth)))  # one session, fCnt from 0
     assert line.modem.counts["too_long"] == 0
+    # Radio figures: every uplink went out and was heard (gw-roof hears all), none lost either side.
+    radio = entry["radio"]
+    assert radio["lost_after_transmission"] == radio["lost_before_transmission"] == 0, radio
+    assert radio["uplinks"] == len(server.truth)
+    assert radio["gateways"]["gw-roof"]["share"] == 1.0 and 0 < radio["gateways"]["gw-far"]["share"] < 1
+    assert radio["spreading_factors"] == {"12": radio["spreading_factors"]["12"]}  # DR0: SF12 only
+    link = stored_report(again.db)["links"]["lora"]["radio"]
+    assert link["uplinks"] == radio["uplinks"] and link["gateways"]["gw-roof"]["frames"] == radio["uplinks"]
 
 
 def test_the_duty_cycle_holds_frames_back_and_loses_none(tmp_path, broker, keys, lora_build):

@@ -26,7 +26,8 @@ TOPICS = {CHIRPSTACK: "application/+/device/+/event/up", TTN: "v3/+/devices/+/up
 
 class Uplink(NamedTuple):
     """One uplink: dev_eui (16 lower-case hex digits), data (the frame), f_cnt, f_port, gateways
-    [(gateway id, rssi, snr)], spreading_factor and frequency (Hz), or None when absent."""
+    [(gateway id, rssi, snr)], spreading_factor and frequency (Hz), or None when absent;
+    dev_addr: the session's device address (a join gives a new one), or None."""
 
     dev_eui: str
     data: bytes
@@ -35,6 +36,7 @@ class Uplink(NamedTuple):
     gateways: list
     spreading_factor: int | None
     frequency: int | None
+    dev_addr: str | None = None
 
 
 class NotAnUplink(ValueError):
@@ -96,6 +98,11 @@ def _number(value, name, dev_eui, default=0):
     return value
 
 
+def _address(value) -> str | None:
+    # A DevAddr is 4 bytes in hex; anything else is not one (and only tells sessions apart).
+    return value.lower() if isinstance(value, str) and len(value) == 8 else None
+
+
 def _chirpstack_json(doc: dict) -> Uplink:
     info = doc.get("deviceInfo")
     dev_eui = _eui(info.get("devEui") if isinstance(info, dict) else None)
@@ -110,7 +117,7 @@ def _chirpstack_json(doc: dict) -> Uplink:
                   _number(doc.get("fPort"), "fPort", dev_eui), gateways,
                   _number(lora.get("spreadingFactor") if isinstance(lora, dict) else None, "spreadingFactor",
                           dev_eui, None),
-                  _number(tx.get("frequency"), "frequency", dev_eui, None))
+                  _number(tx.get("frequency"), "frequency", dev_eui, None), _address(doc.get("devAddr")))
 
 
 def _chirpstack_protobuf(payload: bytes) -> Uplink:
@@ -127,7 +134,7 @@ def _chirpstack_protobuf(payload: bytes) -> Uplink:
     lora = event.tx_info.modulation.lora
     return Uplink(dev_eui, bytes(event.data), event.f_cnt, event.f_port,
                   [(g.gateway_id, g.rssi, g.snr) for g in event.rx_info],
-                  lora.spreading_factor or None, event.tx_info.frequency or None)
+                  lora.spreading_factor or None, event.tx_info.frequency or None, _address(event.dev_addr))
 
 
 def _ttn(doc: dict) -> Uplink:
@@ -152,4 +159,5 @@ def _ttn(doc: dict) -> Uplink:
         raise NotAnUplink("frequency is not a number", dev_eui) from None
     return Uplink(dev_eui, _data(message.get("frm_payload"), dev_eui),
                   _number(message.get("f_cnt"), "f_cnt", dev_eui), _number(message.get("f_port"), "f_port", dev_eui),
-                  gateways, _number(lora.get("spreading_factor"), "spreading_factor", dev_eui, None), frequency)
+                  gateways, _number(lora.get("spreading_factor"), "spreading_factor", dev_eui, None), frequency,
+                  _address(ids.get("dev_addr")))

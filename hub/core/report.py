@@ -22,6 +22,7 @@ from hub.core.counters import (
     new_link_counters,
 )
 from hub.core.loss_model import ge_fit, loss_interval, wilson_interval
+from hub.core.radio import link_figures
 
 
 def _ratio(num: int, den: int) -> float:
@@ -90,17 +91,33 @@ def _link_entries(links: dict) -> dict:
     return entries
 
 
-def _assemble(links: dict, devices: dict, device_links: dict, unknown: int, events: list, statuses: dict) -> dict:
-    """statuses: device -> the fields of its latest status message (hub/core/status.py)."""
+def _assemble(links: dict, devices: dict, device_links: dict, unknown: int, events: list, statuses: dict,
+              radio: dict) -> dict:
+    """statuses: device -> the fields of its latest status message (hub/core/status.py);
+    radio: device -> RadioState, for devices whose uplinks came with radio figures (LoRaWAN)."""
     for device in statuses:
         devices.setdefault(device, new_counters())
-    return {
+    report = {
         "links": _link_entries(links),
         "devices": {device: {**entry(counters), "link": device_links[device], "status": statuses.get(device)}
                     for device, counters in devices.items()},
         "unknown_device": unknown,
         "events": events,
     }
+    add_radio(report["links"], report["devices"], radio, device_links)
+    return report
+
+
+def add_radio(links: dict, devices: dict, radio: dict, device_links: dict) -> None:
+    """`radio` in the entries of devices that have radio figures and of their links."""
+    by_link = {}
+    for device, state in radio.items():
+        if device in devices:
+            devices[device]["radio"] = state.figures()
+        by_link.setdefault(device_links.get(device), []).append(state)
+    for name, states in by_link.items():
+        if name in links:
+            links[name]["radio"] = link_figures(states)
 
 
 def build_report(verifier, events=None) -> dict:
@@ -110,8 +127,9 @@ def build_report(verifier, events=None) -> dict:
     for device, link, counters in verifier.devices():
         devices[device], device_links[device] = counters, link
     statuses = {device: dict(status.fields) for device, status in verifier.status.items()}
+    radio = {device: status.radio for device, status in verifier.status.items() if status.radio is not None}
     events = list(verifier.events) if events is None else events
-    return _assemble(dict(verifier.links()), devices, device_links, verifier.unknown_device, events, statuses)
+    return _assemble(dict(verifier.links()), devices, device_links, verifier.unknown_device, events, statuses, radio)
 
 
 def build_stored_links(storage) -> tuple[dict, int]:
@@ -122,7 +140,9 @@ def build_stored_links(storage) -> tuple[dict, int]:
             unknown += total
         else:
             links.setdefault(name, new_link_counters())[LINK_SLOT_NAMES.index(counter)] = total
-    return _link_entries(links), unknown
+    entries = _link_entries(links)
+    add_radio(entries, {}, storage.device_radio(), storage.device_links())
+    return entries, unknown
 
 
 def build_stored_devices(storage, names: list) -> dict:
@@ -131,8 +151,10 @@ def build_stored_devices(storage, names: list) -> dict:
     for name, counter, total in storage.device_counts(names):
         counters[name][SLOT_NAMES.index(counter)] = total
     device_links, statuses = storage.device_links(), storage.device_statuses()
-    return {name: {**entry(c), "link": device_links.get(name), "status": statuses.get(name)}
-            for name, c in counters.items()}
+    devices = {name: {**entry(c), "link": device_links.get(name), "status": statuses.get(name)}
+               for name, c in counters.items()}
+    add_radio({}, devices, storage.device_radio(), device_links)
+    return devices
 
 
 def build_stored_report(storage, since: float | None = None, link: str | None = None) -> dict:
@@ -149,13 +171,15 @@ def build_stored_report(storage, since: float | None = None, link: str | None = 
             devices.setdefault(name, new_counters())[SLOT_NAMES.index(counter)] = total
     device_links = storage.device_links()
     statuses = storage.device_statuses()
+    radio = storage.device_radio()
     events = storage.events_since(since)
     if link is not None:
         links = {name: c for name, c in links.items() if name == link}
         devices = {d: c for d, c in devices.items() if device_links.get(d) == link}
         statuses = {d: s for d, s in statuses.items() if device_links.get(d) == link}
+        radio = {d: s for d, s in radio.items() if device_links.get(d) == link}
         events = [e for e in events if e["link"] == link]
-    return _assemble(links, devices, device_links, unknown, events, statuses)
+    return _assemble(links, devices, device_links, unknown, events, statuses, radio)
 
 
 _ENCODER = json.JSONEncoder(indent=2, sort_keys=True)

@@ -10,6 +10,7 @@ import json
 
 from agent import status as device_status
 from agent.frame import MalformedFrame, get_varint
+from hub.core.radio import RadioState
 
 STATUS_SUFFIX = "/status"
 KINDS = device_status.KINDS
@@ -95,7 +96,7 @@ class DeviceStatus:
     the newest epoch and the one before (a power-cut device's death can arrive after its
     next birth: the broker publishes the will when it notices the old connection is gone)."""
 
-    __slots__ = ("epoch", "top", "seen", "previous", "fields", "born")
+    __slots__ = ("epoch", "top", "seen", "previous", "fields", "born", "radio")
 
     def __init__(self):
         self.born = -1  # the epoch of the newest birth accepted
@@ -104,6 +105,7 @@ class DeviceStatus:
         self.seen = 0  # bit i: status seq top - i was accepted
         self.previous = None  # [epoch, top, seen] of the epoch before
         self.fields = {}
+        self.radio = None  # RadioState of a LoRaWAN device (hub/core/radio.py), kept with its status
 
     def accept(self, epoch: int, seq: int):
         """NEWEST for the newest status so far, LATE for an older one never seen before (a
@@ -138,8 +140,11 @@ class DeviceStatus:
                 fields[name] = doc[name]
 
     def to_json(self) -> str:
-        return json.dumps({"epoch": self.epoch, "top": self.top, "seen": self.seen, "previous": self.previous,
-                           "fields": self.fields, "born": self.born})
+        doc = {"epoch": self.epoch, "top": self.top, "seen": self.seen, "previous": self.previous,
+               "fields": self.fields, "born": self.born}
+        if self.radio is not None:
+            doc["radio"] = self.radio.to_dict()
+        return json.dumps(doc)
 
     @classmethod
     def from_json(cls, text: str) -> "DeviceStatus":
@@ -148,7 +153,18 @@ class DeviceStatus:
         status.epoch, status.top, status.seen, status.fields = data["epoch"], data["top"], data["seen"], data["fields"]
         status.previous = data.get("previous")
         status.born = data.get("born", -1)
+        status.radio = RadioState.from_dict(data["radio"]) if "radio" in data else None
         return status
+
+
+def radio_of(rows) -> dict:
+    """device -> RadioState from stored (device, DeviceStatus.to_json()) rows that have one."""
+    out = {}
+    for device, text in rows:
+        data = json.loads(text)
+        if "radio" in data:
+            out[device] = RadioState.from_dict(data["radio"])
+    return out
 
 
 def _mark(top: int, seen: int, seq: int):

@@ -37,6 +37,7 @@ from hub.core.counters import (
     new_link_counters,
     received,
 )
+from hub.core.radio import RadioState
 from hub.core.status import NEWEST, STATUS_SUFFIX, DeviceStatus, describe, is_status_topic, parse_status
 from hub.core.window import EpochWindow
 
@@ -305,6 +306,14 @@ class Verifier:
         if not compare_digest(mac[:tag_len], data[tag_at : tag_at + tag_len]):
             return "MAC mismatch"
         return None
+
+    def observe_radio(self, device_id: str, kind: str, epoch: int, seq: int, radio) -> None:
+        """What a LoRaWAN uplink said beside an authentic, new frame: radio = (fCnt, [(gateway,
+        rssi, snr)], spreading factor, DevAddr) (hub/core/radio.py); kind: "record" or "status"."""
+        status = self.status.get(device_id) or self.status.setdefault(device_id, DeviceStatus())
+        if status.radio is None:
+            status.radio = RadioState()
+        status.radio.observe(kind, epoch, seq, *radio)
 
     def restore_status(self, device_id: str, text: str) -> None:
         if _record_topic(device_id) in self._devices:

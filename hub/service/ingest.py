@@ -53,9 +53,10 @@ class Ingest:
         if self._intake_at is not None:
             self.verifier.credit_stall(now - self._intake_at, now)
 
-    def handle(self, topic: str, payload: bytes, t: float, redelivered: bool = False, refused=None):
+    def handle(self, topic: str, payload: bytes, t: float, redelivered: bool = False, refused=None, radio=None):
         """Verify one message; returns the verifier's Verdict. redelivered: the MQTT DUP flag;
-        refused: (reason, label) when the way in found no frame in the message (Verifier.refuse)."""
+        refused: (reason, label) when the way in found no frame in the message (Verifier.refuse);
+        radio: (fCnt, gateways, spreading factor, DevAddr) of a LoRaWAN uplink (Verifier.observe_radio)."""
         minute = int(t // 60) * 60
         if minute != self._minute:
             self._close_minute()
@@ -70,11 +71,16 @@ class Ingest:
             verdict = self.verifier.verify_status(topic, payload, t)
             if verdict.outcome == "valid":
                 self._statuses.add(verdict.device_id)
+                if radio is not None:
+                    self.verifier.observe_radio(verdict.device_id, "status", verdict.epoch, verdict.seq, radio)
         else:
             verdict = self.verifier.verify(topic, payload, t, redelivered)
             if verdict.outcome == "valid":
                 self._records.append((verdict.device_id, verdict.epoch, verdict.seq, verdict.link,
                                       verdict.device_time_ms, t, verdict.payload))
+                if radio is not None:  # kept with the device's status, written with this commit
+                    self.verifier.observe_radio(verdict.device_id, "record", verdict.epoch, verdict.seq, radio)
+                    self._statuses.add(verdict.device_id)
         self.pending += 1
         self._intake_at = t
         if self.on_verdict is not None:

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from hub.core.counters import OUTCOME_OF
+from hub.core.radio import link_figures
 from hub.core.report import abnormal_reasons, entry
 from hub.service.storage.sqlite import FAULT_KINDS
 
@@ -45,7 +46,31 @@ class VerifierCollector:
             corrupt.add_metric([name], item["corrupt_rate"])
             abnormal.add_metric([name], 1.0 if abnormal_reasons(name, item) else 0.0)
         frames.add_metric(["none", "unknown_device"], self.verifier.unknown_device)
-        return [frames, lost, source_drops, on_device, loss, corrupt, abnormal]
+        return [frames, lost, source_drops, on_device, loss, corrupt, abnormal, *self._radio()]
+
+    def _radio(self) -> list:
+        """LoRaWAN links' radio figures (hub/core/radio.py), summed per link: no per-device or
+        per-gateway label (gateways are as many as the network has)."""
+        uplinks = CounterMetricFamily("linkseal_radio_uplinks", "Authentic LoRaWAN uplinks received.", labels=["link"])
+        after = CounterMetricFamily("linkseal_radio_lost_after_transmission", "Uplinks the devices sent that never "
+                                    "reached the hub (frame counters never seen).", labels=["link"])
+        before = GaugeMetricFamily("linkseal_radio_lost_before_transmission", "Records sealed but never sent (sequence "
+                                   "numbers missing where no uplink was lost), as far as known.", labels=["link"])
+        snr = GaugeMetricFamily("linkseal_radio_snr_median_db", "Median SNR of the best gateway, per spreading factor.",
+                                labels=["link", "spreading_factor"])
+        by_link = {}
+        for device, status in list(self.verifier.status.items()):
+            if status.radio is not None:
+                by_link.setdefault(self.verifier.current_link(device), []).append(status.radio)
+        for link, states in sorted(by_link.items()):
+            figures = link_figures(states)
+            uplinks.add_metric([link], figures["uplinks"])
+            after.add_metric([link], figures["lost_after_transmission"])
+            before.add_metric([link], figures["lost_before_transmission"])
+            for sf, entry_ in figures["spreading_factors"].items():
+                if entry_["snr_median"] is not None:
+                    snr.add_metric([link, sf], entry_["snr_median"])
+        return [uplinks, after, before, snr]
 
 
 class SinkCollector:

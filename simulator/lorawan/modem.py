@@ -35,6 +35,7 @@ class SentUplink:
     bandwidth_khz: int
     t: float
     airtime_s: float
+    dev_addr: str  # the session's device address: a join gives a new one
 
 
 class Rui3Modem:
@@ -53,6 +54,8 @@ class Rui3Modem:
         self.joinable = True
         self.joined = False
         self.f_cnt = 0
+        self.joins = 0
+        self.dev_addr = None
         self.pending = []  # (due time, line): events not yet told
         self.busy_until = 0.0
         self.band_free_at = 0.0
@@ -74,8 +77,9 @@ class Rui3Modem:
         """Events whose time has come (+EVT:JOINED, +EVT:TX_DONE)."""
         ready = [line for t, line in sorted(self.pending) if t <= now]
         self.pending = [(t, line) for t, line in self.pending if t > now]
-        if "+EVT:JOINED" in ready:
-            self.joined, self.f_cnt = True, 0  # a new session: the frame counter starts again
+        if "+EVT:JOINED" in ready:  # a new session: a new address, the frame counter from 0
+            self.joins += 1
+            self.joined, self.f_cnt, self.dev_addr = True, 0, "26011b%02x" % (self.joins % 256)
         return ready
 
     def next_due(self) -> float | None:
@@ -130,7 +134,8 @@ class Rui3Modem:
             return ["AT_PARAM_ERROR"]
         sf, bandwidth = self.rates[self.data_rate]
         airtime = lora_airtime_s(len(payload), sf, bandwidth)
-        uplink = SentUplink(self.f_cnt, int(port), payload, self.data_rate, sf, bandwidth, now, airtime)
+        uplink = SentUplink(self.f_cnt, int(port), payload, self.data_rate, sf, bandwidth, now, airtime,
+                            self.dev_addr)
         self.f_cnt += 1
         self.counts["uplinks"] += 1
         scaled = airtime * self.time_scale

@@ -31,7 +31,7 @@ def ttn_topic(device_name: str, application: str = "linkseal@ttn") -> str:
 
 
 def chirpstack_event(dev_eui, frame, f_cnt, f_port=10, gateways=(("gw-1", -101, 7.5),), spreading_factor=9,
-                     frequency=868100000, binary=False) -> bytes:
+                     frequency=868100000, binary=False, dev_addr="26011b01") -> bytes:
     """A ChirpStack v4 uplink event: its JSON mapping (as `json=true` publishes) or protobuf."""
     from chirpstack_api import integration
     from google.protobuf import json_format
@@ -40,6 +40,7 @@ def chirpstack_event(dev_eui, frame, f_cnt, f_port=10, gateways=(("gw-1", -101, 
                                     f_port=f_port, data=frame)
     event.device_info.dev_eui = dev_eui
     event.device_info.application_id = "7"
+    event.dev_addr = dev_addr
     event.tx_info.frequency = frequency
     event.tx_info.modulation.lora.spreading_factor = spreading_factor
     event.tx_info.modulation.lora.bandwidth = 125000
@@ -50,10 +51,10 @@ def chirpstack_event(dev_eui, frame, f_cnt, f_port=10, gateways=(("gw-1", -101, 
 
 
 def ttn_event(dev_eui, frame, f_cnt, f_port=10, gateways=(("ttn-gw", -97, 9.25),), spreading_factor=7,
-              frequency=868300000, device_name="field-tx-4") -> bytes:
+              frequency=868300000, device_name="field-tx-4", dev_addr="26011b01") -> bytes:
     """A The Things Stack v3 uplink message, by its documented shape (unknown fields included)."""
     return json.dumps({
-        "end_device_ids": {"device_id": device_name, "dev_eui": dev_eui.upper(),
+        "end_device_ids": {"device_id": device_name, "dev_eui": dev_eui.upper(), "dev_addr": dev_addr.upper(),
                            "application_ids": {"application_id": "linkseal"}},
         "received_at": "2026-12-04T10:00:00Z", "correlation_ids": ["as:up:01"],
         "uplink_message": {"f_port": f_port, "f_cnt": f_cnt, "frm_payload": base64.b64encode(frame).decode(),
@@ -109,10 +110,10 @@ class NetworkServer:
         if self.server == CHIRPSTACK:
             self.publish(chirpstack_topic(self.dev_eui),
                          chirpstack_event(self.dev_eui, sent.payload, sent.f_cnt, sent.f_port, heard,
-                                          sent.spreading_factor, frequency, self.binary))
+                                          sent.spreading_factor, frequency, self.binary, sent.dev_addr))
         elif self.server == TTN:
             self.publish(ttn_topic(self.device_name),
                          ttn_event(self.dev_eui, sent.payload, sent.f_cnt, sent.f_port, heard,
-                                   sent.spreading_factor, frequency, self.device_name))
+                                   sent.spreading_factor, frequency, self.device_name, sent.dev_addr))
         else:
             raise ValueError(f"unknown network server {self.server!r}")

@@ -19,6 +19,7 @@ workers add to the same rows; each partition keeps its own chain of security eve
 
 import json
 
+from hub.core.status import radio_of
 from hub.service.delivery.sinks import PG_SCHEMA, PG_TABLE
 from hub.service.storage.sqlite import GENESIS_HASH, Batch, StorageError, Stored, event_filter, event_hash
 
@@ -238,6 +239,10 @@ class PostgresReader:
     def device_statuses(self) -> dict:
         return {device: json.loads(text)["fields"]
                 for device, text in self.conn.execute("SELECT device, status FROM linkseal_statuses").fetchall()}
+
+    def device_radio(self) -> dict:
+        return radio_of(self.conn.execute("SELECT device, status FROM linkseal_statuses "
+                                          "WHERE status LIKE '%%\"radio\"%%'").fetchall())
 
     def events_since(self, since: float | None) -> list:
         rows = self.conn.execute("SELECT t, device, link, kind, reason FROM linkseal_events WHERE t >= %s "

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from hub.core.status import radio_of
 from hub.service.storage import seals
 
 SCHEMA_VERSION = 4  # 2: the outbox ids; 3: seals; 4: sinks and meta sealed too
@@ -159,6 +160,7 @@ class Storage(Protocol):
     def counts_since(self, since_minute: int | None, scopes=...) -> list: ...  # (scope, name, counter, total)
     def device_links(self) -> dict: ...  # device -> current link
     def device_statuses(self) -> dict: ...  # device -> its latest status (hub.status fields)
+    def device_radio(self) -> dict: ...  # device -> RadioState of its LoRaWAN uplinks
     def events_since(self, since: float | None) -> list: ...
     def integrity_problem(self, full: bool = False) -> str | None: ...  # the database's own check
     def require_sound(self) -> None: ...  # StorageError for a damaged store
@@ -260,6 +262,10 @@ class SQLiteReader:
         """device -> what its latest status message said (hub.status.DeviceStatus fields)."""
         return {device: json.loads(text)["fields"] for device, text in self.db.execute(
             "SELECT device, status FROM device_status")}
+
+    def device_radio(self) -> dict:
+        """device -> its RadioState (hub/core/radio.py), for LoRaWAN devices."""
+        return radio_of(self.db.execute("SELECT device, status FROM device_status WHERE status LIKE '%\"radio\"%'"))
 
     def device_links(self) -> dict:
         return dict(self.db.execute("SELECT device, link FROM devices"))

@@ -67,13 +67,15 @@ class LorawanSource:
             device = self.devices_by_eui.get(exc.dev_eui) if exc.dev_eui else None
             topic = topic_for(device) if device else f"lorawan/{exc.dev_eui or 'unreadable'}"
             refused = (f"{self.server} uplink event: {exc}", exc.dev_eui)
-            self.put((topic, b"", t, message.mid, message.qos, message.dup, client, refused))
+            self.put((topic, b"", t, message.mid, message.qos, message.dup, client, refused, None))
             return
         device = self.devices_by_eui.get(uplink.dev_eui)
         if device is None:
             refused = (f"{self.server} uplink from DevEUI {uplink.dev_eui}: no device provisioned with it",
                        uplink.dev_eui)
-            self.put((f"lorawan/{uplink.dev_eui}", b"", t, message.mid, message.qos, message.dup, client, refused))
+            self.put((f"lorawan/{uplink.dev_eui}", b"", t, message.mid, message.qos, message.dup, client, refused,
+                      None))
             return
         topic = status_topic_for(device) if uplink.f_port == self.status_port else topic_for(device)
-        self.put((topic, uplink.data, t, message.mid, message.qos, message.dup, client, None))
+        radio = (uplink.f_cnt, uplink.gateways, uplink.spreading_factor, uplink.dev_addr)  # the report's radio
+        self.put((topic, uplink.data, t, message.mid, message.qos, message.dup, client, None, radio))

@@ -142,11 +142,11 @@ class HubService:
 
     def _on_message(self, client, userdata, message):
         t = time.time() if self.arrival_clock is None else self.arrival_clock(message.topic, message.payload)
-        self._put((message.topic, message.payload, t, message.mid, message.qos, message.dup, client, None))
+        self._put((message.topic, message.payload, t, message.mid, message.qos, message.dup, client, None, None))
 
     def _put(self, item) -> None:
-        """Queue (topic, payload, t, mid, qos, dup, client to acknowledge on, refused) for the
-        ingest thread; blocks while storage is behind."""
+        """Queue (topic, payload, t, mid, qos, dup, client to acknowledge on, refused, radio) for
+        the ingest thread (Ingest.handle); blocks while storage is behind."""
         while not self.stopping.is_set():
             blocked = time.monotonic()
             try:
@@ -277,9 +277,9 @@ class HubService:
             stalled, self._stalled = self._stalled, 0.0
         if stalled:  # on the hub's clock, which is the arrival times' (stalls are not counted in replays)
             self.ingest.verifier.credit_stall(stalled, time.time())
-        for topic, payload, t, _, _, dup, _, refused in items:
+        for topic, payload, t, _, _, dup, _, refused, radio in items:
             try:
-                verdict = self.ingest.handle(topic, payload, t, dup, refused)
+                verdict = self.ingest.handle(topic, payload, t, dup, refused, radio)
             except Exception as exc:  # must not happen (fuzzed); never let one message stop the hub
                 self.log("internal_error", error=type(exc).__name__, topic=topic[:120])
                 continue
@@ -293,7 +293,7 @@ class HubService:
         for forwarder in self.forwarders:  # new records to deliver
             forwarder.wake.set()
         committed = time.time()
-        for _, _, _, mid, qos, _, client, _ in items:
+        for _, _, _, mid, qos, _, client, _, _ in items:
             client.ack(mid, qos)
         if self.metrics:
             self.metrics.commit_seconds.observe(time.perf_counter() - started)

@@ -64,7 +64,29 @@ async function showLinks() {
     table([["link"], ["received"], ["loss"], ["loss 95% interval", "wide"], ["expected loss", "wide"],
            ["corruption"], ["expected", "wide"], ["duplicates", "wide"], ["reordered", "wide"], ["forged"],
            ["replays"], ["burst mean", "wide"], ["state"]], rows),
-    el("p", { class: "muted", text: "Unknown devices: " + data.unknown_device + ". As of " + when(data.generated_at) }));
+    el("p", { class: "muted", text: "Unknown devices: " + data.unknown_device + ". As of " + when(data.generated_at) }),
+    ...radioTables(data.links));
+}
+
+// Links whose uplinks came with radio figures (LoRaWAN): where records were lost, and how
+// each gateway hears the link's devices.
+function radioTables(links) {
+  const radio = Object.entries(links).filter(([, link]) => link.radio);
+  if (!radio.length) return [];
+  const num = (x) => (x === null || x === undefined ? "–" : String(x));
+  const losses = radio.map(([name, link]) => el("tr", { "data-radio": name },
+    el("td", { text: name }), el("td", { text: String(link.radio.uplinks) }),
+    el("td", { text: String(link.radio.lost_after_transmission), "data-field": "lost_after_transmission" }),
+    el("td", { text: String(link.radio.lost_before_transmission), "data-field": "lost_before_transmission" })));
+  const gateways = radio.flatMap(([name, link]) => Object.entries(link.radio.gateways).map(([id, g]) =>
+    el("tr", { "data-gateway": id }, el("td", { text: name }), el("td", { text: id }),
+      el("td", { text: String(g.frames) }), el("td", { text: pct(g.share) }),
+      el("td", { text: num(g.rssi_median) + " dBm" }), el("td", { text: num(g.snr_median) + " dB" }))));
+  return [
+    el("h2", { text: "Radio" }),
+    table([["link"], ["uplinks"], ["lost after sending"], ["never sent"]], losses),
+    table([["link"], ["gateway", "text"], ["frames"], ["share"], ["RSSI median"], ["SNR median"]], gateways),
+  ];
 }
 
 // -- Charts ------------------------------------------------------------------------------
@@ -163,6 +185,10 @@ async function showDevice(id) {
   const facts = [["link", d.link], ["received", d.received], ["valid", d.valid], ["lost", d.lost],
                  ["loss", pct(d.loss_rate)], ["forged", d.forged], ["replays", d.replay],
                  ["lost on device", d.lost_on_device], ["status", JSON.stringify(d.status)]];
+  if (d.radio) {
+    facts.push(["uplinks", d.radio.uplinks], ["lost after sending", d.radio.lost_after_transmission],
+               ["never sent", d.radio.lost_before_transmission], ["gateways", JSON.stringify(d.radio.gateways)]);
+  }
   const box = el("div", { class: "chart" });
   main.replaceChildren(el("h1", { text: id }),
     table([["what"], ["value", "text"]], facts.map(([k, v]) => el("tr", {}, el("td", { text: k }),
