@@ -31,8 +31,8 @@ def add_keys_group(groups):
                       help="tag length; also the minimum the hub accepts from this device (default 16; 8 in the "
                            "compact form)")
     prov.add_argument("--form", choices=("full", "compact"),
-                      help="frame form (default full; compact only on links whose own check drops damaged "
-                           "frames: LoRaWAN)")
+                      help="frame form (default: compact on links whose own check drops damaged frames "
+                           "(LoRaWAN), which alone allow it; full elsewhere)")
     prov.add_argument("--region", help="LoRaWAN region for the payload limit (default EU868)")
     prov.add_argument("--data-rate", help="LoRaWAN data rate, e.g. DR0 (default: the region's smallest payload)")
     prov.add_argument("--dev-eui", help="LoRaWAN DevEUI (16 hex digits): how the network server names the device "

@@ -119,7 +119,9 @@ def generate(scenario: Scenario, fates=None, keyfile=None) -> Generated:
     keys, device_links = make_devices(scenario.seed, scenario.devices, scenario.links)
     if keyfile is not None:
         for device, link in device_links.items():
-            keys[device] = bytes.fromhex(keyfile.provision(device, link, save=False)["key"])
+            # The full form everywhere: this path models what a link does to frames that reach
+            # the hub, damage included (LoRa here as a raw radio link; `--lorawan` models LoRaWAN).
+            keys[device] = bytes.fromhex(keyfile.provision(device, link, save=False, form="full")["key"])
         keyfile.save()
     rng = random.Random(scenario.seed + 1)
     registry = load_links()

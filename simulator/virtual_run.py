@@ -79,7 +79,7 @@ def run_virtual_devices(scenario, out_dir: Path, broker_url, console):
         link = scenario.links[n % len(scenario.links)]
         links[f"vdev-{link}-{n // len(scenario.links) + 1}"] = link
     for device, link in links.items():
-        keyfile.provision(device, link, save=False)
+        keyfile.provision(device, link, save=False, form="full")  # MQTT through the fault proxies
     keyfile.save()
 
     upstream = None

@@ -93,7 +93,7 @@ def test_init_never_replaces_a_key_file(tmp_path):
 
 def test_provisioned_device_seals_frames_the_hub_accepts(tmp_path):
     keyfile = KeyFile.create(tmp_path / "hub.keys", PASS)
-    config = keyfile.provision("pump-1", "lora", tag_len=8, key_id=2)
+    config = keyfile.provision("pump-1", "lora", tag_len=8, key_id=2, form="full")
     assert set(config) >= {"device_id", "key", "key_id", "link", "tag_len", "mqtt_username", "mqtt_password"}
     assert (config["link"], config["tag_len"], config["key_id"]) == ("lora", 8, 2)
     verifier = Verifier(KeyFile.load(tmp_path / "hub.keys", PASS).device_keys(), link_names())

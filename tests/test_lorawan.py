@@ -18,7 +18,7 @@ EUI_CHIRP, EUI_TTN, EUI_STRANGER = "0102030405060708", "a1b2c3d4e5f60718", "ffff
 
 def test_uplinks_through_chirpstack_and_ttn_count_as_hub_verify_says(tmp_path, broker, keys):
     compact = keys.provision("field-tx-3", "lora", form="compact", dev_eui=EUI_CHIRP)
-    full = keys.provision("field-tx-4", "lora", dev_eui=EUI_TTN)
+    full = keys.provision("field-tx-4", "lora", dev_eui=EUI_TTN, form="full")
     c = Sealer("field-tx-3", bytes.fromhex(compact["key"]), link="lora", epoch=1, tag_len=8, compact=True)
     f = Sealer("field-tx-4", bytes.fromhex(full["key"]), link="lora", epoch=1)
     c_frames = [c.seal(b"soil=%d" % i) for i in range(40)]

@@ -391,7 +391,7 @@ def test_a_worker_reloads_the_key_file_on_sighup(tmp_path, rabbit, keys, postgre
     workers = Workers(tmp_path, rabbit, keys.path, postgres.url)
     worker = workers.start("w")
     try:
-        late = Sealer("late-01", bytes.fromhex(keys.provision("late-01", "lora")["key"]))  # after the worker started
+        late = Sealer("late-01", bytes.fromhex(keys.provision("late-01", "lora", form="full")["key"]))  # after the worker started
         worker.send_signal(signal.SIGHUP)
         wait_for(lambda: any(e["event"] == "keys_reloaded" for e in workers.events("w")), 30, "the reload")
         publish(rabbit.port, [(topic_for("late-01"), late.seal(b"r")) for _ in range(3)])

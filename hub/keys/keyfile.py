@@ -145,8 +145,9 @@ class KeyFile:
                   dev_eui: str | None = None) -> dict:
         """Register a device (or update its link and minimum tag); return its device config.
 
-        form: "full" (the default, 16-byte tag) or "compact" (agent/frame.py; 8-byte tag), which
-        only links whose own check drops damaged frames allow (hardware/links: compact_frames).
+        form: "compact" (agent/frame.py; 8-byte tag), the default on links whose own check drops
+        damaged frames (hardware/links: compact_frames, LoRaWAN), which alone allow it; else
+        "full" (16-byte tag).
         region, data_rate: for a link with payload limits (LoRaWAN), checked for a compact
         device or when given (default: the first region at its smallest data rate), refused
         when a frame with one byte of record would not fit. save=False defers writing the key
@@ -156,7 +157,7 @@ class KeyFile:
         links = load_links()
         if link not in links:
             raise KeyFileError(f"unknown link {link!r}; known: {', '.join(sorted(links))}")
-        form = form or "full"
+        form = form or ("compact" if links[link].compact_frames else "full")
         if form not in ("full", "compact"):
             raise KeyFileError(f"form must be full or compact, not {form!r}")
         if form == "compact" and not links[link].compact_frames:
