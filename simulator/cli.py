@@ -18,12 +18,18 @@ def add_sim_group(groups):
                   ["linkseal sim run --devices 12 --links wifi,lora,fiber --duration 60 --rate 5 --seed 7 "
                    "--no-broker --out sim-out",
                    "linkseal sim run --scenario bench.toml --broker mqtt://127.0.0.1:1883 --out sim-out",
-                   "linkseal sim run --virtual-devices 3 --links wifi,lora --duration 30 --no-broker --out sim-out"])
+                   "linkseal sim run --virtual-devices 3 --links wifi,lora --duration 30 --no-broker --out sim-out",
+                   "linkseal sim run --links lora --lorawan chirpstack --devices 6 --duration 10800 --rate 0.0167 "
+                   "--out sim-lora"])
     _scenario_options(run)
     _broker_options(run)
     run.add_argument("--virtual-devices", type=Number(int, 1, 64), metavar="N",
                      help="run the real firmware on N virtual MicroPython boards instead of simulated agents, "
                           "through a fault proxy per link type (--duration is then wall-clock seconds)")
+    run.add_argument("--lorawan", choices=("chirpstack", "ttn"),
+                     help="LoRaWAN devices through emulated modems (duty cycle, payload per data rate), several "
+                          "gateways each and a network server publishing ChirpStack or TTN events that hub run "
+                          "--lorawan reads; compares the radio figures with the truth (--links lora only)")
     run.add_argument("--out", type=Path, default=Path("sim-out"), help="output directory (default sim-out)")
     run.set_defaults(run=_run)
 
@@ -219,6 +225,8 @@ def _run(args):
     from .run import generate, label
 
     console = Console(width=80)
+    if args.lorawan:
+        return _run_lorawan(args, console)
     scenario = _scenario(args)
     if args.virtual_devices:
         return _run_virtual(args, scenario, console)
@@ -228,6 +236,35 @@ def _run(args):
     hub, outcomes = _verify(generated, labelled, args.no_broker, args.broker, args.out, console)
     return _finish(generated, generated.header(), generated.events, labelled, ledger, hub, outcomes, args.out,
                    console)
+
+
+def _run_lorawan(args, console):
+    import json
+
+    from hub.keys.keyfile import KeyFile
+
+    from .lorawan.run import LorawanScenario, compare, generate, print_comparison, verify
+
+    if args.links not in (None, "lora") or args.virtual_devices or args.scenario or args.attacks or args.set \
+            or args.profile_from:
+        raise InputError("--lorawan: LoRa devices only (--links lora), without --virtual-devices, --scenario, "
+                         "--attacks, --set or --profile-from")
+    scenario = LorawanScenario(server=args.lorawan, **{k: v for k, v in (
+        ("devices", args.devices), ("duration", args.duration), ("rate", args.rate), ("seed", args.seed))
+        if v is not None})
+    args.out.mkdir(parents=True, exist_ok=True)
+    keys = args.out / "hub.keys"
+    keys.unlink(missing_ok=True)
+    keyfile = KeyFile.create(keys)  # the simulated devices' keys, plaintext (mode 0600): a simulation's
+    with console.status("LoRaWAN devices, modems, gateways and the network server at work..."):
+        messages, truth = generate(scenario, keyfile)
+    hub = verify(messages, keyfile, args.lorawan, args.out, args.broker, args.no_broker, console)
+    comparison = compare(truth, hub)
+    (args.out / "report.json").write_text(json.dumps(
+        {"scenario": vars(scenario), "comparison": comparison, "hub": hub}, indent=2, sort_keys=True) + "\n")
+    print_comparison(comparison, console)
+    console.print(f"{len(messages)} {args.lorawan} uplink events; wrote {args.out / 'report.json'}.", highlight=False)
+    return 0 if comparison["radio_matches_truth"] else 1
 
 
 def _record(args):

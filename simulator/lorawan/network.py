@@ -98,12 +98,12 @@ class NetworkServer:
     publish: object  # publish(topic, payload bytes)
     binary: bool = False  # ChirpStack with json=false
     device_name: str = "device"
-    truth: list = field(default_factory=list)  # (fCnt, fPort, heard) per uplink sent
+    truth: list = field(default_factory=list)  # (fCnt, fPort, [gateway ids that heard it]) per uplink sent
 
     def uplink(self, sent) -> None:
         """One uplink from the modem (simulator/lorawan/modem.py SentUplink)."""
         heard = self.radio.heard_by()
-        self.truth.append((sent.f_cnt, sent.f_port, bool(heard)))
+        self.truth.append((sent.f_cnt, sent.f_port, [gateway for gateway, _, _ in heard]))
         if not heard:
             return
         frequency = FREQUENCIES[sent.f_cnt % len(FREQUENCIES)]

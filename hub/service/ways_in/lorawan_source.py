@@ -10,6 +10,7 @@ DevEUI is an unknown device, an event without a readable frame is `malformed` fo
 """
 
 import ssl
+import threading
 import time
 
 import paho.mqtt.client as mqtt
@@ -23,9 +24,11 @@ QOS = {TTN: 0}
 
 
 class LorawanSource:
-    def __init__(self, server: str, broker, client_id: str, devices_by_eui: dict, put, log):
-        """put(item): hands a queue item to the hub's ingest thread (blocking while it is full)."""
+    def __init__(self, server: str, broker, client_id: str, devices_by_eui: dict, put, log, arrival_clock=None):
+        """put(item): hands a queue item to the hub's ingest thread (blocking while it is full);
+        arrival_clock(topic, payload): the arrival time to give (a replay's), else now."""
         self.server, self.broker, self.log, self.put = server, broker, log, put
+        self.arrival_clock = arrival_clock
         self.devices_by_eui = devices_by_eui  # replaced whole on a key reload
         self.where = f"{server} at {broker.host}:{broker.port}"
         self.status_port = load_links()["lora"].ports[1]  # status messages' fPort, records on any other
@@ -39,10 +42,16 @@ class LorawanSource:
             self.client.username_pw_set(broker.username, broker.password)
         self.client.reconnect_delay_set(1, 30)
         self.client.on_connect = lambda c, u, flags, rc, p: self._on_connect(rc, qos)
-        self.client.on_subscribe = lambda c, u, mid, codes, p: self.log(
-            "lorawan_subscribed", server=self.where, topic=TOPICS[server]) if not any(
-            code.is_failure for code in codes) else self.log("lorawan_subscribe_refused", server=self.where)
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self._on_subscribe(codes)
         self.client.on_message = self._on_message
+        self.subscribed = threading.Event()  # the network server's broker confirmed the subscription
+
+    def _on_subscribe(self, codes) -> None:
+        if any(code.is_failure for code in codes):
+            self.log("lorawan_subscribe_refused", server=self.where)
+            return
+        self.log("lorawan_subscribed", server=self.where, topic=TOPICS[self.server])
+        self.subscribed.set()
 
     def _on_connect(self, reason_code, qos) -> None:
         if reason_code.is_failure:
@@ -60,22 +69,23 @@ class LorawanSource:
         self.client.loop_stop()
 
     def _on_message(self, client, userdata, message) -> None:
-        t = time.time()
-        try:
-            uplink = parse_uplink(self.server, message.payload)
-        except NotAnUplink as exc:
-            device = self.devices_by_eui.get(exc.dev_eui) if exc.dev_eui else None
-            topic = topic_for(device) if device else f"lorawan/{exc.dev_eui or 'unreadable'}"
-            refused = (f"{self.server} uplink event: {exc}", exc.dev_eui)
-            self.put((topic, b"", t, message.mid, message.qos, message.dup, client, refused, None))
-            return
-        device = self.devices_by_eui.get(uplink.dev_eui)
-        if device is None:
-            refused = (f"{self.server} uplink from DevEUI {uplink.dev_eui}: no device provisioned with it",
-                       uplink.dev_eui)
-            self.put((f"lorawan/{uplink.dev_eui}", b"", t, message.mid, message.qos, message.dup, client, refused,
-                      None))
-            return
-        topic = status_topic_for(device) if uplink.f_port == self.status_port else topic_for(device)
-        radio = (uplink.f_cnt, uplink.gateways, uplink.spreading_factor, uplink.dev_addr)  # the report's radio
-        self.put((topic, uplink.data, t, message.mid, message.qos, message.dup, client, None, radio))
+        t = time.time() if self.arrival_clock is None else self.arrival_clock(message.topic, message.payload)
+        topic, data, refused, radio = ingest_item(self.server, message.payload, self.devices_by_eui, self.status_port)
+        self.put((topic, data, t, message.mid, message.qos, message.dup, client, refused, radio))
+
+
+def ingest_item(server: str, payload: bytes, devices_by_eui: dict, status_port: int) -> tuple:
+    """(topic, frame, refused, radio) for Ingest.handle from one integration message: the
+    device's record or status topic (by fPort), or the reason there is no frame in it."""
+    try:
+        uplink = parse_uplink(server, payload)
+    except NotAnUplink as exc:
+        device = devices_by_eui.get(exc.dev_eui) if exc.dev_eui else None
+        topic = topic_for(device) if device else f"lorawan/{exc.dev_eui or 'unreadable'}"
+        return topic, b"", (f"{server} uplink event: {exc}", exc.dev_eui), None
+    device = devices_by_eui.get(uplink.dev_eui)
+    if device is None:
+        return (f"lorawan/{uplink.dev_eui}", b"",
+                (f"{server} uplink from DevEUI {uplink.dev_eui}: no device provisioned with it", uplink.dev_eui), None)
+    topic = status_topic_for(device) if uplink.f_port == status_port else topic_for(device)
+    return topic, uplink.data, None, (uplink.f_cnt, uplink.gateways, uplink.spreading_factor, uplink.dev_addr)

@@ -83,8 +83,8 @@ class HubService:
         self.client = self._make_client()
         self.load_euis = load_euis
         euis = load_euis() if load_euis else {}
-        self.lorawan = [LorawanSource(server, where, f"{settings.client_id}-lorawan-{number}", euis, self._put, log)
-                        for number, (server, where) in enumerate(lorawan, start=1)]
+        self.lorawan = [LorawanSource(server, where, f"{settings.client_id}-lorawan-{number}", euis, self._put, log,
+                                      arrival_clock) for number, (server, where) in enumerate(lorawan, start=1)]
 
     # -- MQTT -------------------------------------------------------------------------
 
