@@ -106,6 +106,7 @@ class Agent:
         self.sent = None  # (epoch, seq) of the newest record the broker took
         self.refused = 0  # records too long for the link
         self.too_large = 0  # sealed frames the link's current data rate cannot carry, dropped unsent
+        self.unsent_status = None  # a sealed birth or heartbeat the transport has yet to take
         self.failures = 0  # connection attempts failed in a row
         now = time.ticks_ms()
         self.next_record = now
@@ -142,9 +143,8 @@ class Agent:
         will = self._status(DEATH) if self.transport.has_will else None
         try:
             self.transport.connect(self.status_topic, will)
-            held = self.transport.publish(self.status_topic, self._status(BIRTH), 1)
-            if held:
-                raise OSError(held)  # no birth yet: connect again later
+            self.unsent_status = self._status(BIRTH)
+            self.send_status(now)
         except Exception as exc:  # OSError, MQTTException, a refused login: retry later
             self.transport.close()
             self.failures += 1
@@ -156,6 +156,20 @@ class Agent:
         self.failures = 0
         self.next_heartbeat = time.ticks_add(now, self.settings["heartbeat_s"] * 1000)
         print("linkseal: connected, epoch %d, %d queued" % (self.sealer.epoch, len(self.store)))
+
+    def send_status(self, now):
+        """Publish the sealed status message waiting, if any; True when none waits any more. A
+        status message once sealed is sent, never dropped (on LoRaWAN the hub counts the ones it
+        never saw as lost uplinks)."""
+        if self.unsent_status is None:
+            return True
+        if time.ticks_diff(now, self.next_send) < 0:
+            return False
+        if self.transport.publish(self.status_topic, self.unsent_status, 1):  # held: the modem is busy
+            self.next_send = time.ticks_add(now, self.settings["held_retry_ms"])
+            return False
+        self.unsent_status = None
+        return True
 
     def send_one(self, now):
         """Publish the oldest queued frame; forget it once the broker has it (or, on LoRaWAN,
@@ -190,10 +204,11 @@ class Agent:
                 self.connect(now)
             return False
         try:
-            busy = self.send_one(now)
             if time.ticks_diff(now, self.next_heartbeat) >= 0:
                 self.next_heartbeat = time.ticks_add(now, self.settings["heartbeat_s"] * 1000)
-                self.transport.publish(self.status_topic, self._status(HEARTBEAT), 1)
+                if self.unsent_status is None:  # one waiting is enough: it says the newest anyway
+                    self.unsent_status = self._status(HEARTBEAT)
+            busy = self.send_status(now) and self.send_one(now)
             self.transport.keep_alive()
             return busy
         except Exception as exc:  # the connection broke: the frame stays queued, reconnect
