@@ -32,6 +32,22 @@ def link_table(report: dict, title: str = "Per link") -> Table:
     return table
 
 
+def radio_table(report: dict) -> Table | None:
+    """Links with radio figures (LoRaWAN): where records were lost, and each gateway's share."""
+    rows = [(name, link["radio"]) for name, link in sorted(report["links"].items()) if link.get("radio")]
+    if not rows:
+        return None
+    table = Table(title="Radio (LoRaWAN)", box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True,
+                  show_edge=False)
+    for header in ("link", "uplinks", "lost after sending", "never sent", "gateways: share, SNR median"):
+        table.add_column(header, justify="left" if header in ("link", "gateways: share, SNR median") else "right")
+    for name, radio in rows:
+        gateways = ", ".join(f"{g} {100 * v['share']:.0f}% {v['snr_median']} dB" for g, v in radio["gateways"].items())
+        table.add_row(name, str(radio["uplinks"]), str(radio["lost_after_transmission"]),
+                      str(radio["lost_before_transmission"]), gateways)
+    return table
+
+
 def print_report(report: dict, console: Console | None = None, devices: bool = False) -> None:
     console = console or Console(width=80)
     if not report["links"] and not report["unknown_device"]:
@@ -50,6 +66,9 @@ def print_report(report: dict, console: Console | None = None, devices: bool = F
             table.add_row(device, entry["link"], *(_cell(entry, k) for k in
                           ("received", "lost", "loss_rate", "corrupt", "forged", "replay", "source_drops")), state)
         console.print(table)
+    radio = radio_table(report)
+    if radio is not None:
+        console.print(radio)
     # Births and deaths (status messages) are kept apart, so they never crowd out an attack.
     # One pass over the events, keeping only the first few: they may be spooled on disk.
     kinds, lifecycle, first = Counter(), Counter(), []

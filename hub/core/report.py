@@ -93,13 +93,14 @@ def _link_entries(links: dict) -> dict:
 
 def _assemble(links: dict, devices: dict, device_links: dict, unknown: int, events: list, statuses: dict,
               radio: dict) -> dict:
-    """statuses: device -> the fields of its latest status message (hub/core/status.py);
+    """statuses: device -> the fields of its latest status message (hub/core/status.py; empty
+    until one arrived: a LoRaWAN device's radio figures are kept beside it from its first uplink);
     radio: device -> RadioState, for devices whose uplinks came with radio figures (LoRaWAN)."""
     for device in statuses:
         devices.setdefault(device, new_counters())
     report = {
         "links": _link_entries(links),
-        "devices": {device: {**entry(counters), "link": device_links[device], "status": statuses.get(device)}
+        "devices": {device: {**entry(counters), "link": device_links[device], "status": statuses.get(device) or None}
                     for device, counters in devices.items()},
         "unknown_device": unknown,
         "events": events,
@@ -151,7 +152,7 @@ def build_stored_devices(storage, names: list) -> dict:
     for name, counter, total in storage.device_counts(names):
         counters[name][SLOT_NAMES.index(counter)] = total
     device_links, statuses = storage.device_links(), storage.device_statuses()
-    devices = {name: {**entry(c), "link": device_links.get(name), "status": statuses.get(name)}
+    devices = {name: {**entry(c), "link": device_links.get(name), "status": statuses.get(name) or None}
                for name, c in counters.items()}
     add_radio({}, devices, storage.device_radio(), device_links)
     return devices
