@@ -4,7 +4,7 @@ import pytest
 
 from agent.link_codes import LINKS
 from hardware import link_registry
-from hardware.link_registry import RegistryError, load_link, load_links, render_agent_module
+from hardware.link_registry import LINKS_DIR, RegistryError, load_link, load_links, render_agent_module
 
 REQUIRED = {"fiber", "coax", "twisted-pair", "wifi", "ble", "lora", "cellular", "rs485"}
 
@@ -53,3 +53,29 @@ def test_reused_code_is_refused(tmp_path):
         (tmp_path / f"{name}.toml").write_text(source)
     with pytest.raises(RegistryError, match="already used"):
         load_links(tmp_path)
+
+
+def test_lora_airtime_follows_semtech_an1200_13():
+    """Time on air of LoRaWAN uplinks (13 bytes of LoRaWAN around the payload), as Semtech's
+    formula gives it and the usual calculators print it: 51 bytes at SF7 and SF12 (125 kHz,
+    low data rate optimisation from SF11), 11 bytes at SF10 (US915 DR0, under its 400 ms)."""
+    from hardware.link_registry import lora_airtime_s
+
+    assert round(lora_airtime_s(51, 7) * 1000, 1) == 118.0
+    assert round(lora_airtime_s(51, 12) * 1000, 1) == 2793.5
+    assert round(lora_airtime_s(11, 10) * 1000, 1) == 370.7
+    assert lora_airtime_s(0, 7) <= lora_airtime_s(1, 7) < lora_airtime_s(51, 7) < lora_airtime_s(51, 8)
+    lora = load_links()["lora"]
+    assert lora.duty_cycle == {"EU868": 0.01, "US915": 0.0} and lora.ports == (10, 11)
+    assert set(lora.data_rates["EU868"]) == set(lora.payload_limits["EU868"])
+    assert lora.data_rates["US915"]["DR4"] == (8, 500)
+
+
+def test_bad_radio_tables_are_refused(tmp_path):
+    source = (LINKS_DIR / "lora.toml").read_text()
+    for broken, words in [(source.replace("DR5 = [7, 125]", "DR5 = [13, 125]"), "data_rates"),
+                          (source.replace("EU868 = 0.01", "EU868 = 2"), "duty_cycle"),
+                          (source.replace("status_port = 11", "status_port = 10"), "record_port and status_port")]:
+        (tmp_path / "lora.toml").write_text(broken)
+        with pytest.raises(RegistryError, match=words):
+            load_link(tmp_path / "lora.toml")

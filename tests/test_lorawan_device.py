@@ -142,3 +142,36 @@ def test_the_duty_cycle_holds_frames_back_and_loses_none(tmp_path, broker, keys,
     # Every sealed record below the last one sent went out: the held ones waited, none was dropped.
     rows = sorted(stored(hub.db))
     assert rows == [(1, seq) for seq in range(len(rows))]
+
+
+def test_a_frame_the_data_rate_cannot_carry_is_dropped_and_counted_never_cut(tmp_path, broker, keys):
+    """Provisioned for DR3 (115 bytes), sending 80-byte records; the network lowers the data
+    rate to DR0 (51 bytes): the firmware drops each frame that no longer fits, counts it as a
+    source drop with its reason (too_large), and the modem never sees a frame over its limit."""
+    write_private_json(tmp_path / "tx.json", keys.provision("field-tx-9", "lora", data_rate="DR3", dev_eui=EUI))
+    build = tmp_path / "build"
+    linkseal("firmware", "build", "--device", tmp_path / "tx.json", "--board", "esp32-rak3172", "--heartbeat", 1,
+             "--record-interval", 150, "--out", build)
+    settings = json.loads((build / "agent.json").read_text())
+    write_private_json(build / "agent.json", {**settings, "held_retry_ms": 20})
+    (build / "records.py").write_text("def read():\n    return b'x' * 80\n")  # the integrator's own hook
+    server = NetworkServer(CHIRPSTACK, EUI, Radio([Gateway("gw-roof")]), publish=None)
+    args = ("--lorawan", f"chirpstack+mqtt://127.0.0.1:{broker.port}")
+    with ModemLine(server, broker.port, data_rate=3, duty_cycle=0.0, time_scale=0.01) as line:
+        hub = HubProcess(broker, keys.path, tmp_path / "hub.db", tmp_path / "hub.log", *args).start()
+        board = VirtualDevice(tmp_path / "board", uarts={2: line.port})
+        try:
+            wait_for(lambda: any(e["event"] == "lorawan_subscribed" for e in hub.events()), 30, "the subscription")
+            board.start()
+            linkseal("firmware", "flash", "--port", board.port, "--build", build)
+            wait_for(lambda: (device(hub.db) or {}).get("valid", 0) >= 5, 90, "records at DR3")
+            line.modem.data_rate = 0  # ADR: the network asks for SF12, 51 bytes
+            wait_for(lambda: ((device(hub.db) or {}).get("status") or {}).get("too_large", 0) >= 5, 90,
+                     "frames dropped as too large, reported by the device")
+        finally:
+            hub.stop()
+            board.stop()
+    status = device(hub.db)["status"]
+    assert status["source_drops"] >= status["too_large"] >= 5
+    assert re.search(r"frame dropped unsent: frame of 9\d bytes over the 51 of DR0", board.console())
+    assert line.modem.counts["too_long"] == 0  # never handed to the modem, never cut
