@@ -101,12 +101,16 @@ def verify_through_broker(devices, labelled, broker_url, out_dir: Path, console)
             hub.join(60)
             if embedded:
                 embedded.stop()
+    return stored_report(db), (outcomes if len(outcomes) == len(labelled) else None)
+
+
+def stored_report(db: Path) -> dict:
+    """The report over what a run's hub stored."""
     storage = SQLiteStorage(db, create=False)
     try:
-        report = build_stored_report(storage)
+        return build_stored_report(storage)
     finally:
         storage.close()
-    return report, (outcomes if len(outcomes) == len(labelled) else None)
 
 
 class TraceClock:

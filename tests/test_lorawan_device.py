@@ -12,6 +12,7 @@ import json
 import re
 import signal
 import sqlite3
+from contextlib import contextmanager
 
 import pytest
 
@@ -64,27 +65,41 @@ def stored(db) -> list:
     return sqlite3.connect(db).execute("SELECT epoch, seq FROM records WHERE device = 'field-tx-9'").fetchall()
 
 
-def test_firmware_through_the_modem_and_chirpstack_into_the_hub_with_a_kill_9(tmp_path, broker, keys, lora_build):
-    air = Radio([Gateway("gw-roof", loss=0.0, rssi=-98, snr=8.0), Gateway("gw-far", loss=0.4, rssi=-117, snr=-6.0)])
-    server = NetworkServer(CHIRPSTACK, EUI, air, publish=None)
-    args = ("--lorawan", f"chirpstack+mqtt://127.0.0.1:{broker.port}")
-    with ModemLine(server, broker.port, data_rate=0, duty_cycle=0.0, time_scale=0.01) as line:
-        hub = HubProcess(broker, keys.path, tmp_path / "hub.db", tmp_path / "hub.log", *args).start()
+@contextmanager
+def rig(tmp_path, broker, keys, server, build, **modem):
+    """The modem on its serial line, `hub run --lorawan` subscribed to the network server's
+    broker, and the board flashed with `build` and running: (line, hub, board, flash output).
+    Everything is stopped on the way out."""
+    with ModemLine(server, broker.port, **modem) as line:
+        hub = HubProcess(broker, keys.path, tmp_path / "hub.db", tmp_path / "hub.log", *lorawan_option(broker)).start()
         board = VirtualDevice(tmp_path / "board", uarts={2: line.port})
         try:
             wait_for(lambda: any(e["event"] == "lorawan_subscribed" for e in hub.events()), 30, "the subscription")
             board.start()
-            out = linkseal("firmware", "flash", "--port", board.port, "--build", lora_build, "--verify")
-            assert "verified" in out and "umqtt" not in out  # a LoRaWAN build needs no MQTT client
-            board.wait_console("linkseal: connected, epoch 1", 60)
-            wait_for(lambda: (device(hub.db) or {}).get("valid", 0) >= 15, 90, "records through the network server")
-            hub.signal(signal.SIGKILL)  # the network server's broker keeps the hub's session meanwhile
-            hub.wait()
-            wait_for(lambda: len(server.truth) >= 40, 90, "more uplinks while the hub is down")
+            yield line, hub, board, linkseal("firmware", "flash", "--port", board.port, "--build", build, "--verify")
         finally:
             hub.stop()
-        again = HubProcess(broker, keys.path, tmp_path / "hub.db", tmp_path / "hub-again.log", *args).start()
+            board.stop()
+
+
+def lorawan_option(broker):  # hub run reads the network server on the test's broker
+    return ("--lorawan", f"chirpstack+mqtt://127.0.0.1:{broker.port}")
+
+
+def test_firmware_through_the_modem_and_chirpstack_into_the_hub_with_a_kill_9(tmp_path, broker, keys, lora_build):
+    air = Radio([Gateway("gw-roof", loss=0.0, rssi=-98, snr=8.0), Gateway("gw-far", loss=0.4, rssi=-117, snr=-6.0)])
+    server = NetworkServer(CHIRPSTACK, EUI, air, publish=None)
+    with rig(tmp_path, broker, keys, server, lora_build, data_rate=0, duty_cycle=0.0, time_scale=0.01) as (
+            line, hub, board, out):
+        assert "verified" in out and "umqtt" not in out  # a LoRaWAN build needs no MQTT client
+        board.wait_console("linkseal: connected, epoch 1", 60)
+        wait_for(lambda: (device(hub.db) or {}).get("valid", 0) >= 15, 90, "records through the network server")
+        hub.signal(signal.SIGKILL)  # the network server's broker keeps the hub's session meanwhile
+        hub.wait()
+        wait_for(lambda: len(server.truth) >= 40, 90, "more uplinks while the hub is down")
+        again = HubProcess(broker, keys.path, tmp_path / "hub.db", tmp_path / "hub-again.log", *lorawan_option(broker))
         try:
+            again.start()
             wait_for(lambda: ((device(again.db) or {}).get("status") or {}).get("last") == "heartbeat", 60,
                      "a heartbeat after the restart")
             board.stop()  # the device stops sealing: what it sealed is fixed from here
@@ -92,7 +107,6 @@ def test_firmware_through_the_modem_and_chirpstack_into_the_hub_with_a_kill_9(tm
             wait_for(lambda: len(stored(again.db)) == len(records_sent), 60, "every record uplink stored")
         finally:
             again.stop()
-            board.stop()
     rows = stored(again.db)
     assert len(rows) == len(set(rows)), "a record stored twice"
     assert set(rows) <= sealed(board), "a stored record the board never sealed"
@@ -119,24 +133,15 @@ def test_the_duty_cycle_holds_frames_back_and_loses_none(tmp_path, broker, keys,
     """At a 1% duty cycle the modem answers AT_DUTYCYCLE_RESTRICTED until its band is free: the
     firmware keeps the frame queued and sends it later, never drops it."""
     server = NetworkServer(CHIRPSTACK, EUI, Radio([Gateway("gw-roof")]), publish=None)
-    args = ("--lorawan", f"chirpstack+mqtt://127.0.0.1:{broker.port}")
     # Airtime of a 51-byte uplink at DR5 (SF7) is 118 ms; at time_scale 0.02 the band closes
     # for 236 ms after each uplink, longer than the 150 ms between records.
-    with ModemLine(server, broker.port, data_rate=5, duty_cycle=0.01, time_scale=0.02) as line:
-        hub = HubProcess(broker, keys.path, tmp_path / "hub.db", tmp_path / "hub.log", *args).start()
-        board = VirtualDevice(tmp_path / "board", uarts={2: line.port})
-        try:
-            wait_for(lambda: any(e["event"] == "lorawan_subscribed" for e in hub.events()), 30, "the subscription")
-            board.start()
-            linkseal("firmware", "flash", "--port", board.port, "--build", lora_build)
-            wait_for(lambda: line.modem.counts["duty_cycle"] >= 5 and (device(hub.db) or {}).get("valid", 0) >= 10,
-                     90, "frames held back by the duty cycle, and records arriving")
-            board.stop()
-            records_sent = [t for t in server.truth if t[1] == 10]
-            wait_for(lambda: len(stored(hub.db)) == len(records_sent), 60, "every record uplink stored")
-        finally:
-            hub.stop()
-            board.stop()
+    with rig(tmp_path, broker, keys, server, lora_build, data_rate=5, duty_cycle=0.01, time_scale=0.02) as (
+            line, hub, board, _):
+        wait_for(lambda: line.modem.counts["duty_cycle"] >= 5 and (device(hub.db) or {}).get("valid", 0) >= 10,
+                 90, "frames held back by the duty cycle, and records arriving")
+        board.stop()
+        records_sent = [t for t in server.truth if t[1] == 10]
+        wait_for(lambda: len(stored(hub.db)) == len(records_sent), 60, "every record uplink stored")
     entry = stored_report(hub.db)["devices"]["field-tx-9"]
     assert entry["lost"] == 0 and entry["source_drops"] == 0, entry
     # Every sealed record below the last one sent went out: the held ones waited, none was dropped.
@@ -156,21 +161,12 @@ def test_a_frame_the_data_rate_cannot_carry_is_dropped_and_counted_never_cut(tmp
     write_private_json(build / "agent.json", {**settings, "held_retry_ms": 20})
     (build / "records.py").write_text("def read():\n    return b'x' * 80\n")  # the integrator's own hook
     server = NetworkServer(CHIRPSTACK, EUI, Radio([Gateway("gw-roof")]), publish=None)
-    args = ("--lorawan", f"chirpstack+mqtt://127.0.0.1:{broker.port}")
-    with ModemLine(server, broker.port, data_rate=3, duty_cycle=0.0, time_scale=0.01) as line:
-        hub = HubProcess(broker, keys.path, tmp_path / "hub.db", tmp_path / "hub.log", *args).start()
-        board = VirtualDevice(tmp_path / "board", uarts={2: line.port})
-        try:
-            wait_for(lambda: any(e["event"] == "lorawan_subscribed" for e in hub.events()), 30, "the subscription")
-            board.start()
-            linkseal("firmware", "flash", "--port", board.port, "--build", build)
-            wait_for(lambda: (device(hub.db) or {}).get("valid", 0) >= 5, 90, "records at DR3")
-            line.modem.data_rate = 0  # ADR: the network asks for SF12, 51 bytes
-            wait_for(lambda: ((device(hub.db) or {}).get("status") or {}).get("too_large", 0) >= 5, 90,
-                     "frames dropped as too large, reported by the device")
-        finally:
-            hub.stop()
-            board.stop()
+    with rig(tmp_path, broker, keys, server, build, data_rate=3, duty_cycle=0.0, time_scale=0.01) as (
+            line, hub, board, _):
+        wait_for(lambda: (device(hub.db) or {}).get("valid", 0) >= 5, 90, "records at DR3")
+        line.modem.data_rate = 0  # ADR: the network asks for SF12, 51 bytes
+        wait_for(lambda: ((device(hub.db) or {}).get("status") or {}).get("too_large", 0) >= 5, 90,
+                 "frames dropped as too large, reported by the device")
     status = device(hub.db)["status"]
     assert status["source_drops"] >= status["too_large"] >= 5
     assert re.search(r"frame dropped unsent: frame of 9\d bytes over the 51 of DR0", board.console())

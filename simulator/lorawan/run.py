@@ -223,11 +223,12 @@ def verify(messages: list, keyfile, server: str, out_dir, broker_url=None, no_br
     from pathlib import Path
 
     from hardware.link_registry import links_by_code, load_links
-    from hub.core.report import build_stored_report
     from hub.core.verifier import Verifier
     from hub.service.ingest import Ingest
     from hub.service.storage.sqlite import SQLiteStorage
     from hub.service.ways_in.lorawan_source import ingest_item
+
+    from ..broker_run import stored_report
 
     out_dir = Path(out_dir)
     db = out_dir / "hub.db"
@@ -286,11 +287,7 @@ def verify(messages: list, keyfile, server: str, out_dir, broker_url=None, no_br
                 hub.join(60)
                 if embedded:
                     embedded.stop()
-    storage = SQLiteStorage(db, create=False)
-    try:
-        return build_stored_report(storage)
-    finally:
-        storage.close()
+    return stored_report(db)
 
 
 FIGURES = ("uplinks", "lost_after_transmission", "lost_before_transmission")
