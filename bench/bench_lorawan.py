@@ -68,6 +68,30 @@ def main():
     print(json.dumps({"figure": "lorawan_ingest_ratio", "value": round(lorawan / plain, 3), "target": ">= 0.8",
                       "lorawan_frames_per_s": round(lorawan), "broker_path_frames_per_s": round(plain),
                       "frames": len(frames), "devices": DEVICES, "event_format": "ChirpStack v4 JSON"}))
+    print(json.dumps({"figure": "radio_state_bytes_per_lora_device", "value": radio_state_bytes(),
+                      "target": "report", "note": "hub/core/radio.py RadioState after 200 uplinks heard by 3 "
+                      "gateways at 3 spreading factors (kept beside the device's status; LoRaWAN devices only)"}))
+
+
+def radio_state_bytes(devices: int = 1000) -> int:
+    import random
+    import tracemalloc
+
+    from hub.core.radio import RECORD, RadioState
+
+    rng = random.Random(1)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    states = []
+    for device in range(devices):
+        state = RadioState()
+        for n in range(200):
+            heard = [(f"gw-{g}", -100 - 5 * g - rng.randrange(5), round(rng.uniform(-10, 10), 1)) for g in range(3)]
+            state.observe(RECORD, 1, n, n, heard, 7 + n % 3, "26011b01")
+        states.append(state)
+    grown = sum(stat.size_diff for stat in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    tracemalloc.stop()
+    return round(grown / len(states))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,11 @@ State per device is bounded: MAX_GATEWAYS entries of gateways (the first seen, t
 "other" for the rest) and RING samples each.
 """
 
+import sys
+from array import array
+
 RING = 32  # samples kept per gateway and spreading factor for the medians
+SNR_STEP = 4  # SNR kept in quarter dB, RSSI in whole dBm: two bytes a sample (array "h")
 MAX_GATEWAYS = 8
 OTHER = "other"
 RECORD, STATUS = "record", "status"
@@ -50,8 +54,8 @@ class RadioState:
         self.status_epoch = -1
         self.status_top = -1  # newest status seq in status_epoch
         self.status_lost = 0  # status messages never seen, below the newest of each epoch
-        self.gateways = {}  # gateway id -> [frames, [rssi...], [snr...]]
-        self.spreading = {}  # spreading factor -> [frames, [snr...]]
+        self.gateways = {}  # gateway id -> [frames, array of rssi, array of snr * SNR_STEP]
+        self.spreading = {}  # spreading factor -> [frames, array of snr * SNR_STEP]
 
     def observe(self, kind: str, epoch: int, seq: int, f_cnt: int, gateways, spreading_factor,
                 session=None) -> None:
@@ -84,15 +88,17 @@ class RadioState:
         self.epochs_seen = max(self.epochs_seen, epoch)
         for gateway, rssi, snr in gateways:
             key = gateway if gateway in self.gateways or len(self.gateways) < MAX_GATEWAYS - 1 else OTHER
-            entry = self.gateways.setdefault(key, [0, [], []])
+            key = sys.intern(key)  # a site's few gateway ids, shared by all its devices' states
+            entry = self.gateways.get(key) or self.gateways.setdefault(key, [0, array("h"), array("h")])
             entry[0] += 1
             _keep(entry[1], rssi)
-            _keep(entry[2], snr)
+            _keep(entry[2], snr * SNR_STEP)
         if spreading_factor:
-            entry = self.spreading.setdefault(int(spreading_factor), [0, []])
+            entry = self.spreading.get(int(spreading_factor)) or self.spreading.setdefault(
+                int(spreading_factor), [0, array("h")])
             entry[0] += 1
             if gateways:
-                _keep(entry[1], max(snr for _, _, snr in gateways))  # the best gateway's
+                _keep(entry[1], max(snr for _, _, snr in gateways) * SNR_STEP)  # the best gateway's
 
     def _record(self, epoch, seq):
         last = self.last_record
@@ -121,22 +127,26 @@ class RadioState:
         return {"uplinks": self.uplinks, "lost_after_transmission": self.lost_after,
                 "lost_before_transmission": self.lost_before(),
                 "gateways": {gateway: {"frames": frames, "share": round(frames / self.uplinks, 4) if self.uplinks else 0,
-                                       "rssi_median": _median(rssi), "snr_median": _median(snr)}
+                                       "rssi_median": _median(rssi), "snr_median": _median(snr, SNR_STEP)}
                              for gateway, (frames, rssi, snr) in sorted(self.gateways.items())},
-                "spreading_factors": {str(sf): {"frames": frames, "snr_median": _median(snr)}
+                "spreading_factors": {str(sf): {"frames": frames, "snr_median": _median(snr, SNR_STEP)}
                                       for sf, (frames, snr) in sorted(self.spreading.items())}}
 
     def to_dict(self) -> dict:
-        return {name: getattr(self, name) for name in self.__slots__ if name != "spreading"} | {
-            "spreading": {str(sf): v for sf, v in self.spreading.items()}}
+        data = {name: getattr(self, name) for name in self.__slots__ if name not in ("gateways", "spreading")}
+        data["gateways"] = {g: [frames, list(rssi), list(snr)] for g, (frames, rssi, snr) in self.gateways.items()}
+        data["spreading"] = {str(sf): [frames, list(snr)] for sf, (frames, snr) in self.spreading.items()}
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "RadioState":
         state = cls()
         for name in cls.__slots__:
-            if name in data:
+            if name in data and name not in ("gateways", "spreading"):
                 setattr(state, name, data[name])
-        state.spreading = {int(sf): v for sf, v in data.get("spreading", {}).items()}
+        state.gateways = {g: [frames, array("h", rssi), array("h", snr)]
+                          for g, (frames, rssi, snr) in data.get("gateways", {}).items()}
+        state.spreading = {int(sf): [frames, array("h", snr)] for sf, (frames, snr) in data.get("spreading", {}).items()}
         return state
 
 
@@ -160,22 +170,23 @@ def link_figures(states) -> dict:
             entry[1] += snr
     for key, entry in sorted(samples.items(), key=lambda item: str(item[0])):
         if isinstance(key, tuple):
-            out["spreading_factors"][str(key[1])] = {"frames": entry[0], "snr_median": _median(entry[1])}
+            out["spreading_factors"][str(key[1])] = {"frames": entry[0], "snr_median": _median(entry[1], SNR_STEP)}
         else:
             out["gateways"][key] = {"frames": entry[0], "share": round(entry[0] / out["uplinks"], 4),
-                                    "rssi_median": _median(entry[1]), "snr_median": _median(entry[2])}
+                                    "rssi_median": _median(entry[1]), "snr_median": _median(entry[2], SNR_STEP)}
     return out
 
 
-def _keep(ring: list, value) -> None:
-    ring.append(value)
+def _keep(ring, value) -> None:
+    ring.append(max(-32768, min(32767, round(value))))
     if len(ring) > RING:
         del ring[0]
 
 
-def _median(values):
+def _median(values, step=1):
     if not values:
         return None
     ordered = sorted(values)
     middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    value = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return value / step if step != 1 else value
