@@ -206,7 +206,7 @@ class Agent:
         try:
             if time.ticks_diff(now, self.next_heartbeat) >= 0:
                 self.next_heartbeat = time.ticks_add(now, self.settings["heartbeat_s"] * 1000)
-                if self.unsent_status is None:  # one waiting is enough: it says the newest anyway
+                if self.unsent_status is None:  # one waiting is enough; the next heartbeat comes soon after
                     self.unsent_status = self._status(HEARTBEAT)
             busy = self.send_status(now) and self.send_one(now)
             self.transport.keep_alive()

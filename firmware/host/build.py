@@ -95,7 +95,8 @@ def lorawan_settings(board: Board, config: dict, heartbeat_s=300, record_interva
 
     if board.lorawan is None:
         with_modem = ", ".join(name for name, b in load_boards().items() if b.lorawan) or "none"
-        raise BuildError(f"--transport lorawan: board {board.name} has no LoRaWAN modem (boards with one: {with_modem})")
+        raise BuildError(f"--transport lorawan: board {board.name} has no LoRaWAN modem "
+                         f"(boards with one: {with_modem})")
     if config["link"] != "lora" or "region" not in config:
         raise BuildError(f"device {config['device_id']}: provision it with --link lora and --region for LoRaWAN "
                          "(keys provision ... --link lora --form compact --region EU868 --dev-eui ...)")

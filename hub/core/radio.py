@@ -37,8 +37,8 @@ RECORD, STATUS = "record", "status"
 
 
 class RadioState:
-    __slots__ = ("session", "f_cnt", "uplinks", "lost_after", "span_missing", "span_lost", "bound", "last_record", "since_record",
-                 "epochs_seen", "status_epoch", "status_top", "status_lost", "gateways", "spreading")
+    __slots__ = ("session", "f_cnt", "uplinks", "lost_after", "span_missing", "span_lost", "bound", "last_record",
+                 "since_record", "epochs_seen", "status_epoch", "status_top", "status_lost", "gateways", "spreading")
 
     def __init__(self):
         self.session = None  # the current session's DevAddr, when the network server gives it
@@ -73,11 +73,11 @@ class RadioState:
         else:
             lost = f_cnt - self.f_cnt - 1
             if kind == STATUS and seq == 0 and epoch > self.epochs_seen:
-                # A reboot the modem's session outlived: the new epoch's birth; what was lost
-                # before it belongs to the epoch before, whose end is not known here.
-                self.last_record, self.since_record, lost_before_birth = [epoch, -1], 0, lost
-                self.lost_after += lost_before_birth
-                lost = 0
+                # A reboot the modem's session outlived: the new epoch's birth. What was lost
+                # before it belongs to the epoch before, whose end is not known here: lost
+                # uplinks all the same, but no span of this epoch's records.
+                self.lost_after += lost
+                self.last_record, self.since_record, lost = [epoch, -1], 0, 0
         self.f_cnt = f_cnt
         self.lost_after += lost
         self.since_record += lost
@@ -126,7 +126,7 @@ class RadioState:
         """The report's `radio` of one device."""
         return {"uplinks": self.uplinks, "lost_after_transmission": self.lost_after,
                 "lost_before_transmission": self.lost_before(),
-                "gateways": {gateway: {"frames": frames, "share": round(frames / self.uplinks, 4) if self.uplinks else 0,
+                "gateways": {gateway: {"frames": frames, "share": round(frames / max(self.uplinks, 1), 4),
                                        "rssi_median": _median(rssi), "snr_median": _median(snr, SNR_STEP)}
                              for gateway, (frames, rssi, snr) in sorted(self.gateways.items())},
                 "spreading_factors": {str(sf): {"frames": frames, "snr_median": _median(snr, SNR_STEP)}
@@ -146,7 +146,8 @@ class RadioState:
                 setattr(state, name, data[name])
         state.gateways = {g: [frames, array("h", rssi), array("h", snr)]
                           for g, (frames, rssi, snr) in data.get("gateways", {}).items()}
-        state.spreading = {int(sf): [frames, array("h", snr)] for sf, (frames, snr) in data.get("spreading", {}).items()}
+        state.spreading = {int(sf): [frames, array("h", snr)]
+                           for sf, (frames, snr) in data.get("spreading", {}).items()}
         return state
 
 
