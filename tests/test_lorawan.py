@@ -151,6 +151,7 @@ def test_radio_figures_in_the_report_the_console_and_the_metrics(tmp_path, broke
     assert radio["gateways"]["gw-roof"] == {"frames": 48, "share": 1.0, "rssi_median": -95, "snr_median": 9.0}
     assert radio["gateways"]["gw-far"]["frames"] == 16 and radio["gateways"]["gw-far"]["snr_median"] == -8.5
     assert radio["spreading_factors"] == {"10": {"frames": 48, "snr_median": 9.0}}
+    assert radio["frequencies"] == {"868100000": 48}
     assert device["radio"] == radio and links["lora"]["radio"]["lost_after_transmission"] == 6
     assert 'linkseal_radio_lost_after_transmission_total{link="lora"} 6.0' in scraped
     assert 'linkseal_radio_lost_before_transmission{link="lora"} 6.0' in scraped

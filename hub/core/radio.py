@@ -20,7 +20,8 @@ device address (DevAddr). So:
   sequence numbers count as lost. Hold it against what the device itself reports as dropped
   (`source_drops`).
 - `gateways`: per gateway, frames heard, the share of the device's uplinks it heard, and the
-  median RSSI and SNR of its last RING frames; per spreading factor, frames and median SNR.
+  median RSSI and SNR of its last RING frames; per spreading factor, frames and median SNR;
+  per channel (frequency), frames.
 
 State per device is bounded: MAX_GATEWAYS entries of gateways (the first seen, then one
 "other" for the rest) and RING samples each.
@@ -32,13 +33,15 @@ from array import array
 RING = 32  # samples kept per gateway and spreading factor for the medians
 SNR_STEP = 4  # SNR kept in quarter dB, RSSI in whole dBm: two bytes a sample (array "h")
 MAX_GATEWAYS = 8
+MAX_CHANNELS = 16  # EU868 has 8 uplink channels at most in use; US915 sub-band 2, 8 (+1)
 OTHER = "other"
 RECORD, STATUS = "record", "status"
 
 
 class RadioState:
     __slots__ = ("session", "f_cnt", "uplinks", "lost_after", "span_missing", "span_lost", "bound", "last_record",
-                 "since_record", "epochs_seen", "status_epoch", "status_top", "status_lost", "gateways", "spreading")
+                 "since_record", "epochs_seen", "status_epoch", "status_top", "status_lost", "gateways", "spreading",
+                 "frequencies")
 
     def __init__(self):
         self.session = None  # the current session's DevAddr, when the network server gives it
@@ -56,11 +59,13 @@ class RadioState:
         self.status_lost = 0  # status messages never seen, below the newest of each epoch
         self.gateways = {}  # gateway id -> [frames, array of rssi, array of snr * SNR_STEP]
         self.spreading = {}  # spreading factor -> [frames, array of snr * SNR_STEP]
+        self.frequencies = {}  # channel (Hz) -> frames: a region has a few channels (at most MAX_CHANNELS kept)
 
     def observe(self, kind: str, epoch: int, seq: int, f_cnt: int, gateways, spreading_factor,
-                session=None) -> None:
+                session=None, frequency=None) -> None:
         """One authentic, new uplink: a record (seq: its sequence number) or a status message
-        (seq: the status sequence number); session: its DevAddr, when known."""
+        (seq: the status sequence number); session: its DevAddr, frequency: its channel (Hz),
+        when known."""
         self.uplinks += 1
         if self.f_cnt is None or f_cnt <= self.f_cnt or session != self.session:
             # A new session: the counter started again at a join.
@@ -99,6 +104,8 @@ class RadioState:
             entry[0] += 1
             if gateways:
                 _keep(entry[1], max(snr for _, _, snr in gateways) * SNR_STEP)  # the best gateway's
+        if frequency and (frequency in self.frequencies or len(self.frequencies) < MAX_CHANNELS):
+            self.frequencies[int(frequency)] = self.frequencies.get(int(frequency), 0) + 1
 
     def _record(self, epoch, seq):
         last = self.last_record
@@ -130,36 +137,41 @@ class RadioState:
                                        "rssi_median": _median(rssi), "snr_median": _median(snr, SNR_STEP)}
                              for gateway, (frames, rssi, snr) in sorted(self.gateways.items())},
                 "spreading_factors": {str(sf): {"frames": frames, "snr_median": _median(snr, SNR_STEP)}
-                                      for sf, (frames, snr) in sorted(self.spreading.items())}}
+                                      for sf, (frames, snr) in sorted(self.spreading.items())},
+                "frequencies": {str(hz): frames for hz, frames in sorted(self.frequencies.items())}}
 
     def to_dict(self) -> dict:
         data = {name: getattr(self, name) for name in self.__slots__ if name not in ("gateways", "spreading")}
         data["gateways"] = {g: [frames, list(rssi), list(snr)] for g, (frames, rssi, snr) in self.gateways.items()}
         data["spreading"] = {str(sf): [frames, list(snr)] for sf, (frames, snr) in self.spreading.items()}
+        data["frequencies"] = {str(hz): frames for hz, frames in self.frequencies.items()}
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "RadioState":
         state = cls()
         for name in cls.__slots__:
-            if name in data and name not in ("gateways", "spreading"):
+            if name in data and name not in ("gateways", "spreading", "frequencies"):
                 setattr(state, name, data[name])
         state.gateways = {g: [frames, array("h", rssi), array("h", snr)]
                           for g, (frames, rssi, snr) in data.get("gateways", {}).items()}
         state.spreading = {int(sf): [frames, array("h", snr)]
                            for sf, (frames, snr) in data.get("spreading", {}).items()}
+        state.frequencies = {int(hz): frames for hz, frames in data.get("frequencies", {}).items()}
         return state
 
 
 def link_figures(states) -> dict:
     """The report's `radio` of a link: its devices' figures summed, gateways merged."""
     out = {"uplinks": 0, "lost_after_transmission": 0, "lost_before_transmission": 0, "gateways": {},
-           "spreading_factors": {}}
+           "spreading_factors": {}, "frequencies": {}}
     samples = {}
     for state in states:
         out["uplinks"] += state.uplinks
         out["lost_after_transmission"] += state.lost_after
         out["lost_before_transmission"] += state.lost_before()
+        for hz, frames in state.frequencies.items():
+            out["frequencies"][str(hz)] = out["frequencies"].get(str(hz), 0) + frames
         for gateway, (frames, rssi, snr) in state.gateways.items():
             entry = samples.setdefault(gateway, [0, [], []])
             entry[0] += frames

@@ -309,7 +309,7 @@ class Verifier:
 
     def observe_radio(self, device_id: str, kind: str, epoch: int, seq: int, radio) -> None:
         """What a LoRaWAN uplink said beside an authentic, new frame: radio = (fCnt, [(gateway,
-        rssi, snr)], spreading factor, DevAddr) (hub/core/radio.py); kind: "record" or "status"."""
+        rssi, snr)], spreading factor, DevAddr, frequency) (hub/core/radio.py); kind: "record" or "status"."""
         status = self.status.get(device_id) or self.status.setdefault(device_id, DeviceStatus())
         if status.radio is None:
             status.radio = RadioState()

@@ -56,7 +56,7 @@ class Ingest:
     def handle(self, topic: str, payload: bytes, t: float, redelivered: bool = False, refused=None, radio=None):
         """Verify one message; returns the verifier's Verdict. redelivered: the MQTT DUP flag;
         refused: (reason, label) when the way in found no frame in the message (Verifier.refuse);
-        radio: (fCnt, gateways, spreading factor, DevAddr) of a LoRaWAN uplink (Verifier.observe_radio)."""
+        radio: (fCnt, gateways, spreading factor, DevAddr, frequency) of a LoRaWAN uplink (Verifier.observe_radio)."""
         minute = int(t // 60) * 60
         if minute != self._minute:
             self._close_minute()

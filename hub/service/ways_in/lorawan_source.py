@@ -88,4 +88,5 @@ def ingest_item(server: str, payload: bytes, devices_by_eui: dict, status_port: 
         return (f"lorawan/{uplink.dev_eui}", b"",
                 (f"{server} uplink from DevEUI {uplink.dev_eui}: no device provisioned with it", uplink.dev_eui), None)
     topic = status_topic_for(device) if uplink.f_port == status_port else topic_for(device)
-    return topic, uplink.data, None, (uplink.f_cnt, uplink.gateways, uplink.spreading_factor, uplink.dev_addr)
+    return topic, uplink.data, None, (uplink.f_cnt, uplink.gateways, uplink.spreading_factor, uplink.dev_addr,
+                                    uplink.frequency)
