@@ -64,6 +64,15 @@ class Link:
     duty_cycle: dict = None  # region -> share of time a device may transmit (0: no duty cycle)
     ports: tuple = None  # (records, status messages): LoRaWAN fPorts
 
+    def payloads(self, region: str) -> list:
+        """The region's largest application payload per data rate, indexed by its number
+        (DR0 first): what a LoRaWAN modem is told (AT+DR) and the firmware checks against."""
+        return [self.payload_limits[region][f"DR{n}"] for n in range(len(self.payload_limits[region]))]
+
+    def modulations(self, region: str) -> list:
+        """(spreading factor, bandwidth kHz) per data rate, indexed as payloads()."""
+        return [self.data_rates[region][f"DR{n}"] for n in range(len(self.data_rates[region]))]
+
     @property
     def max_payload(self) -> int:
         """Largest payload that fits the mtu whatever the header, tag and timestamp."""

@@ -101,11 +101,10 @@ def lorawan_settings(board: Board, config: dict, heartbeat_s=300, record_interva
         raise BuildError(f"device {config['device_id']}: provision it with --link lora and --region for LoRaWAN "
                          "(keys provision ... --link lora --form compact --region EU868 --dev-eui ...)")
     lora = load_links()["lora"]
-    rates = lora.payload_limits[config["region"]]
     modem = board.lorawan
     return {"lorawan": {"uart": modem["uart"], "tx": modem["tx"], "rx": modem["rx"], "baud": modem["baud"],
                         "record_port": lora.ports[0], "status_port": lora.ports[1],
-                        "limits": [rates[f"DR{n}"] for n in range(len(rates))]},
+                        "limits": lora.payloads(config["region"])},
             "heartbeat_s": heartbeat_s, "record_interval_ms": record_interval_ms, "watchdog": board.watchdog,
             "max_rate": 0}  # the modem's duty cycle sets the pace: it answers busy until it may send
 

@@ -44,8 +44,8 @@ class Rui3Modem:
         """on_uplink(SentUplink): the radio side. duty_cycle: the region's (hardware/links/lora.toml)
         unless given; time_scale < 1 shrinks airtime, receive windows and join (fast tests)."""
         lora = load_links()["lora"]
-        self.limits = [lora.payload_limits[region][f"DR{n}"] for n in range(len(lora.payload_limits[region]))]
-        self.rates = [lora.data_rates[region][f"DR{n}"] for n in range(len(self.limits))]
+        self.limits = lora.payloads(region)
+        self.rates = lora.modulations(region)
         self.duty_cycle = lora.duty_cycle.get(region, 0.0) if duty_cycle is None else duty_cycle
         self.on_uplink = on_uplink
         self.data_rate = data_rate

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from agent.sealer import sealer_for
 from agent.status import BIRTH, HEARTBEAT, compact_status_payload
+from hardware.link_registry import load_links
 from hub.core.network_servers import CHIRPSTACK, TTN
 
 from .modem import Rui3Modem
@@ -158,9 +159,10 @@ def generate(scenario: LorawanScenario, keyfile) -> tuple[list, dict]:
     for n in range(scenario.devices):
         name = f"field-{n + 1:02d}"
         eui = "70b3d57ed0%06x" % (n + 1)
-        rates = keyfile_rates(scenario.region)
-        config = keyfile.provision(name, "lora", save=False, region=scenario.region, data_rate=rates[-1], dev_eui=eui)
-        device = _Device(config, eui, scenario, random.Random(rng.random()), None, len(rates) - 1)
+        fastest = len(load_links()["lora"].payloads(scenario.region)) - 1
+        config = keyfile.provision(name, "lora", save=False, region=scenario.region, data_rate=f"DR{fastest}",
+                                   dev_eui=eui)
+        device = _Device(config, eui, scenario, random.Random(rng.random()), None, fastest)
         # The event leaves the network server when the uplink has ended and its de-duplication
         # window (200 ms by default in ChirpStack) has closed.
         device.server.publish = lambda topic, payload, device=device: messages.append(
@@ -185,12 +187,6 @@ def generate(scenario: LorawanScenario, keyfile) -> tuple[list, dict]:
     messages.sort(key=lambda m: m[0])
     return messages, {name: knowable(device.truth) for name, device in devices.items()} | {
         "_servers": {name: device.server.truth for name, device in devices.items()}}
-
-
-def keyfile_rates(region: str) -> list:
-    from hardware.link_registry import load_links
-
-    return sorted(load_links()["lora"].payload_limits[region], key=lambda dr: int(dr[2:]))
 
 
 def knowable(truth: DeviceTruth) -> dict:
@@ -222,7 +218,7 @@ def verify(messages: list, keyfile, server: str, out_dir, broker_url=None, no_br
     import time
     from pathlib import Path
 
-    from hardware.link_registry import links_by_code, load_links
+    from hardware.link_registry import links_by_code
     from hub.core.verifier import Verifier
     from hub.service.ingest import Ingest
     from hub.service.storage.sqlite import SQLiteStorage
