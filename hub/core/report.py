@@ -151,10 +151,10 @@ def build_stored_devices(storage, names: list) -> dict:
     counters = {name: new_counters() for name in names}
     for name, counter, total in storage.device_counts(names):
         counters[name][SLOT_NAMES.index(counter)] = total
-    device_links, statuses = storage.device_links(), storage.device_statuses()
+    device_links, (statuses, radio) = storage.device_links(), storage.device_statuses()
     devices = {name: {**entry(c), "link": device_links.get(name), "status": statuses.get(name) or None}
                for name, c in counters.items()}
-    add_radio({}, devices, storage.device_radio(), device_links)
+    add_radio({}, devices, radio, device_links)
     return devices
 
 
@@ -171,8 +171,7 @@ def build_stored_report(storage, since: float | None = None, link: str | None = 
         else:
             devices.setdefault(name, new_counters())[SLOT_NAMES.index(counter)] = total
     device_links = storage.device_links()
-    statuses = storage.device_statuses()
-    radio = storage.device_radio()
+    statuses, radio = storage.device_statuses()
     events = storage.events_since(since)
     if link is not None:
         links = {name: c for name, c in links.items() if name == link}

@@ -157,14 +157,16 @@ class DeviceStatus:
         return status
 
 
-def radio_of(rows) -> dict:
-    """device -> RadioState from stored (device, DeviceStatus.to_json()) rows that have one."""
-    out = {}
+def statuses_of(rows) -> tuple[dict, dict]:
+    """(device -> status fields, device -> RadioState of those that have one), from stored
+    (device, DeviceStatus.to_json()) rows: each parsed once."""
+    fields, radio = {}, {}
     for device, text in rows:
         data = json.loads(text)
+        fields[device] = data["fields"]
         if "radio" in data:
-            out[device] = RadioState.from_dict(data["radio"])
-    return out
+            radio[device] = RadioState.from_dict(data["radio"])
+    return fields, radio
 
 
 def _mark(top: int, seen: int, seq: int):

@@ -17,9 +17,7 @@ Reports and audits read all partitions (PostgresReader): counters are additive d
 workers add to the same rows; each partition keeps its own chain of security events.
 """
 
-import json
-
-from hub.core.status import radio_of
+from hub.core.status import statuses_of
 from hub.service.delivery.sinks import PG_SCHEMA, PG_TABLE
 from hub.service.storage.sqlite import GENESIS_HASH, Batch, StorageError, Stored, event_filter, event_hash
 
@@ -236,13 +234,12 @@ class PostgresReader:
     def device_links(self) -> dict:
         return dict(self.conn.execute("SELECT device, link FROM linkseal_devices").fetchall())
 
-    def device_statuses(self) -> dict:
-        return {device: json.loads(text)["fields"]
-                for device, text in self.conn.execute("SELECT device, status FROM linkseal_statuses").fetchall()}
+    def device_statuses(self) -> tuple:
+        return statuses_of(self.conn.execute("SELECT device, status FROM linkseal_statuses").fetchall())
 
     def device_radio(self) -> dict:
-        return radio_of(self.conn.execute("SELECT device, status FROM linkseal_statuses "
-                                          "WHERE status LIKE '%%\"radio\"%%'").fetchall())
+        return statuses_of(self.conn.execute("SELECT device, status FROM linkseal_statuses "
+                                             "WHERE status LIKE '%%\"radio\"%%'").fetchall())[1]
 
     def events_since(self, since: float | None) -> list:
         rows = self.conn.execute("SELECT t, device, link, kind, reason FROM linkseal_events WHERE t >= %s "

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from hub.core.status import radio_of
+from hub.core.status import statuses_of
 from hub.service.storage import seals
 
 SCHEMA_VERSION = 4  # 2: the outbox ids; 3: seals; 4: sinks and meta sealed too
@@ -159,7 +159,7 @@ class Storage(Protocol):
     def commit(self, batch: Batch) -> None: ...  # all of it in one transaction, or nothing
     def counts_since(self, since_minute: int | None, scopes=...) -> list: ...  # (scope, name, counter, total)
     def device_links(self) -> dict: ...  # device -> current link
-    def device_statuses(self) -> dict: ...  # device -> its latest status (hub.status fields)
+    def device_statuses(self) -> tuple: ...  # (device -> its latest status fields, device -> RadioState)
     def device_radio(self) -> dict: ...  # device -> RadioState of its LoRaWAN uplinks
     def events_since(self, since: float | None) -> list: ...
     def integrity_problem(self, full: bool = False) -> str | None: ...  # the database's own check
@@ -258,14 +258,15 @@ class SQLiteReader:
             f"SELECT scope, name, counter, SUM(value) FROM counts WHERE minute >= ? AND scope IN ({marks}) "
             "GROUP BY scope, name, counter", (since_minute if since_minute is not None else -(2**62), *scopes)).fetchall()
 
-    def device_statuses(self) -> dict:
-        """device -> what its latest status message said (hub.status.DeviceStatus fields)."""
-        return {device: json.loads(text)["fields"] for device, text in self.db.execute(
-            "SELECT device, status FROM device_status")}
+    def device_statuses(self) -> tuple:
+        """(device -> what its latest status message said (hub.status.DeviceStatus fields),
+        device -> its RadioState (hub/core/radio.py), for LoRaWAN devices)."""
+        return statuses_of(self.db.execute("SELECT device, status FROM device_status"))
 
     def device_radio(self) -> dict:
-        """device -> its RadioState (hub/core/radio.py), for LoRaWAN devices."""
-        return radio_of(self.db.execute("SELECT device, status FROM device_status WHERE status LIKE '%\"radio\"%'"))
+        """device -> its RadioState, reading only the LoRaWAN devices' statuses."""
+        return statuses_of(self.db.execute(
+            "SELECT device, status FROM device_status WHERE status LIKE '%\"radio\"%'"))[1]
 
     def device_links(self) -> dict:
         return dict(self.db.execute("SELECT device, link FROM devices"))
