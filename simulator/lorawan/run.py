@@ -141,7 +141,7 @@ class _Device:
             self.sent = (self.epoch, seq)
 
     def _send(self, port, frame, what) -> bool:
-        self.sending = what
+        self.sending = what  # ("record" | "status", seq): _uplink, called by the modem inside command(), records it
         reply = self.modem.command("AT+SEND=%d:%s" % (port, frame.hex()), self.now)
         if reply != ["OK"]:
             self.next_send = self.now + 1.0  # held: the firmware tries again after held_retry_ms
