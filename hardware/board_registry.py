@@ -13,6 +13,10 @@ _FIELDS = {"name": str, "description": str, "port": str, "board": str, "ram_kib"
            "min_micropython": str}
 # A board with a LoRaWAN modem names it and its UART in a [lorawan] table (the firmware's lorawan transport).
 _MODEM_FIELDS = {"modem": str, "command_set": str, "uart": int, "tx": int, "rx": int, "baud": int}
+# A board wired to a serial line (RS-485 through a transceiver, or a plain UART) to the relay on a
+# gateway names the UART in a [serial] table (the firmware's uart transport); `de` is the
+# transceiver's driver-enable pin, absent for a point-to-point UART.
+_SERIAL_FIELDS = {"uart": int, "tx": int, "rx": int, "baud": int}
 
 
 class BoardError(ValueError):
@@ -34,6 +38,7 @@ class Board:
     mpy_version: str
     min_micropython: str
     lorawan: dict | None = None
+    serial: dict | None = None
 
     @property
     def mpy_major(self) -> int:
@@ -60,7 +65,14 @@ def load_boards(directory: Path = BOARDS_DIR) -> dict:
                     raise BoardError(f"{path}: lorawan.{field} must be a {kind.__name__}")
             if modem["command_set"] != "RUI3":
                 raise BoardError(f"{path}: lorawan.command_set: the firmware speaks RUI3 only")
-        boards[data["name"]] = Board(**{field: data[field] for field in _FIELDS}, lorawan=modem)
+        line = data.get("serial")
+        if line is not None:
+            for field, kind in _SERIAL_FIELDS.items():
+                if not isinstance(line.get(field), kind):
+                    raise BoardError(f"{path}: serial.{field} must be a {kind.__name__}")
+            if not isinstance(line.get("de", 0), int):
+                raise BoardError(f"{path}: serial.de must be a pin number")
+        boards[data["name"]] = Board(**{field: data[field] for field in _FIELDS}, lorawan=modem, serial=line)
     return boards
 
 

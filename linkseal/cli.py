@@ -1,6 +1,6 @@
 """The `linkseal` command: a thin dispatcher over the groups each part defines.
 
-keys, hub (hub/), sim and demo (simulator/), firmware (firmware/), agent (agent/linux/).
+keys, hub (hub/), sim and demo (simulator/), firmware (firmware/), agent (agent/linux/), relay (relay/).
 Every input or usage error ends with one line `linkseal: error: ...` naming what and where,
 exit status 2, no traceback. Keys are never printed.
 """
@@ -13,6 +13,7 @@ from firmware.host.cli import add_firmware_group
 from hub.cli import add_hub_group
 from hub.cli_common import EXIT_INPUT, EXIT_INTERNAL
 from hub.cli_keys import add_keys_group
+from relay.cli import add_relay_group
 from simulator.cli import add_demo_command, add_sim_group
 
 from . import __version__
@@ -49,13 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"linkseal {__version__}")
     parser.add_argument("--debug", action="store_true", help="print the traceback of an internal error")
-    groups = parser.add_subparsers(dest="group", metavar="{keys,hub,sim,firmware,agent,demo}")
+    groups = parser.add_subparsers(dest="group", metavar="{keys,hub,sim,firmware,agent,relay,demo}")
     groups.required = True
     add_keys_group(groups)
     add_hub_group(groups)
     add_sim_group(groups)
     add_agent_group(groups)
     add_firmware_group(groups)
+    add_relay_group(groups)
     add_demo_command(groups)
     return parser
 

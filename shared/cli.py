@@ -18,9 +18,9 @@ def command(sub, name, help_text, examples):
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def add_broker_options(parser, username_note=""):
-    """--broker and its TLS files and login, as `hub run` and `agent run` both take them."""
-    parser.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+def add_broker_options(parser, username_note="", required=True):
+    """--broker and its TLS files and login, as `hub run`, `agent run` and `relay` take them."""
+    parser.add_argument("--broker", required=required, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
     parser.add_argument("--ca-file", help="CA certificate that signed the broker's certificate (mqtts)")
     parser.add_argument("--cert-file", help="client certificate for mutual TLS")
     parser.add_argument("--key-file", help="client certificate's private key for mutual TLS")

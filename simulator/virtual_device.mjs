@@ -203,6 +203,8 @@ const uartPaths = Object.fromEntries((args.uart || "").split(",").filter(Boolean
   return [Number(item.slice(0, at)), item.slice(at + 1)];
 }));
 const uarts = new Map();
+// --rs485 "1=4": UART(1) drives an RS-485 transceiver whose driver-enable (DE) pin is GPIO 4.
+const dePins = Object.fromEntries((args.rs485 || "").split(",").filter(Boolean).map((item) => item.split("=").map(Number)));
 
 const serial = {
   // 0 when the UART is wired, minus an errno when the board has no such UART.
@@ -211,6 +213,9 @@ const serial = {
     if (!uarts.has(id)) uarts.set(id, fs.openSync(uartPaths[id], fs.constants.O_RDWR | fs.constants.O_NOCTTY |
                                                   fs.constants.O_NONBLOCK));
     return 0;
+  },
+  uart_de(id) {
+    return id in dePins ? dePins[id] : -1;
   },
   uart_write(id, hex) {
     const data = Buffer.from(hex, "hex");

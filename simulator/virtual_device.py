@@ -42,14 +42,17 @@ def node_with_micropython() -> str:
 
 
 class VirtualDevice:
-    def __init__(self, flash_dir: Path, unique_id: str = "0badc0de", heap_bytes: int = 128 * 1024, uarts=None):
-        """uarts: {UART id: path of a serial line} (a pseudo-terminal to a peripheral's emulator)."""
+    def __init__(self, flash_dir: Path, unique_id: str = "0badc0de", heap_bytes: int = 128 * 1024, uarts=None,
+                 rs485=None):
+        """uarts: {UART id: path of a serial line} (a pseudo-terminal to a peripheral's emulator);
+        rs485: {UART id: GPIO of its transceiver's driver-enable pin} for UARTs on an RS-485 bus."""
         self.flash_dir = Path(flash_dir)
         self.flash_dir.mkdir(parents=True, exist_ok=True)
         self.console_path = self.flash_dir.parent / (self.flash_dir.name + ".console.log")
         self.unique_id = unique_id
         self.heap_bytes = heap_bytes
         self.uarts = dict(uarts or {})
+        self.rs485 = dict(rs485 or {})
         self.proc = None
         self._slave = None
         self.port = None
@@ -64,7 +67,8 @@ class VirtualDevice:
             self.proc = subprocess.Popen(
                 [node, str(SCRIPT), "--tty-fd", str(master), "--flash", str(self.flash_dir), "--shims", str(SHIMS),
                  "--bridge", str(BRIDGE), "--python", sys.executable, "--heap", str(self.heap_bytes),
-                 "--unique-id", self.unique_id, "--uart", ",".join(f"{k}={v}" for k, v in self.uarts.items())],
+                 "--unique-id", self.unique_id, "--uart", ",".join(f"{k}={v}" for k, v in self.uarts.items()),
+                 "--rs485", ",".join(f"{k}={v}" for k, v in self.rs485.items())],
                 pass_fds=(master,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
         os.close(master)
         # Holding the slave open keeps the console alive between mpremote sessions (no EIO).

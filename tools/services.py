@@ -283,3 +283,42 @@ class Subscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class RelayProcess:
+    """`linkseal relay serial` on a port, logging JSON Lines to a file; stopped with SIGTERM
+    (its last line says every count) or killed."""
+
+    def __init__(self, broker: Mosquitto, port: str, state_dir: Path, log: Path, *extra):
+        self.args = [str(LINKSEAL), "relay", "serial", "--port", port, "--broker", broker.url, "--name", "line-1",
+                     "--state-dir", str(state_dir), "--log-json", *map(str, extra)]
+        self.log = log
+        self.process = None
+
+    def start(self):
+        self._log_handle = open(self.log, "a")
+        self.process = subprocess.Popen(self.args, stdout=self._log_handle, stderr=self._log_handle)
+        wait_for(lambda: any(e["event"] == "connected" for e in self.events()) or self.process.poll() is not None,
+                 30, "the relay to reach its broker")
+        assert self.process.poll() is None, self.log.read_text()
+        return self
+
+    def events(self):
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
+
+    def stop(self) -> dict:
+        """SIGTERM, then the counts of its last line ({} if it was killed before)."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+        self._log_handle.close()
+        stopped = [e for e in self.events() if e["event"] == "stopped"]
+        return stopped[-1] if stopped else {}
+
+    def kill(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+            self._log_handle.close()

@@ -25,9 +25,22 @@ def add_agent_group(groups):
                         "(with a FILE source; standard input cannot be re-read).",
                         ["linkseal agent run --config pump-12.json --broker mqtt://broker:1883 --source readings.log",
                          "sensor-reader | linkseal agent run --config pump-12.json --broker mqtts://broker:8883 "
-                         "--ca-file ca.pem"])
+                         "--ca-file ca.pem",
+                         "linkseal agent run --config monitor-3.json --serial /dev/ttyUSB0 --baud 57600 "
+                         "--source vitals.log"])
     agent_run.add_argument("--config", required=True, type=Path, help="device config from `keys provision`")
-    add_broker_options(agent_run, " (default: the device config's)")
+    add_broker_options(agent_run, " (default: the device config's)", required=False)
+    agent_run.add_argument("--serial", metavar="PORT", help="instead of --broker: a serial line to the relay "
+                           "(`relay serial`), e.g. /dev/ttyUSB0")
+    agent_run.add_argument("--baud", type=Number(int, 300, 4_000_000, " baud"), default=115200,
+                           help="--serial: line speed (default 115200)")
+    agent_run.add_argument("--rs485", action="store_true", help="--serial: switch the port to RS-485 mode (the "
+                           "kernel drives the transceiver's DE)")
+    agent_run.add_argument("--polled", action="store_true", help="--serial on a multi-drop bus: speak only when "
+                           "the relay polls this device (relay serial --poll)")
+    agent_run.add_argument("--ack-timeout", type=Number(float, 0.01, 60, " s"), default=1.0, metavar="SECONDS",
+                           help="--serial: send a frame again when the relay has not acknowledged it by then "
+                           "(default 1)")
     agent_run.add_argument("--state-dir", type=Path, help="epoch and queue (default ./linkseal-state/DEVICE)")
     agent_run.add_argument("--source", default="stdin", help="stdin (default) or a file of one record per line")
     agent_run.add_argument("--qos", type=int, choices=(0, 1), default=1)
@@ -64,14 +77,23 @@ def _agent_run(args):
 
     from .run import AgentState, LinuxAgent
 
+    if bool(args.broker) == bool(args.serial):
+        raise InputError("agent run: give either --broker (MQTT) or --serial (a line to the relay)")
     config = load_device_config(args.config)
-    broker = broker_from_args(args)
+    transport = _serial_transport(args, config) if args.serial else None
+    broker = broker_from_args(args) if args.broker else None
     try:
         state = AgentState(args.state_dir or Path("linkseal-state") / config["device_id"])
     except EpochError as exc:
         raise InputError(str(exc)) from None
-    agent = LinuxAgent(config, broker, state, EventLog(json_lines=args.log_json), qos=args.qos,
-                       max_rate=args.max_rate, heartbeat_s=args.heartbeat)
+    log = EventLog(json_lines=args.log_json)
+    if transport is not None:
+        from .serial_agent import SerialAgent
+
+        agent = SerialAgent(config, transport, state, log, max_rate=args.max_rate, heartbeat_s=args.heartbeat)
+    else:
+        agent = LinuxAgent(config, broker, state, log, qos=args.qos, max_rate=args.max_rate,
+                           heartbeat_s=args.heartbeat)
     signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
     if args.source == "stdin":
         return agent.run(sys.stdin.buffer)
@@ -81,3 +103,13 @@ def _agent_run(args):
         raise InputError(f"--source {args.source}: {exc.strerror}") from None
     with source:
         return agent.run(source)
+
+
+def _serial_transport(args, config):
+    from shared.serial_port import open_port
+
+    from .serial_agent import LinuxSerialTransport
+
+    port = open_port(args.serial, args.baud, args.rs485, option="--serial")
+    return LinuxSerialTransport(port, config["device_id"], baud=args.baud, polled=args.polled,
+                                ack_timeout_ms=int(args.ack_timeout * 1000))

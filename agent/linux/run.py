@@ -122,6 +122,9 @@ class LinuxAgent:
         self.refused = 0  # records too long for the link, never sealed
         self.stopping = threading.Event()
         self.source_done = threading.Event()
+        self._connected = False
+        if broker is None:  # another transport (SerialAgent)
+            return
         # The client id is the device id: brokers configured by `hub broker-config` bind each
         # account to its own (RabbitMQ refuses a device's publishes under any other).
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config["device_id"])
@@ -131,7 +134,6 @@ class LinuxAgent:
         if username:
             self.client.username_pw_set(username, broker.password or config.get("mqtt_password"))
         self.client.reconnect_delay_set(1, 30)
-        self._connected = False
         self._set_will()
 
     def status(self, kind: str) -> bytes:
@@ -175,41 +177,63 @@ class LinuxAgent:
             self.state.queue(offset, sealed)
         self.source_done.set()
 
+    # -- the transport: paho here, a serial line in SerialAgent ---------------------------
+
+    def link_up(self) -> bool:
+        return self.client.is_connected()
+
+    def send(self, topic: str, data: bytes) -> bool:
+        """True once the broker acknowledged the frame."""
+        info = self.client.publish(topic, data, qos=self.qos)
+        try:
+            info.wait_for_publish(10)
+        except (RuntimeError, ValueError):
+            return False  # not sent (disconnected): try again after the reconnect
+        return info.is_published()
+
+    def send_heartbeat(self) -> None:
+        self.client.publish(self.status_topic, self.status(HEARTBEAT), qos=1)
+
+    def idle(self) -> None:
+        self.stopping.wait(0.05)  # idle poll for new records; the queue itself is the signal
+
     def publish_queue(self) -> None:
         """Send the oldest frame until the broker acknowledges it, then the next (main thread)."""
         next_send = time.monotonic()
         next_heartbeat = time.monotonic() + self.heartbeat_s
         while not self.stopping.is_set():
-            if time.monotonic() >= next_heartbeat and self.client.is_connected():
+            if time.monotonic() >= next_heartbeat and self.link_up():
                 next_heartbeat = time.monotonic() + self.heartbeat_s
-                self.client.publish(self.status_topic, self.status(HEARTBEAT), qos=1)
+                self.send_heartbeat()
             oldest = self.state.oldest()
             if oldest is None:
                 if self.source_done.is_set():
                     return
-                self.stopping.wait(0.05)  # idle poll for new records; the queue itself is the signal
+                self.idle()
                 continue
             offset, data = oldest
-            if not self.client.is_connected():
+            if not self.link_up():
                 self.stopping.wait(0.2)
                 continue
             if self.max_rate:
                 self.stopping.wait(max(0.0, next_send - time.monotonic()))  # pacing, not synchronisation
                 next_send = max(next_send, time.monotonic()) + 1.0 / self.max_rate
-            info = self.client.publish(self.topic, data, qos=self.qos)
-            try:
-                info.wait_for_publish(10)
-            except (RuntimeError, ValueError):
-                continue  # not sent (disconnected): try again after the reconnect
-            if info.is_published():
+            if self.send(self.topic, data):
                 self.state.delivered(offset)
                 self.sent = frame.decode(data)[2:4]
 
-    def run(self, source) -> int:
+    def start_transport(self) -> None:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.connect_async(self.broker.host, self.broker.port, keepalive=30)
         self.client.loop_start()
+
+    def stop_transport(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def run(self, source) -> int:
+        self.start_transport()
         start = self.state.resume_offset()
         self.log("started", device=self.config["device_id"], epoch=self.state.epoch, resume_offset=start,
                  queued=self.state.depth())
@@ -220,8 +244,7 @@ class LinuxAgent:
         finally:
             self.stopping.set()
             reader.join(5)
-            self.client.disconnect()
-            self.client.loop_stop()
+            self.stop_transport()
         with self.sealing:
             self.state.mark.stop(self.sealer.seq)
         self.log("stopped", queued=self.state.depth(), source_drops=self.state.store.source_drops,

@@ -4,7 +4,8 @@
 # Files on the board (written by `linkseal firmware build` and `firmware flash`):
 #   device.json   the device's id, key and broker credentials (`linkseal keys provision`)
 #   agent.json    transport (mqtt: broker address, WiFi, QoS; lorawan: the modem's UART and
-#                 the payload per data rate), intervals, watchdog (`firmware build` options)
+#                 the payload per data rate; serial: the UART to the relay, its DE pin, polled
+#                 or not), intervals, watchdog (`firmware build` options)
 #   epoch         the boot epoch (epoch.py); queue, queue.state: store-and-forward (store.py)
 #   sealmark      how far the epoch may have got (sealmark.py): the next birth tells the hub
 #                 which records a power cut destroyed in the RAM queue
@@ -242,6 +243,16 @@ def start(config_path="device.json", settings_path="agent.json"):
 
 
 def make_transport(config, settings, feed):
+    line = settings.get("serial")
+    if line:  # RS-485 or a plain UART to the relay on a gateway
+        from machine import UART, Pin
+
+        import serial_link
+
+        uart = UART(line["uart"], baudrate=line["baud"], tx=line["tx"], rx=line["rx"], timeout=10)
+        de = None if line.get("de") is None else Pin(line["de"], Pin.OUT, value=0)
+        return serial_link.Transport(uart, config["device_id"], de, line["baud"], line.get("polled", False),
+                                     line.get("ack_timeout_ms", 1000), line.get("poll_wait_ms", 2000))
     lorawan = settings.get("lorawan")
     if lorawan:
         from machine import UART

@@ -17,7 +17,7 @@ from pathlib import Path
 AGENT_CORE = ("__init__", "frame", "link_codes", "sealer", "status")
 DEVICE_MODULES = ("app", "epoch", "records", "sealmark", "store")
 # One transport per build: what the device needs and no more (the firmware's size budget).
-TRANSPORTS = {"mqtt": "transport", "lorawan": "lorawan"}
+TRANSPORTS = {"mqtt": "transport", "lorawan": "lorawan", "uart": "serial_link"}
 DEVICE_SCRIPTS = ("boot", "main")
 # What a board's MicroPython offers the modules above (GUIDE: MicroPython rules), besides each other.
 BOARD_LIBRARIES = ("binascii", "gc", "hashlib", "json", "machine", "micropython", "network", "os", "random", "ssl",

@@ -52,7 +52,7 @@ def first_epoch_file(path: Path, epoch: int = 0) -> None:
 
 def transport_of(settings: dict) -> str:
     """Which transport a build's agent.json sets up (app.py reads it the same way)."""
-    return "lorawan" if "lorawan" in settings else "mqtt"
+    return "lorawan" if "lorawan" in settings else "uart" if "serial" in settings else "mqtt"
 
 
 def manifest_text(board: Board, transport: str = "mqtt") -> str:
@@ -107,6 +107,19 @@ def lorawan_settings(board: Board, config: dict, heartbeat_s=300, record_interva
                         "limits": lora.payloads(config["region"])},
             "heartbeat_s": heartbeat_s, "record_interval_ms": record_interval_ms, "watchdog": board.watchdog,
             "max_rate": 0}  # the modem's duty cycle sets the pace: it answers busy until it may send
+
+
+def serial_settings(board: Board, polled=False, baud=None, heartbeat_s=30, record_interval_ms=1000) -> dict:
+    """agent.json for the uart transport: the board's UART to the relay and its transceiver's
+    DE pin; polled on a multi-drop bus (the device speaks when the relay polls its id)."""
+    if board.serial is None:
+        wired = ", ".join(name for name, b in load_boards().items() if b.serial) or "none"
+        raise BuildError(f"--transport uart: board {board.name} names no serial line (boards with one: {wired})")
+    line = dict(board.serial, polled=polled)
+    if baud:
+        line["baud"] = baud
+    return {"serial": line, "heartbeat_s": heartbeat_s, "record_interval_ms": record_interval_ms,
+            "watchdog": board.watchdog, "held_retry_ms": 50}  # no ack came: the wait for it was the pause
 
 
 def ca_der(path) -> bytes:

@@ -13,13 +13,19 @@ def add_firmware_group(groups):
                     ["linkseal firmware build --device pump-12.json --board esp32 --broker mqtts://broker.lan "
                      "--wifi-ssid ward-4 --wifi-password-file wifi.txt --out build/pump-12",
                      "linkseal firmware build --device field-tx-3.json --board esp32-rak3172 --heartbeat 600 "
-                     "--record-interval 300000 --out build/field-tx-3"])
+                     "--record-interval 300000 --out build/field-tx-3",
+                     "linkseal firmware build --device plc-7.json --board esp32 --transport uart --polled "
+                     "--out build/plc-7"])
     build.add_argument("--device", required=True, type=Path, help="device config from `keys provision`")
     build.add_argument("--board", required=True, help="a board from hardware/boards (esp32, esp32-s3, rp2-pico-w, "
                        "esp32-rak3172)")
-    build.add_argument("--transport", choices=("mqtt", "lorawan"),
-                       help="mqtt: WiFi and a broker; lorawan: the board's LoRaWAN modem (default: lorawan for a "
-                       "board with a modem, else mqtt)")
+    build.add_argument("--transport", choices=("mqtt", "lorawan", "uart"),
+                       help="mqtt: WiFi and a broker; lorawan: the board's LoRaWAN modem; uart: the board's serial "
+                       "line to a relay (default: lorawan for a board with a modem, uart for an rs485 device, else mqtt)")
+    build.add_argument("--polled", action="store_true", help="uart on a multi-drop bus: speak only when the relay "
+                       "polls this device (relay serial --poll)")
+    build.add_argument("--baud", type=Number(int, 300, 4_000_000, " baud"), help="uart: the line's speed "
+                       "(default: the board file's)")
     build.add_argument("--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT the device publishes to (mqtt only)")
     build.add_argument("--ca-file", type=Path, help="CA certificate of the broker (mqtts), put on the board so it "
                        "checks the broker's certificate")
@@ -47,22 +53,30 @@ def add_firmware_group(groups):
 
 
 def _build(args):
-    from firmware.host.build import agent_settings, build, lorawan_settings
+    from firmware.host.build import agent_settings, build, lorawan_settings, serial_settings
     from hardware.board_registry import board
     from shared.device_config import load_device_config
     from shared.settings import parse_broker
 
     target = board(args.board)
-    transport = args.transport or ("lorawan" if target.lorawan else "mqtt")
+    config = load_device_config(args.device)
+    transport = args.transport or ("lorawan" if target.lorawan else "uart" if config["link"] == "rs485" else "mqtt")
+    if (args.polled or args.baud) and transport != "uart":
+        raise InputError("--polled, --baud: for the uart transport only")
+    if transport == "uart":
+        if args.broker or args.wifi_ssid or args.ca_file:
+            raise InputError("--broker, --wifi-ssid, --ca-file: a device on a serial line reaches no broker; the relay "
+                             "does (relay serial --broker)")
+        settings = serial_settings(target, args.polled, args.baud, args.heartbeat, args.record_interval)
+        return _report(args, build(args.device, target, args.out, settings))
     if transport == "lorawan":
         if args.broker or args.wifi_ssid or args.ca_file:
             raise InputError("--broker, --wifi-ssid, --ca-file: a LoRaWAN device reaches no broker; its network "
                              "server does (hub run --lorawan)")
-        settings = lorawan_settings(target, load_device_config(args.device), args.heartbeat, args.record_interval)
+        settings = lorawan_settings(target, config, args.heartbeat, args.record_interval)
         return _report(args, build(args.device, target, args.out, settings))
     if not args.broker:
         raise InputError("--broker is required for the mqtt transport")
-    config = load_device_config(args.device)
     if config["link"] == "lora" and args.transport is None:
         raise InputError(f"{args.device}: a lora device, but board {args.board} has no LoRaWAN modem: pick one that "
                          "has (esp32-rak3172), or --transport mqtt to carry its records over WiFi")

@@ -45,18 +45,44 @@ class WDT:
         _poll()
 
 
+_levels = {}  # output pins' levels
+
+
+class Pin:
+    IN = 0
+    OUT = 1
+
+    def __init__(self, id, mode=-1, value=None):
+        self._id = id
+        if value is not None:
+            self.value(value)
+
+    def value(self, level=None):
+        if level is None:
+            return _levels.get(self._id, 0)
+        _levels[self._id] = 1 if level else 0
+
+
 class UART:
     # A serial line to a peripheral (virtual_device.mjs --uart): the parts of machine.UART the
-    # firmware's LoRaWAN transport uses. timeout (ms) bounds each read, as on a board.
+    # firmware's transports use. timeout (ms) bounds each read, as on a board. A UART wired to
+    # an RS-485 transceiver (--rs485 ID=PIN) reaches the bus only while the transceiver's
+    # driver-enable pin is high, as on the board: bytes written with it low are lost.
     def __init__(self, id, baudrate=115200, tx=None, rx=None, timeout=0, **kwargs):
         result = _vdev.uart_open(id)
         if result < 0:
             raise ValueError("UART(%d) doesn't exist" % id)
         self._id = id
         self._timeout = timeout
+        self._de = _vdev.uart_de(id)
 
     def write(self, buf):
+        if self._de >= 0 and not _levels.get(self._de):
+            return len(buf)
         return _vdev.uart_write(self._id, binascii.hexlify(bytes(buf)).decode())
+
+    def flush(self):
+        pass  # uart_write returns once the line took every byte
 
     def read(self, n=256):
         _poll()
