@@ -106,6 +106,9 @@ def test_firmware_over_a_noisy_line_every_record_once_damage_counted_corrupt(tmp
         wait_for(lambda: len(stored(hub.db, "plc-7")) >= 60, 240, "every record through the noisy line")
         board.stop()
         counts = relay.stop()
+        # What the relay published last may still be on its way through the hub.
+        wait_for(lambda: entry(hub.db, "plc-7").get("corrupt") == counts["line_frames_damaged"], 30,
+                 f"the hub to count the {counts['line_frames_damaged']} damaged frames the relay published")
     truth = line.truth.counts
     rows = stored(hub.db, "plc-7")
     assert len(rows) == len(set(rows)) == 60, "a record lost or stored twice"

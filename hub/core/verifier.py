@@ -247,9 +247,10 @@ class Verifier:
             else:
                 key_id, _, epoch, seq, _, body, tag_at, tag_len = _decode_compact(data)
                 link = dev.link
-        except (_Corrupt, _Malformed) as exc:
-            kind = "corrupt" if isinstance(exc, _Corrupt) else "malformed"
-            return _verdict(Verdict, (kind, dev.device_id, name, None, None, None, None, "status: %s" % exc))
+        except _Corrupt as exc:  # the link damaged it: counted as a damaged record is, on the device's link
+            return self._reject(dev, CORRUPT, "status: %s" % exc, t)
+        except _Malformed as exc:
+            return _verdict(Verdict, ("malformed", dev.device_id, name, None, None, None, None, "status: %s" % exc))
         problem = self._status_forgery(dev, key_id, link, tag_len, tag_at, data, t)
         if problem is not None:
             self.record_event(t, dev.device_id, name, "forged", "status: " + problem)
