@@ -5,12 +5,15 @@ joined by a thread, with faults injected on what the devices send, and the truth
         VirtualDevice(..., uarts={2: line.device_ports[0]}); relay serial --port line.relay_port
 
 Every byte one end writes reaches every other end (a bus: the relay hears each device, each
-device hears the relay and the others), as RS-485 wiring does. Faults apply to each packet a
+device hears the relay and the others), as RS-485 wiring does. Writes are instantaneous here,
+so two devices cannot garble each other: the relay's count of packets out of turn is the check
+that polling keeps the bus to one speaker. Faults apply to each packet a
 device sends (everything up to and including its 0x00 delimiter): bit errors at a bit error
 rate, dropped bytes, a lost delimiter. The truth is counted the way any receiver would see the
 result: the damaged stream split at 0x00, each piece either one of the packets sent or damaged.
 """
 
+import fcntl
 import os
 import random
 import select
@@ -76,6 +79,8 @@ def _raw_pty():
     master, slave = os.openpty()
     tty.setraw(slave)
     tty.setraw(master)
+    # An end nobody reads fills up: its bytes are then lost (a receiver's overrun), the bus goes on.
+    fcntl.fcntl(master, fcntl.F_SETFL, fcntl.fcntl(master, fcntl.F_GETFL) | os.O_NONBLOCK)
     return master, slave
 
 
@@ -111,17 +116,15 @@ class SerialBus:
                 try:
                     os.write(master, data)
                 except OSError:
-                    pass  # nobody has that end open right now: the bytes are gone, as on a wire
+                    pass  # that end's buffer is full (nobody reads it): the bytes are gone, as on a wire
 
     def _from_device(self, origin: int, data: bytes) -> bytes:
-        if self.faults is None:
-            return data
         out = b""
         data = self._partial.pop(origin, b"") + data
         *packets, rest = data.split(b"\x00")
         for packet in packets:
             packet += b"\x00"
-            delivered = self.faults.damage(packet)
+            delivered = packet if self.faults is None else self.faults.damage(packet)
             with self._lock:
                 self.truth.add(packet, delivered)
             out += delivered

@@ -165,7 +165,7 @@ class Transport:
                 return "no ack"
             if got == ack:  # perhaps of a copy sent before
                 return None
-            if got == self.poll:  # our turn on the bus (again, if the relay never got it whole)
+            if got == self.poll and self.poll not in self.pending:  # our turn (the latest poll, not a stale one)
                 self._write(wire)
                 start = self._ms()
                 wait = self.ack_timeout_ms
@@ -174,7 +174,7 @@ class Transport:
         # Polled with nothing to send: say so, so the relay moves on at once.
         got = self._next()
         while got is not None:
-            if got == self.poll:
+            if got == self.poll and self.poll not in self.pending:
                 self._write(packet(IDLE, self.device_id))
             got = self._next()
 
