@@ -169,3 +169,90 @@ def test_a_polled_bus_of_three_boards(tmp_path, broker, keys):
     assert counts["line_idle"] > 0 and counts["published"] >= 75, counts
     report = stored_report(hub.db)
     assert report["links"]["rs485"]["valid"] == 75 and report["links"]["rs485"].get("forged", 0) == 0
+
+
+def rss_bytes(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_bad_input_on_the_line_costs_nothing_but_counts(tmp_path, broker, keys):
+    import os
+    import random
+
+    import serial
+    from cobs import cobs
+
+    from agent.sealer import sealer_for
+    from firmware.device import serial_link
+    from relay.intake import parse
+
+    config = keys.provision("plc-7", "rs485")
+    keys.provision("plc-8", "rs485")
+    stranger = sealer_for({**config, "device_id": "plc-8"}, 1)  # plc-8's id, someone else's key
+    honest = sealer_for(config, 1)
+    with SerialBus(1) as line:
+        hub = HubProcess(broker, keys.path, tmp_path / "hub.db", tmp_path / "hub.log").start()
+        relay = RelayProcess(broker, line.relay_port, tmp_path / "relay", tmp_path / "relay.log")
+        port = serial.Serial(line.device_ports[0], timeout=0.05)
+        try:
+            hub.wait_connected()
+            relay.start()
+            before = rss_bytes(relay.process.pid)
+            rng = random.Random(5)
+            port.write(bytes(rng.randrange(256) for _ in range(65536)))  # noise, zeros included
+            noise = bytes(rng.randrange(1, 256) for _ in range(1 << 20))
+            for _ in range(16):  # 16 MB without a single delimiter
+                port.write(noise)
+            port.write(b"\x00" + serial_link.packet(serial_link.RECORD, "plc-8", stranger.seal(b"open the valve")))
+            frame = honest.seal(b"temp=21.5")
+            port.write(serial_link.packet(serial_link.RECORD, "plc-7", frame))
+            acks = serial_link.Splitter(256)
+            wait_for(lambda: any(parse(cobs.decode(p)) == (serial_link.ACK, "plc-7", frame[-4:])
+                                 for p in acks.feed(port.read(4096))), 60, "the honest frame acknowledged")
+            wait_for(lambda: entry(hub.db, "plc-8").get("forged") == 1, 30, "the stranger's frame judged")
+            grown = rss_bytes(relay.process.pid) - before
+            counts = relay.stop()
+        finally:
+            port.close()
+            relay.kill()
+            hub.stop()
+    assert relay.process.returncode == 0  # it stopped when asked, never crashed
+    assert counts["line_overrun"] >= 1 and counts.get("line_not_cobs", 0) + counts.get("line_header_damaged", 0) > 0
+    assert grown < 8 * 1024 * 1024, f"the relay grew by {grown} bytes on 16 MB without a delimiter"
+    assert stored(hub.db, "plc-7") == [(1, 0)]
+    # The frame that claimed plc-8 was carried under the name it gave, and the hub judged it: a
+    # forgery of plc-8 (someone on the line tampered), nothing stored, plc-7 untouched.
+    assert entry(hub.db, "plc-8")["valid"] == 0 and entry(hub.db, "plc-7")["forged"] == 0
+
+
+def test_the_linux_agent_on_a_serial_line(tmp_path, broker, keys):
+    import subprocess
+
+    write_private_json(tmp_path / "monitor-3.json", keys.provision("monitor-3", "rs485"))
+    source = tmp_path / "vitals.log"
+    source.write_text("".join(f"spo2=97 hr={60 + i}\n" for i in range(40)))
+    faults = LineFaults(seed=4, ber=3e-4)
+    with SerialBus(1, faults) as line:
+        hub = HubProcess(broker, keys.path, tmp_path / "hub.db", tmp_path / "hub.log").start()
+        relay = RelayProcess(broker, line.relay_port, tmp_path / "relay", tmp_path / "relay.log")
+        try:
+            hub.wait_connected()
+            relay.start()
+            agent = subprocess.run(
+                [str(LINKSEAL), "agent", "run", "--config", str(tmp_path / "monitor-3.json"), "--serial",
+                 line.device_ports[0], "--source", str(source), "--state-dir", str(tmp_path / "state"), "--max-rate", "0",
+                 "--ack-timeout", "0.3", "--log-json"], capture_output=True, text=True, timeout=300)
+            assert agent.returncode == 0, agent.stderr
+            counts = relay.stop()
+            wait_for(lambda: entry(hub.db, "monitor-3").get("corrupt") == counts["line_frames_damaged"], 30,
+                     "the hub to count every damaged frame the relay published")
+        finally:
+            relay.kill()
+            hub.stop()
+    assert sorted(stored(hub.db, "monitor-3")) == [(1, seq) for seq in range(40)]
+    device = stored_report(hub.db)["devices"]["monitor-3"]
+    assert device["valid"] == 40 and device["forged"] == 0 and device["lost"] == 0
+    assert line.truth.counts["damaged"] > 0 and device["status"]["last"] == "birth"
