@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 UNIT = Path(__file__).resolve().parent.parent / "hub" / "deploy" / "linkseal-hub.service"
 REQUIRED = {
     "DynamicUser": "yes", "StateDirectory": "linkseal", "ProtectSystem": "strict", "ProtectHome": "yes",
@@ -15,8 +17,11 @@ REQUIRED = {
 }
 
 
-def directives() -> dict:
-    text = UNIT.read_text().replace("\\\n", " ")
+RELAY_UNIT = Path(__file__).resolve().parent.parent / "relay" / "deploy" / "linkseal-relay.service"
+
+
+def directives(unit: Path = UNIT) -> dict:
+    text = unit.read_text().replace("\\\n", " ")
     found = {}
     for line in text.splitlines():
         match = re.match(r"^(\w+)=(.*)$", line.strip())
@@ -39,14 +44,27 @@ def test_unit_confines_the_hub():
     assert "--keys %d/hub.keys" in exec_start and "--password" not in exec_start
 
 
-def test_systemd_analyze_accepts_the_unit(tmp_path):
+def test_unit_confines_the_relay():
+    found = directives(RELAY_UNIT)
+    for key, value in {**REQUIRED, "StateDirectory": "linkseal-relay", "DevicePolicy": "closed"}.items():
+        assert found.get(key) == [value], key
+    exec_start = " ".join(found["ExecStart"][0].split())
+    port = re.search(r"--port (\S+)", exec_start)[1]
+    assert found["DeviceAllow"] == [f"{port} rw"]  # its own serial port and no other device
+    assert "--metrics 127.0.0.1:" in exec_start and "--password-file %d/relay.pw" in exec_start
+    assert {c.split(":")[0] for c in found["LoadCredential"]} == {"relay.pw", "ca.pem"}
+    assert "Environment" not in found and "--keys" not in exec_start  # no key, nothing secret in its environment
+
+
+@pytest.mark.parametrize("unit_path", [UNIT, RELAY_UNIT], ids=["hub", "relay"])
+def test_systemd_analyze_accepts_the_unit(tmp_path, unit_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:  # not every CI machine has systemd; the directive checks above still run
         print("systemd-analyze not installed: only the directive checks ran")
         return
     # verify needs ExecStart to exist: point it at this checkout's linkseal.
-    unit = tmp_path / UNIT.name
-    unit.write_text(UNIT.read_text().replace("/opt/linkseal/.venv/bin/linkseal",
+    unit = tmp_path / unit_path.name
+    unit.write_text(unit_path.read_text().replace("/opt/linkseal/.venv/bin/linkseal",
                                              str(Path(sys.executable).parent / "linkseal")))
     verify = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr  # unknown keys only warn

@@ -10,7 +10,7 @@ import pytest
 from firmware.host.board_files import AGENT_CORE, BOARD_LIBRARIES, board_sources, device_modules
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("agent", "firmware", "hardware", "hub", "simulator", "linkseal")
+PARTS = ("agent", "firmware", "hardware", "hub", "relay", "simulator", "linkseal")
 # What a sans-I/O core must never touch: sockets, threads, event loops, clocks, processes, databases, MQTT.
 IO_MODULES = {"socket", "select", "selectors", "threading", "asyncio", "time", "subprocess", "sqlite3", "paho",
               "psycopg", "http", "urllib"}

@@ -53,7 +53,8 @@ def test_the_wheel_carries_the_data_and_no_test_tooling(installed):
     names = set(zipfile.ZipFile(installed[3]).namelist())
     for needed in ("hardware/links/wifi.toml", "hardware/boards/esp32.toml", "firmware/device/app.py",
                    "firmware/device/main.py", "agent/frame.py", "linkseal/__main__.py",
-                   "hub/deploy/linkseal-hub.service", "simulator/virtual_device.mjs", "simulator/board/machine.py",
+                   "hub/deploy/linkseal-hub.service", "relay/deploy/linkseal-relay.service", "relay/intake.py",
+                   "firmware/device/serial_link.py", "simulator/virtual_device.mjs", "simulator/board/machine.py",
                    "hub/service/console/static/index.html", "hub/service/console/static/app.js",
                    "hub/service/console/static/openapi.json", "hub/service/console/static/vendor/uPlot.iife.min.js"):
         assert needed in names, f"the wheel lacks {needed}"
@@ -88,3 +89,4 @@ def test_installed_commands_run_from_another_directory(installed):
         "--out", "sim-out")
     assert set(json.loads((work / "sim-out" / "report.json").read_text())["hub"]["links"]) == {"wifi", "lora"}
     assert "linkseal demo" in run(installed, "demo", "--help")
+    assert "--poll" in run(installed, "relay", "serial", "--help")
