@@ -234,3 +234,26 @@ def test_provision_never_overwrites_silently(tmp_path):
     assert_input_error(run("keys", "list", "--keys", tmp_path, "--insecure-plaintext"), "is a directory")
     assert_input_error(run("keys", "provision", "pump-3", "--keys", keys, "--insecure-plaintext", "--link", "wifi",
                            "--out", tmp_path), "is a directory")
+
+
+def test_serial_options_errors_name_what_is_wrong(provisioned, tmp_path):
+    """The relay and the Linux agent on a serial line: a port that is not there, RS-485 mode on a
+    port whose driver has none (a pseudo-terminal), a poll list with a bad id, both transports."""
+    _, device = provisioned
+    master, slave = os.openpty()
+    try:
+        pty = os.ttyname(slave)
+        relay = ("relay", "serial", "--broker", "mqtt://127.0.0.1:1", "--name", "line-1", "--state-dir",
+                 tmp_path / "spool")
+        assert_input_error(run(*relay, "--port", tmp_path / "ttyUSB9"), "--port", "cannot open it")
+        assert_input_error(run(*relay, "--port", pty, "--rs485"), "--rs485: the kernel refused RS-485 mode")
+        assert_input_error(run(*relay, "--port", pty, "--poll", "plc-1,plc/2"), "--poll 'plc/2'")
+        assert_input_error(run(*relay[:-2], "--port", pty, "--name", "line 1"), "--name 'line 1'")
+        assert not (tmp_path / "spool").exists()  # nothing created for a relay that could not start
+        agent = ("agent", "run", "--config", device, "--state-dir", tmp_path / "state")
+        assert_input_error(run(*agent), "either --broker (MQTT) or --serial")
+        assert_input_error(run(*agent, "--serial", pty, "--broker", "mqtt://127.0.0.1"), "either --broker")
+        assert_input_error(run(*agent, "--serial", pty, "--rs485"), "--rs485")
+    finally:
+        os.close(master)
+        os.close(slave)

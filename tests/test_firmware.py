@@ -1,5 +1,6 @@
 """Device-side firmware modules on real MicroPython 1.27 (WebAssembly): epoch and store-and-forward."""
 
+import re
 from pathlib import Path
 
 from firmware.host.board_files import device_sources
@@ -13,6 +14,7 @@ def on_device(code: str) -> list[str]:
 
 def test_epoch_advances_persists_and_never_goes_back():
     out = on_device("""
+import re
 import epoch, os
 epoch.write('/epoch', 0)
 print(epoch.advance('/epoch'), epoch.advance('/epoch'), epoch.current('/epoch'))
@@ -254,3 +256,41 @@ def test_a_lorawan_build_and_its_input_errors(tmp_path):
     ]:
         assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert build("lora.json", "esp32", "--transport", "mqtt", "--broker", "mqtt://127.0.0.1").returncode == 0
+
+
+def test_a_uart_build_and_its_input_errors(tmp_path):
+    """An rs485 device builds the uart transport from the board's serial table (UART, pins, the
+    transceiver's DE pin), within the size budgets and without MQTT; a board with no serial line,
+    a broker for a serial device, or --polled for an MQTT build are input errors."""
+    import json
+    import subprocess
+    import sys
+
+    from firmware.host.build import AGENT_BUDGET, FIRMWARE_BUDGET
+    from hub.keys.keyfile import KeyFile, write_private_json
+
+    linkseal = Path(sys.executable).parent / "linkseal"
+    keyfile = KeyFile.create(tmp_path / "hub.keys")
+    write_private_json(tmp_path / "plc.json", keyfile.provision("plc-7", "rs485"))
+    write_private_json(tmp_path / "wifi.json", keyfile.provision("pump-1", "wifi"))
+
+    def build(device, board, *extra):
+        return subprocess.run([str(linkseal), "firmware", "build", "--device", tmp_path / device, "--board", board,
+                               "--out", tmp_path / "build", *extra], capture_output=True, text=True, timeout=120)
+
+    built = build("plc.json", "rp2-pico-w", "--polled", "--baud", "19200")
+    assert built.returncode == 0, built.stderr
+    sizes = [int(n) for n in re.findall(r"(\d+) bytes", built.stdout)]
+    assert sizes[0] <= AGENT_BUDGET and sizes[1] <= FIRMWARE_BUDGET, built.stdout
+    settings = json.loads((tmp_path / "build" / "agent.json").read_text())
+    assert settings["serial"] == {"uart": 0, "tx": 0, "rx": 1, "de": 2, "baud": 19200, "polled": True}
+    libs = {p.name for p in (tmp_path / "build" / "lib").iterdir()}
+    assert "serial_link.mpy" in libs and "transport.mpy" not in libs and "lorawan.mpy" not in libs
+    assert 'module("serial_link.py"' in (tmp_path / "build" / "manifest.py").read_text()
+    for result, words in [
+        (build("plc.json", "esp32-rak3172"), "board esp32-rak3172 names no serial line"),
+        (build("plc.json", "esp32", "--broker", "mqtt://127.0.0.1"), "reaches no broker"),
+        (build("wifi.json", "esp32", "--broker", "mqtt://127.0.0.1", "--polled"), "for the uart transport only"),
+    ]:
+        assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert build("wifi.json", "esp32", "--transport", "uart").returncode == 0  # any device may use a serial line

@@ -21,7 +21,7 @@ def add_firmware_group(groups):
                        "esp32-rak3172)")
     build.add_argument("--transport", choices=("mqtt", "lorawan", "uart"),
                        help="mqtt: WiFi and a broker; lorawan: the board's LoRaWAN modem; uart: the board's serial "
-                       "line to a relay (default: lorawan for a board with a modem, uart for an rs485 device, else mqtt)")
+                       "line to a relay (default: uart for an rs485 device, lorawan on a board with a modem, else mqtt)")
     build.add_argument("--polled", action="store_true", help="uart on a multi-drop bus: speak only when the relay "
                        "polls this device (relay serial --poll)")
     build.add_argument("--baud", type=Number(int, 300, 4_000_000, " baud"), help="uart: the line's speed "
@@ -60,7 +60,7 @@ def _build(args):
 
     target = board(args.board)
     config = load_device_config(args.device)
-    transport = args.transport or ("lorawan" if target.lorawan else "uart" if config["link"] == "rs485" else "mqtt")
+    transport = args.transport or ("uart" if config["link"] == "rs485" else "lorawan" if target.lorawan else "mqtt")
     if (args.polled or args.baud) and transport != "uart":
         raise InputError("--polled, --baud: for the uart transport only")
     if transport == "uart":
