@@ -134,6 +134,10 @@ def add_hub_group(groups):
                         help="the hub forwards authentic records to this broker (--forward mqtt://...): an account "
                              "linkseal/forwarder for the hub's sink that may write linkseal/verified/#, and a "
                              "read-only account linkseal/consumer for them")
+    broker.add_argument("--relay", action="append", metavar="NAME[=DEVICE,...]",
+                        help="an account linkseal/relay/NAME for a keyless relay (docs/relay.md) that may write only "
+                             "the topics of the devices it carries (default: every device on rs485 or ble); "
+                             "repeatable")
     broker.set_defaults(run=_broker_config)
 
 
@@ -571,10 +575,26 @@ def _broker_config(args):
         return _rabbitmq_config(args)
     if args.tls and args.ca is None:
         raise InputError("--tls needs --ca DIR (create one with `linkseal keys ca init --dir DIR`)")
+    from agent.sealer import check_device_id
+
     keyfile = open_keyfile(args)
-    files = write_broker_config(keyfile, args.out, port=args.port, tls=args.tls, ca_dir=args.ca,
-                                server_hosts=tuple(args.host or ("localhost", "127.0.0.1")), data_dir=args.data_dir,
-                                forward_here=largest_verified_message() if args.forward_here else None, bind=args.bind)
+    relays = {}
+    for item in args.relay or ():
+        name, _, devices = item.partition("=")
+        try:
+            check_device_id(name)
+        except ValueError as exc:
+            raise InputError(f"--relay {item!r}: the name: {exc}") from None
+        relays[name] = [d.strip() for d in devices.split(",") if d.strip()] or None
+    try:
+        files = write_broker_config(keyfile, args.out, port=args.port, tls=args.tls, ca_dir=args.ca,
+                                    server_hosts=tuple(args.host or ("localhost", "127.0.0.1")),
+                                    data_dir=args.data_dir, bind=args.bind, relays=relays,
+                                    forward_here=largest_verified_message() if args.forward_here else None)
+    except ValueError as exc:
+        if not str(exc).startswith("--relay"):
+            raise
+        raise InputError(str(exc)) from None
     print(f"wrote {', '.join(str(path) for path in files.values())}")
     if not args.tls:
         loopback = ("127.0.0.1 (loopback only: plain MQTT carries passwords in clear; use --tls, or --bind ADDRESS "
@@ -585,6 +605,10 @@ def _broker_config(args):
     if "forwarder_password" in files:
         print(f"the hub's [[forward]] sink to this broker logs in as linkseal/forwarder with password_file = "
               f"{files['forwarder_password']}")
+    for name in relays:
+        login = (f"--username linkseal/relay/{name} --password-file {files[f'relay_{name}_password']}"
+                 if not args.tls else f"--cert-file {files[f'relay_{name}_cert']} --key-file {files[f'relay_{name}_key']}")
+        print(f"relay {name} logs in as linkseal/relay/{name}: linkseal relay serial ... --name {name} {login}")
     if "consumer_password" in files:
         print(f"consumers of linkseal/verified/# log in as linkseal/consumer with the password in "
               f"{files['consumer_password']}")

@@ -271,3 +271,33 @@ def test_the_hub_refuses_a_broker_that_does_not_bind_client_ids(tmp_path, keyfil
     finally:
         hub.stop()
         broker.stop()
+
+
+def test_a_relay_account_speaks_only_for_the_devices_it_carries(tmp_path, keyfile):
+    keyfile.provision("plc-7", "rs485")
+    keyfile.provision("plc-8", "rs485")
+    port = free_port()
+    files = write_broker_config(keyfile, tmp_path / "broker", port=port, data_dir=tmp_path,
+                                relays={"hall-2": ["plc-7"], "line-1": None})
+    acl = files["acl"].read_text()
+    assert "user linkseal/relay/line-1\ntopic write linkseal/v1/plc-7/rec" in acl and "linkseal/v1/plc-8/rec" in acl
+    assert "pump-a" not in acl.split("user linkseal/relay/line-1")[1].split("\n\n")[0]  # wifi devices: not its own
+    broker = start_broker(tmp_path, files, port)
+    try:
+        hub = client(broker, "hub", HUB_MQTT_USER, files["hub_password"].read_text().strip())
+        listener = Listener(hub)
+        relay = client(broker, "relay", "linkseal/relay/hall-2", files["relay_hall-2_password"].read_text().strip())
+        marker = "linkseal/v1/plc-7/status"
+        publish_then_marker(relay, topic_for("plc-7"), b"carried", marker)
+        assert listener.next() == (topic_for("plc-7"), b"carried")
+        assert listener.next() == (marker, b"marker")
+        for other in ("plc-8", "pump-a"):  # a device it does not carry, a WiFi device
+            publish_then_marker(relay, topic_for(other), b"speaking for another", marker)
+            assert listener.next() == (marker, b"marker")
+        for c in (hub, relay):
+            c.disconnect()
+            c.loop_stop()
+    finally:
+        broker.stop()
+    with pytest.raises(ValueError, match="no active device ghost"):
+        write_broker_config(keyfile, tmp_path / "again", port=port, relays={"r": ["ghost"]})
