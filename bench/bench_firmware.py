@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from firmware.host.build import AGENT_BUDGET, FIRMWARE_BUDGET, agent_settings, build, lorawan_settings
+from firmware.host.build import AGENT_BUDGET, FIRMWARE_BUDGET, agent_settings, build, lorawan_settings, serial_settings
 from hardware.board_registry import board
 from hub.keys.keyfile import KeyFile, write_private_json
 from hub.service.config import parse_broker
@@ -79,6 +79,8 @@ def main():
             write_private_json(tmp / "lora.json", lora)
             lorawan_sizes = build(tmp / "lora.json", board("esp32-rak3172"), tmp / "lora-build",
                                   lorawan_settings(board("esp32-rak3172"), lora))
+            write_private_json(tmp / "plc.json", keyfile.provision("plc-7", "rs485"))
+            uart_sizes = build(tmp / "plc.json", board("esp32"), tmp / "uart-build", serial_settings(board("esp32")))
         finally:
             broker.stop()
     print(json.dumps({"figure": "device_flash_writes_per_1000_records", "value": round(writes * 1000 / sealed, 1),
@@ -92,6 +94,9 @@ def main():
     print(json.dumps({"figure": "firmware_mpy_bytes_lorawan", "value": lorawan_sizes["firmware"],
                       "target": f"<= {FIRMWARE_BUDGET}", "note": "agent core + firmware with the lorawan transport "
                       "(RUI3 modem) instead of MQTT: the esp32-rak3172 build"}))
+    print(json.dumps({"figure": "firmware_mpy_bytes_uart", "value": uart_sizes["firmware"],
+                      "target": f"<= {FIRMWARE_BUDGET}", "note": "agent core + firmware with the uart transport "
+                      "(serial line to the relay, RS-485 DE pin) instead of MQTT"}))
     heap, code = int(heap), int(code)
     state = {"ram_queue_frames": int(ram), "queued_frames": int(queued), "connected": connected == "True"}
     print(json.dumps({"figure": "firmware_heap_bytes", "value": heap - code, "target": "<= 16384", **state,

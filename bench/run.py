@@ -20,6 +20,7 @@ from bench import (  # noqa: E402
     bench_memory,
     bench_micropython,
     bench_overhead,
+    bench_relay,
     bench_restart_backlog,
     bench_scaleout,
     bench_seals,
@@ -29,5 +30,5 @@ from bench import (  # noqa: E402
 if __name__ == "__main__":
     for module in (bench_overhead, bench_verify, bench_memory, bench_micropython, bench_ingest, bench_seals,
                    bench_forward, bench_restart_backlog, bench_lorawan,
-                   bench_scaleout, bench_console, bench_faults, bench_loss_model, bench_firmware):
+                   bench_relay, bench_scaleout, bench_console, bench_faults, bench_loss_model, bench_firmware):
         module.main()

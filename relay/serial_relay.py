@@ -66,11 +66,18 @@ class SerialRelay:
                 return
             self._write(serial_link.packet(serial_link.ACK, device, trailer))
 
+    def _read(self) -> bytes:
+        # What the line has now, waiting at most the port's timeout for the first byte (a plain
+        # read(4096) would wait for all 4096 or the timeout: every packet a timeout late).
+        data = self.port.read(1)
+        waiting = self.port.in_waiting if data else 0
+        return data + self.port.read(waiting) if waiting else data
+
     def _poll_once(self, device: str) -> None:
         self._write(serial_link.packet(serial_link.POLL, device))
         deadline = time.monotonic() + self.answer_timeout_s
         while time.monotonic() < deadline and not self.stopping.is_set():
-            data = self.port.read(4096)
+            data = self._read()
             if data and any(a.device == device for a in self.take(data, polled_device=device)):
                 return
         self.counts["no_answer"] += 1
@@ -82,7 +89,7 @@ class SerialRelay:
                     self._write_acks()
                     self._poll_once(device)
             else:
-                data = self.port.read(4096)
+                data = self._read()
                 if data:
                     self.take(data)
 

@@ -2,9 +2,10 @@
 
 It survives the relay's restart (kill -9 included) and broker outages, and it is bounded: when
 full, a new frame is refused and counted, never acknowledged, so its device keeps it and sends
-it again. Devices send one frame at a time until acknowledged, so an intact frame waits here at
-most once (a device's repeat of one already waiting is not queued twice); damaged copies each
-wait, as each is a measurement of the link that the hub should count.
+it again. Devices send one frame at a time until acknowledged, so a repeat is always of the
+newest frame its device sent: it is not queued again while that one waits (the spool remembers
+one frame per device, not one per frame). Damaged copies each wait, as each is a measurement of
+the link that the hub should count.
 """
 
 import struct
@@ -36,22 +37,21 @@ class Spool:
         self.store = Store(str(directory / "spool"), ram_frames=0, file_bytes=max_bytes)
         self.max_bytes = max_bytes
         self.changed = threading.Condition()
-        entries = list(self.store.frames())
-        self.bytes = sum(2 + len(entry) for entry in entries)
-        self.depth = len(entries)
-        self.waiting = {self._key(decode(entry)) for entry in entries}
+        self.bytes = self.depth = 0
+        self.newest = {}  # device -> CRC trailer of its newest intact frame still waiting
+        for entry in self.store.frames():
+            self.bytes += 2 + len(entry)
+            self.depth += 1
+            arrival = decode(entry)
+            if arrival.intact:
+                self.newest[arrival.device] = arrival.frame[-4:]
         self.refused = 0  # frames refused because the spool was full
-
-    @staticmethod
-    def _key(arrival: Arrival):
-        return (arrival.device, arrival.frame) if arrival.intact else None
 
     def put(self, arrival: Arrival) -> str:
         """"queued", "waiting" (the same intact frame already is) or "full"."""
         entry = encode(arrival)
         with self.changed:
-            key = self._key(arrival)
-            if key is not None and key in self.waiting:
+            if arrival.intact and self.newest.get(arrival.device) == arrival.frame[-4:]:
                 return "waiting"
             if self.bytes + 2 + len(entry) > self.max_bytes:
                 self.refused += 1
@@ -59,8 +59,8 @@ class Spool:
             self.store.put(entry)
             self.bytes += 2 + len(entry)
             self.depth += 1
-            if key is not None:
-                self.waiting.add(key)
+            if arrival.intact:
+                self.newest[arrival.device] = arrival.frame[-4:]
             self.changed.notify_all()
             return "queued"
 
@@ -81,4 +81,6 @@ class Spool:
             self.store.pop()
             self.bytes -= 2 + len(entry)
             self.depth -= 1
-            self.waiting.discard(self._key(decode(entry)))
+            taken = decode(entry)
+            if taken.intact and self.newest.get(taken.device) == taken.frame[-4:]:
+                del self.newest[taken.device]
