@@ -39,6 +39,7 @@ class Board:
     min_micropython: str
     lorawan: dict | None = None
     serial: dict | None = None
+    bluetooth: bool = False
 
     @property
     def mpy_major(self) -> int:
@@ -72,7 +73,10 @@ def load_boards(directory: Path = BOARDS_DIR) -> dict:
                     raise BoardError(f"{path}: serial.{field} must be a {kind.__name__}")
             if not isinstance(line.get("de", 0), int):
                 raise BoardError(f"{path}: serial.de must be a pin number")
-        boards[data["name"]] = Board(**{field: data[field] for field in _FIELDS}, lorawan=modem, serial=line)
+        if not isinstance(data.get("bluetooth", False), bool):
+            raise BoardError(f"{path}: bluetooth must be true or false")
+        boards[data["name"]] = Board(**{field: data[field] for field in _FIELDS}, lorawan=modem, serial=line,
+                                     bluetooth=data.get("bluetooth", False))
     return boards
 
 

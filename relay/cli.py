@@ -1,6 +1,5 @@
 """`linkseal relay ...`: the keyless relay on a gateway (docs/relay.md)."""
 
-import signal
 from pathlib import Path
 
 from shared.cli import InputError, Number, add_broker_options, broker_from_args, command, host_port
@@ -33,6 +32,20 @@ def add_relay_group(groups):
     serial.add_argument("--log-json", action="store_true", help="log JSON Lines")
     serial.set_defaults(run=_serial)
 
+    ble = command(sub, "ble", "Carry frames from BLE devices (Nordic UART Service) to the broker: scan, connect to "
+                  "each, acknowledge each frame once the broker has it (bleak: BlueZ over D-Bus).",
+                  ["linkseal relay ble --broker mqtts://broker.lan --ca-file ca.pem --username linkseal/relay/ward-4 "
+                   "--password-file relay.pw --name ward-4"])
+    ble.add_argument("--adapter", help="the Bluetooth adapter (default: BlueZ's default, hci0)")
+    add_broker_options(ble, " (the relay's own account)")
+    ble.add_argument("--name", required=True, help="this relay's name (client id linkseal-relay-NAME)")
+    ble.add_argument("--state-dir", type=Path, help="spool directory (default ./linkseal-relay/NAME)")
+    ble.add_argument("--spool-bytes", type=Number(int, 4096, 2**40, " bytes"), default=16 * 1024 * 1024,
+                     help="spool size on disk; when full, frames are refused unacknowledged (default 16 MiB)")
+    ble.add_argument("--metrics", type=host_port, metavar="HOST:PORT", help="serve /metrics and /health here")
+    ble.add_argument("--log-json", action="store_true", help="log JSON Lines")
+    ble.set_defaults(run=_ble)
+
 
 def _devices(text):
     from agent.sealer import check_device_id
@@ -48,30 +61,59 @@ def _devices(text):
     return devices
 
 
-def _serial(args):
+def _relay_for(args):
+    """The relay of either command: name checked, broker, spool, log (before anything opens)."""
     from agent.sealer import check_device_id
     from shared.log import EventLog
 
-    from shared.serial_port import open_port
-
     from .broker import Publisher
-    from .metrics import serve
-    from .serial_relay import SerialRelay
+    from .serial_relay import Relay
     from .spool import Spool
 
     try:
         check_device_id(args.name)
     except ValueError as exc:
         raise InputError(f"--name {args.name!r}: {exc}") from None
-    poll = _devices(args.poll)
+    poll = _devices(getattr(args, "poll", None))
     broker = broker_from_args(args)
     log = EventLog(json_lines=args.log_json)
-    port = open_port(args.port, args.baud, args.rs485)
-    spool = Spool(args.state_dir or Path("linkseal-relay") / args.name, args.spool_bytes)
-    relay = SerialRelay(port, spool, Publisher(broker, args.name, log), log, poll, args.answer_timeout)
+    return lambda: Relay(Spool(args.state_dir or Path("linkseal-relay") / args.name, args.spool_bytes),
+                         Publisher(broker, args.name, log), log, poll, getattr(args, "answer_timeout", 0.2))
+
+
+def _serve(relay, args):
+    import signal
+
+    from .metrics import serve
+
     signal.signal(signal.SIGTERM, lambda *_: relay.stopping.set())
     if args.metrics:
         server = serve(relay, *args.metrics)
-        log("metrics", address="%s:%d" % server.server_address[:2])
+        relay.log("metrics", address="%s:%d" % server.server_address[:2])
+
+
+def _ble(args):
+    from .ble_central import BleakCentral, NoBluetooth
+
+    relay = _relay_for(args)()
+    _serve(relay, args)
+    broker = relay.start()
+    relay.log("started", ble=args.adapter or "default", spooled=relay.spool.depth)
+    try:
+        BleakCentral(relay.log, args.adapter).run(relay.add_line, relay.stopping)
+    except NoBluetooth as exc:
+        raise InputError(str(exc)) from None
+    finally:
+        relay.stop(broker)
+    return 0
+
+
+def _serial(args):
+    from shared.serial_port import open_port
+
+    make_relay = _relay_for(args)
+    port = open_port(args.port, args.baud, args.rs485)
+    relay = make_relay()
+    _serve(relay, args)
     with port:
-        return relay.run()
+        return relay.run(port)

@@ -167,3 +167,17 @@ def test_the_codec_runs_on_micropython_as_on_cpython():
     got = json.loads(run_micropython(code, files={"/lib/serial_link.py": source}).strip().splitlines()[-1])
     assert got[:-1] == [list(cobs.encode(c)) for c in cases]
     assert parse(cobs.decode(bytes(got[-1]))) == (sl.ACK, "plc-7", b"\x01\x00\x02")
+
+
+class BusyBus(Line):
+    """A bus that never falls silent: every read brings another device's packet."""
+
+    def read(self, n):
+        return sl.packet(sl.RECORD, "plc-8", b"x" * 40)
+
+
+def test_a_busy_bus_never_holds_the_device_past_its_timeouts():
+    transport = sl.Transport(BusyBus([]), "plc-7", polled=True, ack_timeout_ms=30, poll_wait_ms=30)
+    assert transport.publish("linkseal/v1/plc-7/rec", b"y" * 40) == "no ack"  # never polled, never spoke
+    transport.keep_alive()  # returns: one read's worth of packets, then back to the agent's loop
+    assert transport.uart.written == []

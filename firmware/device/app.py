@@ -73,23 +73,6 @@ def start_watchdog(settings):
         return None
 
 
-def network_up(settings, feed):
-    # WiFi boards join the access point in agent.json; others (Ethernet, cellular modems)
-    # bring their link up before main.py runs.
-    wifi = settings.get("wifi")
-    if not wifi:
-        return
-    import network
-
-    wlan = network.WLAN(network.STA_IF)
-    wlan.active(True)
-    if not wlan.isconnected():
-        wlan.connect(wifi["ssid"], wifi.get("password", ""))
-    while not wlan.isconnected():
-        feed()
-        time.sleep_ms(200)
-
-
 class Agent:
     def __init__(self, config, settings, boot_epoch, store, transport, cause, mark=None):
         self.settings = settings
@@ -243,32 +226,9 @@ def start(config_path="device.json", settings_path="agent.json"):
 
 
 def make_transport(config, settings, feed):
-    line = settings.get("serial")
-    if line:  # RS-485 or a plain UART to the relay on a gateway
-        from machine import UART, Pin
-
-        import serial_link
-
-        uart = UART(line["uart"], baudrate=line["baud"], tx=line["tx"], rx=line["rx"], timeout=10)
-        de = None if line.get("de") is None else Pin(line["de"], Pin.OUT, value=0)
-        return serial_link.Transport(uart, config["device_id"], de, line["baud"], line.get("polled", False),
-                                     line.get("ack_timeout_ms", 1000), line.get("poll_wait_ms", 2000))
-    lorawan = settings.get("lorawan")
-    if lorawan:
-        from machine import UART
-
-        import lorawan as modem
-
-        uart = UART(lorawan["uart"], baudrate=lorawan["baud"], tx=lorawan["tx"], rx=lorawan["rx"], timeout=100)
-        return modem.Transport(uart, lorawan["limits"], lorawan["record_port"], lorawan["status_port"])
-    from transport import Transport
-
-    network_up(settings, feed)
-    broker = settings["broker"]
-    # client id = device id: the brokers `hub broker-config` sets up bind each account to its own
-    return Transport(config["device_id"], broker["host"], broker["port"], config.get("mqtt_username"),
-                     config.get("mqtt_password"), broker.get("tls", False), settings["keepalive_s"],
-                     settings["ack_timeout_s"], broker.get("ca"))
+    # One transport per build, named in agent.json by `firmware build`: transport (MQTT),
+    # lorawan, uart_link or ble_link. Each makes itself from the settings it alone reads.
+    return __import__(settings["transport"]).make(config, settings, feed)
 
 
 def main():

@@ -117,3 +117,12 @@ class Transport:
 
     def close(self):
         self.joined = False  # connect() asks the modem again; it keeps its session if it has one
+
+
+def make(config, settings, feed):
+    """The agent's transport from agent.json (app.make_transport): the modem on its UART."""
+    from machine import UART
+
+    modem = settings["lorawan"]
+    uart = UART(modem["uart"], baudrate=modem["baud"], tx=modem["tx"], rx=modem["rx"], timeout=100)
+    return Transport(uart, modem["limits"], modem["record_port"], modem["status_port"])

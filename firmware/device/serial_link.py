@@ -132,16 +132,17 @@ class Transport:
     def _since(self, start):
         return time.ticks_diff(time.ticks_ms(), start)
 
-    def _next(self, start=None, timeout_ms=0):
+    def _next(self, start, timeout_ms):
         # The next packet on the line, still encoded (the device compares what it expects, a
-        # poll or an ack of its own, with what came), or None once timeout_ms went by.
+        # poll or an ack of its own, with what came), or None once timeout_ms went by with
+        # nothing more.
         while True:
             if self.pending:
                 return self.pending.pop(0)
             data = self.uart.read(256)
             if data:
                 self.pending = self.splitter.feed(data)
-            elif start is None or self._since(start) >= timeout_ms:
+            if not self.pending and self._since(start) >= timeout_ms:
                 return None
 
     def connect(self, will_topic, will_payload):
@@ -161,22 +162,24 @@ class Transport:
         wait = self.poll_wait_ms if self.polled else self.ack_timeout_ms
         while True:
             got = self._next(start, wait)
-            if got is None:
-                return "no ack"
             if got == ack:  # perhaps of a copy sent before
                 return None
             if got == self.poll and self.poll not in self.pending:  # our turn (the latest poll, not a stale one)
                 self._write(wire)
                 start = self._ms()
                 wait = self.ack_timeout_ms
+            elif got is None or self._since(start) >= wait:  # others' packets never hold it longer
+                return "no ack"
 
     def keep_alive(self):
-        # Polled with nothing to send: say so, so the relay moves on at once.
-        got = self._next()
+        # Polled with nothing to send: say so, so the relay moves on at once. One read's worth
+        # of packets, so a busy bus cannot keep the loop here.
+        got = self._next(self._ms(), 0)
         while got is not None:
             if got == self.poll and self.poll not in self.pending:
                 self._write(packet(IDLE, self.device_id))
-            got = self._next()
+            got = self.pending.pop(0) if self.pending else None
 
     def close(self):
         self.up = False
+

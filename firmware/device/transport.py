@@ -82,3 +82,30 @@ class Transport:
                 client.sock.close()
             except OSError:
                 pass
+
+
+def network_up(settings, feed):
+    # WiFi boards join the access point in agent.json; others (Ethernet, cellular modems)
+    # bring their link up before main.py runs.
+    wifi = settings.get("wifi")
+    if not wifi:
+        return
+    import network
+
+    wlan = network.WLAN(network.STA_IF)
+    wlan.active(True)
+    if not wlan.isconnected():
+        wlan.connect(wifi["ssid"], wifi.get("password", ""))
+    while not wlan.isconnected():
+        feed()
+        time.sleep_ms(200)
+
+
+def make(config, settings, feed):
+    """The agent's transport from agent.json (app.make_transport)."""
+    network_up(settings, feed)
+    broker = settings["broker"]
+    # client id = device id: the brokers `hub broker-config` sets up bind each account to its own
+    return Transport(config["device_id"], broker["host"], broker["port"], config.get("mqtt_username"),
+                     config.get("mqtt_password"), broker.get("tls", False), settings["keepalive_s"],
+                     settings["ack_timeout_s"], broker.get("ca"))

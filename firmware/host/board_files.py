@@ -17,11 +17,13 @@ from pathlib import Path
 AGENT_CORE = ("__init__", "frame", "link_codes", "sealer", "status")
 DEVICE_MODULES = ("app", "epoch", "records", "sealmark", "store")
 # One transport per build: what the device needs and no more (the firmware's size budget).
-TRANSPORTS = {"mqtt": "transport", "lorawan": "lorawan", "uart": "serial_link"}
+# Each: the modules it needs, the first the one app.make_transport imports (named in agent.json).
+TRANSPORTS = {"mqtt": ("transport",), "lorawan": ("lorawan",), "uart": ("uart_link", "serial_link"),
+              "ble": ("ble_link", "serial_link")}
 DEVICE_SCRIPTS = ("boot", "main")
 # What a board's MicroPython offers the modules above (GUIDE: MicroPython rules), besides each other.
-BOARD_LIBRARIES = ("binascii", "gc", "hashlib", "json", "machine", "micropython", "network", "os", "random", "ssl",
-                   "struct", "time", "umqtt.simple")
+BOARD_LIBRARIES = ("binascii", "bluetooth", "gc", "hashlib", "json", "machine", "micropython", "network", "os",
+                   "random", "ssl", "struct", "time", "umqtt.simple")
 
 
 def _package_dir(package: str) -> Path:
@@ -44,7 +46,9 @@ def agent_sources() -> dict:
 
 def device_modules(transport: str | None = None) -> tuple:
     """The device application's modules with one transport, or with every one (None)."""
-    return DEVICE_MODULES + (tuple(TRANSPORTS.values()) if transport is None else (TRANSPORTS[transport],))
+    if transport is not None:
+        return DEVICE_MODULES + TRANSPORTS[transport]
+    return DEVICE_MODULES + tuple(dict.fromkeys(name for names in TRANSPORTS.values() for name in names))
 
 
 def device_sources(transport: str | None = None) -> dict:

@@ -18,7 +18,8 @@ from firmware.device import epoch as epoch_file
 from hardware.board_registry import Board, load_boards
 from shared.device_config import load_device_config, write_private_json
 
-from .board_files import AGENT_CORE, agent_dir, agent_sources, device_dir, device_modules, device_sources
+from .board_files import (AGENT_CORE, TRANSPORTS, agent_dir, agent_sources, device_dir, device_modules,
+                          device_sources)
 
 AGENT_BUDGET = 6 * 1024  # bytes of .mpy for the agent core (the issue's bar)
 FIRMWARE_BUDGET = 16 * 1024  # bytes of .mpy for everything we ship, umqtt aside
@@ -52,7 +53,8 @@ def first_epoch_file(path: Path, epoch: int = 0) -> None:
 
 def transport_of(settings: dict) -> str:
     """Which transport a build's agent.json sets up (app.py reads it the same way)."""
-    return "lorawan" if "lorawan" in settings else "uart" if "serial" in settings else "mqtt"
+    return next((name for key, name in (("lorawan", "lorawan"), ("serial", "uart"), ("ble", "ble")) if key in settings),
+                "mqtt")
 
 
 def manifest_text(board: Board, transport: str = "mqtt") -> str:
@@ -122,6 +124,15 @@ def serial_settings(board: Board, polled=False, baud=None, heartbeat_s=30, recor
             "watchdog": board.watchdog, "held_retry_ms": 50}  # no ack came: the wait for it was the pause
 
 
+def ble_settings(board: Board, heartbeat_s=30, record_interval_ms=1000) -> dict:
+    """agent.json for the ble transport: the Nordic UART Service to the relay (relay ble)."""
+    if not board.bluetooth:
+        with_ble = ", ".join(name for name, b in load_boards().items() if b.bluetooth) or "none"
+        raise BuildError(f"--transport ble: board {board.name} has no Bluetooth (boards with it: {with_ble})")
+    return {"ble": {"ack_timeout_ms": 1000}, "heartbeat_s": heartbeat_s, "record_interval_ms": record_interval_ms,
+            "watchdog": board.watchdog, "held_retry_ms": 50}
+
+
 def ca_der(path) -> bytes:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
@@ -145,6 +156,7 @@ def build(device_json: Path, board: Board, out: Path, settings: dict, ca_file=No
     os.chmod(out, 0o700)  # it will hold the device key
     sizes = {"agent": 0, "firmware": 0}
     transport = transport_of(settings)
+    settings = {**settings, "transport": TRANSPORTS[transport][0]}  # the module app.make_transport imports
     for part, sources in (("agent", agent_sources()), ("firmware", device_sources(transport))):
         for board_path, source in sources.items():
             if board_path.startswith("lib/"):

@@ -19,9 +19,10 @@ def add_firmware_group(groups):
     build.add_argument("--device", required=True, type=Path, help="device config from `keys provision`")
     build.add_argument("--board", required=True, help="a board from hardware/boards (esp32, esp32-s3, rp2-pico-w, "
                        "esp32-rak3172)")
-    build.add_argument("--transport", choices=("mqtt", "lorawan", "uart"),
+    build.add_argument("--transport", choices=("mqtt", "lorawan", "uart", "ble"),
                        help="mqtt: WiFi and a broker; lorawan: the board's LoRaWAN modem; uart: the board's serial "
-                       "line to a relay (default: uart for an rs485 device, lorawan on a board with a modem, else mqtt)")
+                       "line to a relay; ble: BLE (Nordic UART Service) to a relay (default: uart for an rs485 "
+                       "device, ble for a ble device, lorawan on a board with a modem, else mqtt)")
     build.add_argument("--polled", action="store_true", help="uart on a multi-drop bus: speak only when the relay "
                        "polls this device (relay serial --poll)")
     build.add_argument("--baud", type=Number(int, 300, 4_000_000, " baud"), help="uart: the line's speed "
@@ -53,21 +54,23 @@ def add_firmware_group(groups):
 
 
 def _build(args):
-    from firmware.host.build import agent_settings, build, lorawan_settings, serial_settings
+    from firmware.host.build import agent_settings, ble_settings, build, lorawan_settings, serial_settings
     from hardware.board_registry import board
     from shared.device_config import load_device_config
     from shared.settings import parse_broker
 
     target = board(args.board)
     config = load_device_config(args.device)
-    transport = args.transport or ("uart" if config["link"] == "rs485" else "lorawan" if target.lorawan else "mqtt")
+    transport = args.transport or {"rs485": "uart", "ble": "ble"}.get(config["link"]) or (
+        "lorawan" if target.lorawan else "mqtt")
     if (args.polled or args.baud) and transport != "uart":
         raise InputError("--polled, --baud: for the uart transport only")
-    if transport == "uart":
+    if transport in ("uart", "ble"):
         if args.broker or args.wifi_ssid or args.ca_file:
-            raise InputError("--broker, --wifi-ssid, --ca-file: a device on a serial line reaches no broker; the relay "
-                             "does (relay serial --broker)")
-        settings = serial_settings(target, args.polled, args.baud, args.heartbeat, args.record_interval)
+            raise InputError(f"--broker, --wifi-ssid, --ca-file: a device on {transport} reaches no broker; the relay "
+                             "does (relay serial|ble --broker)")
+        settings = (serial_settings(target, args.polled, args.baud, args.heartbeat, args.record_interval)
+                    if transport == "uart" else ble_settings(target, args.heartbeat, args.record_interval))
         return _report(args, build(args.device, target, args.out, settings))
     if transport == "lorawan":
         if args.broker or args.wifi_ssid or args.ca_file:

@@ -18,10 +18,15 @@ def reset_cause():
     return _vdev.reset_cause()
 
 
+_pollers = []  # other background duties: the Bluetooth stand-in's IRQs (bluetooth.py)
+
+
 def _poll():
     # What a real board does on its own, checked whenever the program sleeps, waits on the
     # network or feeds the watchdog: Ctrl-C on the console stops the program (mpremote
     # relies on it), and a starved watchdog resets the board.
+    for poll in _pollers:
+        poll()
     if _vdev.interrupted():
         raise KeyboardInterrupt
     if _vdev.wdt_expired():
