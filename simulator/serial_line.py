@@ -51,15 +51,17 @@ class LineFaults:
 
 
 class Truth:
-    """What reached the relay, as a receiver splitting at 0x00 sees it."""
+    """What reached the relay, as a receiver splitting at 0x00 sees it: each piece byte for
+    byte a packet that was sent (intact, a repeat included), or damaged."""
 
     def __init__(self):
-        self.sent = Counter()  # packets sent (without delimiter), by content
+        self.sent = set()  # packets sent (without delimiters), by content
         self.counts = Counter()  # pieces, intact, damaged, damaged_packets
         self._pending = b""
 
     def add(self, packet: bytes, delivered: bytes) -> None:
-        self.sent[packet[:-1]] += 1
+        """packet: as sent, with its delimiters; delivered: what the receiver got of it."""
+        self.sent.add(packet.strip(b"\x00"))
         if delivered != packet:
             self.counts["damaged_packets"] += 1
         data = self._pending + delivered
@@ -68,11 +70,7 @@ class Truth:
             if not piece:
                 continue
             self.counts["pieces"] += 1
-            if self.sent[piece] > 0:
-                self.sent[piece] -= 1
-                self.counts["intact"] += 1
-            else:
-                self.counts["damaged"] += 1
+            self.counts["intact" if piece in self.sent else "damaged"] += 1  # a repeat is intact too
 
 
 def _raw_pty():

@@ -35,9 +35,9 @@ def test_block_boundaries(data):
 def test_a_packet_parses_back_and_a_damaged_header_never_names_another_device():
     frame = bytes(range(1, 60))
     wire = sl.packet(sl.RECORD, "plc-7", frame)
-    assert wire.endswith(b"\x00") and wire.count(0) == 1
-    assert parse(cobs.decode(wire[:-1])) == (sl.RECORD, "plc-7", frame)
-    decoded = cobs.decode(wire[:-1])
+    assert wire.startswith(b"\x00") and wire.endswith(b"\x00") and wire.count(0) == 2
+    assert parse(cobs.decode(wire[1:-1])) == (sl.RECORD, "plc-7", frame)
+    decoded = cobs.decode(wire[1:-1])
     head_len = 2 + len("plc-7") + 4
     for at in range(head_len):  # every single-bit error in the header is caught
         for bit in range(8):
@@ -57,16 +57,18 @@ def test_the_splitter_resynchronises_and_stays_bounded():
     pieces = []
     for i in range(0, len(stream), 7):  # any chunking gives the same packets
         pieces += splitter.feed(stream[i:i + 7])
-    assert pieces == [p[:-1] for p in packets]
-    # A broken delimiter merges two packets: one damaged piece, the next ones whole again.
-    merged = packets[0][:-1] + packets[1] + packets[2]
-    got = sl.Splitter(limit=200).feed(merged)
-    assert len(got) == 2 and got[1] == packets[2][:-1]
+    assert pieces == [p[1:-1] for p in packets]
+    # A lost delimiter costs nothing: the next packet's leading one ends the packet before.
+    assert sl.Splitter(limit=200).feed(packets[0][:-1] + packets[1]) == [p[1:-1] for p in packets[:2]]
+    # A damaged byte costs only its own packet: the ones around it arrive whole.
+    damaged = packets[1][:5] + b"\x00" + packets[1][6:]
+    got = sl.Splitter(limit=200).feed(packets[0] + damaged + packets[2])
+    assert got[0] == packets[0][1:-1] and got[-1] == packets[2][1:-1] and packets[1][1:-1] not in got
     # A megabyte without a delimiter: dropped up to the next one, counted, never held.
     splitter = sl.Splitter(limit=100)
     noise = bytes(random.Random(1).randrange(1, 256) for _ in range(1 << 20))
     assert splitter.feed(noise) == [] and len(splitter.buf) <= 100
-    assert splitter.feed(b"\x00" + packets[3])[-1:] == [packets[3][:-1]]
+    assert splitter.feed(b"\x00" + packets[3])[-1:] == [packets[3][1:-1]]
     assert splitter.overruns >= 1 << 20 // 101
 
 
@@ -131,13 +133,13 @@ def test_the_transport_drives_de_and_waits_for_its_own_ack():
     line, de = Uart([other + wrong + ack]), Pin()
     transport = sl.Transport(line, "plc-7", de, 115200, ack_timeout_ms=50)
     assert transport.publish("linkseal/v1/plc-7/rec", frame) is None
-    assert parse(cobs.decode(line.written[0][:-1])) == (sl.RECORD, "plc-7", frame)
+    assert parse(cobs.decode(line.written[0][1:-1])) == (sl.RECORD, "plc-7", frame)
     assert de.levels == [0, 1, 0]  # listening, driving around the write, listening again
     assert line.written[1] == b"flush"  # the last byte left before DE dropped
     line = Line([b""])
     transport = sl.Transport(line, "plc-7", ack_timeout_ms=20)
     assert transport.publish("linkseal/v1/plc-7/status", frame) == "no ack"
-    assert parse(cobs.decode(line.written[0][:-1]))[0] == sl.STATUS
+    assert parse(cobs.decode(line.written[0][1:-1]))[0] == sl.STATUS
 
 
 def test_polled_the_device_speaks_only_when_polled_and_says_idle():
@@ -151,7 +153,7 @@ def test_polled_the_device_speaks_only_when_polled_and_says_idle():
     assert len(line.written) == 1
     line.inbox = sl.packet(sl.POLL, "plc-7")
     transport.keep_alive()
-    assert parse(cobs.decode(line.written[-1][:-1]))[:2] == (sl.IDLE, "plc-7")
+    assert parse(cobs.decode(line.written[-1][1:-1]))[:2] == (sl.IDLE, "plc-7")
 
 
 def test_the_codec_runs_on_micropython_as_on_cpython():

@@ -52,10 +52,11 @@ def cobs_encode(data):
 
 
 def packet(kind, device_id, body=b""):
-    """One packet on the wire: COBS-encoded, with its delimiter."""
+    """One packet on the wire: COBS-encoded between two delimiters (the leading one ends
+    whatever came before, so even a lost delimiter costs no other packet)."""
     raw = device_id.encode()
     head = bytes((kind, len(raw))) + raw
-    return cobs_encode(head + struct.pack(">I", binascii.crc32(head)) + body) + b"\x00"
+    return b"\x00" + cobs_encode(head + struct.pack(">I", binascii.crc32(head)) + body) + b"\x00"
 
 
 class Splitter:
@@ -110,7 +111,7 @@ class Transport:
         self.poll_wait_ms = poll_wait_ms
         self.splitter = Splitter(limit)
         self.pending = []  # packets read and not yet looked at
-        self.poll = packet(POLL, device_id)[:-1]
+        self.poll = packet(POLL, device_id)[1:-1]
         self.up = False
         if de is not None:
             de.value(0)  # listen: the bus is free for others
@@ -155,7 +156,7 @@ class Transport:
         """None once the relay acknowledged the frame (the broker has it); else why not, and
         the frame stays queued for the next try (sent again: the hub's window drops repeats)."""
         wire = packet(STATUS if topic.endswith("/status") else RECORD, self.device_id, payload)
-        ack = packet(ACK, self.device_id, payload[-4:])[:-1]
+        ack = packet(ACK, self.device_id, payload[-4:])[1:-1]
         if not self.polled:
             self._write(wire)
         start = self._ms()
