@@ -294,3 +294,30 @@ def test_a_uart_build_and_its_input_errors(tmp_path):
     ]:
         assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert build("wifi.json", "esp32", "--transport", "uart").returncode == 0  # any device may use a serial line
+
+
+def test_a_ble_build_within_budget_and_boards_without_bluetooth_refused(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from firmware.host.build import AGENT_BUDGET, FIRMWARE_BUDGET
+    from hub.keys.keyfile import KeyFile, write_private_json
+
+    linkseal = Path(sys.executable).parent / "linkseal"
+    keyfile = KeyFile.create(tmp_path / "hub.keys")
+    write_private_json(tmp_path / "oxi.json", keyfile.provision("oxi-4", "ble"))
+
+    def build(board, *extra):
+        return subprocess.run([str(linkseal), "firmware", "build", "--device", tmp_path / "oxi.json", "--board", board,
+                               "--out", tmp_path / "build", *extra], capture_output=True, text=True, timeout=120)
+
+    built = build("rp2-pico-w")
+    assert built.returncode == 0, built.stderr
+    sizes = [int(n) for n in re.findall(r"(\d+) bytes", built.stdout)]
+    assert sizes[0] <= AGENT_BUDGET and sizes[1] <= FIRMWARE_BUDGET, built.stdout
+    libs = {p.name for p in (tmp_path / "build" / "lib").iterdir()}
+    assert {"ble_link.mpy", "serial_link.mpy"} <= libs and not {"transport.mpy", "uart_link.mpy"} & libs
+    assert json.loads((tmp_path / "build" / "agent.json").read_text())["transport"] == "ble_link"
+    refused = build("esp32-rak3172", "--transport", "ble")
+    assert refused.returncode == 2 and "has no Bluetooth" in refused.stderr and "Traceback" not in refused.stderr
