@@ -13,7 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from firmware.host.build import AGENT_BUDGET, FIRMWARE_BUDGET, agent_settings, build, lorawan_settings, serial_settings
+from firmware.host.build import (AGENT_BUDGET, FIRMWARE_BUDGET, agent_settings, ble_settings, build, lorawan_settings,
+                                  serial_settings)
 from hardware.board_registry import board
 from hub.keys.keyfile import KeyFile, write_private_json
 from hub.service.config import parse_broker
@@ -56,6 +57,29 @@ def steady_flash_writes(tmp: Path, broker) -> tuple:
         return tuple(int(x) for x in mpremote(device.port, STEADY).split("WRITES")[1].split())
 
 
+def uart_heap(tmp: Path, broker, keyfile) -> tuple:
+    """(heap, code, RAM queue, queued, connected) of the uart build on a virtual board, its UART
+    on an emulated RS-485 line to `linkseal relay serial` and the broker."""
+    from simulator.serial_line import SerialBus
+    from tools.services import RelayProcess
+
+    write_private_json(tmp / "plc.json", keyfile.provision("plc-7", "rs485"))
+    settings = serial_settings(board("esp32"), record_interval_ms=5)
+    build(tmp / "plc.json", board("esp32"), tmp / "uart-heap-build", settings)
+    flash = tmp / "uart-board"
+    shutil.copytree(tmp / "uart-heap-build", flash)
+    (flash / "main.py").write_text(BENCH_MAIN.replace(", umqtt.simple", ""))
+    with SerialBus(1) as line:
+        relay = RelayProcess(broker, line.relay_port, tmp / "uart-spool", tmp / "uart-relay.log").start()
+        try:
+            with VirtualDevice(flash, uarts={2: line.device_ports[0]}, rs485={2: 4}) as device:
+                device.wait_console(">>>", 60)
+                mpremote(device.port, RUN)
+                return mpremote(device.port, MEASURE).split()[1:]
+        finally:
+            relay.stop()
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -81,6 +105,9 @@ def main():
                                   lorawan_settings(board("esp32-rak3172"), lora))
             write_private_json(tmp / "plc.json", keyfile.provision("plc-7", "rs485"))
             uart_sizes = build(tmp / "plc.json", board("esp32"), tmp / "uart-build", serial_settings(board("esp32")))
+            write_private_json(tmp / "oxi.json", keyfile.provision("oxi-4", "ble"))
+            ble_sizes = build(tmp / "oxi.json", board("esp32"), tmp / "ble-build", ble_settings(board("esp32")))
+            uart_heap_figures = uart_heap(tmp, broker, keyfile)
         finally:
             broker.stop()
     print(json.dumps({"figure": "device_flash_writes_per_1000_records", "value": round(writes * 1000 / sealed, 1),
@@ -97,6 +124,14 @@ def main():
     print(json.dumps({"figure": "firmware_mpy_bytes_uart", "value": uart_sizes["firmware"],
                       "target": f"<= {FIRMWARE_BUDGET}", "note": "agent core + firmware with the uart transport "
                       "(serial line to the relay, RS-485 DE pin) instead of MQTT"}))
+    print(json.dumps({"figure": "firmware_mpy_bytes_ble", "value": ble_sizes["firmware"],
+                      "target": f"<= {FIRMWARE_BUDGET}", "note": "agent core + firmware with the ble transport "
+                      "(the Nordic UART Service over the bluetooth IRQ API, the serial packets)"}))
+    heap_u, code_u, ram_u, queued_u, connected_u = uart_heap_figures
+    print(json.dumps({"figure": "firmware_heap_bytes_uart", "value": int(heap_u) - int(code_u), "target": "<= 16384",
+                      "ram_queue_frames": int(ram_u), "queued_frames": int(queued_u),
+                      "connected": connected_u == "True", "note": "as firmware_heap_bytes, with the uart transport "
+                      "on an emulated RS-485 line to `relay serial` (no MQTT client on the board)"}))
     heap, code = int(heap), int(code)
     state = {"ram_queue_frames": int(ram), "queued_frames": int(queued), "connected": connected == "True"}
     print(json.dumps({"figure": "firmware_heap_bytes", "value": heap - code, "target": "<= 16384", **state,
