@@ -23,13 +23,7 @@ def add_relay_group(groups):
                         "speak only when polled (firmware build --polled)")
     serial.add_argument("--answer-timeout", type=Number(float, 0.005, 10, " s"), default=0.2, metavar="SECONDS",
                         help="how long a polled device has to answer (default 0.2)")
-    add_broker_options(serial, " (the relay's own account)")
-    serial.add_argument("--name", required=True, help="this relay's name (client id linkseal-relay-NAME)")
-    serial.add_argument("--state-dir", type=Path, help="spool directory (default ./linkseal-relay/NAME)")
-    serial.add_argument("--spool-bytes", type=Number(int, 4096, 2**40, " bytes"), default=16 * 1024 * 1024,
-                        help="spool size on disk; when full, frames are refused unacknowledged (default 16 MiB)")
-    serial.add_argument("--metrics", type=host_port, metavar="HOST:PORT", help="serve /metrics and /health here")
-    serial.add_argument("--log-json", action="store_true", help="log JSON Lines")
+    add_relay_options(serial)
     serial.set_defaults(run=_serial)
 
     ble = command(sub, "ble", "Carry frames from BLE devices (Nordic UART Service) to the broker: scan, connect to "
@@ -37,14 +31,19 @@ def add_relay_group(groups):
                   ["linkseal relay ble --broker mqtts://broker.lan --ca-file ca.pem --username linkseal/relay/ward-4 "
                    "--password-file relay.pw --name ward-4"])
     ble.add_argument("--adapter", help="the Bluetooth adapter (default: BlueZ's default, hci0)")
-    add_broker_options(ble, " (the relay's own account)")
-    ble.add_argument("--name", required=True, help="this relay's name (client id linkseal-relay-NAME)")
-    ble.add_argument("--state-dir", type=Path, help="spool directory (default ./linkseal-relay/NAME)")
-    ble.add_argument("--spool-bytes", type=Number(int, 4096, 2**40, " bytes"), default=16 * 1024 * 1024,
-                     help="spool size on disk; when full, frames are refused unacknowledged (default 16 MiB)")
-    ble.add_argument("--metrics", type=host_port, metavar="HOST:PORT", help="serve /metrics and /health here")
-    ble.add_argument("--log-json", action="store_true", help="log JSON Lines")
+    add_relay_options(ble)
     ble.set_defaults(run=_ble)
+
+
+def add_relay_options(parser):
+    """What every relay command takes: its broker and account, its name, spool, metrics, log."""
+    add_broker_options(parser, " (the relay's own account)")
+    parser.add_argument("--name", required=True, help="this relay's name (client id linkseal-relay-NAME)")
+    parser.add_argument("--state-dir", type=Path, help="spool directory (default ./linkseal-relay/NAME)")
+    parser.add_argument("--spool-bytes", type=Number(int, 4096, 2**40, " bytes"), default=16 * 1024 * 1024,
+                        help="spool size on disk; when full, frames are refused unacknowledged (default 16 MiB)")
+    parser.add_argument("--metrics", type=host_port, metavar="HOST:PORT", help="serve /metrics and /health here")
+    parser.add_argument("--log-json", action="store_true", help="log JSON Lines")
 
 
 def _devices(text):

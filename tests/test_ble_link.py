@@ -14,12 +14,8 @@ import json
 import re
 import sqlite3
 import subprocess
-import sys
-import threading
-from pathlib import Path
 
 import pytest
-from cobs import cobs
 
 from agent.sealer import sealer_for
 from firmware.device import serial_link
@@ -56,13 +52,13 @@ def test_notifications_fit_the_mtu_on_micropython():
     code = ("import json, bluetooth, ble_link\n"
             "uart = ble_link.NordicUart()\n"
             "out = {'adv': list(bluetooth.BLE.adv)}\n"
-            f"for mtu in (23, 247):\n"
+            "for mtu in (23, 247):\n"
             "  uart._irq(1, (1, 0, b''))\n"
             "  out['asked'] = bluetooth.BLE.asked\n"
             "  uart._irq(21, (1, mtu))\n"
             "  for n in " + json.dumps(sizes) + ":\n"
             "    bluetooth.BLE.sent = []\n"
-            "    uart.write(bytes(range(256)) * 3 and (bytes(range(1, 256)) * 3)[:n])\n"
+            "    uart.write((bytes(range(1, 256)) * 3)[:n])\n"
             "    out['%d-%d' % (mtu, n)] = [list(c) for c in bluetooth.BLE.sent]\n"
             "print(json.dumps(out))\n")
     files = {"/lib/bluetooth.py": RECORDING_BLUETOOTH,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tools.guides import guide_blocks
+
 UNIT = Path(__file__).resolve().parent.parent / "hub" / "deploy" / "linkseal-hub.service"
 REQUIRED = {
     "DynamicUser": "yes", "StateDirectory": "linkseal", "ProtectSystem": "strict", "ProtectHome": "yes",
@@ -86,10 +88,6 @@ GUIDE = Path(__file__).resolve().parent.parent / "docs" / "deploy-bastion.md"
 NOT_RUN = "# not run by tests/test_deploy.py"
 
 
-def guide_blocks() -> list:
-    return re.findall(r"^```sh\n(.*?)^```", GUIDE.read_text(), re.M | re.S)
-
-
 def test_the_bastion_guide_run_in_order_reaches_a_working_hub():
     """docs/deploy-bastion.md as a script: every sh block in order, as root, in one shell, with
     this test's own directories in its settings and tools/systemd_standin.py for systemctl
@@ -106,7 +104,7 @@ def test_the_bastion_guide_run_in_order_reaches_a_working_hub():
     from agent import Sealer, topic_for
     from tools.services import free_port, wait_for
 
-    blocks = guide_blocks()
+    blocks = guide_blocks(GUIDE)
     skipped = [b for b in blocks if b.startswith(NOT_RUN)]
     assert len(skipped) == 1 and "apt-get install" in skipped[0]  # only the system's own installation
     root = Path(tempfile.mkdtemp(prefix="linkseal-guide-"))

@@ -6,28 +6,21 @@ and the hub's broker. Then the hub's stored report must show the device's record
 figures, equal to what the emulated network server published."""
 
 import json
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 from hub.core.network_servers import CHIRPSTACK
 from simulator.lorawan.modem_line import ModemLine
 from simulator.lorawan.network import Gateway, NetworkServer, Radio
 from simulator.virtual_device import VirtualDevice
+from tools.guides import guide_blocks, run_guide
 from tools.services import stored_report
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "lorawan.md"
 DEV_EUI = "70b3d57ed0001a2b"
 
 
-def guide_blocks() -> list:
-    return re.findall(r"^```sh\n(.*?)^```", GUIDE.read_text(), re.M | re.S)
-
-
 def test_the_lorawan_guide_run_in_order_brings_a_device_to_the_hub(tmp_path, broker):
-    blocks = guide_blocks()
+    blocks = guide_blocks(GUIDE)
     assert len(blocks) == 6 and "LINKSEAL=" in blocks[0] and "hub run" in blocks[3] and "sim run" in blocks[-1]
     air = Radio([Gateway("gw-roof", loss=0.0, rssi=-99, snr=7.0), Gateway("gw-far", loss=0.5, rssi=-118, snr=-7.0)])
     server = NetworkServer(CHIRPSTACK, DEV_EUI, air, publish=None, binary=True)
@@ -36,12 +29,8 @@ def test_the_lorawan_guide_run_in_order_brings_a_device_to_the_hub(tmp_path, bro
     with ModemLine(server, broker.port, data_rate=5, duty_cycle=0.0, time_scale=0.01) as line:
         board = VirtualDevice(tmp_path / "board", uarts={2: line.port}).start()
         try:
-            overrides = (f"LINKSEAL={Path(sys.executable).parent / 'linkseal'}\n"
-                         f"NETWORK_SERVER=127.0.0.1:{broker.port}\nBROKER={broker.url}\nBOARD_PORT={board.port}\n"
-                         "HEARTBEAT_S=2\nRECORD_INTERVAL_MS=200\n")
-            script = "set -euo pipefail\n" + blocks[0] + overrides + "".join(blocks[1:])
-            run = subprocess.run(["bash", "-c", script], cwd=work, capture_output=True, text=True, timeout=600,
-                                 env={k: v for k, v in os.environ.items() if not k.startswith("LINKSEAL_")})
+            run = run_guide(blocks, f"NETWORK_SERVER=127.0.0.1:{broker.port}\nBROKER={broker.url}\n"
+                                    f"BOARD_PORT={board.port}\nHEARTBEAT_S=2\nRECORD_INTERVAL_MS=200\n", work)
         finally:
             board.stop()
     hub_log = (work / "hub.log").read_text() if (work / "hub.log").exists() else ""

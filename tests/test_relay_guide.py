@@ -4,37 +4,26 @@ settings after the first block: a virtual board and the Linux agent on one emula
 Then the hub's stored report must hold every record the Linux device sealed, the board's too,
 and no forgery."""
 
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 from simulator.serial_line import SerialBus
 from simulator.virtual_device import VirtualDevice
+from tools.guides import guide_blocks, run_guide
 from tools.services import stored_report
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "relay.md"
 
 
-def guide_blocks() -> list:
-    return re.findall(r"^```sh\n(.*?)^```", GUIDE.read_text(), re.M | re.S)
-
-
 def test_the_relay_guide_run_in_order_brings_a_bus_to_the_hub(tmp_path, broker):
-    blocks = guide_blocks()
+    blocks = guide_blocks(GUIDE)
     assert len(blocks) == 7 and "LINKSEAL=" in blocks[0] and "hub run" in blocks[2] and "relay serial" in blocks[3]
     work = tmp_path / "work"
     work.mkdir()
     with SerialBus(2) as bus:
         board = VirtualDevice(tmp_path / "board", uarts={2: bus.device_ports[0]}, rs485={2: 4}).start()
         try:
-            overrides = (f"LINKSEAL={Path(sys.executable).parent / 'linkseal'}\nBROKER={broker.url}\n"
-                         f"RELAY_PORT={bus.relay_port}\nBOARD_PORT={board.port}\nMONITOR_PORT={bus.device_ports[1]}\n"
-                         "HEARTBEAT_S=2\nRECORD_INTERVAL_MS=200\n")
-            script = "set -euo pipefail\n" + blocks[0] + overrides + "".join(blocks[1:])
-            run = subprocess.run(["bash", "-c", script], cwd=work, capture_output=True, text=True, timeout=600,
-                                 env={k: v for k, v in os.environ.items() if not k.startswith("LINKSEAL_")})
+            run = run_guide(blocks, f"BROKER={broker.url}\nRELAY_PORT={bus.relay_port}\nBOARD_PORT={board.port}\n"
+                                    f"MONITOR_PORT={bus.device_ports[1]}\nHEARTBEAT_S=2\nRECORD_INTERVAL_MS=200\n", work)
         finally:
             board.stop()
     logs = "".join((work / name).read_text()[-2000:] for name in ("hub.log", "relay.log", "monitor.log")

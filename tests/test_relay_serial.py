@@ -13,8 +13,6 @@ import re
 import sqlite3
 from contextlib import contextmanager
 
-import pytest
-
 from shared.device_config import write_private_json
 from simulator.serial_line import LineFaults, SerialBus
 from simulator.virtual_device import VirtualDevice
