@@ -211,6 +211,16 @@ def test_ca_cert_and_broker_config_commands(tmp_path):
     assert written.returncode == 0
     conf = (tmp_path / "b" / "mosquitto.conf").read_text()
     assert "require_certificate true" in conf and "allow_anonymous false" in conf
+    # A relay's account: a client certificate naming it with --tls, a password without.
+    relay = run("hub", "broker-config", "--keys", keys, "--out", tmp_path / "r", "--tls", "--ca", tmp_path / "ca",
+                "--relay", "hall-2=pump-1")
+    assert relay.returncode == 0 and "--cert-file" in relay.stdout and (tmp_path / "r" / "relay-hall-2.pem").exists()
+    relay = run("hub", "broker-config", "--keys", keys, "--out", tmp_path / "p", "--relay", "hall-2")
+    assert relay.returncode == 0 and "--username linkseal/relay/hall-2 --password-file" in relay.stdout
+    assert_input_error(run("hub", "broker-config", "--keys", keys, "--out", tmp_path / "q", "--relay", "hall 2"),
+                       "--relay 'hall 2'")
+    assert_input_error(run("hub", "broker-config", "--keys", keys, "--out", tmp_path / "q", "--relay", "h=ghost"),
+                       "no active device ghost")
 
 
 def test_provision_never_overwrites_silently(tmp_path):

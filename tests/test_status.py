@@ -58,6 +58,9 @@ def test_status_replays_and_forgeries_are_refused_and_logged():
     damaged = bytearray(status(sealer, HEARTBEAT))
     damaged[5] ^= 1
     assert verifier.verify_message(STATUS, bytes(damaged), 4.0).outcome == "corrupt"
+    # Damage is damage, on a status message as on a record: counted on the device and its link.
+    report = build_report(verifier)
+    assert report["devices"]["pump-1"]["corrupt"] == report["links"]["wifi"]["corrupt"] == 1
     # Authentic but not a status document: malformed, and it changes nothing.
     assert verifier.verify_message(STATUS, sealer.seal_status(b"[1, 2]"), 5.0).outcome == "malformed"
     assert [e["kind"] for e in verifier.events] == ["birth", "replay", "forged"]
