@@ -55,6 +55,7 @@ class Relay:
         self.acks = queue.SimpleQueue()  # (device, CRC trailer) for the bus master to write
         self.stopping = threading.Event()
         self.last_frame_at = None
+        self.report_every_s = 60.0
 
     # -- the lines -------------------------------------------------------------------------
 
@@ -130,7 +131,11 @@ class Relay:
                 pass
 
     def broker_loop(self) -> None:
+        next_report = time.monotonic() + self.report_every_s
         while not self.stopping.is_set():
+            if time.monotonic() >= next_report:  # the operator's log says what the relay did, every minute
+                next_report += self.report_every_s
+                self.log("counts", **self.figures())
             arrival = self.spool.oldest(0.2)
             if arrival is None or not self.publisher.publish(arrival.topic, arrival.frame, self.stopping):
                 continue

@@ -4,6 +4,7 @@ settings after the first block: a virtual board and the Linux agent on one emula
 Then the hub's stored report must hold every record the Linux device sealed, the board's too,
 and no forgery."""
 
+import re
 from pathlib import Path
 
 from simulator.serial_line import SerialBus
@@ -34,5 +35,7 @@ def test_the_relay_guide_run_in_order_brings_a_bus_to_the_hub(tmp_path, broker):
     assert monitor["valid"] == 30 and monitor["lost"] == 0 and plc["valid"] > 0, (monitor, plc)
     assert report["links"]["rs485"].get("forged", 0) == 0 and report["links"]["rs485"].get("corrupt", 0) == 0
     assert '"ok": true' in run.stdout  # the relay's /health while it ran
+    published = int(re.search(r"^linkseal_relay_published_total (\d+)$", run.stdout, re.M)[1])
+    assert published >= 30  # its /metrics: at least the Linux device's records, carried
     for name in ("passphrase", "hub.keys", "plc-7.json", "monitor-3.json", "broker/relay-hall-2.password"):
         assert (work / name).stat().st_mode & 0o077 == 0, name
