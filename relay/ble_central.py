@@ -2,7 +2,7 @@
 
 It scans for peripherals advertising the Nordic UART Service, connects to each (BlueZ
 negotiates the MTU), subscribes to TX notifications and hands each connection to the relay as
-a line (relay.serial_relay.Relay.add_line): the bytes of the notifications in, acks written to
+a line (relay.run.Relay.add_line): the bytes of the notifications in, acks written to
 RX in pieces of at most MTU - 3 bytes. A peripheral that disconnects is found again at the next
 scan. Which parts ran against what: this module needs a Bluetooth controller, which no test
 machine here has; the tests run the same Relay on the same lines against a stand-in for the air

@@ -66,7 +66,7 @@ def _relay_for(args):
     from shared.log import EventLog
 
     from .broker import Publisher
-    from .serial_relay import Relay
+    from .run import Relay
     from .spool import Spool
 
     try:

@@ -9,7 +9,7 @@ UART 99; this is the other end of that line and plays the relay's central:
   receiver splitting at 0x00 sees it (simulator.serial_line.Truth);
 - what the relay writes is cut into writes of at most MTU - 3 bytes on the NUS RX characteristic.
 
-`BleAir.port()` is the relay's line for this peripheral (relay.serial_relay.Relay.add_line):
+`BleAir.port()` is the relay's line for this peripheral (relay.run.Relay.add_line):
 read, write, flush, in_waiting, name, as a pyserial port has them; reads raise OSError once the
 board has gone (it stopped advertising and the link dropped).
 """

@@ -153,7 +153,7 @@ def ble_build(tmp_path, keys):
                          ids=["mtu23-lossy", "mtu247-clean"])
 def test_firmware_over_ble_through_the_relay_into_the_hub(tmp_path, broker, keys, mtu, faults):
     from relay.broker import Publisher
-    from relay.serial_relay import Relay
+    from relay.run import Relay
     from relay.spool import Spool
     from shared.log import EventLog
     from shared.settings import parse_broker

@@ -1,5 +1,5 @@
-"""`linkseal relay serial` and `relay ble`: devices on lines (a serial port, or each BLE
-peripheral's Nordic UART Service) to the broker.
+"""The relay at work (`linkseal relay serial` and `relay ble`): devices on lines (a serial
+port, or each BLE peripheral's Nordic UART Service) to the broker.
 
 One thread per line reads it, sorts what arrives (intake.py) and spools each frame; on a
 multi-drop bus (`poll`, one serial line) it is the bus master, polling each device in turn and
