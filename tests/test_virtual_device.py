@@ -243,8 +243,14 @@ def test_a_full_queue_drops_the_oldest_and_the_hub_does_not_call_it_link_loss(tm
         "SELECT MIN(seq), MAX(seq), COUNT(*) FROM records WHERE epoch = 1").fetchone()
     storage.close()
     # The oldest records were dropped, as many as the device says; the rest arrived, none lost.
-    assert entry["source_drops"] > 20 and entry["lost"] == 0, entry
-    assert lowest == entry["source_drops"] == entry["status"]["source_drops"]
+    # A frame whose PUBACK never came back (a slow machine, a connection cut mid-publish) may
+    # have reached the broker before the full queue dropped it: the device cannot know, so it
+    # counts it dropped and the hub stores it all the same. Every record after the ones counted
+    # dropped arrived, and no record the device kept is missing.
+    drops = entry["source_drops"]
+    assert drops > 20 and entry["lost"] == 0, entry
+    assert drops == entry["status"]["source_drops"]
+    assert lowest <= drops, (lowest, drops)
     assert highest + 1 - lowest == stored
 
 
