@@ -1,8 +1,8 @@
 # Wire format v1: the one encoder and decoder of linkseal frames.
 # Runs unchanged on MicroPython and CPython; docs/protocol.md is the normative text.
 #
-#   byte 0      version (high nibble, 1) | C (bit 3: compact form) | T (bit 2: timestamp present)
-#               | tag code (bits 0-1)
+#   byte 0      E (bit 7: payload encrypted, agent/cipher.py) | version (bits 4-6, 1)
+#               | C (bit 3: compact form) | T (bit 2: timestamp present) | tag code (bits 0-1)
 #   byte 1      key id
 #   byte 2      link code (hardware/links); not in the compact form
 #   varint      boot epoch
@@ -29,6 +29,9 @@ COMPACT_STATUS_DOMAIN = b"linkseal/v1 compact status\x00"
 TAG_LENGTHS = (8, 16, 32)  # index = tag code
 FLAG_TIMESTAMP = 0x04
 FLAG_COMPACT = 0x08
+# A hub that predates encryption reads E as version 9 and refuses the frame as malformed: it
+# can never pass ciphertext on as if it were the record.
+FLAG_ENCRYPTED = 0x80
 CRC_LEN = 4
 FIXED_HEADER_LEN = 3
 MAX_COUNTER = 0xFFFFFFFF  # epoch and seq are unsigned 32-bit
@@ -149,8 +152,8 @@ def position(frame):
 
 def _split(frame, end, header_len, link_code):
     first = frame[0]
-    if first >> 4 != VERSION:
-        raise MalformedFrame("unsupported format version %d" % (first >> 4))
+    if (first >> 4) & 7 != VERSION:
+        raise MalformedFrame("unsupported format version %d" % ((first >> 4) & 7))
     code = first & 0x03
     if code >= len(TAG_LENGTHS):
         raise MalformedFrame("reserved tag length code")

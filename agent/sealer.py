@@ -37,8 +37,11 @@ def status_topic_for(device_id):
     return TOPIC_PREFIX + device_id + "/status"
 
 
-def _xor_pad(key, byte):
-    return bytes([b ^ byte for b in key]) + bytes([byte]) * (_BLOCK - len(key))
+def hmac_pads(key):
+    """HMAC-SHA256's (inner, outer) padded keys (RFC 2104): computed once per key."""
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    return [bytes([b ^ pad for b in key]) + bytes([pad]) * (_BLOCK - len(key)) for pad in (0x36, 0x5C)]
 
 
 class Sealer:
@@ -50,7 +53,8 @@ class Sealer:
     Status messages (seal_status) count in `status_seq`, their own sequence per epoch.
     """
 
-    def __init__(self, device_id, key, key_id=0, link="wifi", epoch=0, tag_len=16, compact=False, max_frame=0):
+    def __init__(self, device_id, key, key_id=0, link="wifi", epoch=0, tag_len=16, compact=False, max_frame=0,
+                 cipher=None):
         check_device_id(device_id)
         key = bytes(key)
         if len(key) < MIN_KEY_LEN:
@@ -69,6 +73,7 @@ class Sealer:
         self.tag_len = tag_len
         self.compact = compact  # the compact form: no link code, no CRC (agent/frame.py)
         self.max_frame = max_frame  # largest whole frame the link takes (LoRaWAN: its data rate's payload), 0: any
+        self.cipher = cipher  # a RecordCipher (agent/cipher.py): records are encrypted, then MACed
         self.epoch = epoch
         self.seq = 0
         self.status_seq = 0
@@ -76,14 +81,11 @@ class Sealer:
         # HMAC (RFC 2104) split so that everything depending only on the key is done once:
         # micropython-lib's hmac.new re-pads the key in bytecode on every call. The inner
         # hash starts with the padded key and the MAC prefix (domain, device id) together.
-        if len(key) > _BLOCK:
-            key = hashlib.sha256(key).digest()
-        ipad = _xor_pad(key, 0x36)
+        ipad, self._opad = hmac_pads(key)
         domains = (frame.COMPACT_DOMAIN, frame.COMPACT_STATUS_DOMAIN) if compact else (frame.MAC_DOMAIN,
                                                                                         frame.STATUS_DOMAIN)
         self._inner_start = ipad + frame.mac_prefix(device_id, domains[0])
         self._status_start = ipad + frame.mac_prefix(device_id, domains[1])
-        self._opad = _xor_pad(key, 0x5C)
         self._starts = None  # (epoch, header start without, with timestamp), see _header_starts
 
     def _header_starts(self):
@@ -106,7 +108,7 @@ class Sealer:
                 raise ValueError("epoch and sequence space exhausted: provision a new key id")
             self.epoch += 1
             self.seq = 0
-        out = self._seal(payload, self.seq, self._inner_start, timestamp_ms)
+        out = self._seal(payload, self.seq, self._inner_start, timestamp_ms, self.cipher)
         self.seq += 1
         return out
 
@@ -119,7 +121,7 @@ class Sealer:
         self.status_seq += 1
         return out
 
-    def _seal(self, payload, seq, inner_start, timestamp_ms):
+    def _seal(self, payload, seq, inner_start, timestamp_ms, cipher=None):
         starts = self._header_starts()
         if timestamp_ms is None:
             out = bytearray(starts[1])
@@ -130,6 +132,9 @@ class Sealer:
             out = bytearray(starts[2])
             frame.put_varint(out, seq)
             frame.put_varint(out, timestamp_ms)
+        if cipher:  # status messages never are (cipher None): the hub reads them as they come
+            out[0] |= frame.FLAG_ENCRYPTED
+            payload = cipher.apply(self.epoch, seq, payload)
         out.extend(payload)
         size = len(out) + self.tag_len + (0 if self.compact else 4)
         if self.max_frame and size > self.max_frame:
@@ -144,9 +149,16 @@ class Sealer:
         return bytes(out)
 
 
-def sealer_for(config, epoch):
+def sealer_for(config, epoch, block=None):
     """The Sealer for a device config written by `linkseal keys provision` (device.json), on
-    the board and on Linux devices alike."""
-    return Sealer(config["device_id"], bytes.fromhex(config["key"]), key_id=config["key_id"], link=config["link"],
-                  epoch=epoch, tag_len=config["tag_len"], compact=config.get("form") == "compact",
-                  max_frame=config.get("max_frame", 0))
+    the board and on Linux devices alike. block: the AES block function of a host (shared/aes.py)
+    for a device that encrypts; a board's is cryptolib's."""
+    key = bytes.fromhex(config["key"])
+    cipher = None
+    if config.get("encrypt"):
+        from .cipher import RecordCipher
+
+        cipher = RecordCipher(key, config["key_id"], block)
+    return Sealer(config["device_id"], key, key_id=config["key_id"], link=config["link"], epoch=epoch,
+                  tag_len=config["tag_len"], compact=config.get("form") == "compact",
+                  max_frame=config.get("max_frame", 0), cipher=cipher)

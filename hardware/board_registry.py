@@ -40,6 +40,7 @@ class Board:
     lorawan: dict | None = None
     serial: dict | None = None
     bluetooth: bool = False
+    cryptolib: bool = False  # its stock firmware has cryptolib's AES (ECB), which record encryption needs
 
     @property
     def mpy_major(self) -> int:
@@ -50,37 +51,50 @@ class Board:
 def load_boards(directory: Path = BOARDS_DIR) -> dict:
     boards = {}
     for path in sorted(Path(directory).glob("*.toml")):
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise BoardError(f"{path}: not valid TOML ({exc})") from None
-        for field, kind in _FIELDS.items():
-            if not isinstance(data.get(field), kind):
-                raise BoardError(f"{path}: {field} must be a {kind.__name__}")
-        if data["name"] != path.stem:
-            raise BoardError(f"{path}: name {data['name']!r} must match the file name")
-        modem = data.get("lorawan")
-        if modem is not None:
-            for field, kind in _MODEM_FIELDS.items():
-                if not isinstance(modem.get(field), kind):
-                    raise BoardError(f"{path}: lorawan.{field} must be a {kind.__name__}")
-            if modem["command_set"] != "RUI3":
-                raise BoardError(f"{path}: lorawan.command_set: the firmware speaks RUI3 only")
-        line = data.get("serial")
-        if line is not None:
-            for field, kind in _SERIAL_FIELDS.items():
-                if not isinstance(line.get(field), kind):
-                    raise BoardError(f"{path}: serial.{field} must be a {kind.__name__}")
-            if not isinstance(line.get("de", 0), int):
-                raise BoardError(f"{path}: serial.de must be a pin number")
-        if not isinstance(data.get("bluetooth", False), bool):
-            raise BoardError(f"{path}: bluetooth must be true or false")
-        boards[data["name"]] = Board(**{field: data[field] for field in _FIELDS}, lorawan=modem, serial=line,
-                                     bluetooth=data.get("bluetooth", False))
+        found = read_board(path)
+        boards[found.name] = found
     return boards
 
 
+def read_board(path: Path) -> Board:
+    """One board file, checked; BoardError naming the file and the field that is wrong."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise BoardError(f"{path}: not valid TOML ({exc})") from None
+    for field, kind in _FIELDS.items():
+        if not isinstance(data.get(field), kind):
+            raise BoardError(f"{path}: {field} must be a {kind.__name__}")
+    if data["name"] != path.stem:
+        raise BoardError(f"{path}: name {data['name']!r} must match the file name")
+    modem = data.get("lorawan")
+    if modem is not None:
+        for field, kind in _MODEM_FIELDS.items():
+            if not isinstance(modem.get(field), kind):
+                raise BoardError(f"{path}: lorawan.{field} must be a {kind.__name__}")
+        if modem["command_set"] != "RUI3":
+            raise BoardError(f"{path}: lorawan.command_set: the firmware speaks RUI3 only")
+    line = data.get("serial")
+    if line is not None:
+        for field, kind in _SERIAL_FIELDS.items():
+            if not isinstance(line.get(field), kind):
+                raise BoardError(f"{path}: serial.{field} must be a {kind.__name__}")
+        if not isinstance(line.get("de", 0), int):
+            raise BoardError(f"{path}: serial.de must be a pin number")
+    for flag in ("bluetooth", "cryptolib"):
+        if not isinstance(data.get(flag, False), bool):
+            raise BoardError(f"{path}: {flag} must be true or false")
+    return Board(**{field: data[field] for field in _FIELDS}, lorawan=modem, serial=line,
+                 bluetooth=data.get("bluetooth", False), cryptolib=data.get("cryptolib", False))
+
+
 def board(name: str) -> Board:
+    """A board by name (hardware/boards), or an integrator's own board file (a path to .toml)."""
+    if name.endswith(".toml"):
+        path = Path(name)
+        if not path.is_file():
+            raise BoardError(f"board file {name}: no such file")
+        return read_board(path)
     boards = load_boards()
     if name not in boards:
         raise BoardError(f"unknown board {name!r}; known: {', '.join(sorted(boards))}")

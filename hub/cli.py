@@ -221,12 +221,13 @@ def serve_until_stopped(server) -> None:
     server.stop()
 
 
-def _verifier(args, rate_limits=None):
+def _verifier(args, rate_limits=None, require_encryption=()):
     from hardware.link_registry import links_by_code
     from hub.core.verifier import Verifier
 
     keyfile = open_keyfile(args)
-    return Verifier(keyfile.device_keys(), {code: link.name for code, link in links_by_code().items()}, rate_limits)
+    return Verifier(keyfile.device_keys(), {code: link.name for code, link in links_by_code().items()}, rate_limits,
+                    require_encryption)
 
 
 def _verify(args):
@@ -289,7 +290,7 @@ def _run(args):
     broker = broker_from_args(args)
     settings = load_settings(args.config, load_links())
     log = EventLog(json_lines=args.log_json or settings.log_json)
-    verifier = _verifier(args, settings.rate_limits)
+    verifier = _verifier(args, settings.rate_limits, settings.require_encryption)
     sinks = _sinks(args.forward, settings)
     lock = WriterLock(args.db)  # one writer per database, for as long as this hub runs
     storage = _open_waiting(args.db, log, seal_key=open_keyfile(args).seal_key())
@@ -354,7 +355,7 @@ def _run_worker(args):
     log = EventLog(json_lines=args.log_json or settings.log_json)
     devices = open_keyfile(args).device_keys()  # read once, before anything is consumed
     names = {code: link.name for code, link in links_by_code().items()}
-    worker = Worker(parameters, args.db, lambda keys: Verifier(keys, names, settings.rate_limits), devices, settings,
+    worker = Worker(parameters, args.db, lambda keys: Verifier(keys, names, settings.rate_limits, settings.require_encryption), devices, settings,
                     log, load_devices=lambda: open_keyfile(args).device_keys())
     if args.metrics:
         from hub.service.metrics import serve_worker_metrics

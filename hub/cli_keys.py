@@ -37,6 +37,9 @@ def add_keys_group(groups):
     prov.add_argument("--data-rate", help="LoRaWAN data rate, e.g. DR0 (default: the region's smallest payload)")
     prov.add_argument("--dev-eui", help="LoRaWAN DevEUI (16 hex digits): how the network server names the device "
                                         "(`hub run --lorawan`)")
+    prov.add_argument("--encrypt", action="store_true",
+                      help="the device encrypts its records end to end (AES-128-CTR under a key derived from its "
+                           "own; docs/protocol.md); the hub refuses its records in clear")
     prov.add_argument("--key-id", type=Number(int, 0, 255), default=0, help="key id, 0..255 (default 0)")
     prov.add_argument("--out", required=True, type=Path, help="where to write the device config")
     prov.add_argument("--force", action="store_true",
@@ -123,10 +126,12 @@ def _provision(args):
                          + (f"this would change {', '.join(changes)}" if changes else "nothing would change")
                          + "; add --force to re-provision it (`keys rotate` gives it a new key)")
     config = keyfile.provision(args.device_id, args.link, args.tag_len, args.key_id, form=args.form,
-                               region=args.region, data_rate=args.data_rate, dev_eui=args.dev_eui)
+                               region=args.region, data_rate=args.data_rate, dev_eui=args.dev_eui,
+                               encrypt=args.encrypt)
     _write_device_config(args.out, config)
     print(f"provisioned {args.device_id} on {args.link} ({config['form']} frames, tag {config['tag_len']} bytes, "
-          f"key id {args.key_id}); device config written to {args.out} (mode 0600)")
+          f"key id {args.key_id}{', records encrypted' if args.encrypt else ''}); device config written to "
+          f"{args.out} (mode 0600)")
 
 
 def _rotate(args):

@@ -73,4 +73,6 @@ def load_device_config(path: Path) -> dict:
         raise KeyFileError(f"{path}: field 'key' is not hex") from None
     if len(key) < 16:
         raise KeyFileError(f"{path}: field 'key' is shorter than 16 bytes")
+    if not isinstance(config.get("encrypt", False), bool):
+        raise KeyFileError(f"{path}: field 'encrypt' is not true or false")
     return config

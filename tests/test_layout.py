@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware.host.board_files import AGENT_CORE, BOARD_LIBRARIES, board_sources, device_modules
+from firmware.host.board_files import BOARD_LIBRARIES, agent_modules, board_sources, device_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("agent", "firmware", "hardware", "hub", "relay", "simulator", "linkseal")
@@ -105,8 +105,9 @@ def test_cores_are_sans_io(core):
 
 
 def test_board_code_imports_only_board_code_and_micropython_modules():
-    board_modules = {f"agent.{name}" for name in AGENT_CORE if name != "__init__"} | {"agent"} | set(device_modules())
-    for board_path, source in board_sources().items():
+    board_modules = ({f"agent.{name}" for name in agent_modules(encrypt=True) if name != "__init__"} | {"agent"}
+                     | set(device_modules()))
+    for board_path, source in board_sources(encrypt=True).items():
         package = "agent" if board_path.startswith("lib/agent/") else ""
         for node in ast.walk(ast.parse(source.read_text())):
             if isinstance(node, ast.Import):
@@ -127,14 +128,14 @@ def test_board_code_imports_only_board_code_and_micropython_modules():
 def test_no_cpython_only_module_is_listed_for_a_board():
     cpython_only = {path.relative_to(ROOT) for path in (ROOT / "agent" / "linux").rglob("*.py")}
     cpython_only |= {path.relative_to(ROOT) for path in (ROOT / "firmware" / "host").rglob("*.py")}
-    listed = {source.resolve().relative_to(ROOT) for source in board_sources().values()}
+    listed = {source.resolve().relative_to(ROOT) for source in board_sources(encrypt=True).values()}
     assert listed and not listed & cpython_only
     assert all(path.parts[:2] == ("firmware", "device") or path.parts[0] == "agent" for path in listed)
 
 
 def test_host_only_code_lives_in_the_host_folders():
     """Under agent/ and firmware/, whatever is not board code sits in agent/linux or firmware/host."""
-    listed = {source.resolve() for source in board_sources().values()}
+    listed = {source.resolve() for source in board_sources(encrypt=True).values()}
     package_markers = {ROOT / "firmware" / "__init__.py", ROOT / "firmware" / "device" / "__init__.py"}
     stray = [path.relative_to(ROOT) for part in ("agent", "firmware") for path in (ROOT / part).rglob("*.py")
              if path.resolve() not in listed | package_markers

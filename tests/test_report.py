@@ -9,7 +9,7 @@ from hub.core.report import build_report, to_json, wilson_interval
 from .conftest import KEY, make_verifier
 
 COUNTERS = {"received", "valid", "lost", "duplicate", "reordered", "corrupt", "forged", "replay", "malformed",
-            "rate_limited", "redelivered", "lost_on_device", "lost_unknown"}
+            "rate_limited", "redelivered", "lost_on_device", "lost_unknown", "unencrypted", "epoch_reuse"}
 FIGURES = {"loss_rate", "loss_rate_ci", "loss_rate_ci_method", "lost_on_device_max", "corrupt_rate", "corrupt_rate_ci", "burst_mean", "ge_p",
            "ge_r"}
 LINK_FIGURES = {"ge_fit", "ge_fit_reason", "abnormal"}

@@ -55,10 +55,11 @@ def add_agent_group(groups):
 def _agent_seal(args):
     from agent import topic_for
     from agent.sealer import sealer_for
+    from shared.aes import ecb_block
     from shared.device_config import load_device_config
     from shared.capture import encode_line
 
-    sealer = sealer_for(load_device_config(args.device), args.epoch)
+    sealer = sealer_for(load_device_config(args.device), args.epoch, ecb_block)
     topic = topic_for(sealer.device_id)
     for number, line in enumerate(sys.stdin.buffer, start=1):
         record = line.rstrip(b"\r\n")

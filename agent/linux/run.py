@@ -31,6 +31,7 @@ from agent.status import BIRTH, DEATH, HEARTBEAT, status_payload
 from firmware.device import epoch as epoch_file
 from firmware.device import sealmark
 from firmware.device import store as store_file
+from shared.aes import ecb_block
 
 _OFFSET = struct.Struct(">Q")
 
@@ -113,7 +114,7 @@ class LinuxAgent:
         self.state = state
         self.log = log
         self.qos = qos
-        self.sealer = sealer_for(config, state.epoch)
+        self.sealer = sealer_for(config, state.epoch, ecb_block)
         self.sealing = threading.Lock()  # the reader thread seals records, paho's thread status messages
         self.topic = topic_for(config["device_id"])
         self.status_topic = status_topic_for(config["device_id"])

@@ -15,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 
 AGENT_CORE = ("__init__", "frame", "link_codes", "sealer", "status")
+# Record encryption (agent/cipher.py): on the board only for a device provisioned with --encrypt.
+AGENT_CIPHER = "cipher"
 DEVICE_MODULES = ("app", "epoch", "records", "sealmark", "store")
 # One transport per build: what the device needs and no more (the firmware's size budget).
 # Each: the modules it needs, the first the one app.make_transport imports (named in agent.json).
@@ -22,7 +24,7 @@ TRANSPORTS = {"mqtt": ("transport",), "lorawan": ("lorawan",), "uart": ("uart_li
               "ble": ("ble_link", "serial_link")}
 DEVICE_SCRIPTS = ("boot", "main")
 # What a board's MicroPython offers the modules above (GUIDE: MicroPython rules), besides each other.
-BOARD_LIBRARIES = ("binascii", "bluetooth", "gc", "hashlib", "json", "machine", "micropython", "network", "os",
+BOARD_LIBRARIES = ("binascii", "bluetooth", "cryptolib", "gc", "hashlib", "json", "machine", "micropython", "network", "os",
                    "random", "ssl", "struct", "time", "umqtt.simple")
 
 
@@ -39,9 +41,13 @@ def device_dir() -> Path:
     return _package_dir("firmware.device")
 
 
-def agent_sources() -> dict:
-    """Board path -> source file of the agent core."""
-    return {f"lib/agent/{name}.py": agent_dir() / f"{name}.py" for name in AGENT_CORE}
+def agent_modules(encrypt: bool = False) -> tuple:
+    return AGENT_CORE + ((AGENT_CIPHER,) if encrypt else ())
+
+
+def agent_sources(encrypt: bool = False) -> dict:
+    """Board path -> source file of the agent core (and the cipher for a device that encrypts)."""
+    return {f"lib/agent/{name}.py": agent_dir() / f"{name}.py" for name in agent_modules(encrypt)}
 
 
 def device_modules(transport: str | None = None) -> tuple:
@@ -59,6 +65,6 @@ def device_sources(transport: str | None = None) -> dict:
     return files
 
 
-def board_sources(transport: str | None = None) -> dict:
+def board_sources(transport: str | None = None, encrypt: bool = False) -> dict:
     """Every source file that goes onto a board, by its path there (before compiling to .mpy)."""
-    return {**agent_sources(), **device_sources(transport)}
+    return {**agent_sources(encrypt), **device_sources(transport)}

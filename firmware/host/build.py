@@ -18,7 +18,7 @@ from firmware.device import epoch as epoch_file
 from hardware.board_registry import Board, load_boards
 from shared.device_config import load_device_config, write_private_json
 
-from .board_files import (AGENT_CORE, TRANSPORTS, agent_dir, agent_sources, device_dir, device_modules,
+from .board_files import (TRANSPORTS, agent_dir, agent_modules, agent_sources, device_dir, device_modules,
                           device_sources)
 
 AGENT_BUDGET = 6 * 1024  # bytes of .mpy for the agent core (the issue's bar)
@@ -57,7 +57,7 @@ def transport_of(settings: dict) -> str:
                 "mqtt")
 
 
-def manifest_text(board: Board, transport: str = "mqtt") -> str:
+def manifest_text(board: Board, transport: str = "mqtt", encrypt: bool = False) -> str:
     lines = [
         "# Freeze linkseal into a custom MicroPython image for board " + board.board + ":",
         f"#   make -C ports/{board.port} BOARD={board.board} FROZEN_MANIFEST=$PWD/manifest.py",
@@ -67,7 +67,8 @@ def manifest_text(board: Board, transport: str = "mqtt") -> str:
     if transport == "mqtt" and not board.freezes_umqtt_simple:
         lines.append('require("umqtt.simple")')
     # The agent core only: agent/linux is CPython code and must not be frozen.
-    lines.append(f'package("agent", files={[name + ".py" for name in AGENT_CORE]!r}, base_path="{agent_dir().parent}")')
+    files = [name + ".py" for name in agent_modules(encrypt)]
+    lines.append(f'package("agent", files={files!r}, base_path="{agent_dir().parent}")')
     lines += [f'module("{name}.py", base_path="{device_dir()}")' for name in device_modules(transport)]
     return "\n".join(lines) + "\n"
 
@@ -154,10 +155,17 @@ def build(device_json: Path, board: Board, out: Path, settings: dict, ca_file=No
         shutil.rmtree(out)
     (out / "lib" / "agent").mkdir(parents=True)
     os.chmod(out, 0o700)  # it will hold the device key
-    sizes = {"agent": 0, "firmware": 0}
+    encrypt = bool(config.get("encrypt"))
+    if encrypt and not board.cryptolib:
+        with_it = ", ".join(name for name, b in load_boards().items() if b.cryptolib) or "none"
+        raise BuildError(f"device {config['device_id']} encrypts its records (keys provision --encrypt), but the "
+                         f"stock MicroPython firmware of board {board.name} has no cryptolib (AES): pick a board "
+                         f"whose firmware has it ({with_it})")
+    sizes = {"agent": 0, "cipher": 0, "firmware": 0}
     transport = transport_of(settings)
     settings = {**settings, "transport": TRANSPORTS[transport][0]}  # the module app.make_transport imports
-    for part, sources in (("agent", agent_sources()), ("firmware", device_sources(transport))):
+    cipher = {path: source for path, source in agent_sources(encrypt).items() if path not in agent_sources()}
+    for part, sources in (("agent", agent_sources()), ("cipher", cipher), ("firmware", device_sources(transport))):
         for board_path, source in sources.items():
             if board_path.startswith("lib/"):
                 target = out / (board_path[:-3] + ".mpy")
@@ -165,7 +173,7 @@ def build(device_json: Path, board: Board, out: Path, settings: dict, ca_file=No
                 sizes[part] += target.stat().st_size
             else:  # boot.py and main.py stay source: MicroPython runs them by name
                 shutil.copyfile(source, out / board_path)
-    sizes["firmware"] += sizes["agent"]
+    sizes["firmware"] += sizes["agent"] + sizes["cipher"]
     for path in (out / "lib").rglob("*.mpy"):
         if mpy_major(path) != board.mpy_major:
             raise BuildError(f"{path}: .mpy version {mpy_major(path)}, but {board.name} loads {board.mpy_version}: "
@@ -175,5 +183,5 @@ def build(device_json: Path, board: Board, out: Path, settings: dict, ca_file=No
     if ca_file:
         (out / CA_FILE).write_bytes(ca_der(ca_file))
     first_epoch_file(out / "epoch")
-    (out / "manifest.py").write_text(manifest_text(board, transport))
+    (out / "manifest.py").write_text(manifest_text(board, transport, encrypt))
     return sizes

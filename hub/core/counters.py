@@ -10,7 +10,7 @@ from array import array
 # it is the sum of the per-frame outcomes.
 SLOT_NAMES = ("valid", "lost", "duplicate", "reordered", "corrupt", "forged", "replay", "malformed",
               "rate_limited", "r2l", "l2r", "bursts", "source_drops", "redelivered", "lost_on_device",
-              "unsure_on_device", "lost_unknown")
+              "unsure_on_device", "lost_unknown", "unencrypted", "epoch_reuse")
 (VALID, LOST, DUPLICATE, REORDERED, CORRUPT, FORGED, REPLAY, MALFORMED, RATE_LIMITED) = range(9)
 # Loss-pattern tallies for Gilbert-Elliott estimates: transitions received->lost and
 # lost->received between consecutive sequence numbers, and the number of loss runs.
@@ -31,6 +31,12 @@ REDELIVERED = 13
 # not see (no birth, device not tracked yet): never counted as lost, since nothing says they
 # were sent to this hub.
 LOST_ON_DEVICE, UNSURE_ON_DEVICE, LOST_UNKNOWN = range(14, 17)
+# UNENCRYPTED: authentic records in clear from a device provisioned to encrypt, or on a link
+# whose policy requires encryption ([policy] require_encryption): refused, never stored or
+# forwarded, and their positions count as received (a policy refusal is not link loss).
+# EPOCH_REUSE: births announcing an epoch at or below one already born (a device restored from
+# an image or cloned: its counters, and with encryption its keystream, repeat).
+UNENCRYPTED, EPOCH_REUSE = range(17, 19)
 SLOTS = len(SLOT_NAMES)
 
 # Links keep more than devices: the loss sequence's moments, tallied once per sequence
@@ -47,12 +53,13 @@ LINK_SLOT_NAMES = SLOT_NAMES + PATTERN_NAMES
 LINK_SLOTS = len(LINK_SLOT_NAMES)
 
 # Exactly one of these per frame from a known device.
-PER_FRAME = (VALID, DUPLICATE, CORRUPT, FORGED, REPLAY, MALFORMED, RATE_LIMITED)
+PER_FRAME = (VALID, DUPLICATE, CORRUPT, FORGED, REPLAY, MALFORMED, RATE_LIMITED, UNENCRYPTED)
 OUTCOME_OF = {slot: SLOT_NAMES[slot] for slot in PER_FRAME}
 
 # What the report shows for each device and link, in this order.
 REPORTED = ("received", "valid", "lost", "duplicate", "reordered", "corrupt", "forged", "replay", "malformed",
-            "rate_limited", "source_drops", "redelivered", "lost_on_device", "lost_unknown")
+            "rate_limited", "source_drops", "redelivered", "lost_on_device", "lost_unknown", "unencrypted",
+            "epoch_reuse")
 
 
 _ZEROS = array("q", [0]) * SLOTS
@@ -60,11 +67,21 @@ _LINK_ZEROS = array("q", [0]) * LINK_SLOTS
 
 
 def counters_from(data: bytes, slots: int = SLOTS) -> array:
-    """A counter array from stored bytes; arrays stored before a slot was added get it as 0."""
-    counters = new_counters() if slots == SLOTS else new_link_counters()
+    """A counter array from stored bytes; arrays stored before a slot was added get it as 0.
+    A link's array ends with its pattern slots: those stay in place after the slots added."""
     stored = array("q")
     stored.frombytes(data)
-    counters[: len(stored)] = stored
+    if slots == SLOTS:
+        counters = new_counters()
+        counters[: len(stored)] = stored
+        return counters
+    counters = new_link_counters()
+    kept = len(stored) - len(PATTERN_NAMES)  # the slots of the format it was stored in
+    if kept < 0:  # stored before links kept patterns
+        counters[: len(stored)] = stored
+    else:
+        counters[:kept] = stored[:kept]
+        counters[SLOTS:] = stored[kept:]
     return counters
 
 

@@ -15,6 +15,7 @@ from hub.core.radio import RadioState
 STATUS_SUFFIX = "/status"
 KINDS = device_status.KINDS
 STATUS_WINDOW = 64
+BIRTHS_KEPT = 8  # the newest births' (epoch, seq, tag): a copy of one is a replay, not a reused epoch
 NEWEST, LATE = "newest", "late"
 _COUNTER_MAX = 0xFFFFFFFF
 
@@ -96,7 +97,7 @@ class DeviceStatus:
     the newest epoch and the one before (a power-cut device's death can arrive after its
     next birth: the broker publishes the will when it notices the old connection is gone)."""
 
-    __slots__ = ("epoch", "top", "seen", "previous", "fields", "born", "radio")
+    __slots__ = ("epoch", "top", "seen", "previous", "fields", "born", "radio", "births")
 
     def __init__(self):
         self.born = -1  # the epoch of the newest birth accepted
@@ -106,6 +107,14 @@ class DeviceStatus:
         self.previous = None  # [epoch, top, seen] of the epoch before
         self.fields = {}
         self.radio = None  # RadioState of a LoRaWAN device (hub/core/radio.py), kept with its status
+        self.births = []  # [epoch, status seq, first 8 tag bytes as hex] of the newest accepted births
+
+    def remember_birth(self, epoch: int, seq: int, tag: bytes) -> None:
+        self.births = (self.births + [[epoch, seq, tag[:8].hex()]])[-BIRTHS_KEPT:]
+
+    def is_copy_of_a_birth(self, epoch: int, seq: int, tag: bytes) -> bool:
+        """True for the bytes of a birth accepted before (a replay, or the broker's redelivery)."""
+        return [epoch, seq, tag[:8].hex()] in self.births
 
     def accept(self, epoch: int, seq: int):
         """NEWEST for the newest status so far, LATE for an older one never seen before (a
@@ -141,7 +150,7 @@ class DeviceStatus:
 
     def to_json(self) -> str:
         doc = {"epoch": self.epoch, "top": self.top, "seen": self.seen, "previous": self.previous,
-               "fields": self.fields, "born": self.born}
+               "fields": self.fields, "born": self.born, "births": self.births}
         if self.radio is not None:
             doc["radio"] = self.radio.to_dict()
         return json.dumps(doc)
@@ -153,6 +162,7 @@ class DeviceStatus:
         status.epoch, status.top, status.seen, status.fields = data["epoch"], data["top"], data["seen"], data["fields"]
         status.previous = data.get("previous")
         status.born = data.get("born", -1)
+        status.births = data.get("births", [])
         status.radio = RadioState.from_dict(data["radio"]) if "radio" in data else None
         return status
 

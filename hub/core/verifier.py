@@ -16,6 +16,7 @@ except ImportError:  # a CPython built without OpenSSL
     _hmac_new = hmac.new
 
 from agent import frame as wire
+from agent.cipher import RecordCipher
 from agent.sealer import TOPIC_PREFIX
 from agent.status import BIRTH
 from hub.core.counters import (
@@ -30,7 +31,9 @@ from hub.core.counters import (
     REDELIVERED,
     REPLAY,
     SLOTS,
+    EPOCH_REUSE,
     SOURCE_DROPS,
+    UNENCRYPTED,
     VALID,
     counters_from,
     new_counters,
@@ -40,18 +43,20 @@ from hub.core.counters import (
 from hub.core.radio import RadioState
 from hub.core.status import NEWEST, STATUS_SUFFIX, DeviceStatus, describe, is_status_topic, parse_status
 from hub.core.window import EpochWindow
+from shared.aes import ecb_block
 
 # Exactly one of these per frame (docs/protocol.md, "Outcomes").
-OUTCOMES = ("valid", "corrupt", "forged", "duplicate", "replay", "malformed", "rate_limited", "unknown_device",
-            "redelivered")
+OUTCOMES = ("valid", "corrupt", "forged", "duplicate", "replay", "malformed", "rate_limited", "unencrypted",
+            "unknown_device", "redelivered")
 # Epoch windows kept per device: the newest and the three before it, so a device that
 # buffered frames and rebooted (even a few times) can still flush them, exactly once.
 RETAINED_EPOCHS = 4
 MAC_CACHE = 4096
-FLOOD_KINDS = ("unknown_device", "forged", "replay")  # events sampled per minute (record_event)
+FLOOD_KINDS = ("unknown_device", "forged", "replay", "unencrypted", "epoch_reuse")  # events sampled per minute (record_event)
 EVENT_SAMPLES = 10
 _TOPIC_SUFFIX = "/rec"
 _decode = wire.decode
+_ENCRYPTED = wire.FLAG_ENCRYPTED
 _decode_compact = wire.decode_compact
 _FULL_DOMAINS = (wire.MAC_DOMAIN, wire.STATUS_DOMAIN)  # a device's MAC domains: records, status
 _COMPACT_DOMAINS = (wire.COMPACT_DOMAIN, wire.COMPACT_STATUS_DOMAIN)
@@ -65,13 +70,16 @@ class DeviceKeys:
 
     current: the key id in use (default: the highest); accept_until: key id -> time after
     which that previous key is retired; revoked: every frame from the device is refused;
-    compact: the device seals in the compact form (agent/frame.py), and in no other.
+    compact: the device seals in the compact form (agent/frame.py), and in no other;
+    encrypt: the device encrypts its records (agent/cipher.py): one in clear is refused.
     """
 
-    __slots__ = ("device_id", "keys", "link", "min_tag_len", "current", "accept_until", "revoked", "compact")
+    __slots__ = ("device_id", "keys", "link", "min_tag_len", "current", "accept_until", "revoked", "compact",
+                 "encrypt")
 
     def __init__(self, device_id: str, keys: dict, link: str, min_tag_len: int = 16, current: int | None = None,
-                 accept_until: dict | None = None, revoked: bool = False, compact: bool = False):
+                 accept_until: dict | None = None, revoked: bool = False, compact: bool = False,
+                 encrypt: bool = False):
         self.device_id = device_id
         self.keys = dict(keys)
         self.link = link
@@ -80,6 +88,7 @@ class DeviceKeys:
         self.accept_until = dict(accept_until or {})
         self.revoked = revoked
         self.compact = compact
+        self.encrypt = encrypt
 
 
 class Verdict(tuple):
@@ -106,7 +115,7 @@ _verdict = tuple.__new__
 class _Device:
     # Kept small on purpose: the bench measures bytes per device at 100k devices.
     __slots__ = ("device_id", "link", "min_tag", "key_id", "key", "other_keys", "until", "revoked", "mac",
-                 "counters", "current", "older", "tokens", "stamp", "credited", "domains")
+                 "counters", "current", "older", "tokens", "stamp", "credited", "domains", "encrypt", "ciphers")
 
     def __init__(self, spec: DeviceKeys, link_code: int):
         self.device_id = spec.device_id
@@ -120,6 +129,8 @@ class _Device:
         self.until = spec.accept_until or None  # previous key id -> retired after this time
         self.revoked = spec.revoked
         self.domains = _COMPACT_DOMAINS if spec.compact else _FULL_DOMAINS  # its form: (records, status)
+        self.encrypt = spec.encrypt
+        self.ciphers = None  # key id -> RecordCipher, made at the first encrypted record
         self.mac = None  # cached HMAC state, see Verifier._mac_state
         self.counters = new_counters()
         self.current = None  # EpochWindow of the newest epoch seen
@@ -130,14 +141,16 @@ class _Device:
 
 
 class Verifier:
-    def __init__(self, devices, links: dict, rate_limits: dict | None = None):
+    def __init__(self, devices, links: dict, rate_limits: dict | None = None, require_encryption=()):
         """devices: iterable of DeviceKeys; links: wire code -> link name (hardware/links).
 
         rate_limits: link name -> (frames per second, burst) for a per-device token bucket,
         spent only by authentic frames the window accepts as new; such a frame over the limit
         is `rate_limited` and not passed on. None: no limit.
+        require_encryption: link names on which records in clear are refused (`unencrypted`).
         """
         self.link_names = dict(links)
+        self._clear_refused = {code for code, name in self.link_names.items() if name in set(require_encryption)}
         self._limits = None
         self._stalled = 0.0  # seconds the hub could not take frames in, summed (credit_stall)
         self._credit_until = 0.0  # the time after which stall credit left in a bucket lapses
@@ -199,6 +212,13 @@ class Verifier:
         if window is None or window.epoch != epoch:
             window = self._window_for(dev, epoch, seq)
         slot = window.accept(seq, link, dev.counters, self.link_counters, redelivered) if window is not None else REPLAY
+        encrypted = data[0] & _ENCRYPTED
+        if slot == VALID and not encrypted and (dev.encrypt or link in self._clear_refused):
+            # Refused by policy, its position counted as received: not the link's loss.
+            slot = UNENCRYPTED
+            reason = ("record in clear from a device provisioned to encrypt" if dev.encrypt
+                      else "record in clear on %s, which requires encryption" % name)
+            self.record_event(t, dev.device_id, name, "unencrypted", reason)
         if slot == VALID:
             # Only authentic new frames spend the device's rate: garbage, forgeries, replays, copies
             # and the broker's redeliveries cost it nothing. One over the rate keeps its position
@@ -207,7 +227,10 @@ class Verifier:
                 dev.counters[VALID] += 1
                 lc[VALID] += 1
                 dev.link = link
-                return _verdict(Verdict, ("valid", dev.device_id, name, epoch, seq, stamp, data[body:tag_at], ""))
+                payload = data[body:tag_at]
+                if encrypted:  # authentic, so decrypting it is safe (encrypt-then-MAC)
+                    payload = self._cipher(dev, key_id).apply(epoch, seq, payload)
+                return _verdict(Verdict, ("valid", dev.device_id, name, epoch, seq, stamp, payload, ""))
             slot = RATE_LIMITED
         dev.counters[slot] += 1
         lc[slot] += 1
@@ -219,6 +242,8 @@ class Verifier:
         if slot == RATE_LIMITED:
             return _verdict(Verdict, ("rate_limited", dev.device_id, name, epoch, seq, stamp, None,
                                       "over the device rate limit"))
+        if slot == UNENCRYPTED:
+            return _verdict(Verdict, ("unencrypted", dev.device_id, name, epoch, seq, stamp, None, reason))
         if slot == REDELIVERED:
             return _verdict(Verdict, ("redelivered", dev.device_id, name, epoch, seq, stamp, None,
                                       "already accepted; delivered again by the broker"))
@@ -229,6 +254,16 @@ class Verifier:
         if is_status_topic(topic):
             return self.verify_status(topic, data, t)
         return self.verify(topic, data, t, redelivered)
+
+    def _cipher(self, dev, key_id):
+        """The device's RecordCipher for a key id it sealed with: made once, then cached."""
+        ciphers = dev.ciphers or {}
+        cipher = ciphers.get(key_id)
+        if cipher is None:
+            key = dev.key if key_id == dev.key_id else dev.other_keys[key_id]
+            cipher = ciphers[key_id] = RecordCipher(key, key_id, ecb_block)
+            dev.ciphers = ciphers
+        return cipher
 
     # -- status messages (birth, death, heartbeat) -------------------------------------
 
@@ -257,11 +292,19 @@ class Verifier:
             return _verdict(Verdict, ("forged", dev.device_id, name, None, None, None, None, "status: " + problem))
         name = self.link_names[link]
         try:
+            if data[0] & _ENCRYPTED:
+                raise ValueError("status messages are never encrypted (counter block 0x02 is reserved)")
             doc = parse_status(data[body:tag_at], dev.domains is not _FULL_DOMAINS)
         except ValueError as exc:
             return _verdict(Verdict, ("malformed", dev.device_id, name, epoch, seq, None, None, str(exc)))
         status = self.status.get(dev.device_id) or self.status.setdefault(dev.device_id, DeviceStatus())
         order = status.accept(epoch, seq)
+        if doc["type"] == BIRTH:
+            tag = bytes(data[tag_at : tag_at + tag_len])
+            if order is not None:
+                status.remember_birth(epoch, seq, tag)
+            elif not status.is_copy_of_a_birth(epoch, seq, tag):
+                self._epoch_reused(dev, name, epoch, t)
         if order is not None and self._limits is not None and not self._take_token(dev, t):
             # One bucket for all of a device's authentic new frames.
             return self._reject(dev, RATE_LIMITED, "status: over the device rate limit", t)
@@ -291,6 +334,17 @@ class Verifier:
                     self._new_link(dev.link)
                 window.reveal(sent[1], dev.link, dev.counters, self.link_counters)
         return _verdict(Verdict, ("valid", dev.device_id, name, epoch, seq, None, data[body:tag_at], doc["type"]))
+
+    def _epoch_reused(self, dev, name, epoch, t):
+        # An authentic birth at a position of its status sequence already taken, that is not a
+        # copy of the birth there: the device's epoch store went back (restored from a flash
+        # image, or cloned), so its (epoch, seq) pairs, and with encryption its keystream, repeat.
+        lc = self.link_counters.get(dev.link) or self._new_link(dev.link)
+        dev.counters[EPOCH_REUSE] += 1
+        lc[EPOCH_REUSE] += 1
+        self.record_event(t, dev.device_id, name, "epoch_reuse",
+                          "a new birth for epoch %d, which was born before: the device's epoch store went back "
+                          "(restored or cloned); its sequence numbers and keystream repeat" % epoch)
 
     def _status_forgery(self, dev, key_id, link, tag_len, tag_at, data, t):
         """Why a status message is not authentic, or None when it is."""
@@ -532,10 +586,11 @@ class Verifier:
     # so after a restart nothing accepted before is accepted again.
 
     _DEVICE_HEAD = struct.Struct(">BBB")  # format, current link code, number of windows
-    _FORMAT = 4
+    _FORMAT = 5
     # Counters stored by each format: 1 before source_drops, 2 before redelivered, 3 before the
-    # on-device losses; format 4 also has windows with one ring block more and a write-off.
-    _FORMAT_SLOTS = {1: SOURCE_DROPS, 2: REDELIVERED, 3: REDELIVERED + 1, 4: SLOTS}
+    # on-device losses; format 4 also has windows with one ring block more and a write-off;
+    # 5 adds unencrypted and epoch_reuse.
+    _FORMAT_SLOTS = {1: SOURCE_DROPS, 2: REDELIVERED, 3: REDELIVERED + 1, 4: UNENCRYPTED, 5: SLOTS}
 
     def device_state(self, device_id: str) -> bytes:
         dev = self._devices[_record_topic(device_id)]

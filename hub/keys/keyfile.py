@@ -142,7 +142,7 @@ class KeyFile:
 
     def provision(self, device_id: str, link: str, tag_len: int | None = None, key_id: int = 0, save: bool = True,
                   form: str | None = None, region: str | None = None, data_rate: str | None = None,
-                  dev_eui: str | None = None) -> dict:
+                  dev_eui: str | None = None, encrypt: bool = False) -> dict:
         """Register a device (or update its link and minimum tag); return its device config.
 
         form: "compact" (agent/frame.py; 8-byte tag), the default on links whose own check drops
@@ -151,7 +151,8 @@ class KeyFile:
         region, data_rate: for a link with payload limits (LoRaWAN), checked for a compact
         device or when given (default: the first region at its smallest data rate), refused
         when a frame with one byte of record would not fit. save=False defers writing the key
-        file (call save() after).
+        file (call save() after). encrypt: the device encrypts its records (agent/cipher.py),
+        and the hub refuses its records in clear.
         """
         valid_device_id(device_id)
         links = load_links()
@@ -174,6 +175,8 @@ class KeyFile:
                  "previous": self.devices.get(device_id, {}).get("previous", [])}
         if form == "compact":
             entry["form"] = "compact"
+        if encrypt:
+            entry["encrypt"] = True
         limits = links[link].payload_limits
         if limits and (region or data_rate or form == "compact"):
             entry["region"] = region or next(iter(limits))  # the firmware's payload per data rate
@@ -200,7 +203,7 @@ class KeyFile:
             "link": entry["link"],
             "tag_len": entry["tag_len"],
             "form": entry.get("form", "full"),
-            **{field: entry[field] for field in ("max_frame", "region") if field in entry},
+            **{field: entry[field] for field in ("max_frame", "region", "encrypt") if field in entry},
             "mqtt_username": device_id,
             "mqtt_password": derive_mqtt_password(self._master, device_id),
         }
@@ -250,7 +253,7 @@ class KeyFile:
             until = {p["key_id"]: p["accept_until"] for p in e["previous"]}
             specs.append(DeviceKeys(device_id, keys, e["link"], e["tag_len"], current=e["key_id"],
                                     accept_until=until, revoked=e["state"] == "revoked",
-                                    compact=e.get("form") == "compact"))
+                                    compact=e.get("form") == "compact", encrypt=e.get("encrypt", False)))
         return specs
 
 
@@ -280,6 +283,8 @@ def _parse_content(path: Path, data: dict) -> tuple[bytes, dict]:
                 raise ValueError(f"unknown state {entry['state']!r}")
             if entry.get("form", "full") not in ("full", "compact"):
                 raise ValueError(f"unknown form {entry['form']!r}")
+            if not isinstance(entry.get("encrypt", False), bool):
+                raise ValueError("encrypt must be true or false")
         except (KeyError, TypeError, ValueError) as exc:
             raise KeyFileError(f"{path}: device {device_id!r}: {exc}") from None
     return master, devices

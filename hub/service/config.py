@@ -23,6 +23,7 @@ class HubSettings:
     backoff_max: float = 30.0
     report_interval: float = 60.0  # how often rate-limit summaries and link health are logged
     rate_limits: dict = field(default_factory=dict)  # link name -> (rate, burst)
+    require_encryption: list = field(default_factory=list)  # [policy]: link types that refuse records in clear
     log_json: bool = False
     forwards: list = field(default_factory=list)  # [[forward]] tables: url, ca_file, username ...
     lorawan: list = field(default_factory=list)  # [[lorawan]] tables: url, ca_file, username, password_file
@@ -48,7 +49,7 @@ _SETTINGS = (("mqtt", "client_id", "client_id"), ("mqtt", "keepalive", "keepaliv
 
 # Upper bounds the protocol sets: MQTT's keepalive is a 16-bit number of seconds.
 _LIMITS = {"keepalive": (65535, "MQTT keeps it in 16 bits")}
-_SECTIONS = {section for section, _, _ in _SETTINGS} | {"rate_limits", "forward", "retention", "lorawan"}
+_SECTIONS = {section for section, _, _ in _SETTINGS} | {"rate_limits", "forward", "retention", "lorawan", "policy"}
 
 
 def _refuse_unknown_keys(path, data) -> None:
@@ -110,11 +111,28 @@ def load_settings(path: Path | None, known_links) -> HubSettings:
         if not (math.isfinite(rate) and math.isfinite(burst) and rate > 0 and burst >= 1):
             raise ConfigError(f"{path}: [rate_limits] {name}: rate must be a finite number > 0 and burst >= 1")
         settings.rate_limits[name] = (rate, burst)
+    settings.require_encryption = _required_encryption(path, data.get("policy", {}), known_links)
     settings.forwards = _url_tables(path, data.get("forward", []))
     settings.lorawan = _url_tables(path, data.get("lorawan", []), "lorawan", ("url", "ca_file", "username",
                                                                             "password_file"))
     settings.retention = _retention(path, data.get("retention", {}))
     return settings
+
+
+def _required_encryption(path, policy: dict, known_links) -> list:
+    """[policy] require_encryption: link types on which the hub refuses records in clear."""
+    unknown = [key for key in policy if key != "require_encryption"]
+    if unknown:
+        raise ConfigError(f"{path}: [policy] {unknown[0]}: not a setting of [policy] (expected require_encryption)")
+    names = policy.get("require_encryption", [])
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ConfigError(f"{path}: [policy] require_encryption must be a list of link types, "
+                          'e.g. ["wifi", "ble", "lora"]')
+    for name in names:
+        if name not in known_links:
+            raise ConfigError(f"{path}: [policy] require_encryption: {name!r} is not a link type in hardware/links "
+                              f"({', '.join(sorted(known_links))})")
+    return names
 
 
 def _url_tables(path, tables, section="forward", keys=None) -> list:

@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from agent.sealer import sealer_for
+from shared.aes import ecb_block
 from agent.status import BIRTH, HEARTBEAT, compact_status_payload
 from hardware.link_registry import load_links
 from hub.core.network_servers import CHIRPSTACK, TTN
@@ -79,7 +80,7 @@ class _Device:
             self.truth.never_sent.append((self.epoch, frame_seq[1], "power cut"))
         self.epoch += 1
         self.sent, self.too_large = None, 0
-        self.sealer = sealer_for(self.config, self.epoch)
+        self.sealer = sealer_for(self.config, self.epoch, ecb_block)
         self.queue = deque()
         self.unsent_status = None
         self.modem.joined = False
