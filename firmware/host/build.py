@@ -150,17 +150,17 @@ def build(device_json: Path, board: Board, out: Path, settings: dict, ca_file=No
     """Compile, copy and describe one device's build; returns the sizes in bytes.
     ca_file: the broker's CA certificate (PEM or DER), put on the board for TLS."""
     config = load_device_config(device_json)
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    (out / "lib" / "agent").mkdir(parents=True)
-    os.chmod(out, 0o700)  # it will hold the device key
     encrypt = bool(config.get("encrypt"))
     if encrypt and not board.cryptolib:
         with_it = ", ".join(name for name, b in load_boards().items() if b.cryptolib) or "none"
         raise BuildError(f"device {config['device_id']} encrypts its records (keys provision --encrypt), but the "
                          f"stock MicroPython firmware of board {board.name} has no cryptolib (AES): pick a board "
                          f"whose firmware has it ({with_it})")
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "lib" / "agent").mkdir(parents=True)
+    os.chmod(out, 0o700)  # it will hold the device key
     sizes = {"agent": 0, "cipher": 0, "firmware": 0}
     transport = transport_of(settings)
     settings = {**settings, "transport": TRANSPORTS[transport][0]}  # the module app.make_transport imports

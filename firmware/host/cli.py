@@ -18,7 +18,10 @@ def add_firmware_group(groups):
                      "--out build/plc-7"])
     build.add_argument("--device", required=True, type=Path, help="device config from `keys provision`")
     build.add_argument("--board", required=True, help="a board from hardware/boards (esp32, esp32-s3, rp2-pico-w, "
-                       "esp32-rak3172)")
+                       "esp32-rak3172), or the path of a board file of your own (.toml)")
+    build.add_argument("--encrypt", action="store_true", help="require that the device encrypts its records "
+                       "(keys provision --encrypt; the build then holds the cipher) on a board whose firmware has "
+                       "cryptolib")
     build.add_argument("--transport", choices=("mqtt", "lorawan", "uart", "ble"),
                        help="mqtt: WiFi and a broker; lorawan: the board's LoRaWAN modem; uart: the board's serial "
                        "line to a relay; ble: BLE (Nordic UART Service) to a relay (default: uart for an rs485 "
@@ -61,6 +64,9 @@ def _build(args):
 
     target = board(args.board)
     config = load_device_config(args.device)
+    if args.encrypt and not config.get("encrypt"):
+        raise InputError(f"--encrypt: {args.device}: device {config['device_id']} was provisioned to send records in "
+                         "clear; provision it with `keys provision ... --encrypt --force` (its key stays the same)")
     transport = args.transport or {"rs485": "uart", "ble": "ble"}.get(config["link"]) or (
         "lorawan" if target.lorawan else "mqtt")
     if (args.polled or args.baud) and transport != "uart":
@@ -98,7 +104,8 @@ def _build(args):
 def _report(args, sizes):
     from firmware.host.build import AGENT_BUDGET, FIRMWARE_BUDGET
 
-    print(f"built {args.out} for {args.board}: agent core {sizes['agent']} bytes of .mpy (budget {AGENT_BUDGET}), "
+    cipher = f", cipher {sizes['cipher']} bytes (records encrypted)" if sizes["cipher"] else ""
+    print(f"built {args.out} for {args.board}: agent core {sizes['agent']} bytes of .mpy (budget {AGENT_BUDGET}){cipher}, "
           f"firmware {sizes['firmware']} bytes (budget {FIRMWARE_BUDGET}); device.json and agent.json are 0600")
     if sizes["agent"] > AGENT_BUDGET or sizes["firmware"] > FIRMWARE_BUDGET:
         raise InputError("the build is over its size budget")
