@@ -17,18 +17,25 @@ def encryption_key(device_key):
     return hashlib.sha256(outer + hashlib.sha256(inner + b"linkseal/v1 encryption key\x01").digest()).digest()[:16]
 
 
+_RUNS = {}  # blocks -> [b"", counter 0, counter 1, ...]: what a run of counter blocks joins
+
+
 def ctr_xor(block, prefix, first, data):
     """data XOR the keystream of the counter blocks prefix (12 bytes) | counter (4 bytes,
     big-endian) from `first` on; block(bytes) encrypts whole 16-byte blocks (ECB)."""
     n = len(data)
     if not n:
         return b""
-    counters = bytearray((n + 15) & ~15)
-    for at in range(0, len(counters), 16):
-        counters[at : at + 12] = prefix
-        struct.pack_into(">I", counters, at + 12, (first + (at >> 4)) & 0xFFFFFFFF)
-    # One XOR of two integers, not a loop over bytes: the interpreter's slow part.
-    return (int.from_bytes(data, "big") ^ int.from_bytes(block(counters)[:n], "big")).to_bytes(n, "big")
+    blocks = (n + 15) >> 4
+    run = None if first else _RUNS.get(blocks)
+    if run is None:  # a device sends one or two sizes: few runs, each made once
+        run = [b""] + [struct.pack(">I", (first + i) & 0xFFFFFFFF) for i in range(blocks)]
+        if not first:
+            _RUNS[blocks] = run
+    # prefix.join(run): every counter block at once. Then one XOR of two integers (the
+    # keystream's unused tail shifted off), not a loop over bytes: the interpreter's slow part.
+    stream = int.from_bytes(block(prefix.join(run)), "big") >> (((blocks << 4) - n) << 3)
+    return (int.from_bytes(data, "big") ^ stream).to_bytes(n, "big")
 
 
 class RecordCipher:

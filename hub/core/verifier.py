@@ -16,7 +16,6 @@ except ImportError:  # a CPython built without OpenSSL
     _hmac_new = hmac.new
 
 from agent import frame as wire
-from agent.cipher import RecordCipher
 from agent.sealer import TOPIC_PREFIX
 from agent.status import BIRTH
 from hub.core.counters import (
@@ -42,8 +41,8 @@ from hub.core.counters import (
 )
 from hub.core.radio import RadioState
 from hub.core.status import NEWEST, STATUS_SUFFIX, DeviceStatus, describe, is_status_topic, parse_status
+from hub.core.opener import RecordOpener
 from hub.core.window import EpochWindow
-from shared.aes import ecb_block
 
 # Exactly one of these per frame (docs/protocol.md, "Outcomes").
 OUTCOMES = ("valid", "corrupt", "forged", "duplicate", "replay", "malformed", "rate_limited", "unencrypted",
@@ -130,7 +129,7 @@ class _Device:
         self.revoked = spec.revoked
         self.domains = _COMPACT_DOMAINS if spec.compact else _FULL_DOMAINS  # its form: (records, status)
         self.encrypt = spec.encrypt
-        self.ciphers = None  # key id -> RecordCipher, made at the first encrypted record
+        self.ciphers = None  # key id -> RecordOpener (hub/core/opener.py), made at the first encrypted record
         self.mac = None  # cached HMAC state, see Verifier._mac_state
         self.counters = new_counters()
         self.current = None  # EpochWindow of the newest epoch seen
@@ -229,7 +228,8 @@ class Verifier:
                 dev.link = link
                 payload = data[body:tag_at]
                 if encrypted:  # authentic, so decrypting it is safe (encrypt-then-MAC)
-                    payload = self._cipher(dev, key_id).apply(epoch, seq, payload)
+                    cipher = dev.ciphers.get(key_id) if dev.ciphers else None
+                    payload = (cipher or self._cipher(dev, key_id)).apply(epoch, seq, payload)
                 return _verdict(Verdict, ("valid", dev.device_id, name, epoch, seq, stamp, payload, ""))
             slot = RATE_LIMITED
         dev.counters[slot] += 1
@@ -256,13 +256,11 @@ class Verifier:
         return self.verify(topic, data, t, redelivered)
 
     def _cipher(self, dev, key_id):
-        """The device's RecordCipher for a key id it sealed with: made once, then cached."""
-        ciphers = dev.ciphers or {}
-        cipher = ciphers.get(key_id)
-        if cipher is None:
-            key = dev.key if key_id == dev.key_id else dev.other_keys[key_id]
-            cipher = ciphers[key_id] = RecordCipher(key, key_id, ecb_block)
-            dev.ciphers = ciphers
+        """The device's RecordOpener for a key id it sealed with, made at its first encrypted
+        record and cached: each later record costs one update()."""
+        key = dev.key if key_id == dev.key_id else dev.other_keys[key_id]
+        cipher = RecordOpener(key, key_id)
+        dev.ciphers = {**(dev.ciphers or {}), key_id: cipher}
         return cipher
 
     # -- status messages (birth, death, heartbeat) -------------------------------------
