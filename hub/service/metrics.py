@@ -28,6 +28,9 @@ class VerifierCollector:
                                            "queue was full (from their status messages).", labels=["link"])
         on_device = CounterMetricFamily("linkseal_lost_on_device_frames", "Records a reset destroyed on the devices "
                                         "before they were sent (written off from the next birth).", labels=["link"])
+        reused = CounterMetricFamily("linkseal_epoch_reuse", "Births announcing an epoch already born (a device "
+                                     "restored from an image or cloned: its counters and keystream repeat).",
+                                     labels=["link"])
         loss = GaugeMetricFamily("linkseal_loss_ratio", "Lost over expected frames since counting began.",
                                  labels=["link"])
         corrupt = GaugeMetricFamily("linkseal_corrupt_ratio", "Corrupt over received frames.", labels=["link"])
@@ -42,11 +45,12 @@ class VerifierCollector:
             lost.add_metric([name], item["lost"])
             source_drops.add_metric([name], item["source_drops"])
             on_device.add_metric([name], item["lost_on_device"])
+            reused.add_metric([name], item["epoch_reuse"])
             loss.add_metric([name], item["loss_rate"])
             corrupt.add_metric([name], item["corrupt_rate"])
             abnormal.add_metric([name], 1.0 if abnormal_reasons(name, item) else 0.0)
         frames.add_metric(["none", "unknown_device"], self.verifier.unknown_device)
-        return [frames, lost, source_drops, on_device, loss, corrupt, abnormal, *self._radio()]
+        return [frames, lost, source_drops, on_device, reused, loss, corrupt, abnormal, *self._radio()]
 
     def _radio(self) -> list:
         """LoRaWAN links' radio figures (hub/core/radio.py), summed per link: no per-device or

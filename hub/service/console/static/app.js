@@ -184,7 +184,8 @@ async function showDevice(id) {
   const d = data.device;
   const facts = [["link", d.link], ["received", d.received], ["valid", d.valid], ["lost", d.lost],
                  ["loss", pct(d.loss_rate)], ["forged", d.forged], ["replays", d.replay],
-                 ["lost on device", d.lost_on_device], ["status", JSON.stringify(d.status)]];
+                 ["lost on device", d.lost_on_device], ["unencrypted", d.unencrypted],
+                 ["epoch reuse", d.epoch_reuse], ["status", JSON.stringify(d.status)]];
   if (d.radio) {
     facts.push(["uplinks", d.radio.uplinks], ["lost after sending", d.radio.lost_after_transmission],
                ["never sent", d.radio.lost_before_transmission], ["gateways", JSON.stringify(d.radio.gateways)]);
