@@ -18,10 +18,8 @@
 #                 (LoRaWAN, after ADR lowered it), dropped unsent, since the device started
 #
 # Devices in the compact form (LoRaWAN: 51-byte uplinks) send the same fields in a few bytes
-# (compact_status_payload; docs/protocol.md "Compact status"): no fw, no flash_writes.
+# (agent/compact_status.py; docs/protocol.md "Compact status"): no fw, no flash_writes.
 import json
-
-from .frame import put_varint
 
 FIRMWARE_VERSION = "0.2.0"
 BIRTH = "birth"
@@ -52,20 +50,3 @@ def status_payload(kind, sealer, queued, source_drops, sent=None, reset_cause=No
         if prev is not None:
             doc["prev"] = list(prev)
     return json.dumps(doc).encode()
-
-
-def compact_status_payload(kind, sealer, queued, source_drops, sent=None, reset_cause=None, refused=0, prev=None,
-                           too_large=0):
-    # type, flags, then varints: next_seq, queued, source_drops, refused, too_large, [sent: 2],
-    # [prev: 4], and for a birth one byte of reset cause. 7 bytes for a quiet heartbeat.
-    out = bytearray((KINDS.index(kind) + 1, (COMPACT_SENT if sent is not None else 0) |
-                     (COMPACT_PREV if prev is not None else 0)))
-    for value in (sealer.seq, queued, source_drops, refused, too_large):
-        put_varint(out, value)
-    for value in (sent or ()):
-        put_varint(out, value)
-    for value in (prev or ()):
-        put_varint(out, value)
-    if kind == BIRTH:
-        out.append(RESET_CAUSES.index(reset_cause) if reset_cause in RESET_CAUSES else 0)
-    return bytes(out)

@@ -105,9 +105,9 @@ def test_cores_are_sans_io(core):
 
 
 def test_board_code_imports_only_board_code_and_micropython_modules():
-    board_modules = ({f"agent.{name}" for name in agent_modules(encrypt=True) if name != "__init__"} | {"agent"}
+    board_modules = ({f"agent.{name}" for name in agent_modules(encrypt=True, compact=True) if name != "__init__"} | {"agent"}
                      | set(device_modules()))
-    for board_path, source in board_sources(encrypt=True).items():
+    for board_path, source in board_sources(encrypt=True, compact=True).items():
         package = "agent" if board_path.startswith("lib/agent/") else ""
         for node in ast.walk(ast.parse(source.read_text())):
             if isinstance(node, ast.Import):
@@ -128,14 +128,14 @@ def test_board_code_imports_only_board_code_and_micropython_modules():
 def test_no_cpython_only_module_is_listed_for_a_board():
     cpython_only = {path.relative_to(ROOT) for path in (ROOT / "agent" / "linux").rglob("*.py")}
     cpython_only |= {path.relative_to(ROOT) for path in (ROOT / "firmware" / "host").rglob("*.py")}
-    listed = {source.resolve().relative_to(ROOT) for source in board_sources(encrypt=True).values()}
+    listed = {source.resolve().relative_to(ROOT) for source in board_sources(encrypt=True, compact=True).values()}
     assert listed and not listed & cpython_only
     assert all(path.parts[:2] == ("firmware", "device") or path.parts[0] == "agent" for path in listed)
 
 
 def test_host_only_code_lives_in_the_host_folders():
     """Under agent/ and firmware/, whatever is not board code sits in agent/linux or firmware/host."""
-    listed = {source.resolve() for source in board_sources(encrypt=True).values()}
+    listed = {source.resolve() for source in board_sources(encrypt=True, compact=True).values()}
     package_markers = {ROOT / "firmware" / "__init__.py", ROOT / "firmware" / "device" / "__init__.py"}
     stray = [path.relative_to(ROOT) for part in ("agent", "firmware") for path in (ROOT / part).rglob("*.py")
              if path.resolve() not in listed | package_markers
@@ -163,7 +163,7 @@ def test_a_build_holds_exactly_the_board_files(tmp_path, transport):
     out = tmp_path / "build"
     build(tmp_path / "d.json", target, out, settings)
     built = {path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()}
-    expected = {name[:-3] + ".mpy" if name.startswith("lib/") else name for name in board_sources(transport)}
+    expected = {name[:-3] + ".mpy" if name.startswith("lib/") else name for name in board_sources(transport, compact=transport == "lorawan")}
     assert built == expected | {"device.json", "agent.json", "epoch", "manifest.py"}
     other = "lib/lorawan.mpy" if transport == "mqtt" else "lib/transport.mpy"
     assert other not in built  # one transport a build: what the device needs

@@ -221,7 +221,7 @@ def test_records_refused_at_the_source_are_reported():
 def test_compact_status_says_what_the_json_one_says_in_a_few_bytes():
     """A compact (LoRaWAN) device's status: the same fields as JSON, minus fw and flash_writes,
     read by the hub into the same document."""
-    from agent.status import compact_status_payload
+    from agent.compact_status import compact_status_payload
     from hub.core.status import parse_status
 
     sealer = Sealer("field-tx-3", KEY, link="lora", epoch=9, tag_len=8, compact=True)
@@ -249,7 +249,7 @@ def test_compact_status_says_what_the_json_one_says_in_a_few_bytes():
 
 
 def test_a_bad_compact_status_is_refused_with_its_reason():
-    from agent.status import compact_status_payload
+    from agent.compact_status import compact_status_payload
     from hub.core.status import parse_status
 
     sealer = Sealer("field-tx-3", KEY, link="lora", epoch=9, tag_len=8, compact=True)
@@ -267,7 +267,7 @@ def test_a_bad_compact_status_is_refused_with_its_reason():
 
 
 def test_compact_status_messages_through_the_verifier():
-    from agent.status import compact_status_payload
+    from agent.compact_status import compact_status_payload
 
     from hub.core.verifier import DeviceKeys, Verifier
 

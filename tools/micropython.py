@@ -21,7 +21,7 @@ RUNNER = ROOT / "tools" / "micropython.mjs"
 
 def agent_files() -> dict:
     """The agent core as it goes onto a board (firmware/host/board_files.py), as source: /lib/agent/*.py."""
-    return {"/" + board_path: source.read_text() for board_path, source in agent_sources().items()}
+    return {"/" + board_path: source.read_text() for board_path, source in agent_sources(compact=True).items()}
 
 
 def run_micropython(code: str | list, files: dict | None = None, timeout: float = 300, binary_files: dict | None = None,

@@ -26,7 +26,7 @@ from store import Store
 
 from agent import frame
 from agent.sealer import sealer_for, status_topic_for, topic_for
-from agent.status import BIRTH, DEATH, HEARTBEAT, compact_status_payload, status_payload
+from agent.status import BIRTH, DEATH, HEARTBEAT, status_payload
 
 DEFAULTS = {
     "qos": 1,  # 0 or 1
@@ -100,6 +100,8 @@ class Agent:
 
     def _status(self, kind):
         if self.sealer.compact:  # a LoRaWAN uplink: the same fields in a few bytes
+            from agent.compact_status import compact_status_payload  # only compact builds carry it
+
             doc = compact_status_payload(kind, self.sealer, len(self.store), self.store.source_drops, self.sent,
                                          self.cause, self.refused, self.prev, self.too_large)
         else:

@@ -17,6 +17,8 @@ from pathlib import Path
 AGENT_CORE = ("__init__", "frame", "link_codes", "sealer", "status")
 # Record encryption (agent/cipher.py): on the board only for a device provisioned with --encrypt.
 AGENT_CIPHER = "cipher"
+# The compact status encoder (agent/compact_status.py): only for devices in the compact form.
+AGENT_COMPACT = "compact_status"
 DEVICE_MODULES = ("app", "epoch", "records", "sealmark", "store")
 # One transport per build: what the device needs and no more (the firmware's size budget).
 # Each: the modules it needs, the first the one app.make_transport imports (named in agent.json).
@@ -41,13 +43,14 @@ def device_dir() -> Path:
     return _package_dir("firmware.device")
 
 
-def agent_modules(encrypt: bool = False) -> tuple:
-    return AGENT_CORE + ((AGENT_CIPHER,) if encrypt else ())
+def agent_modules(encrypt: bool = False, compact: bool = False) -> tuple:
+    return AGENT_CORE + ((AGENT_CIPHER,) if encrypt else ()) + ((AGENT_COMPACT,) if compact else ())
 
 
-def agent_sources(encrypt: bool = False) -> dict:
-    """Board path -> source file of the agent core (and the cipher for a device that encrypts)."""
-    return {f"lib/agent/{name}.py": agent_dir() / f"{name}.py" for name in agent_modules(encrypt)}
+def agent_sources(encrypt: bool = False, compact: bool = False) -> dict:
+    """Board path -> source file of the agent core (with the cipher for a device that encrypts,
+    the compact status encoder for a device in the compact form)."""
+    return {f"lib/agent/{name}.py": agent_dir() / f"{name}.py" for name in agent_modules(encrypt, compact)}
 
 
 def device_modules(transport: str | None = None) -> tuple:
@@ -65,6 +68,6 @@ def device_sources(transport: str | None = None) -> dict:
     return files
 
 
-def board_sources(transport: str | None = None, encrypt: bool = False) -> dict:
+def board_sources(transport: str | None = None, encrypt: bool = False, compact: bool = False) -> dict:
     """Every source file that goes onto a board, by its path there (before compiling to .mpy)."""
-    return {**agent_sources(encrypt), **device_sources(transport)}
+    return {**agent_sources(encrypt, compact), **device_sources(transport)}

@@ -57,7 +57,7 @@ def transport_of(settings: dict) -> str:
                 "mqtt")
 
 
-def manifest_text(board: Board, transport: str = "mqtt", encrypt: bool = False) -> str:
+def manifest_text(board: Board, transport: str = "mqtt", encrypt: bool = False, compact: bool = False) -> str:
     lines = [
         "# Freeze linkseal into a custom MicroPython image for board " + board.board + ":",
         f"#   make -C ports/{board.port} BOARD={board.board} FROZEN_MANIFEST=$PWD/manifest.py",
@@ -67,7 +67,7 @@ def manifest_text(board: Board, transport: str = "mqtt", encrypt: bool = False) 
     if transport == "mqtt" and not board.freezes_umqtt_simple:
         lines.append('require("umqtt.simple")')
     # The agent core only: agent/linux is CPython code and must not be frozen.
-    files = [name + ".py" for name in agent_modules(encrypt)]
+    files = [name + ".py" for name in agent_modules(encrypt, compact)]
     lines.append(f'package("agent", files={files!r}, base_path="{agent_dir().parent}")')
     lines += [f'module("{name}.py", base_path="{device_dir()}")' for name in device_modules(transport)]
     return "\n".join(lines) + "\n"
@@ -164,8 +164,12 @@ def build(device_json: Path, board: Board, out: Path, settings: dict, ca_file=No
     sizes = {"agent": 0, "cipher": 0, "firmware": 0}
     transport = transport_of(settings)
     settings = {**settings, "transport": TRANSPORTS[transport][0]}  # the module app.make_transport imports
+    compact = config.get("form") == "compact"
     cipher = {path: source for path, source in agent_sources(encrypt).items() if path not in agent_sources()}
-    for part, sources in (("agent", agent_sources()), ("cipher", cipher), ("firmware", device_sources(transport))):
+    compact_status = {path: source for path, source in agent_sources(compact=compact).items()
+                      if path not in agent_sources()}
+    for part, sources in (("agent", agent_sources()), ("cipher", cipher), ("firmware", device_sources(transport)),
+                          ("firmware", compact_status)):
         for board_path, source in sources.items():
             if board_path.startswith("lib/"):
                 target = out / (board_path[:-3] + ".mpy")
@@ -183,5 +187,5 @@ def build(device_json: Path, board: Board, out: Path, settings: dict, ca_file=No
     if ca_file:
         (out / CA_FILE).write_bytes(ca_der(ca_file))
     first_epoch_file(out / "epoch")
-    (out / "manifest.py").write_text(manifest_text(board, transport, encrypt))
+    (out / "manifest.py").write_text(manifest_text(board, transport, encrypt, compact))
     return sizes

@@ -59,7 +59,7 @@ def parse_status(payload: bytes, compact: bool = False) -> dict:
 
 
 def _read_compact(payload: bytes) -> dict:
-    """The document of a compact status (agent/status.py compact_status_payload)."""
+    """The document of a compact status (agent/compact_status.py)."""
     if len(payload) < 2 or not 1 <= payload[0] <= len(KINDS) or payload[1] & ~(
             device_status.COMPACT_SENT | device_status.COMPACT_PREV):
         raise ValueError("compact status: unknown type or flags")

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 from agent.sealer import sealer_for
 from shared.aes import ecb_block
-from agent.status import BIRTH, HEARTBEAT, compact_status_payload
+from agent.compact_status import compact_status_payload
+from agent.status import BIRTH, HEARTBEAT
 from hardware.link_registry import load_links
 from hub.core.network_servers import CHIRPSTACK, TTN
 
