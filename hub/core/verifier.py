@@ -41,7 +41,8 @@ from hub.core.counters import (
 )
 from hub.core.radio import RadioState
 from hub.core.status import NEWEST, STATUS_SUFFIX, DeviceStatus, describe, is_status_topic, parse_status
-from hub.core.opener import RecordOpener
+from hub.core.opener import first_block as _first_block
+from hub.core.opener import open_records
 from hub.core.window import EpochWindow
 
 # Exactly one of these per frame (docs/protocol.md, "Outcomes").
@@ -129,7 +130,7 @@ class _Device:
         self.revoked = spec.revoked
         self.domains = _COMPACT_DOMAINS if spec.compact else _FULL_DOMAINS  # its form: (records, status)
         self.encrypt = spec.encrypt
-        self.ciphers = None  # key id -> RecordOpener (hub/core/opener.py), made at the first encrypted record
+        self.ciphers = None  # key id -> (reset_nonce, update) (hub/core/opener.py), made at the first encrypted record
         self.mac = None  # cached HMAC state, see Verifier._mac_state
         self.counters = new_counters()
         self.current = None  # EpochWindow of the newest epoch seen
@@ -228,8 +229,10 @@ class Verifier:
                 dev.link = link
                 payload = data[body:tag_at]
                 if encrypted:  # authentic, so decrypting it is safe (encrypt-then-MAC)
-                    cipher = dev.ciphers.get(key_id) if dev.ciphers else None
-                    payload = (cipher or self._cipher(dev, key_id)).apply(epoch, seq, payload)
+                    opener = dev.ciphers.get(key_id) if dev.ciphers else None
+                    reset, update = opener or self._cipher(dev, key_id)  # inlined: the hot path
+                    reset(_first_block(1, key_id, 0, epoch, seq, 0))
+                    payload = update(payload)
                 return _verdict(Verdict, ("valid", dev.device_id, name, epoch, seq, stamp, payload, ""))
             slot = RATE_LIMITED
         dev.counters[slot] += 1
@@ -256,12 +259,12 @@ class Verifier:
         return self.verify(topic, data, t, redelivered)
 
     def _cipher(self, dev, key_id):
-        """The device's RecordOpener for a key id it sealed with, made at its first encrypted
-        record and cached: each later record costs one update()."""
+        """(reset_nonce, update) of the device's AES-CTR context for a key id it sealed with,
+        made at its first encrypted record and cached: each later record costs one update()."""
         key = dev.key if key_id == dev.key_id else dev.other_keys[key_id]
-        cipher = RecordOpener(key, key_id)
-        dev.ciphers = {**(dev.ciphers or {}), key_id: cipher}
-        return cipher
+        opener = open_records(key)
+        dev.ciphers = {**(dev.ciphers or {}), key_id: opener}
+        return opener
 
     # -- status messages (birth, death, heartbeat) -------------------------------------
 
