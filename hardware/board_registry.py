@@ -62,23 +62,17 @@ def read_board(path: Path) -> Board:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise BoardError(f"{path}: not valid TOML ({exc})") from None
-    for field, kind in _FIELDS.items():
-        if not isinstance(data.get(field), kind):
-            raise BoardError(f"{path}: {field} must be a {kind.__name__}")
+    _check_fields(path, "", data, _FIELDS)
     if data["name"] != path.stem:
         raise BoardError(f"{path}: name {data['name']!r} must match the file name")
     modem = data.get("lorawan")
     if modem is not None:
-        for field, kind in _MODEM_FIELDS.items():
-            if not isinstance(modem.get(field), kind):
-                raise BoardError(f"{path}: lorawan.{field} must be a {kind.__name__}")
+        _check_fields(path, "lorawan.", modem, _MODEM_FIELDS)
         if modem["command_set"] != "RUI3":
             raise BoardError(f"{path}: lorawan.command_set: the firmware speaks RUI3 only")
     line = data.get("serial")
     if line is not None:
-        for field, kind in _SERIAL_FIELDS.items():
-            if not isinstance(line.get(field), kind):
-                raise BoardError(f"{path}: serial.{field} must be a {kind.__name__}")
+        _check_fields(path, "serial.", line, _SERIAL_FIELDS)
         if not isinstance(line.get("de", 0), int):
             raise BoardError(f"{path}: serial.de must be a pin number")
     for flag in ("bluetooth", "cryptolib"):
@@ -86,6 +80,12 @@ def read_board(path: Path) -> Board:
             raise BoardError(f"{path}: {flag} must be true or false")
     return Board(**{field: data[field] for field in _FIELDS}, lorawan=modem, serial=line,
                  bluetooth=data.get("bluetooth", False), cryptolib=data.get("cryptolib", False))
+
+
+def _check_fields(path: Path, prefix: str, table: dict, fields: dict) -> None:
+    for field, kind in fields.items():
+        if not isinstance(table.get(field), kind):
+            raise BoardError(f"{path}: {prefix}{field} must be a {kind.__name__}")
 
 
 def board(name: str) -> Board:

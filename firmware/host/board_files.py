@@ -26,8 +26,8 @@ TRANSPORTS = {"mqtt": ("transport",), "lorawan": ("lorawan",), "uart": ("uart_li
               "ble": ("ble_link", "serial_link")}
 DEVICE_SCRIPTS = ("boot", "main")
 # What a board's MicroPython offers the modules above (GUIDE: MicroPython rules), besides each other.
-BOARD_LIBRARIES = ("binascii", "bluetooth", "cryptolib", "gc", "hashlib", "json", "machine", "micropython", "network", "os",
-                   "random", "ssl", "struct", "time", "umqtt.simple")
+BOARD_LIBRARIES = ("binascii", "bluetooth", "cryptolib", "gc", "hashlib", "json", "machine", "micropython",
+                   "network", "os", "random", "ssl", "struct", "time", "umqtt.simple")
 
 
 def _package_dir(package: str) -> Path:
@@ -47,10 +47,18 @@ def agent_modules(encrypt: bool = False, compact: bool = False) -> tuple:
     return AGENT_CORE + ((AGENT_CIPHER,) if encrypt else ()) + ((AGENT_COMPACT,) if compact else ())
 
 
+def agent_module_source(name: str) -> dict:
+    """Board path -> source file of one agent module."""
+    return {f"lib/agent/{name}.py": agent_dir() / f"{name}.py"}
+
+
 def agent_sources(encrypt: bool = False, compact: bool = False) -> dict:
     """Board path -> source file of the agent core (with the cipher for a device that encrypts,
     the compact status encoder for a device in the compact form)."""
-    return {f"lib/agent/{name}.py": agent_dir() / f"{name}.py" for name in agent_modules(encrypt, compact)}
+    sources = {}
+    for name in agent_modules(encrypt, compact):
+        sources.update(agent_module_source(name))
+    return sources
 
 
 def device_modules(transport: str | None = None) -> tuple:

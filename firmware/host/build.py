@@ -18,8 +18,8 @@ from firmware.device import epoch as epoch_file
 from hardware.board_registry import Board, load_boards
 from shared.device_config import load_device_config, write_private_json
 
-from .board_files import (TRANSPORTS, agent_dir, agent_modules, agent_sources, device_dir, device_modules,
-                          device_sources)
+from .board_files import (AGENT_CIPHER, AGENT_COMPACT, TRANSPORTS, agent_dir, agent_module_source, agent_modules,
+                          agent_sources, device_dir, device_modules, device_sources)
 
 AGENT_BUDGET = 6 * 1024  # bytes of .mpy for the agent core (the bar)
 FIRMWARE_BUDGET = 16 * 1024  # bytes of .mpy for everything we ship, umqtt aside
@@ -165,9 +165,10 @@ def build(device_json: Path, board: Board, out: Path, settings: dict, ca_file=No
     transport = transport_of(settings)
     settings = {**settings, "transport": TRANSPORTS[transport][0]}  # the module app.make_transport imports
     compact = config.get("form") == "compact"
-    cipher = {path: source for path, source in agent_sources(encrypt).items() if path not in agent_sources()}
-    compact_status = {path: source for path, source in agent_sources(compact=compact).items()
-                      if path not in agent_sources()}
+    # The agent's optional modules ride beside the core: the cipher counted apart, the compact
+    # status encoder with the firmware.
+    cipher = agent_module_source(AGENT_CIPHER) if encrypt else {}
+    compact_status = agent_module_source(AGENT_COMPACT) if compact else {}
     for part, sources in (("agent", agent_sources()), ("cipher", cipher), ("firmware", device_sources(transport)),
                           ("firmware", compact_status)):
         for board_path, source in sources.items():

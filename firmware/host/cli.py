@@ -105,7 +105,8 @@ def _report(args, sizes):
     from firmware.host.build import AGENT_BUDGET, FIRMWARE_BUDGET
 
     cipher = f", cipher {sizes['cipher']} bytes (records encrypted)" if sizes["cipher"] else ""
-    print(f"built {args.out} for {args.board}: agent core {sizes['agent']} bytes of .mpy (budget {AGENT_BUDGET}){cipher}, "
+    print(f"built {args.out} for {args.board}: agent core {sizes['agent']} bytes of .mpy "
+          f"(budget {AGENT_BUDGET}){cipher}, "
           f"firmware {sizes['firmware']} bytes (budget {FIRMWARE_BUDGET}); device.json and agent.json are 0600")
     if sizes["agent"] > AGENT_BUDGET or sizes["firmware"] > FIRMWARE_BUDGET:
         raise InputError("the build is over its size budget")

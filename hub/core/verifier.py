@@ -20,6 +20,7 @@ from agent.sealer import TOPIC_PREFIX
 from agent.status import BIRTH
 from hub.core.counters import (
     CORRUPT,
+    EPOCH_REUSE,
     FORGED,
     LINK_SLOTS,
     LOST,
@@ -30,7 +31,6 @@ from hub.core.counters import (
     REDELIVERED,
     REPLAY,
     SLOTS,
-    EPOCH_REUSE,
     SOURCE_DROPS,
     UNENCRYPTED,
     VALID,
@@ -39,10 +39,10 @@ from hub.core.counters import (
     new_link_counters,
     received,
 )
-from hub.core.radio import RadioState
-from hub.core.status import NEWEST, STATUS_SUFFIX, DeviceStatus, describe, is_status_topic, parse_status
 from hub.core.opener import first_block as _first_block
 from hub.core.opener import open_records
+from hub.core.radio import RadioState
+from hub.core.status import NEWEST, STATUS_SUFFIX, DeviceStatus, describe, is_status_topic, parse_status
 from hub.core.window import EpochWindow
 
 # Exactly one of these per frame (docs/protocol.md, "Outcomes").
@@ -52,7 +52,8 @@ OUTCOMES = ("valid", "corrupt", "forged", "duplicate", "replay", "malformed", "r
 # buffered frames and rebooted (even a few times) can still flush them, exactly once.
 RETAINED_EPOCHS = 4
 MAC_CACHE = 4096
-FLOOD_KINDS = ("unknown_device", "forged", "replay", "unencrypted", "epoch_reuse")  # events sampled per minute (record_event)
+# Events sampled per minute (record_event): kinds a sender can repeat at will.
+FLOOD_KINDS = ("unknown_device", "forged", "replay", "unencrypted", "epoch_reuse")
 EVENT_SAMPLES = 10
 _TOPIC_SUFFIX = "/rec"
 _decode = wire.decode
@@ -150,7 +151,8 @@ class Verifier:
         require_encryption: link names on which records in clear are refused (`unencrypted`).
         """
         self.link_names = dict(links)
-        self._clear_refused = {code for code, name in self.link_names.items() if name in set(require_encryption)}
+        required = set(require_encryption)
+        self._clear_refused = {code for code, name in self.link_names.items() if name in required}
         self._limits = None
         self._stalled = 0.0  # seconds the hub could not take frames in, summed (credit_stall)
         self._credit_until = 0.0  # the time after which stall credit left in a bucket lapses
