@@ -297,12 +297,12 @@ def _run(args):
     storage.require_sound()
     for name in storage.set_sinks([name for name, _ in sinks]):
         log("sink_forgotten", sink=name, reason="no longer configured: it holds no records back any more")
-    ingest = Ingest(verifier, storage)
+    ingest = Ingest(verifier, storage, watch_options=settings.watch_options())
     _console_from_settings(args, settings)
     if args.console:
         console = start_console(args, args.db)
         log("console", address=console.address)
-    metrics = HubMetrics(verifier)
+    metrics = HubMetrics(verifier, ingest.watch)
     if args.metrics:
         try:
             metrics.address = metrics.serve(*args.metrics)

@@ -33,8 +33,10 @@ def test_schema_has_exactly_the_documented_keys():
     verifier.verify("linkseal/v1/ghost/rec", frames[0], 2.0)
     report = json.loads(to_json(build_report(verifier)))
     assert set(report) == {"links", "devices", "events", "unknown_device"}
-    assert set(report["links"]["wifi"]) == COUNTERS | FIGURES | LINK_FIGURES | {"source_drops"}
-    assert set(report["devices"]["pump-1"]) == COUNTERS | FIGURES | {"link", "source_drops", "status"}
+    assert set(report["links"]["wifi"]) == COUNTERS | FIGURES | LINK_FIGURES | {"source_drops", "silent_devices"}
+    assert set(report["devices"]["pump-1"]) == COUNTERS | FIGURES | {"link", "source_drops", "status", "liveness",
+                                                                     "liveness_since"}
+    assert report["devices"]["pump-1"]["liveness"] == "online" and report["links"]["wifi"]["silent_devices"] == 0
     for name in COUNTERS:
         assert isinstance(report["links"]["wifi"][name], int)
     assert report["links"]["wifi"]["loss_rate"] == 0.2

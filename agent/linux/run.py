@@ -141,7 +141,8 @@ class LinuxAgent:
         with self.sealing:
             return self.sealer.seal_status(status_payload(kind, self.sealer, self.state.depth(),
                                                           self.state.store.source_drops, self.sent, "process_start",
-                                                          self.refused, self.state.prev))
+                                                          self.refused, self.state.prev,
+                                                          every=(self.heartbeat_s, None)))
 
     def _set_will(self) -> None:
         # Each connection gets its own sealed death message: the hub refuses a repeated one.

@@ -106,7 +106,8 @@ class Agent:
                                          self.cause, self.refused, self.prev, self.too_large)
         else:
             doc = status_payload(kind, self.sealer, len(self.store), self.store.source_drops, self.sent, self.cause,
-                                 self.refused, self.prev, self.mark.writes + self.store.writes, self.too_large)
+                                 self.refused, self.prev, self.mark.writes + self.store.writes, self.too_large,
+                                 (self.settings["heartbeat_s"], self.settings["record_interval_ms"] / 1000))
         return self.sealer.seal_status(doc)
 
     def take_record(self):

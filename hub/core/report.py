@@ -100,13 +100,28 @@ def _assemble(links: dict, devices: dict, device_links: dict, unknown: int, even
         devices.setdefault(device, new_counters())
     report = {
         "links": _link_entries(links),
-        "devices": {device: {**entry(counters), "link": device_links[device], "status": statuses.get(device) or None}
+        "devices": {device: {**entry(counters), "link": device_links[device], "status": statuses.get(device) or None,
+                             **_liveness(statuses.get(device), counters)}
                     for device, counters in devices.items()},
         "unknown_device": unknown,
         "events": events,
     }
+    for item in report["devices"].values():  # silent devices per link type: what the operator looks for first
+        if item["link"] in report["links"]:
+            link = report["links"][item["link"]]
+            link["silent_devices"] = link.get("silent_devices", 0) + (item["liveness"] == "silent")
     add_radio(report["links"], report["devices"], radio, device_links)
     return report
+
+
+def _liveness(fields, counters) -> dict:
+    """`liveness` (online, offline, silent; None for a device never heard authentic) and
+    `liveness_since` (None when it has been online since before the hub kept it)."""
+    fields = fields or {}
+    if "liveness" in fields:
+        return {"liveness": fields["liveness"], "liveness_since": fields.get("liveness_since")}
+    heard = counters[VALID] or fields.get("last") is not None
+    return {"liveness": "online" if heard else None, "liveness_since": None}
 
 
 def add_radio(links: dict, devices: dict, radio: dict, device_links: dict) -> None:
@@ -152,8 +167,8 @@ def build_stored_devices(storage, names: list) -> dict:
     for name, counter, total in storage.device_counts(names):
         counters[name][SLOT_NAMES.index(counter)] = total
     device_links, (statuses, radio) = storage.device_links(), storage.device_statuses()
-    devices = {name: {**entry(c), "link": device_links.get(name), "status": statuses.get(name) or None}
-               for name, c in counters.items()}
+    devices = {name: {**entry(c), "link": device_links.get(name), "status": statuses.get(name) or None,
+                      **_liveness(statuses.get(name), c)} for name, c in counters.items()}
     add_radio({}, devices, radio, device_links)
     return devices
 

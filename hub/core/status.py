@@ -18,6 +18,8 @@ STATUS_WINDOW = 64
 BIRTHS_KEPT = 8  # the newest births' (epoch, seq, tag): a copy of one is a replay, not a reused epoch
 NEWEST, LATE = "newest", "late"
 _COUNTER_MAX = 0xFFFFFFFF
+ANNOUNCED = ("heartbeat_s", "record_interval_s")  # what a birth may say of its pace
+_PERIOD_MAX = 7 * 86400
 
 
 def is_status_topic(topic: str) -> bool:
@@ -52,6 +54,11 @@ def parse_status(payload: bytes, compact: bool = False) -> dict:
                                  and prev[1] <= prev[2] and prev[3] <= prev[2]):
         raise ValueError("status field prev must be [epoch, kept_end, sealed_end, lease], kept_end and lease "
                          "at most sealed_end")
+    for field in ANNOUNCED:
+        value = doc.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0.001 <= value <= _PERIOD_MAX):
+            raise ValueError(f"status field {field} must be seconds from 0.001 to {_PERIOD_MAX}")
     for field in ("fw", "reset_cause"):
         if field in doc and not (isinstance(doc[field], str) and len(doc[field]) <= 64):
             raise ValueError(f"status field {field} must be a short string")
@@ -147,6 +154,12 @@ class DeviceStatus:
         for name in ("fw", "reset_cause", "flash_writes"):
             if name in doc:
                 fields[name] = doc[name]
+        if doc["type"] == device_status.BIRTH:  # each birth says its pace anew, or nothing
+            for name in ANNOUNCED:
+                if name in doc:
+                    fields[name] = doc[name]
+                else:
+                    fields.pop(name, None)
 
     def to_json(self) -> str:
         doc = {"epoch": self.epoch, "top": self.top, "seen": self.seen, "previous": self.previous,

@@ -5,6 +5,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from hub.core.behaviour import DEFAULT_RULES, parse_rules
+from hub.core.watch import WINDOW_S
 from hub.service.storage.sqlite import Retention
 from shared.settings import Broker, ConfigError, parse_broker, parse_duration  # noqa: F401  (hub.toml uses them)
 
@@ -35,6 +37,20 @@ class HubSettings:
     console_token_file: str = ""
     console_tls_cert: str = ""
     console_tls_key: str = ""
+    # [watch] and [[behaviour]]: liveness and behaviour (hub/core/watch.py, docs/behaviour.md)
+    window_s: float = WINDOW_S
+    heartbeat_s: dict = field(default_factory=lambda: dict(DEFAULT_HEARTBEAT_S))  # link -> assumed period
+    behaviours: tuple = DEFAULT_RULES
+
+    def watch_options(self) -> dict:
+        """Watch(...)'s keyword arguments."""
+        return {"rules": self.behaviours, "window_s": self.window_s, "heartbeat_s": self.heartbeat_s,
+                "default_heartbeat_s": self.heartbeat_s.get("default", DEFAULT_HEARTBEAT_S["default"])}
+
+
+# The heartbeat period assumed for devices whose births do not announce one: the agents'
+# defaults (agent run --heartbeat 30; LoRaWAN builds 300 s, duty cycle).
+DEFAULT_HEARTBEAT_S = {"default": 30.0, "lora": 300.0}
 
 
 # (TOML section, key, HubSettings attribute)
@@ -49,7 +65,8 @@ _SETTINGS = (("mqtt", "client_id", "client_id"), ("mqtt", "keepalive", "keepaliv
 
 # Upper bounds the protocol sets: MQTT's keepalive is a 16-bit number of seconds.
 _LIMITS = {"keepalive": (65535, "MQTT keeps it in 16 bits")}
-_SECTIONS = {section for section, _, _ in _SETTINGS} | {"rate_limits", "forward", "retention", "lorawan", "policy"}
+_SECTIONS = {section for section, _, _ in _SETTINGS} | {"rate_limits", "forward", "retention", "lorawan", "policy",
+                                                      "watch", "behaviour"}
 
 
 def _refuse_unknown_keys(path, data) -> None:
@@ -58,7 +75,7 @@ def _refuse_unknown_keys(path, data) -> None:
         if section not in _SECTIONS:
             raise ConfigError(f"{path}: [{section}]: not a hub.toml section (expected one of "
                               f"{', '.join(sorted(_SECTIONS))})")
-        if section not in ("forward", "lorawan") and not isinstance(table, dict):
+        if section not in ("forward", "lorawan", "behaviour") and not isinstance(table, dict):
             raise ConfigError(f"{path}: {section} must be a table ([{section}]), not a value")
         known = {key for s, key, _ in _SETTINGS if s == section}
         if known and isinstance(table, dict):
@@ -116,7 +133,40 @@ def load_settings(path: Path | None, known_links) -> HubSettings:
     settings.lorawan = _url_tables(path, data.get("lorawan", []), "lorawan", ("url", "ca_file", "username",
                                                                             "password_file"))
     settings.retention = _retention(path, data.get("retention", {}))
+    _watch(path, data, known_links, settings)
     return settings
+
+
+def _watch(path, data, known_links, settings) -> None:
+    """[watch] window_s, default_behaviours, [watch.heartbeat_s]; [[behaviour]] tables (added to the
+    default rules, a rule of a default's name replacing it, or alone with default_behaviours = false)."""
+    table = data.get("watch", {})
+    unknown = set(table) - {"window_s", "default_behaviours", "heartbeat_s"}
+    if unknown:
+        raise ConfigError(f"{path}: [watch] {sorted(unknown)[0]}: not a setting of [watch] (expected window_s, "
+                          "default_behaviours or a [watch.heartbeat_s] table)")
+    window = table.get("window_s", settings.window_s)
+    if isinstance(window, bool) or not isinstance(window, (int, float)) or not 10 <= window <= 86400:
+        raise ConfigError(f"{path}: [watch] window_s must be seconds from 10 to 86400")
+    settings.window_s = float(window)
+    periods = table.get("heartbeat_s", {})
+    if not isinstance(periods, dict):
+        raise ConfigError(f"{path}: [watch] heartbeat_s must be a table of link type = seconds")
+    for name, seconds in periods.items():
+        if name != "default" and name not in known_links:
+            raise ConfigError(f"{path}: [watch.heartbeat_s] {name}: not a link type in hardware/links (or default)")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 1 <= seconds <= 7 * 86400:
+            raise ConfigError(f"{path}: [watch.heartbeat_s] {name} must be seconds from 1 to 604800")
+        settings.heartbeat_s[name] = float(seconds)
+    keep = table.get("default_behaviours", True)
+    if not isinstance(keep, bool):
+        raise ConfigError(f"{path}: [watch] default_behaviours must be true or false")
+    try:
+        rules = parse_rules(data.get("behaviour", []), str(path))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    named = {rule.name for rule in rules}
+    settings.behaviours = tuple(rule for rule in DEFAULT_RULES if keep and rule.name not in named) + rules
 
 
 def _required_encryption(path, policy: dict, known_links) -> list:

@@ -6,18 +6,23 @@ restored verifier state turns the redelivery into a duplicate, never a second re
 """
 
 from hub.core.counters import LINK_SLOT_NAMES, LINK_SLOTS
+from agent.status import BIRTH, DEATH
 from hub.core.status import is_status_topic
 from hub.core.verifier import Verifier
+from hub.core.watch import Watch
 from hub.service.storage.sqlite import Batch, Storage
 
 _ZERO = bytes(8 * LINK_SLOTS)
 
 
 class Ingest:
-    def __init__(self, verifier: Verifier, storage: Storage, on_verdict=None, stored=None):
+    def __init__(self, verifier: Verifier, storage: Storage, on_verdict=None, stored=None, watch_options=None):
         """on_verdict(verdict): called for every message handled (the simulator collects them);
-        stored: what storage.load() returned, when the caller has loaded it already."""
+        stored: what storage.load() returned, when the caller has loaded it already;
+        watch_options: the liveness and behaviour watch's settings (HubSettings.watch_options();
+        default: the default rules)."""
         self.verifier = verifier
+        self.watch = Watch(verifier.record_event, verifier.status, **(watch_options or {}))
         self.storage = storage
         self.on_verdict = on_verdict
         stored = stored if stored is not None else storage.load()
@@ -29,6 +34,10 @@ class Ingest:
             verifier.restore_status(device, text)
         verifier.unknown_device = stored.unknown_device
         self._intake_at = stored.intake_at  # the arrival time of the newest message handled
+        if stored.intake_at is not None:  # every device heard before, as it was then
+            for device, link, _ in verifier.devices():
+                status = verifier.status.get(device)
+                self.watch.restore(device, link, status.fields if status else None, stored.intake_at)
         self._unwritten = None  # a batch storage refused, written again by the next commit()
         self._start_batch()
 
@@ -52,11 +61,17 @@ class Ingest:
         message the store holds is time the devices' backlogs built up, not a burst of theirs."""
         if self._intake_at is not None:
             self.verifier.credit_stall(now - self._intake_at, now)
+        self.watch.hold(now)
+
+    def tick(self, now: float) -> None:
+        """The watch's clock moves on without a message (the live hub, between batches)."""
+        self.watch.tick(now)
 
     def handle(self, topic: str, payload: bytes, t: float, redelivered: bool = False, refused=None, radio=None):
         """Verify one message; returns the verifier's Verdict. redelivered: the MQTT DUP flag;
         refused: (reason, label) when the way in found no frame in the message (Verifier.refuse);
         radio: (fCnt, gateways, spreading factor, DevAddr, frequency) of a LoRaWAN uplink (Verifier.observe_radio)."""
+        self.watch.tick(t)
         minute = int(t // 60) * 60
         if minute != self._minute:
             self._close_minute()
@@ -81,11 +96,21 @@ class Ingest:
                 if radio is not None:  # kept with the device's status, written with this commit
                     self.verifier.observe_radio(verdict.device_id, "record", verdict.epoch, verdict.seq, radio)
                     self._statuses.add(verdict.device_id)
+        self._watch(verdict, t)
         self.pending += 1
         self._intake_at = t
         if self.on_verdict is not None:
             self.on_verdict(verdict)
         return verdict
+
+    def _watch(self, verdict, t):
+        if verdict.outcome == "valid" and verdict.reason:  # a status message: what it said is kept
+            fields = self.verifier.status[verdict.device_id].fields
+            self.watch.observe(verdict, t, fields.get("heartbeat_s") if verdict.reason == BIRTH else None,
+                               fields.get("record_interval_s"),
+                               died=verdict.reason == DEATH and not fields.get("online", True))
+        else:
+            self.watch.observe(verdict, t)
 
     def _close_minute(self):
         """Turn the counter changes since the minute began into bucket rows."""
@@ -121,6 +146,8 @@ class Ingest:
         verifier = self.verifier
         batch = Batch(records=self._records, counts=self._counts, events=verifier.drain_events())
         batch.devices = [(d, verifier.current_link(d), verifier.device_state(d)) for d in self._touched]
+        self._statuses |= self.watch.changed  # liveness changes are kept with the status
+        self.watch.changed = set()
         batch.statuses = [(d, verifier.status[d].to_json()) for d in self._statuses]
         batch.links = [(verifier.link_names[code], c.tobytes()) for code, c in verifier.link_counters.items()]
         batch.unknown_device = verifier.unknown_device

@@ -77,6 +77,25 @@ class VerifierCollector:
         return [uplinks, after, before, snr]
 
 
+class WatchCollector:
+    """The watch's figures per link type (hub/core/watch.py): devices silent now, devices in
+    alarm per behaviour rule. Counts of devices, never a device label."""
+
+    def __init__(self, watch):
+        self.watch = watch
+
+    def collect(self):
+        silent = GaugeMetricFamily("linkseal_silent_devices", "Devices heard before that sent nothing authentic for "
+                                   "3 heartbeat periods, without a death.", labels=["link"])
+        alarms = GaugeMetricFamily("linkseal_behaviour_alarm_devices", "Devices in alarm now, per behaviour rule "
+                                   "(hub.toml [[behaviour]]) and link type.", labels=["behaviour", "link"])
+        for link, count in sorted(dict(self.watch.silent).items()):
+            silent.add_metric([link], count)
+        for (rule, link), count in sorted(dict(self.watch.alarms).items()):
+            alarms.add_metric([rule, link], count)
+        return [silent, alarms]
+
+
 class SinkCollector:
     """Each sink's state and backlog, read at scrape time; the label is the configured sink
     (a few, named by URL without credentials), never a device."""
@@ -141,10 +160,12 @@ def serve_worker_metrics(worker, host: str, port: int) -> str:
 
 
 class HubMetrics:
-    def __init__(self, verifier):
+    def __init__(self, verifier, watch=None):
         self.address = None  # where /metrics is served, once serve() has run
         self.registry = CollectorRegistry()
         self.registry.register(VerifierCollector(verifier))
+        if watch is not None:
+            self.registry.register(WatchCollector(watch))
         self.queue_depth = Gauge("linkseal_queue_depth", "Messages received from the broker, not yet committed.",
                                  registry=self.registry)
         self.ingest_lag = Gauge("linkseal_ingest_lag_seconds",

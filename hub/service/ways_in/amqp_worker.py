@@ -314,7 +314,8 @@ class Worker:
         token = claim(self.db_url, index, self.owner)
         storage = PartitionStorage(self.db_url, index, token)
         stored = storage.load()
-        ingest = Ingest(self.new_verifier(self.devices), storage, stored=stored)
+        ingest = Ingest(self.new_verifier(self.devices), storage, stored=stored,
+                        watch_options=self.settings.watch_options())
         ingest.resume(time.time())  # the queue kept what came while no worker held the partition
         partition = _Partition(index, channel, storage, ingest, {device for device, _ in stored.devices})
         self.partitions[index] = partition

@@ -75,6 +75,7 @@ class HubService:
         self._stalled = 0.0
         self._stalled_lock = threading.Lock()
         self._disconnected_at = None  # monotonic time the broker connection was lost
+        self._sighted_at = None  # when the hub could see the devices again (handed to the ingest thread)
         self._next_prune = 0.0  # monotonic time of the next retention step
         self.forwarders = [Forwarder(name, sink, ingest.storage.path, log, self.stopping, settings.backoff_max,
                                      getattr(ingest.storage, "seal_key", None)) for name, sink in sinks]
@@ -112,6 +113,7 @@ class HubService:
         if self._disconnected_at is not None:  # the broker kept the devices' frames meanwhile
             self._add_stall(self._connected_at - self._disconnected_at)
             self._disconnected_at = None
+            self._sighted_at = time.time()  # silence while the hub was cut off is not the devices'
         self.log("connected", broker=f"{self.broker.host}:{self.broker.port}",
                  session_present=bool(flags.session_present))
 
@@ -266,6 +268,7 @@ class HubService:
             if fault:
                 self.log("storage_recovered", after=fault)
                 self._set_fault(None)
+                self._sighted_at = time.time()  # the backlog the broker kept is on its way
             return True
 
     def _set_fault(self, kind):
@@ -277,6 +280,8 @@ class HubService:
             stalled, self._stalled = self._stalled, 0.0
         if stalled:  # on the hub's clock, which is the arrival times' (stalls are not counted in replays)
             self.ingest.verifier.credit_stall(stalled, time.time())
+            self._sighted_at = time.time()
+        self._hold_watch()
         for topic, payload, t, _, _, dup, _, refused, radio in items:
             try:
                 verdict = self.ingest.handle(topic, payload, t, dup, refused, radio)
@@ -299,6 +304,23 @@ class HubService:
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
             self.metrics.ingest_lag.set(committed - items[0][2])
             self.metrics.queue_depth.set(self.queue.qsize())
+
+    def _hold_watch(self) -> None:
+        # The hub was blind (cut off from the broker, stalled, unable to store) until then: the
+        # watch counts no device's silence from before it and excuses the catch-up.
+        sighted, self._sighted_at = self._sighted_at, None
+        if sighted is not None and self.arrival_clock is None:
+            self.ingest.watch.hold(sighted)
+
+    def _tick_watch(self) -> None:
+        # Only while connected: with the broker out of reach, the hub hears nothing from anyone.
+        if self.arrival_clock is not None:
+            self.ingest.tick(self._last_arrival)  # a replay's own time line
+        elif self._connected:
+            self._hold_watch()
+            self.ingest.tick(time.time())
+        if self.ingest.verifier.events:  # silent devices and alarms are stored at once
+            self._commit()
 
     def _reload_keys(self):
         # On the ingest thread, between batches: the verifier is never changed mid-batch.
@@ -348,6 +370,7 @@ class HubService:
         if self._reload.is_set():
             self._reload_keys()
         self._prune()
+        self._tick_watch()
         if time.monotonic() < self._next_report:
             return
         self._next_report = time.monotonic() + self.settings.report_interval
