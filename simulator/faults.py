@@ -71,6 +71,12 @@ class GilbertElliott:
         self.bad = (rng.random() >= self.r) if found_bad else (rng.random() < self.p)
         return rng.random() < (self.loss_bad if found_bad else self.loss_good)
 
+    def advance(self, rng: random.Random, steps: int) -> None:
+        """Run the chain `steps` transitions without a frame: time passing between the frames
+        of a device that sends seldom, so a fade of seconds does not last for minutes."""
+        for _ in range(steps):
+            self.bad = (rng.random() >= self.r) if self.bad else (rng.random() < self.p)
+
     @property
     def stationary(self) -> float:
         bad = self.p / (self.p + self.r)

@@ -25,7 +25,7 @@ within the hub's memory budget (bench/bench_memory.py).
 
 from array import array
 
-from agent.status import BIRTH, DEATH
+from agent.status import BIRTH
 from hub.core.behaviour import CATCH_UP_METRICS, DEFAULT_RULES, LEARNED, METRICS, percentile
 from hub.core.status import DeviceStatus
 
@@ -75,15 +75,16 @@ class Watch:
 
     # -- what arrives -------------------------------------------------------------------
 
-    def observe(self, verdict, t: float, heartbeat_s=None, record_interval_s=None, died: bool = False) -> None:
-        """One verdict of the verifier. For a valid status message: heartbeat_s and
-        record_interval_s as its birth announced them; died: the device is offline now."""
+    def observe(self, verdict, t: float) -> None:
+        """One verdict of the verifier whose `status` dict this watch shares: a valid status
+        message's fields (its announced pace, a death) are read from there."""
         outcome = verdict.outcome
         if outcome == "valid" or outcome == "rate_limited" or outcome == "unencrypted":
             state = self._device(verdict.device_id, verdict.link, t)
             rel = t - self.origin
             if rel > state[HEARD]:
                 state[HEARD] = rel
+            died = False
             if verdict.reason == "":  # a record
                 if outcome == "valid":
                     size = len(verdict.payload)
@@ -91,12 +92,14 @@ class Watch:
                     state[BYTES] += size
                     if size > state[LARGEST]:
                         state[LARGEST] = size
-            elif verdict.reason == BIRTH:
-                state[BIRTHS] += 1
-                if heartbeat_s:
-                    state[PERIOD] = heartbeat_s
-                if record_interval_s and state[LEARNT] == 0:  # a first guess at its rate
-                    state[NORMAL] = self.window_s / record_interval_s
+            elif outcome == "valid":  # a status message, kept by the verifier
+                fields = self.statuses[verdict.device_id].fields
+                died = not fields.get("online", True)
+                if verdict.reason == BIRTH:
+                    state[BIRTHS] += 1
+                    state[PERIOD] = fields.get("heartbeat_s") or self._assumed_period(verdict.link)
+                    if fields.get("record_interval_s") and state[LEARNT] == 0:  # a first guess at its rate
+                        state[NORMAL] = self.window_s / fields["record_interval_s"]
             if died:
                 self._set(verdict.device_id, state, OFFLINE, rel)
             elif state[STATE] != 0:
@@ -110,6 +113,9 @@ class Watch:
             if state is not None:
                 state[FORGED if outcome == "forged" else REPLAYED] += 1
 
+    def _assumed_period(self, link) -> float:
+        return self.heartbeat_s.get(link, self.default_heartbeat_s)
+
     def _device(self, device, link, t):
         if self.origin is None:
             self.origin = t
@@ -117,7 +123,7 @@ class Watch:
         if state is None:
             state = self._devices[device] = array("f", bytes(4 * (STREAK + len(self.rules))))
             state[HEARD] = state[SINCE] = t - self.origin
-            state[PERIOD] = self.heartbeat_s.get(link, self.default_heartbeat_s)
+            state[PERIOD] = self._assumed_period(link)
             state[EXCUSED] = -1.0
             state[LINK] = self._link_index(link)
             self._set(device, state, ONLINE, t - self.origin, new=True)

@@ -6,7 +6,6 @@ restored verifier state turns the redelivery into a duplicate, never a second re
 """
 
 from hub.core.counters import LINK_SLOT_NAMES, LINK_SLOTS
-from agent.status import BIRTH, DEATH
 from hub.core.status import is_status_topic
 from hub.core.verifier import Verifier
 from hub.core.watch import Watch
@@ -96,21 +95,12 @@ class Ingest:
                 if radio is not None:  # kept with the device's status, written with this commit
                     self.verifier.observe_radio(verdict.device_id, "record", verdict.epoch, verdict.seq, radio)
                     self._statuses.add(verdict.device_id)
-        self._watch(verdict, t)
+        self.watch.observe(verdict, t)
         self.pending += 1
         self._intake_at = t
         if self.on_verdict is not None:
             self.on_verdict(verdict)
         return verdict
-
-    def _watch(self, verdict, t):
-        if verdict.outcome == "valid" and verdict.reason:  # a status message: what it said is kept
-            fields = self.verifier.status[verdict.device_id].fields
-            self.watch.observe(verdict, t, fields.get("heartbeat_s") if verdict.reason == BIRTH else None,
-                               fields.get("record_interval_s"),
-                               died=verdict.reason == DEATH and not fields.get("online", True))
-        else:
-            self.watch.observe(verdict, t)
 
     def _close_minute(self):
         """Turn the counter changes since the minute began into bucket rows."""
