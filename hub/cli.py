@@ -34,6 +34,8 @@ def add_hub_group(groups):
     add_keys_option(verify)
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.add_argument("--devices", action="store_true", help="also show the per-device table")
+    verify.add_argument("--config", type=Path, help="hub.toml: its [policy], [watch] and [[behaviour]] apply, on "
+                        "the capture's own times")
     verify.set_defaults(run=_verify)
 
     run = command(sub, "run", "Subscribe to the broker, verify and store every frame, serve metrics. Runs until "
@@ -231,15 +233,22 @@ def _verifier(args, rate_limits=None, require_encryption=()):
 
 
 def _verify(args):
+    from hardware.link_registry import load_links
     from hub.core.report import build_report, write_json
+    from hub.core.watch import Watch
+    from hub.service.config import load_settings
     from shared.capture import EventSpool, read_capture
     from hub.table import print_report
 
-    verifier = _verifier(args)
+    settings = load_settings(args.config, load_links())
+    verifier = _verifier(args, require_encryption=settings.require_encryption)
+    # Liveness and behaviour on the capture's times: the same events as the live hub's, every time.
+    watch = Watch(verifier.record_event, verifier.status, **settings.watch_options())
     events = EventSpool()  # memory independent of the capture's size: events go to disk
     try:
         for t, topic, payload in read_capture(args.capture):
-            verifier.verify_message(topic, payload, t)
+            watch.tick(t)
+            watch.observe(verifier.verify_message(topic, payload, t), t)
             if len(verifier.events) >= 1000:
                 events.extend(verifier.drain_events())
         events.extend(verifier.drain_events())

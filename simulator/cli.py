@@ -30,6 +30,11 @@ def add_sim_group(groups):
                      help="LoRaWAN devices through emulated modems (duty cycle, payload per data rate), several "
                           "gateways each and a network server publishing ChirpStack or TTN events that hub run "
                           "--lorawan reads; compares the radio figures with the truth (--links lora only)")
+    run.add_argument("--anomalies", nargs="?", const="all", metavar="KINDS",
+                     help="days of paced device traffic (births, heartbeats, daily cycles, link faults) with "
+                          "injected anomalies (silence, flood, exfiltration, reconnect_storm, drift, clean_stop; "
+                          "default all; none for a normal run) against the hub's liveness and behaviour watch, in "
+                          "process; defaults then: 48 devices on all eight link types for 2 days")
     run.add_argument("--out", type=Path, default=Path("sim-out"), help="output directory (default sim-out)")
     run.set_defaults(run=_run)
 
@@ -225,6 +230,8 @@ def _run(args):
     from .run import generate, label
 
     console = Console(width=80)
+    if args.anomalies is not None:
+        return _run_anomalies(args, console)
     if args.lorawan:
         return _run_lorawan(args, console)
     scenario = _scenario(args)
@@ -236,6 +243,47 @@ def _run(args):
     hub, outcomes = _verify(generated, labelled, args.no_broker, args.broker, args.out, console)
     return _finish(generated, generated.header(), generated.events, labelled, ledger, hub, outcomes, args.out,
                    console)
+
+
+def _run_anomalies(args, console) -> int:
+    import json
+
+    from hardware.link_registry import load_links
+
+    from .anomalies import KINDS
+    from .anomaly_check import judge, print_judgement, run
+
+    given = [f"--{name.replace('_', '-')}" for name in ("scenario", "rate", "attacks", "profile_from", "lorawan",
+                                                        "virtual_devices", "broker") if getattr(args, name)]
+    if given or args.set:
+        raise InputError(f"--anomalies runs paced devices through the hub core in process: drop "
+                         f"{', '.join(given + ['--set'] * bool(args.set))}")
+    kinds = () if args.anomalies == "none" else KINDS if args.anomalies == "all" else tuple(args.anomalies.split(","))
+    unknown = [kind for kind in kinds if kind not in KINDS]
+    if unknown:
+        raise InputError(f"--anomalies {unknown[0]!r}: not an anomaly (known: {', '.join(KINDS)}, all, none)")
+    links = tuple(args.links.split(",")) if args.links else tuple(sorted(load_links()))
+    unknown = [link for link in links if link not in load_links()]
+    if unknown:
+        raise InputError(f"--links {unknown[0]!r}: not a link type in hardware/links")
+    devices, duration, seed = args.devices or 48, args.duration or 2 * 86400.0, 7 if args.seed is None else args.seed
+    if devices < len(kinds):
+        raise InputError(f"--devices {devices}: each of the {len(kinds)} anomalies needs a device of its own")
+    try:
+        with console.status(f"{devices} devices for {duration / 3600:g} h through the hub's watch..."):
+            result = run(seed, devices, links, duration, kinds)
+    except ValueError as exc:  # too short a run for the anomalies asked for
+        raise InputError(f"--duration {duration:g}: {exc}") from None
+    judgement = judge(result)
+    args.out.mkdir(parents=True, exist_ok=True)
+    header = {"seed": seed, "devices": devices, "links": list(links), "duration": duration, "anomalies": list(kinds),
+              "paces": [vars(pace) for pace in result["paces"]]}
+    report = args.out / "report.json"
+    report.write_text(json.dumps({"scenario": header, "anomalies": judgement, "hub": result["report"]}, indent=2,
+                                 sort_keys=True) + "\n")
+    print_judgement(judgement, console)
+    console.print(f"Wrote {report}.", highlight=False)
+    return 0 if judgement["all_detected"] and judgement["false_alarms_per_1000_device_days"] <= 1.0 else 1
 
 
 def _run_lorawan(args, console):

@@ -32,6 +32,9 @@ from hub.core.status import DeviceStatus
 ONLINE, OFFLINE, SILENT = "online", "offline", "silent"
 LIVENESS = (ONLINE, OFFLINE, SILENT)
 SILENT_AFTER = 3  # heartbeat periods of nothing before a device is silent
+# The heartbeat period assumed for devices whose births do not announce one: the agents'
+# defaults (agent run --heartbeat 30; LoRaWAN builds 300 s, duty cycle). hub.toml [watch.heartbeat_s].
+DEFAULT_HEARTBEAT_S = {"default": 30.0, "lora": 300.0}
 WINDOW_S = 300.0
 SCAN_S = 5.0  # how often (on the watch's clock) liveness is checked: the notice lags the moment by at most this
 LEARN_WINDOWS = 6  # windows a device's normal is learned over before rules on it may alarm
@@ -49,7 +52,7 @@ _IN_ALARM = 1000.0
 
 class Watch:
     def __init__(self, record_event, statuses: dict, rules=DEFAULT_RULES, window_s: float = WINDOW_S,
-                 heartbeat_s: dict | None = None, default_heartbeat_s: float = 60.0):
+                 heartbeat_s: dict | None = None, default_heartbeat_s: float = DEFAULT_HEARTBEAT_S["default"]):
         """record_event(t, device, link, kind, reason): where events go (Verifier.record_event);
         statuses: device -> DeviceStatus (Verifier.status), whose fields get `liveness` and
         `liveness_since` so reports and storage carry them; heartbeat_s: link -> the period
@@ -58,7 +61,7 @@ class Watch:
         self.statuses = statuses
         self.rules = tuple(rules)
         self.window_s = float(window_s)
-        self.heartbeat_s = dict(heartbeat_s or {})
+        self.heartbeat_s = dict(DEFAULT_HEARTBEAT_S if heartbeat_s is None else heartbeat_s)
         self.default_heartbeat_s = float(default_heartbeat_s)
         self.origin = None  # the clock's first reading: array times are relative to it
         self._devices = {}  # device id -> array('f')
@@ -276,14 +279,14 @@ class Watch:
         if not in_alarm and count >= rule.alarm_after:
             state[slot] = _IN_ALARM
             self.alarms[key] = self.alarms.get(key, 0) + 1
-            self.record_event(self.origin + end, device, link, "behaviour_alarm",
+            self.record_event(end, device, link, "behaviour_alarm",
                               "%s: %s %.4g above %.4g (%s) for %d window%s" % (
                                   rule.name, rule.metric, value, bound, rule.describe_bound(normal, fleet_value),
                                   rule.alarm_after, "" if rule.alarm_after == 1 else "s"))
         elif in_alarm and count >= rule.clear_after:
             state[slot] = 0.0
             self.alarms[key] -= 1
-            self.record_event(self.origin + end, device, link, "behaviour_clear",
+            self.record_event(end, device, link, "behaviour_clear",
                               "%s: %s %.4g within %.4g for %d windows" % (rule.name, rule.metric, value, bound,
                                                                           rule.clear_after))
         else:
@@ -312,11 +315,10 @@ class Watch:
         if self.origin is None:
             self.origin = now
         fields = fields or {}
-        state = self._device(device, link, now)
+        liveness, since = fields.get("liveness", ONLINE), fields.get("liveness_since", now) - self.origin
+        state = self._device(device, link, now)  # (which writes online into its fields)
         if fields.get("heartbeat_s"):
             state[PERIOD] = fields["heartbeat_s"]
-        liveness = fields.get("liveness", ONLINE)
-        since = fields.get("liveness_since", now) - self.origin
         self._set(device, state, liveness if liveness in LIVENESS else ONLINE, since, new=True)
         self.changed.discard(device)  # stored as it is
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from hub.core.behaviour import DEFAULT_RULES, parse_rules
-from hub.core.watch import WINDOW_S
+from hub.core.watch import DEFAULT_HEARTBEAT_S, WINDOW_S
 from hub.service.storage.sqlite import Retention
 from shared.settings import Broker, ConfigError, parse_broker, parse_duration  # noqa: F401  (hub.toml uses them)
 
@@ -47,10 +47,6 @@ class HubSettings:
         return {"rules": self.behaviours, "window_s": self.window_s, "heartbeat_s": self.heartbeat_s,
                 "default_heartbeat_s": self.heartbeat_s.get("default", DEFAULT_HEARTBEAT_S["default"])}
 
-
-# The heartbeat period assumed for devices whose births do not announce one: the agents'
-# defaults (agent run --heartbeat 30; LoRaWAN builds 300 s, duty cycle).
-DEFAULT_HEARTBEAT_S = {"default": 30.0, "lora": 300.0}
 
 
 # (TOML section, key, HubSettings attribute)
