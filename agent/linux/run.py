@@ -231,6 +231,10 @@ class LinuxAgent:
         self.client.loop_start()
 
     def stop_transport(self) -> None:
+        # A clean stop says so: the hub marks the device offline, not silent. (The will, sealed
+        # at connect, is only published when the connection breaks.)
+        if self.link_up():
+            self.send(self.status_topic, self.status(DEATH))
         self.client.disconnect()
         self.client.loop_stop()
 
