@@ -25,10 +25,11 @@ from bench import (  # noqa: E402
     bench_scaleout,
     bench_seals,
     bench_verify,
+    bench_watch,
 )
 
 if __name__ == "__main__":
     for module in (bench_overhead, bench_verify, bench_memory, bench_micropython, bench_ingest, bench_seals,
                    bench_forward, bench_restart_backlog, bench_lorawan,
-                   bench_relay, bench_scaleout, bench_console, bench_faults, bench_loss_model, bench_firmware):
+                   bench_relay, bench_scaleout, bench_console, bench_faults, bench_loss_model, bench_firmware, bench_watch):
         module.main()
