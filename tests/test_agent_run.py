@@ -53,13 +53,17 @@ def test_kill_9_loses_nothing_and_seals_nothing_twice(tmp_path, broker):
         agent = start_agent(tmp_path, broker, config, source, name="agent2")
         assert agent.wait(120) == 0
         wait_for(lambda: len(stored_payloads(hub.db)) >= lines, 60, "every record at the hub")
-        # The broker published the killed agent's last will: its sealed death message.
-        wait_for(lambda: "death" in [e["kind"] for e in stored_report(hub.db)["events"]], 30, "the death message")
+        # The broker published the killed agent's last will (its sealed death message); the second
+        # run sent its own when it stopped.
+        wait_for(lambda: [e["kind"] for e in stored_report(hub.db)["events"]].count("death") == 2, 30,
+                 "both death messages")
     finally:
         hub.stop()
     report = stored_report(hub.db)
     kinds = [e["kind"] for e in report["events"]]
-    assert kinds.count("birth") == 2 and kinds.count("death") == 1 and "forged" not in kinds
+    # Deaths: the killed run's last will, and the second run's own when it stopped cleanly.
+    assert kinds.count("birth") == 2 and kinds.count("death") == 2 and "forged" not in kinds
+    assert report["devices"]["pump-1"]["liveness"] == "offline"
     assert report["devices"]["pump-1"]["status"]["reset_cause"] == "process_start"
     payloads = stored_payloads(hub.db)
     assert sorted(payloads) == sorted(f"reading {i}".encode() for i in range(lines))  # each exactly once

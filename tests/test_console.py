@@ -205,7 +205,7 @@ def test_the_openapi_document_describes_every_response(hub_with_console):
             run()
         except Exception as exc:  # every operation's failure, reported together
             failures.append(f"{operation.label}: {exc}")
-    assert operations == 6 and failures == []
+    assert operations == 7 and failures == []
 
 
 def test_a_stuck_live_stream_does_not_hold_up_the_hub(hub_with_console, broker):
@@ -535,3 +535,40 @@ def test_table_headers_line_up_with_their_columns(hub_with_console, browser):
         })""")
         assert mismatched == [], (view, mismatched)
     page.close()
+
+
+def test_the_watch_page_shows_who_is_silent_and_who_is_in_alarm(tmp_path, broker, keys, browser):
+    from agent.sealer import status_topic_for
+    from agent.status import BIRTH, status_payload
+
+    config = tmp_path / "hub.toml"
+    config.write_text("[watch]\nwindow_s = 10\n")
+    quiet = Sealer("bed-01", bytes.fromhex(keys.provision("bed-01", "wifi")["key"]), link="wifi")
+    noisy = Sealer("bed-02", bytes.fromhex(keys.provision("bed-02", "wifi")["key"]), link="wifi")
+    stranger = Sealer("bed-02", bytes(32), link="wifi")  # its id, not its key
+    birth = quiet.seal_status(status_payload(BIRTH, quiet, 0, 0, every=(1, None)))  # heartbeats every second
+    traffic = [(status_topic_for("bed-01"), birth), (topic_for("bed-02"), noisy.seal(b"hr=70"))]
+    traffic += [(topic_for("bed-02"), stranger.seal(b"hr=%d" % n)) for n in range(8)]
+    hub = HubProcess(broker, keys.path, tmp_path / "hub.db", tmp_path / "hub.log", "--console", "127.0.0.1:0",
+                     "--config", config).start()
+    try:
+        hub.wait_connected()
+        publish(broker.port, traffic)
+        wait_for(lambda: {"silent", "behaviour_alarm"} <= {e["kind"] for e in stored_report(hub.db)["events"]}, 60,
+                 "bed-01 silent and bed-02 in alarm")
+        address = next(e["address"] for e in hub.events() if e["event"] == "console")
+        data = json.loads(_get(f"http://{address}/api/v1/watch")[2])
+        assert [(q["device"], q["liveness"]) for q in data["quiet"]] == [("bed-01", "silent")]
+        assert data["silent_by_link"] == {"wifi": 1}
+        assert [(a["device"], a["behaviour"]) for a in data["alarms"]] == [("bed-02", "forgeries")]
+        assert data["alarms_by_behaviour"] == {"forgeries": {"wifi": 1}}
+        watched = Watched(browser, tmp_path / "screenshots")
+        watched.page.goto(f"http://{address}/#watch")
+        watched.page.wait_for_selector("tr[data-alarm='bed-02/forgeries']")
+        assert watched.page.locator("tr[data-quiet='bed-01']").inner_text().split("\t")[:3] == [
+            "bed-01", "wifi", "silent"]
+        assert watched.page.locator("tr[data-silent-link='wifi'] td").nth(1).inner_text() == "1"
+        watched.shot("watch")
+        assert watched.problems == []
+    finally:
+        hub.stop()

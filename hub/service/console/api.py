@@ -16,7 +16,8 @@ from hub.core.report import build_stored_devices, build_stored_links, entry
 # rolled up into hours after 14 days and days after 90, docs/hub.md: Retention).
 SPANS = {"15m": (900, 60), "1h": (3600, 60), "24h": (86400, 900), "7d": (7 * 86400, 3600),
          "90d": (90 * 86400, 86400)}
-EVENT_KINDS = ("forged", "replay", "unknown_device", "abnormal_link", "birth", "death")
+EVENT_KINDS = ("forged", "replay", "unknown_device", "abnormal_link", "birth", "death", "unencrypted", "epoch_reuse",
+               "silent", "back", "behaviour_alarm", "behaviour_clear")
 MAX_DEVICES = 500
 MAX_EVENTS = 500
 
@@ -58,6 +59,46 @@ def device(reader, device_id: str, span: str = "24h") -> dict:
 
 
 MAX_ID = 2**63 - 1  # event ids are SQLite / PostgreSQL bigints
+WATCH_EVENT_PAGES = 40  # alarm and clear events read to know who is in alarm now, in pages of MAX_EVENTS
+
+
+def watch(reader) -> dict:
+    """The watch (docs/behaviour.md): devices silent or offline now, devices in alarm now (their
+    latest behaviour_alarm with no behaviour_clear since), and both counted per link type."""
+    statuses, _ = reader.device_statuses()
+    links = reader.device_links()
+    quiet = [{"device": device, "link": links.get(device), "liveness": fields["liveness"],
+              "since": fields.get("liveness_since")}
+             for device, fields in sorted(statuses.items()) if fields.get("liveness") in ("silent", "offline")]
+    silent_by_link = {}
+    for item in quiet:
+        if item["liveness"] == "silent":
+            silent_by_link[item["link"]] = silent_by_link.get(item["link"], 0) + 1
+    changes = []
+    for kind in ("behaviour_alarm", "behaviour_clear"):
+        after = 0
+        for _ in range(WATCH_EVENT_PAGES):
+            page = reader.events_after(after, MAX_EVENTS, kind)
+            changes += page
+            if len(page) < MAX_EVENTS:
+                break
+            after = page[-1]["id"]
+    open_alarms = {}
+    for event in sorted(changes, key=lambda e: e["id"]):
+        key = (event["device"], event["reason"].split(":", 1)[0])
+        if event["kind"] == "behaviour_alarm":
+            open_alarms[key] = event
+        else:
+            open_alarms.pop(key, None)
+    alarms = [{"device": device, "link": event["link"], "behaviour": rule, "since": event["t"],
+               "reason": event["reason"]} for (device, rule), event in sorted(open_alarms.items())]
+    by_behaviour = {}
+    for alarm in alarms:
+        counts = by_behaviour.setdefault(alarm["behaviour"], {})
+        counts[alarm["link"]] = counts.get(alarm["link"], 0) + 1
+    return {"quiet": quiet[:MAX_DEVICES], "quiet_total": len(quiet), "silent_by_link": silent_by_link,
+            "alarms": alarms[:MAX_DEVICES], "alarms_total": len(alarms), "alarms_by_behaviour": by_behaviour,
+            "generated_at": time.time()}
 
 
 def event_id(text) -> int:

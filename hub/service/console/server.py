@@ -264,6 +264,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return console_api.series(reader, query["link"], query.get("span", "1h"))
             if route == "audit":
                 return self.console.audit()
+            if route == "watch":
+                return console_api.watch(reader)
             if route == "openapi.json":
                 return json.loads((static_dir() / "openapi.json").read_text())
             raise console_api.NotFound(f"no API route {route!r}")

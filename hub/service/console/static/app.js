@@ -167,7 +167,7 @@ async function showDevices(query) {
     const status = d.status || {};
     const link = el("a", { href: "#device/" + encodeURIComponent(id), text: id });
     return el("tr", { "data-device": id }, el("td", {}, link), el("td", { text: d.link, class: "text" }),
-      el("td", { text: status.online === undefined ? "–" : status.online ? "online" : "offline", class: "text" }),
+      el("td", { text: d.liveness || "–", class: "text" }),
       el("td", { text: when(status.t), class: "wide" }), el("td", { text: status.fw || "–", class: "wide" }),
       el("td", { text: status.queued === undefined ? "–" : String(status.queued), class: "wide" }),
       el("td", { text: String(d.source_drops), class: "wide" }), el("td", { text: pct(d.loss_rate) }));
@@ -175,7 +175,7 @@ async function showDevices(query) {
   main.replaceChildren(el("h1", { text: "Devices" }),
     el("div", { class: "controls" }, box, el("button", { text: "Search", onclick: go })),
     el("p", { class: "muted", text: data.total + " matching" }),
-    table([["device"], ["link", "text"], ["status", "text"], ["last seen", "wide"], ["firmware", "wide"],
+    table([["device"], ["link", "text"], ["liveness", "text"], ["last seen", "wide"], ["firmware", "wide"],
            ["queued", "wide"], ["source drops", "wide"], ["loss"]], rows));
 }
 
@@ -185,7 +185,8 @@ async function showDevice(id) {
   const facts = [["link", d.link], ["received", d.received], ["valid", d.valid], ["lost", d.lost],
                  ["loss", pct(d.loss_rate)], ["forged", d.forged], ["replays", d.replay],
                  ["lost on device", d.lost_on_device], ["unencrypted", d.unencrypted],
-                 ["epoch reuse", d.epoch_reuse], ["status", JSON.stringify(d.status)]];
+                 ["epoch reuse", d.epoch_reuse], ["liveness", (d.liveness || "–") + " since " + when(d.liveness_since)],
+                 ["status", JSON.stringify(d.status)]];
   if (d.radio) {
     facts.push(["uplinks", d.radio.uplinks], ["lost after sending", d.radio.lost_after_transmission],
                ["never sent", d.radio.lost_before_transmission], ["gateways", JSON.stringify(d.radio.gateways)]);
@@ -202,6 +203,31 @@ async function showDevice(id) {
     series: [{}, { label: "loss", stroke: "#d64545", value: (u, v) => pct(v) }] }, [s.t, s.loss_rate], box));
 }
 
+// -- Watch: who is silent, offline or in behaviour alarm now (docs/behaviour.md) ----------
+
+async function showWatch() {
+  const data = await api("watch");
+  const silent = Object.entries(data.silent_by_link).map(([link, n]) =>
+    el("tr", { "data-silent-link": link }, el("td", { text: link, class: "text" }), el("td", { text: String(n) })));
+  const quiet = data.quiet.map((q) => el("tr", { "data-quiet": q.device, class: q.liveness === "silent" ? "abnormal" : "" },
+    el("td", {}, el("a", { href: "#device/" + encodeURIComponent(q.device), text: q.device })),
+    el("td", { text: q.link || "–", class: "text" }), el("td", { text: q.liveness, class: "text" }),
+    el("td", { text: when(q.since), class: "wide" })));
+  const alarms = data.alarms.map((a) => el("tr", { "data-alarm": a.device + "/" + a.behaviour, class: "abnormal" },
+    el("td", {}, el("a", { href: "#device/" + encodeURIComponent(a.device), text: a.device })),
+    el("td", { text: a.link || "–", class: "text" }), el("td", { text: a.behaviour, class: "text" }),
+    el("td", { text: when(a.since), class: "wide" }), el("td", { text: a.reason, class: "text reason" })));
+  main.replaceChildren(
+    el("h1", { text: "Watch" }),
+    el("h2", { text: "Silent devices by link" }),
+    silent.length ? table([["link", "text"], ["silent"]], silent) : el("p", { class: "muted", text: "No device is silent." }),
+    el("h2", { text: "Silent or offline (" + data.quiet_total + ")" }),
+    table([["device"], ["link", "text"], ["liveness", "text"], ["since", "wide"]], quiet),
+    el("h2", { text: "In behaviour alarm (" + data.alarms_total + ")" }),
+    table([["device"], ["link", "text"], ["behaviour", "text"], ["since", "wide"], ["reason", "text"]], alarms),
+    el("p", { class: "muted", text: "As of " + when(data.generated_at) }));
+}
+
 // -- routing ------------------------------------------------------------------------------
 
 async function route() {
@@ -216,6 +242,7 @@ async function route() {
     else if (page === "events") await showEvents();
     else if (page === "devices") await showDevices(new URLSearchParams(rest).get("q"));
     else if (page === "device") await showDevice(rest);
+    else if (page === "watch") await showWatch();
     else await showLinks();
     setStatus("updated " + when(Date.now() / 1000));
   } catch (error) {
