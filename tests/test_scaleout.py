@@ -519,3 +519,28 @@ def test_a_workers_restart_backlog_sent_within_the_rate_drains_whole(tmp_path, r
         workers.stop()
     device = _report(postgres.url)["devices"]["pump-9"]
     assert (device["valid"], device["rate_limited"], device["lost"]) == (len(stream), 0, 0), device
+
+
+def test_a_worker_notices_a_silent_device_in_its_partitions(tmp_path, rabbit, keys, postgres):
+    """The watch runs per partition on the worker's clock: a device that announced 1 s heartbeats
+    and then sent nothing is silent 3 s later, in PostgreSQL's report and in the worker's metrics."""
+    from agent.sealer import status_topic_for
+    from agent.status import BIRTH, status_payload
+
+    fresh_topology(rabbit, PARTITIONS)
+    quiet = Sealer("bed-00", bytes.fromhex(keys.provision("bed-00", "wifi")["key"]))
+    workers = Workers(tmp_path, rabbit, keys.path, postgres.url)
+    try:
+        workers.start("a", "--metrics", "127.0.0.1:0")
+        publish(rabbit.port, [(status_topic_for("bed-00"), quiet.seal_status(
+            status_payload(BIRTH, quiet, 0, 0, every=(1, None))))])
+        wait_for(lambda: _report(postgres.url)["devices"].get("bed-00", {}).get("liveness") == "silent", 60,
+                 "bed-00 silent")
+        address = next(e["address"] for e in workers.events("a") if e["event"] == "metrics")
+        metrics = urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read().decode()
+    finally:
+        workers.stop()
+    assert 'linkseal_silent_devices{link="wifi"} 1.0' in metrics
+    report = _report(postgres.url)
+    silent = [e for e in report["events"] if e["kind"] == "silent"]
+    assert [e["device"] for e in silent] == ["bed-00"] and "heartbeat periods of 1 s" in silent[0]["reason"]

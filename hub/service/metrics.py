@@ -81,17 +81,23 @@ class WatchCollector:
     """The watch's figures per link type (hub/core/watch.py): devices silent now, devices in
     alarm per behaviour rule. Counts of devices, never a device label."""
 
-    def __init__(self, watch):
-        self.watch = watch
+    def __init__(self, watches):
+        self.watches = watches  # one hub's watch, or those of a worker's partitions
 
     def collect(self):
         silent = GaugeMetricFamily("linkseal_silent_devices", "Devices heard before that sent nothing authentic for "
                                    "3 heartbeat periods, without a death.", labels=["link"])
         alarms = GaugeMetricFamily("linkseal_behaviour_alarm_devices", "Devices in alarm now, per behaviour rule "
                                    "(hub.toml [[behaviour]]) and link type.", labels=["behaviour", "link"])
-        for link, count in sorted(dict(self.watch.silent).items()):
+        silent_by_link, alarms_by_rule = {}, {}
+        for watch in self.watches:
+            for link, count in dict(watch.silent).items():
+                silent_by_link[link] = silent_by_link.get(link, 0) + count
+            for key, count in dict(watch.alarms).items():
+                alarms_by_rule[key] = alarms_by_rule.get(key, 0) + count
+        for link, count in sorted(silent_by_link.items()):
             silent.add_metric([link], count)
-        for (rule, link), count in sorted(dict(self.watch.alarms).items()):
+        for (rule, link), count in sorted(alarms_by_rule.items()):
             alarms.add_metric([rule, link], count)
         return [silent, alarms]
 
@@ -147,7 +153,7 @@ class WorkerCollector:
             frames.add_metric([link, outcome], value)
         commits = CounterMetricFamily("linkseal_worker_commits", "Batches this worker committed.")
         commits.add_metric([], self.worker.commits)
-        return [owned, frames, commits]
+        return [owned, frames, commits, *WatchCollector([p.ingest.watch for p in partitions.values()]).collect()]
 
 
 def serve_worker_metrics(worker, host: str, port: int) -> str:
@@ -165,7 +171,7 @@ class HubMetrics:
         self.registry = CollectorRegistry()
         self.registry.register(VerifierCollector(verifier))
         if watch is not None:
-            self.registry.register(WatchCollector(watch))
+            self.registry.register(WatchCollector([watch]))
         self.queue_depth = Gauge("linkseal_queue_depth", "Messages received from the broker, not yet committed.",
                                  registry=self.registry)
         self.ingest_lag = Gauge("linkseal_ingest_lag_seconds",

@@ -254,6 +254,7 @@ class Worker:
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + BEAT_S
                     self._balance(count)
+                    self._tick_watches()
             self._commit_due(force=True)
         finally:
             self._drop_all()
@@ -349,6 +350,14 @@ class Worker:
                     verifier.restore_status(device, status)
                 partition.ingest.touch(device)  # its row moves to this partition with the next commit
                 self.log("device_adopted", device=device, partition=partition.index)
+
+    def _tick_watches(self) -> None:
+        # Liveness on the worker's clock for the devices of each partition it holds (a device
+        # that sends nothing sends nothing to wake its partition); what the watch raised is stored.
+        for partition in list(self.partitions.values()):
+            partition.ingest.tick(time.time())
+            if partition.ingest.verifier.events:
+                self._commit(partition)
 
     def _commit_due(self, force: bool = False) -> None:
         now = time.monotonic()
