@@ -83,8 +83,11 @@ def test_stored_report_matches_the_live_report(tmp_path):
     live, stored = build_report(ingest.verifier), build_stored_report(ingest.storage)
     assert stored == {**live, "events": stored["events"]}
     assert live["events"] == []  # drained into storage by the commits
-    # A minute between messages: pump-1 falls silent (3 heartbeats of 30 s) while pump-2 sends.
-    assert [(e["device"], e["kind"]) for e in stored["events"]] == [("pump-1", "silent"), ("nobody", "unknown_device")]
+    # A minute between messages, 3 heartbeats of 30 s: pump-1 is silent when its frame of t=180
+    # arrives damaged (heard at 120, silent as of 210, back at 240), and again once pump-2 sends.
+    assert [(e["device"], e["kind"], e["t"]) for e in stored["events"]] == [
+        ("pump-1", "silent", 210.0), ("pump-1", "back", 240.0), ("pump-1", "silent", 2430.0),
+        ("nobody", "unknown_device", 2760.0)]
     assert stored["devices"]["pump-1"]["liveness"] == "silent" and stored["devices"]["pump-2"]["liveness"] == "online"
     # seq 3 of pump-1 only ever arrived damaged; pump-2 was first seen at seq 1, so counts from there.
     assert stored["devices"]["pump-1"]["lost"] == 1 and stored["devices"]["pump-2"]["lost"] == 0

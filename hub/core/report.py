@@ -106,12 +106,18 @@ def _assemble(links: dict, devices: dict, device_links: dict, unknown: int, even
         "unknown_device": unknown,
         "events": events,
     }
-    for item in report["devices"].values():  # silent devices per link type: what the operator looks for first
-        if item["link"] in report["links"]:
-            link = report["links"][item["link"]]
-            link["silent_devices"] = link.get("silent_devices", 0) + (item["liveness"] == "silent")
+    count_silent(report["links"], statuses, device_links)
     add_radio(report["links"], report["devices"], radio, device_links)
     return report
+
+
+def count_silent(links: dict, statuses: dict, device_links: dict) -> None:
+    """`silent_devices` in each link's entry: what the operator looks for first."""
+    for item in links.values():
+        item["silent_devices"] = 0
+    for device, fields in statuses.items():
+        if (fields or {}).get("liveness") == "silent" and device_links.get(device) in links:
+            links[device_links[device]]["silent_devices"] += 1
 
 
 def _liveness(fields, counters) -> dict:
@@ -157,7 +163,9 @@ def build_stored_links(storage) -> tuple[dict, int]:
         else:
             links.setdefault(name, new_link_counters())[LINK_SLOT_NAMES.index(counter)] = total
     entries = _link_entries(links)
-    add_radio(entries, {}, storage.device_radio(), storage.device_links())
+    device_links, (statuses, radio) = storage.device_links(), storage.device_statuses()
+    count_silent(entries, statuses, device_links)
+    add_radio(entries, {}, radio, device_links)
     return entries, unknown
 
 
