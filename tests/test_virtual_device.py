@@ -108,6 +108,9 @@ def test_flash_boot_publish_reboot_and_outage(tmp_path, broker, micropython_lib)
         entry = device_entry(hub.db, "pump-7")
         assert entry["forged"] == entry["replay"] == entry["corrupt"] == 0
         assert entry["status"]["epoch"] == 2 and entry["status"]["fw"]
+        # Its births announce its pace (--heartbeat 1, --record-interval 100 ms): the hub's watch uses it.
+        assert (entry["status"]["heartbeat_s"], entry["status"]["record_interval_s"]) == (1, 0.1)
+        assert entry["liveness"] == "online"
 
         # The broker goes away: the board buffers; when it is back, the backlog arrives once.
         broker.stop()
