@@ -42,13 +42,13 @@ ANOMALY_S = {"silence": 1800.0, "flood": 1800.0, "exfiltration": 1800.0, "reconn
              "drift": 1.5 * DAY, "clean_stop": 0.0}
 # Paces by link type: (record intervals, heartbeat period) in seconds. LoRa is duty-cycled.
 _PACES = {"lora": ((300.0, 600.0), 300.0), "ble": ((30.0, 60.0, 120.0), 120.0),
-          "cellular": ((60.0, 120.0, 300.0), 300.0)}
-_DEFAULT_PACE = ((15.0, 30.0, 60.0, 120.0), 120.0)
+          "wifi": ((30.0, 60.0, 120.0, 300.0), 120.0), "cellular": ((60.0, 120.0, 300.0), 300.0)}
+_DEFAULT_PACE = ((30.0, 60.0, 120.0, 300.0), 300.0)  # wired: fibre, twisted pair, coax, RS-485
 # The link registry's loss bursts are counted in frames sent back to back; a device that sends
 # once a minute does not stay in a fade for minutes. Its loss chain steps once per FADE_S of
 # the time between its frames (at most FADE_STEPS_MAX), so bursts keep their length in time.
 FADE_S = 10.0
-FADE_STEPS_MAX = 64
+FADE_STEPS_MAX = 1000
 
 
 @dataclass

@@ -73,9 +73,12 @@ class GilbertElliott:
 
     def advance(self, rng: random.Random, steps: int) -> None:
         """Run the chain `steps` transitions without a frame: time passing between the frames
-        of a device that sends seldom, so a fade of seconds does not last for minutes."""
-        for _ in range(steps):
-            self.bad = (rng.random() >= self.r) if self.bad else (rng.random() < self.p)
+        of a device that sends seldom, so a fade of seconds does not last for minutes. One draw:
+        after n steps P(bad) = pi + (P(bad now) - pi) (1 - p - r)^n, pi = p / (p + r)."""
+        if steps <= 0 or self.p + self.r == 0:
+            return
+        pi = self.p / (self.p + self.r)
+        self.bad = rng.random() < pi + ((1.0 if self.bad else 0.0) - pi) * (1.0 - self.p - self.r) ** steps
 
     @property
     def stationary(self) -> float:
