@@ -192,11 +192,11 @@ def test_a_fleet_percentile_rule_alarms_on_the_device_far_above_its_kind():
     rules = (Rule("fleet_flood", "records", fleet=90, factor=3.0, alarm_after=1, clear_after=1),)
     devices = [(f"pump-{n}", "wifi") for n in range(8)]
     feed = Feed(*devices, rules=rules)
-    for w in range(10):
-        for n, (device, _) in enumerate(devices):
-            count = 40 if device == "pump-0" and w == 9 else 5 + n % 3
-            for k in range(count):
-                feed.send(device, w * 300.0 + 1 + k * 290.0 / count)
+    sends = sorted((w * 300.0 + 1 + k * 290.0 / count, device) for w in range(10)
+                   for n, (device, _) in enumerate(devices)
+                   for count in [40 if device == "pump-0" and w == 9 else 5 + n % 3] for k in range(count))
+    for t, device in sends:
+        feed.send(device, t)
     feed.watch.tick(3001.0)
     alarms = [(e["device"], e["reason"]) for e in feed.verifier.events if e["kind"] == "behaviour_alarm"]
     assert alarms == [("pump-0", "fleet_flood: records 40 above 21 (3 x fleet p90 7) for 1 window")]
@@ -241,3 +241,43 @@ def test_hub_toml_watch_settings(tmp_path):
         config.write_text(text)
         with pytest.raises(ConfigError, match=problem):
             load_settings(config, load_links())
+
+
+def test_hub_workers_judge_against_the_whole_fleet_through_postgresql(postgres):
+    """Two workers' partitions, one holding a link type's quiet devices and one its busy ones: the
+    fleet percentile they share through PostgreSQL is the one a single hub computes over all,
+    and each partition judges by it, not by its own share of the fleet."""
+    from hub.core.watch import FLEET_MIN
+    from hub.service.storage.postgres import FleetNormals
+
+    rules = (Rule("fleet_flood", "records", fleet=90, factor=2.0, alarm_after=1, clear_after=1),)
+    pace = {f"pump-{n}": 3 + n % 6 for n in range(12)}  # records a window: 3..8, each twice
+    quiet = [(d, "wifi") for d, count in pace.items() if count <= 5]
+    busy = [(d, "wifi") for d, count in pace.items() if count > 5]
+    hourly = {"rules": rules, "default_heartbeat_s": 3600.0}  # never silent between records
+    partitions = [Feed(*quiet, **hourly), Feed(*busy, **hourly)]
+    single = Feed(*(quiet + busy), **hourly)
+    alone = Feed(*quiet, **hourly)  # the quiet partition judging by itself
+    for feed in partitions + [single, alone]:  # eight windows: every device learns its normal
+        for t, device in sorted((w * 300.0 + 1 + k * 290.0 / pace[d], d) for d in feed.sealers
+                                for w in range(8) for k in range(pace[d])):
+            feed.send(device, t)
+        feed.watch.tick(8 * 300.0 + 1)
+    fleet = FleetNormals(postgres.url)
+    try:
+        for feed in partitions:
+            fleet.share(feed.watch.learned_normals(), 2401.0)
+        shared = fleet.percentiles({("records", 90)}, 0.0, FLEET_MIN)
+    finally:
+        fleet.close()
+    normals = [values[0] for _, _, values in single.watch.learned_normals()]
+    assert len(normals) == 12 and shared == {("wifi", "records", 90): pytest.approx(percentile(normals, 90))}
+    assert 7 < shared[("wifi", "records", 90)] <= 8  # the busy half's pace, not the quiet half's
+    partitions[0].watch.fleet = shared
+    for feed in (partitions[0], alone):  # pump-0 sends 12: above 2 x its half's p90 (5), within the fleet's (8)
+        for k in range(12):
+            feed.send("pump-0", 2401.0 + k)
+        feed.watch.tick(3001.0)
+    alarmed = lambda feed: [e["reason"] for e in feed.verifier.events if e["kind"] == "behaviour_alarm"]  # noqa: E731
+    assert len(alarmed(alone)) == 1 and alarmed(alone)[0].startswith("fleet_flood: records 12 above ")
+    assert alarmed(partitions[0]) == []  # judged by the whole fleet: 12 is within 2 x 7.9

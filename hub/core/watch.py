@@ -73,6 +73,9 @@ class Watch:
         self.changed = set()  # devices whose liveness changed since the caller last took them
         self.silent = {}  # link -> devices silent now
         self.alarms = {}  # (rule name, link) -> devices in alarm now
+        # (link, metric, percentile) -> value from elsewhere (hub workers: the whole fleet's, from
+        # PostgreSQL), used instead of this watch's own devices' when set.
+        self.fleet = None
         self._metric = {rule.name: METRICS.index(rule.metric) for rule in self.rules}
         self._learned = {rule.name: LEARNED.index(rule.metric) for rule in self.rules if rule.metric in LEARNED}
 
@@ -216,11 +219,24 @@ class Watch:
         missed = now_window - window - 1
         self._window = window + 1 if missed <= MISSED_WINDOWS_EVALUATED else now_window - MISSED_WINDOWS_EVALUATED
 
+    def fleet_wanted(self) -> set:
+        """The (metric, percentile) pairs the fleet rules need."""
+        return {(rule.metric, rule.fleet) for rule in self.rules if rule.fleet is not None}
+
+    def learned_normals(self):
+        """(device, link, [its normal of each LEARNED metric]) for every device that learned its own."""
+        for device, state in self._devices.items():
+            if state[LEARNT] >= LEARN_WINDOWS:
+                yield device, self._links[int(state[LINK])], [state[NORMAL + n] for n in range(len(LEARNED))]
+
     def _fleet_normals(self) -> dict:
-        """(link index, metric) -> (percentile, value) of the link type's learned normals."""
-        wanted = {(rule.metric, rule.fleet) for rule in self.rules if rule.fleet is not None}
+        """(link index, metric, percentile) -> value of the link type's learned normals."""
+        wanted = self.fleet_wanted()
         if not wanted:
             return {}
+        if self.fleet is not None:
+            return {(self._links.index(link), metric, p): value for (link, metric, p), value in self.fleet.items()
+                    if link in self._links}
         normals = {}
         for state in self._devices.values():
             if state[LEARNT] >= LEARN_WINDOWS:

@@ -35,6 +35,10 @@ CREATE TABLE IF NOT EXISTS linkseal_counts (
     minute bigint NOT NULL, scope text NOT NULL, name text NOT NULL, counter text NOT NULL, value bigint NOT NULL,
     PRIMARY KEY (minute, scope, name, counter))""", """
 CREATE TABLE IF NOT EXISTS linkseal_workers (owner text PRIMARY KEY, seen timestamptz NOT NULL)""", """
+CREATE TABLE IF NOT EXISTS linkseal_normals (
+    device text PRIMARY KEY, link text NOT NULL, records double precision NOT NULL,
+    bytes_mean double precision NOT NULL, bytes_max double precision NOT NULL, births double precision NOT NULL,
+    shared_at double precision NOT NULL)""", """
 CREATE TABLE IF NOT EXISTS linkseal_events (
     partition integer NOT NULL, id bigint NOT NULL, t double precision NOT NULL, device text, link text,
     kind text NOT NULL, reason text NOT NULL, prev_hash text NOT NULL, hash text NOT NULL,
@@ -126,6 +130,45 @@ class WorkerRegistry:
 
     def leave(self) -> None:
         self.conn.execute("DELETE FROM linkseal_workers WHERE owner = %s", (self.owner,))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class FleetNormals:
+    """The fleet's normals across every worker (docs/behaviour.md): each worker shares its
+    devices' learned normals; the percentiles of a link type are taken over all of them, so
+    a fleet rule judges a device against its whole link type, not its partition's share."""
+
+    COLUMNS = ("records", "bytes_mean", "bytes_max", "births")  # hub.core.behaviour.LEARNED
+
+    def __init__(self, url: str):
+        self.conn = _connect(url)
+        self.conn.autocommit = True
+
+    def share(self, normals, now: float) -> None:
+        """normals: (device, link, [records, bytes_mean, bytes_max, births]) of learned devices."""
+        rows = [(device, link, *values, now) for device, link, values in normals]
+        if rows:
+            with self.conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO linkseal_normals VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (device) DO UPDATE "
+                    "SET link = EXCLUDED.link, records = EXCLUDED.records, bytes_mean = EXCLUDED.bytes_mean, "
+                    "bytes_max = EXCLUDED.bytes_max, births = EXCLUDED.births, shared_at = EXCLUDED.shared_at", rows)
+
+    def percentiles(self, wanted, fresh_since: float, at_least: int) -> dict:
+        """(link, metric, p) -> the p-th percentile of the normals shared since fresh_since, for
+        each (metric, p) wanted and each link type with at least `at_least` devices."""
+        found = {}
+        for metric, p in sorted(wanted):
+            if metric not in self.COLUMNS:
+                continue
+            rows = self.conn.execute(  # the column name comes from COLUMNS above, never from input
+                f"SELECT link, percentile_cont(%s) WITHIN GROUP (ORDER BY {metric}) FROM linkseal_normals "
+                "WHERE shared_at >= %s GROUP BY link HAVING COUNT(*) >= %s", (p / 100.0, fresh_since, at_least))
+            for link, value in rows:
+                found[(link, metric, p)] = value
+        return found
 
     def close(self) -> None:
         self.conn.close()

@@ -186,21 +186,24 @@ class Worker:
         # many commits, before acknowledging the last one's deliveries.
         exit_after = os.environ.get("LINKSEAL_FAULT_EXIT_AFTER_COMMITS")
         self._commits_left = int(exit_after) if exit_after else None
+        self._next_share = 0.0  # when this worker next shares its devices' normals (_share_normals)
 
     # -- the loop -------------------------------------------------------------------------
 
     def run(self) -> int:
         import pika
 
-        from hub.service.storage.postgres import WorkerRegistry
+        from hub.service.storage.postgres import FleetNormals, WorkerRegistry
 
         self.registry = WorkerRegistry(self.db_url, self.owner)  # StorageError (exit 2) if PostgreSQL is not there
+        self.fleet_normals = FleetNormals(self.db_url)
         try:
             self._serve_until_stopped(pika)
         finally:
             try:
                 self.registry.leave()
                 self.registry.close()
+                self.fleet_normals.close()
             except Exception:  # PostgreSQL gone at shutdown: the entry ages out by itself
                 pass
         return 0
@@ -208,7 +211,7 @@ class Worker:
     def _serve_until_stopped(self, pika) -> None:
         import psycopg
 
-        from hub.service.storage.postgres import WorkerRegistry
+        from hub.service.storage.postgres import FleetNormals, WorkerRegistry
         from hub.service.storage.sqlite import StorageError
 
         while not self.stopping.is_set():
@@ -224,7 +227,9 @@ class Worker:
                 self.stopping.wait(2.0)
                 try:
                     self.registry.close()
+                    self.fleet_normals.close()
                     self.registry = WorkerRegistry(self.db_url, self.owner)
+                    self.fleet_normals = FleetNormals(self.db_url)
                 except (psycopg.Error, StorageError):
                     continue
         self._drop_all()
@@ -354,10 +359,28 @@ class Worker:
     def _tick_watches(self) -> None:
         # Liveness on the worker's clock for the devices of each partition it holds (a device
         # that sends nothing sends nothing to wake its partition); what the watch raised is stored.
+        now = time.time()
+        if now >= self._next_share:
+            self._share_normals(now)
         for partition in list(self.partitions.values()):
-            partition.ingest.tick(time.time())
+            partition.ingest.tick(now)
             if partition.ingest.verifier.events:
                 self._commit(partition)
+
+    def _share_normals(self, now: float) -> None:
+        # The fleet's percentiles over every worker's devices, through PostgreSQL: each partition's
+        # watch then judges its devices against their whole link type, as one hub would.
+        from hub.core.watch import FLEET_MIN
+
+        window = self.settings.window_s
+        self._next_share = now + min(window / 2, 60.0)
+        watches = [partition.ingest.watch for partition in self.partitions.values()]
+        if not watches:
+            return
+        self.fleet_normals.share([n for watch in watches for n in watch.learned_normals()], now)
+        fleet = self.fleet_normals.percentiles(watches[0].fleet_wanted(), now - 2 * window, FLEET_MIN)
+        for watch in watches:
+            watch.fleet = fleet
 
     def _commit_due(self, force: bool = False) -> None:
         now = time.monotonic()
