@@ -13,6 +13,7 @@ _COLUMNS = (("received", "recv"), ("lost", "lost"), ("loss_rate", "loss%"),
 
 
 DEVICE_EVENTS = ("birth", "death")
+WATCH_EVENTS = ("silent", "back", "behaviour_alarm", "behaviour_clear")  # docs/behaviour.md
 
 
 def _cell(entry: dict, key: str) -> str:
@@ -61,20 +62,22 @@ def print_report(report: dict, console: Console | None = None, devices: bool = F
         for header in ("device", "link", "recv", "lost", "loss%", "corr", "forged", "replay", "drops", "state"):
             table.add_column(header, justify="left" if header in ("device", "link", "state") else "right")
         for device, entry in sorted(report["devices"].items()):
-            status = entry["status"]
-            state = "-" if status is None else ("online" if status["online"] else "offline")
             table.add_row(device, entry["link"], *(_cell(entry, k) for k in
-                          ("received", "lost", "loss_rate", "corrupt", "forged", "replay", "source_drops")), state)
+                          ("received", "lost", "loss_rate", "corrupt", "forged", "replay", "source_drops")),
+                          entry["liveness"] or "-")
         console.print(table)
     radio = radio_table(report)
     if radio is not None:
         console.print(radio)
     # Births and deaths (status messages) are kept apart, so they never crowd out an attack.
     # One pass over the events, keeping only the first few: they may be spooled on disk.
-    kinds, lifecycle, first = Counter(), Counter(), []
+    kinds, lifecycle, watched, first = Counter(), Counter(), Counter(), []
     for event in report["events"]:
         if event["kind"] in DEVICE_EVENTS:
             lifecycle[event["kind"]] += 1
+            continue
+        if event["kind"] in WATCH_EVENTS:
+            watched[event["kind"]] += 1
             continue
         kinds[event["kind"]] += 1
         if len(first) < 5:
@@ -91,3 +94,9 @@ def print_report(report: dict, console: Console | None = None, devices: bool = F
     if lifecycle:
         console.print("Device status: " + ", ".join(f"{lifecycle[k]} {k}s" for k in DEVICE_EVENTS if lifecycle[k])
                       + " (status messages).")
+    silent = {name: link["silent_devices"] for name, link in sorted(report["links"].items())
+              if link.get("silent_devices")}
+    if watched or silent:
+        console.print("Watch: " + (", ".join(f"{watched[k]} {k}" for k in WATCH_EVENTS if watched[k]) or "no events")
+                      + "; silent now: " + (", ".join(f"{n} on {name}" for name, n in silent.items()) or "none")
+                      + " (docs/behaviour.md).", highlight=False)
