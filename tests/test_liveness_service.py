@@ -83,10 +83,10 @@ def test_silent_back_offline_and_no_false_silence_across_outages(tmp_path, broke
         hub.signal(signal.SIGTERM)
         assert hub.wait() == 0
         before = heartbeats(seen, "pump-3")
-        wait_for(lambda: heartbeats(seen, "pump-3") >= before + 5, 60, "10 s of heartbeats while the hub is down")
+        wait_for(lambda: heartbeats(seen, "pump-3") >= before + 4, 60, "8 s of heartbeats while the hub is down")
         hub = HubProcess(broker, keyfile.path, db, tmp_path / "hub2.log", "--config", hub_toml).start()
         hub.wait_connected()
-        settled(seen, 4)
+        settled(seen, 3)
 
         # The broker restarted: everyone reconnects (a birth each), the hub too.
         broker.stop()
@@ -94,18 +94,18 @@ def test_silent_back_offline_and_no_false_silence_across_outages(tmp_path, broke
         wait_for(lambda: sum(e["event"] == "subscribed" for e in hub.events()) >= 2, 60, "the hub to reconnect")
         seen.close()
         seen = Subscriber(broker.port, "linkseal/v1/+/status")
-        settled(seen, 4)
+        settled(seen, 3)
 
-        # Storage the hub cannot write (another process holds the lock) for 10 s: it stops taking messages in.
+        # Storage the hub cannot write (another process holds the lock) for 8 s: it stops taking messages in.
         holder = sqlite3.connect(db, isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")
         before = heartbeats(seen, "pump-3")
         wait_for(lambda: any(e["event"] == "storage_locked" for e in hub.events()), 60, "the hub to meet the lock")
-        wait_for(lambda: heartbeats(seen, "pump-3") >= before + 5, 60, "10 s of heartbeats while storage is locked")
+        wait_for(lambda: heartbeats(seen, "pump-3") >= before + 4, 60, "8 s of heartbeats while storage is locked")
         holder.execute("ROLLBACK")
         holder.close()
         wait_for(lambda: any(e["event"] == "storage_recovered" for e in hub.events()), 60, "storage back")
-        settled(seen, 4)
+        settled(seen, 3)
         # Read before the agents are killed: their wills would make them offline.
         events, report = watch_events(db), stored_report(db)
     finally:

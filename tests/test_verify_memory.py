@@ -53,9 +53,14 @@ def test_verify_of_a_million_frames_stays_in_bounded_memory(tmp_path):
     keyfile = KeyFile.create(tmp_path / "hub.keys")
     capture = tmp_path / "capture.jsonl"
     write_capture(capture, keyfile)
+    # Each device sends every 200 s and announces no heartbeat: with the 30 s assumed, the watch
+    # would (rightly) call each silent between its frames, two million events this test is not about.
+    config = tmp_path / "hub.toml"
+    config.write_text("[watch.heartbeat_s]\ndefault = 3600\n")
     with open(tmp_path / "report.json", "w") as out:
         process = subprocess.Popen([str(LINKSEAL), "hub", "verify", str(capture), "--keys", str(keyfile.path),
-                                    "--insecure-plaintext", "--json"], stdout=out, stderr=subprocess.PIPE)
+                                    "--insecure-plaintext", "--json", "--config", str(config)], stdout=out,
+                                   stderr=subprocess.PIPE)
         peak_mb = 0.0
         while process.poll() is None:  # sampling the high-water mark, not waiting on it
             peak_mb = max(peak_mb, high_water_mb(process.pid))
@@ -66,4 +71,5 @@ def test_verify_of_a_million_frames_stays_in_bounded_memory(tmp_path):
     assert (wifi["received"], wifi["forged"], wifi["valid"]) == (FRAMES, FRAMES // FORGED_EVERY,
                                                                  FRAMES - FRAMES // FORGED_EVERY)
     assert sum(e["kind"] == "forged" for e in report["events"]) == FRAMES // FORGED_EVERY
+    assert not [e for e in report["events"] if e["kind"] == "silent"]
     assert peak_mb < RSS_BOUND_MB, f"hub verify peaked at {peak_mb:.0f} MB"

@@ -68,6 +68,8 @@ class Watch:
         self._links = []  # link names, indexed by the LINK slot
         self._window = None  # the index of the window being counted
         self._next_scan = None
+        self._due = None  # the earliest time tick() has anything to do: a window's end or a scan
+        self._deadline = float("inf")  # relative: no online device can fall silent before it
         self._grace = 0.0  # relative time silence is counted from at the earliest (hold)
         self._excused_window = -1.0  # windows up to this one are excused from catch-up rules
         self.changed = set()  # devices whose liveness changed since the caller last took them
@@ -104,6 +106,7 @@ class Watch:
                 if verdict.reason == BIRTH:
                     state[BIRTHS] += 1
                     state[PERIOD] = fields.get("heartbeat_s") or self._assumed_period(verdict.link)
+                    self._expect(state)
                     if fields.get("record_interval_s") and state[LEARNT] == 0:  # a first guess at its rate
                         state[NORMAL] = self.window_s / fields["record_interval_s"]
             if died:
@@ -163,6 +166,8 @@ class Watch:
         if liveness == SILENT:
             self.silent[link] = self.silent.get(link, 0) + 1
         state[STATE], state[SINCE] = LIVENESS.index(liveness), rel
+        if liveness == ONLINE:
+            self._expect(state)
         status = self.statuses.get(device)
         if status is None and new:  # a device heard first needs no status of its own: online is implied
             return
@@ -183,6 +188,8 @@ class Watch:
 
     def tick(self, now: float) -> None:
         """Advance the watch's clock to now: close behaviour windows, check liveness."""
+        if self._due is not None and now < self._due:  # the common case: once per message
+            return
         if self.origin is None:
             return
         if self._window is None:
@@ -192,14 +199,17 @@ class Watch:
         if self._next_scan is None:
             self._next_scan = (now // SCAN_S + 1) * SCAN_S
         if now >= self._next_scan:
-            self._scan((now // SCAN_S) * SCAN_S - self.origin)
+            scan_at = (now // SCAN_S) * SCAN_S - self.origin
+            if scan_at > self._deadline:
+                self._scan(scan_at)
             self._next_scan = (now // SCAN_S + 1) * SCAN_S
+        self._due = min((self._window + 1) * self.window_s, self._next_scan)
 
     def _window_of(self, t: float) -> int:
         return int(t // self.window_s)
 
     def _scan(self, rel_now: float) -> None:
-        grace = self._grace
+        grace, earliest = self._grace, float("inf")
         for device, state in self._devices.items():
             if state[STATE] == 0:  # online
                 deadline = max(state[HEARD], grace) + SILENT_AFTER * state[PERIOD]
@@ -208,6 +218,16 @@ class Watch:
                     self.record_event(self.origin + deadline, device, self._links[int(state[LINK])], "silent",
                                       "nothing authentic for %d heartbeat periods of %s, and no death"
                                       % (SILENT_AFTER, _span(state[PERIOD])))
+                elif deadline < earliest:
+                    earliest = deadline
+        # Deadlines only move later (heard, grace); what can bring one earlier lowers this itself.
+        self._deadline = earliest
+
+    def _expect(self, state) -> None:
+        # A device online anew, or with a shorter period: its deadline may come before the others'.
+        deadline = max(state[HEARD], self._grace) + SILENT_AFTER * state[PERIOD]
+        if deadline < self._deadline:
+            self._deadline = deadline
 
     # -- behaviour windows ------------------------------------------------------------------
 
@@ -254,23 +274,10 @@ class Watch:
         values = (records, state[BYTES] / records if records else None, state[LARGEST] if records else None,
                   state[BIRTHS], state[FORGED], state[REPLAYED])
         excused = window <= self._excused_window or window <= state[EXCUSED]
-        learnt = state[LEARNT] >= LEARN_WINDOWS
-        link = self._links[int(state[LINK])]
         breached = set()
-        for number, rule in enumerate(self.rules):
-            value = values[self._metric[rule.name]]
-            if value is None or excused and rule.metric in CATCH_UP_METRICS:
-                continue
-            learned = self._learned.get(rule.name)
-            normal = state[NORMAL + learned] if learned is not None and learnt else None
-            fleet_value = fleet.get((int(state[LINK]), rule.metric, rule.fleet))
-            bound = rule.bound(normal, fleet_value)
-            if bound is None:
-                continue
-            breach = value > bound
-            if breach:
-                breached.add(rule.metric)
-            self._streak(device, link, state, STREAK + number, rule, breach, value, bound, normal, fleet_value, end)
+        if records or state[BIRTHS] or state[FORGED] or state[REPLAYED] or any(state[STREAK:]):
+            self._apply_rules(device, state, values, excused, breached, end, fleet)
+        # else a quiet window with no alarm pending: no rule can change anything, only the normal learns
         if state[STATE] == 0:  # what a live device does is its normal, except what breached a rule
             for number, metric in enumerate(LEARNED):
                 value = values[METRICS.index(metric)]
@@ -286,6 +293,24 @@ class Watch:
                 state[LEARNT] = min(state[LEARNT] + 1, 1e6)
         for slot in range(ACC, NORMAL):
             state[slot] = 0.0
+
+    def _apply_rules(self, device, state, values, excused, breached, end, fleet) -> None:
+        learnt = state[LEARNT] >= LEARN_WINDOWS
+        link = self._links[int(state[LINK])]
+        for number, rule in enumerate(self.rules):
+            value = values[self._metric[rule.name]]
+            if value is None or excused and rule.metric in CATCH_UP_METRICS:
+                continue
+            learned = self._learned.get(rule.name)
+            normal = state[NORMAL + learned] if learned is not None and learnt else None
+            fleet_value = fleet.get((int(state[LINK]), rule.metric, rule.fleet))
+            bound = rule.bound(normal, fleet_value)
+            if bound is None:
+                continue
+            breach = value > bound
+            if breach:
+                breached.add(rule.metric)
+            self._streak(device, link, state, STREAK + number, rule, breach, value, bound, normal, fleet_value, end)
 
     def _streak(self, device, link, state, slot, rule, breach, value, bound, normal, fleet_value, end) -> None:
         in_alarm = state[slot] >= _IN_ALARM
@@ -335,6 +360,7 @@ class Watch:
         state = self._device(device, link, now)  # (which writes online into its fields)
         if fields.get("heartbeat_s"):
             state[PERIOD] = fields["heartbeat_s"]
+            self._expect(state)
         self._set(device, state, liveness if liveness in LIVENESS else ONLINE, since, new=True)
         self.changed.discard(device)  # stored as it is
 
