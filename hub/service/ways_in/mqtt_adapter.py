@@ -314,9 +314,10 @@ class HubService:
 
     def _tick_watch(self) -> None:
         # Only while connected: with the broker out of reach, the hub hears nothing from anyone.
+        # And only with nothing queued: what waits in the queue was heard, at its arrival time.
         if self.arrival_clock is not None:
             self.ingest.tick(self._last_arrival)  # a replay's own time line
-        elif self._connected:
+        elif self._connected and self.queue.empty():
             self._hold_watch()
             self.ingest.tick(time.time())
         if self.ingest.verifier.events:  # silent devices and alarms are stored at once
