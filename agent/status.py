@@ -9,8 +9,9 @@
 #   refused       records the source gave that were too long for the link (never sealed),
 #                 since the device started; present when not 0
 #   fw, reset_cause   birth only
-#   heartbeat_s, record_interval_s   birth only, when known: the seconds between its heartbeats
-#                 and between its records (the hub's watch: silent after 3 heartbeats missed)
+#   heartbeat_s, record_interval_s   when known: the seconds between its heartbeats and between
+#                 its records (the hub's watch: silent after 3 heartbeats missed); in every status,
+#                 so a birth lost on the link leaves the hub guessing for one heartbeat at most
 #   prev          birth only, when known: [epoch, kept_end, sealed_end, lease] of the epoch
 #                 before: every seq below sealed_end - lease was sealed, none from sealed_end
 #                 on, and the frames below kept_end still queued here are on their way; the
@@ -37,7 +38,7 @@ COMPACT_PREV = 2  # prev follows
 
 def status_payload(kind, sealer, queued, source_drops, sent=None, reset_cause=None, refused=0, prev=None,
                    flash_writes=None, too_large=0, every=None):
-    # every: (heartbeat_s, record_interval_s or None), announced in births
+    # every: (heartbeat_s, record_interval_s or None), the device's pace
     doc = {"type": kind, "next_seq": sealer.seq, "queued": queued, "source_drops": source_drops}
     if refused:
         doc["refused"] = refused
@@ -52,8 +53,8 @@ def status_payload(kind, sealer, queued, source_drops, sent=None, reset_cause=No
         doc["reset_cause"] = reset_cause or "unknown"
         if prev is not None:
             doc["prev"] = list(prev)
-        if every is not None:
-            doc["heartbeat_s"] = every[0]
-            if every[1]:
-                doc["record_interval_s"] = every[1]
+    if every is not None:
+        doc["heartbeat_s"] = every[0]
+        if every[1]:
+            doc["record_interval_s"] = every[1]
     return json.dumps(doc).encode()

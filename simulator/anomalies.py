@@ -43,7 +43,7 @@ ANOMALY_S = {"silence": 1800.0, "flood": 1800.0, "exfiltration": 1800.0, "reconn
 # Paces by link type: (record intervals, heartbeat period) in seconds. LoRa is duty-cycled.
 _PACES = {"lora": ((300.0, 600.0), 300.0), "ble": ((30.0, 60.0, 120.0), 120.0),
           "wifi": ((30.0, 60.0, 120.0, 300.0), 120.0), "cellular": ((60.0, 120.0, 300.0), 300.0)}
-_DEFAULT_PACE = ((30.0, 60.0, 120.0, 300.0), 300.0)  # wired: fibre, twisted pair, coax, RS-485
+_DEFAULT_PACE = ((60.0, 120.0, 300.0, 600.0), 300.0)  # wired: fibre, twisted pair, coax, RS-485 (plant sensors)
 # The link registry's loss bursts are counted in frames sent back to back; a device that sends
 # once a minute does not stay in a fade for minutes. Its loss chain steps once per FADE_S of
 # the time between its frames (at most FADE_STEPS_MAX), so bursts keep their length in time.
@@ -172,8 +172,7 @@ def traffic(paces: list, injections: list, keys: dict, duration: float, seed: in
         if what in ("record", "backlog"):
             frame, topic = sealer.seal(fates[device].randbytes(size)), topic_for(device)
         else:
-            every = (paced[device].heartbeat, paced[device].interval) if what == BIRTH else None
-            doc = status_payload(what, sealer, 0, 0, every=every)
+            doc = status_payload(what, sealer, 0, 0, every=(paced[device].heartbeat, paced[device].interval))
             frame, topic = sealer.seal_status(doc), status_topic_for(device)
         model = models[device]
         gap = t - last_sent.get(device, t)

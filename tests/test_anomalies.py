@@ -78,7 +78,8 @@ def test_sim_run_anomalies_writes_the_table_and_refuses_what_it_cannot_do(tmp_pa
     assert [row["kind"] for row in report["anomalies"]["injected"]] == ["silence", "flood"]
     assert all(row["ok"] for row in report["anomalies"]["injected"])
     assert report["scenario"]["devices"] == 16 and len(report["scenario"]["paces"]) == 16
-    for args, problem in ((["--anomalies", "meteor"], "not an anomaly"), (["--anomalies", "--rate", "2"], "drop --rate"),
+    for args, problem in ((["--anomalies", "meteor"], "not an anomaly"),
+                          (["--anomalies", "--rate", "2"], "drop --rate"),
                           (["--anomalies", "--duration", "3600"], "too short"),
                           (["--anomalies", "--devices", "3"], "needs a device of its own")):
         done = subprocess.run([sys.executable, "-m", "linkseal", "sim", "run", *args, "--out", str(tmp_path)],

@@ -48,7 +48,7 @@ class Rule:
 
 DEFAULT_RULES = (
     # A compromised device flooding with validly sealed records.
-    Rule("record_flood", "records", own=3.0, floor=4, alarm_after=1, clear_after=2),
+    Rule("record_flood", "records", own=3.0, floor=3, alarm_after=1, clear_after=2),
     Rule("record_flood_fleet", "records", fleet=99, factor=4.0, floor=12, alarm_after=2, clear_after=2),
     # Exfiltration: payloads far larger than this device sends.
     Rule("large_records", "bytes_mean", own=2.5, floor=16, alarm_after=1, clear_after=2),

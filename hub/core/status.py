@@ -154,12 +154,11 @@ class DeviceStatus:
         for name in ("fw", "reset_cause", "flash_writes"):
             if name in doc:
                 fields[name] = doc[name]
-        if doc["type"] == device_status.BIRTH:  # each birth says its pace anew, or nothing
-            for name in ANNOUNCED:
-                if name in doc:
-                    fields[name] = doc[name]
-                else:
-                    fields.pop(name, None)
+        for name in ANNOUNCED:  # its pace, as its latest status says; a birth without it: none known
+            if name in doc:
+                fields[name] = doc[name]
+            elif doc["type"] == device_status.BIRTH:
+                fields.pop(name, None)
 
     def to_json(self) -> str:
         doc = {"epoch": self.epoch, "top": self.top, "seen": self.seen, "previous": self.previous,

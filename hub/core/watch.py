@@ -42,8 +42,8 @@ LEARN_STEP = 0.05  # the running median moves by this fraction of itself per win
 FLEET_MIN = 5  # devices of a link type with a learned normal before its fleet percentile counts
 MISSED_WINDOWS_EVALUATED = 12  # after a long gap in the clock, empty windows judged (for clears), at most
 # The slots of a device's array.
-HEARD, PERIOD, STATE, SINCE, LINK, EXCUSED, LEARNT = range(7)
-ACC = 7  # records, bytes, largest, births, forged, replayed of the current window
+HEARD, PERIOD, STATE, SINCE, LINK, EXCUSED, REJOINED, LEARNT = range(8)
+ACC = 8  # records, bytes, largest, births, forged, replayed of the current window
 REC, BYTES, LARGEST, BIRTHS, FORGED, REPLAYED = range(ACC, ACC + 6)
 NORMAL = ACC + 6  # the learned normal of each metric in LEARNED
 STREAK = NORMAL + len(LEARNED)  # per rule: 1000 x in alarm + consecutive windows towards a change
@@ -105,8 +105,13 @@ class Watch:
                 died = not fields.get("online", True)
                 if verdict.reason == BIRTH:
                     state[BIRTHS] += 1
-                    state[PERIOD] = fields.get("heartbeat_s") or self._assumed_period(verdict.link)
+                period = fields.get("heartbeat_s") or self._assumed_period(verdict.link)
+                if period != state[PERIOD]:  # announced (a birth lost on the link: its heartbeats say it too)
+                    state[PERIOD] = period
                     self._expect(state)
+                if verdict.reason == BIRTH:
+                    # A reconnect flushes what the device queued meanwhile: not a flood of records.
+                    state[REJOINED] = self._window_of(t)
                     if fields.get("record_interval_s") and state[LEARNT] == 0:  # a first guess at its rate
                         state[NORMAL] = self.window_s / fields["record_interval_s"]
             if died:
@@ -133,7 +138,7 @@ class Watch:
             state = self._devices[device] = array("f", bytes(4 * (STREAK + len(self.rules))))
             state[HEARD] = state[SINCE] = t - self.origin
             state[PERIOD] = self._assumed_period(link)
-            state[EXCUSED] = -1.0
+            state[EXCUSED] = state[REJOINED] = -1.0
             state[LINK] = self._link_index(link)
             self._set(device, state, ONLINE, t - self.origin, new=True)
         elif self._links[int(state[LINK])] != link:  # it moved to another link type: so do its counts
@@ -274,14 +279,16 @@ class Watch:
         values = (records, state[BYTES] / records if records else None, state[LARGEST] if records else None,
                   state[BIRTHS], state[FORGED], state[REPLAYED])
         excused = window <= self._excused_window or window <= state[EXCUSED]
+        rejoined = window == state[REJOINED]  # its records after a reconnect, not its births
         breached = set()
         if records or state[BIRTHS] or state[FORGED] or state[REPLAYED] or any(state[STREAK:]):
-            self._apply_rules(device, state, values, excused, breached, end, fleet)
+            self._apply_rules(device, state, values, excused, rejoined, breached, end, fleet)
         # else a quiet window with no alarm pending: no rule can change anything, only the normal learns
         if state[STATE] == 0:  # what a live device does is its normal, except what breached a rule
             for number, metric in enumerate(LEARNED):
                 value = values[METRICS.index(metric)]
-                if value is None or metric in breached or excused and metric in CATCH_UP_METRICS:
+                if value is None or metric in breached or excused and metric in CATCH_UP_METRICS or (
+                        rejoined and metric == "records"):
                     continue
                 slot = NORMAL + number
                 if state[LEARNT] < LEARN_WINDOWS:  # the mean of the first windows
@@ -294,12 +301,12 @@ class Watch:
         for slot in range(ACC, NORMAL):
             state[slot] = 0.0
 
-    def _apply_rules(self, device, state, values, excused, breached, end, fleet) -> None:
+    def _apply_rules(self, device, state, values, excused, rejoined, breached, end, fleet) -> None:
         learnt = state[LEARNT] >= LEARN_WINDOWS
         link = self._links[int(state[LINK])]
         for number, rule in enumerate(self.rules):
             value = values[self._metric[rule.name]]
-            if value is None or excused and rule.metric in CATCH_UP_METRICS:
+            if value is None or excused and rule.metric in CATCH_UP_METRICS or rejoined and rule.metric == "records":
                 continue
             learned = self._learned.get(rule.name)
             normal = state[NORMAL + learned] if learned is not None and learnt else None
