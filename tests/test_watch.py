@@ -4,7 +4,7 @@ import pytest
 
 from agent import Sealer, topic_for
 from agent.sealer import status_topic_for
-from agent.status import BIRTH, DEATH, HEARTBEAT, status_payload
+from agent.status import BIRTH, DEATH, status_payload
 from hub.core.behaviour import DEFAULT_RULES, Rule, parse_rules, percentile
 from hub.core.report import build_report, build_stored_report
 from hub.core.watch import SILENT_AFTER, Watch
