@@ -40,7 +40,7 @@ def main():
     verifier = Verifier([DeviceKeys(d, {0: bytes(bytearray(k))}, "wifi") for d, k in zip(ids, keys)], names)
     # Heard within their heartbeat period (an hour here): steady state, nobody silent. (A silent
     # device gets a status entry for its liveness, as devices that send births have anyway.)
-    watch = Watch(verifier.record_event, verifier.status, default_heartbeat_s=3600.0)
+    watch = Watch(verifier.record_event, verifier.status, heartbeat_s={"default": 3600.0})
     gc.collect()
     for n, (topic, data) in enumerate(traffic):
         t = n * 0.001

@@ -17,10 +17,10 @@ from .conftest import KEY, make_verifier
 class Feed:
     """Devices sealing real frames into a real verifier and a watch, on a clock the test moves."""
 
-    def __init__(self, *devices, rules=DEFAULT_RULES, window_s=300.0, default_heartbeat_s=30.0):
+    def __init__(self, *devices, rules=DEFAULT_RULES, window_s=300.0, heartbeat_s=30.0):
         self.verifier = make_verifier(*[(d, KEY, link, 16) for d, link in devices])
         self.watch = Watch(self.verifier.record_event, self.verifier.status, rules=rules, window_s=window_s,
-                           default_heartbeat_s=default_heartbeat_s)
+                           heartbeat_s={"default": heartbeat_s})
         self.sealers = {d: Sealer(d, KEY, link=link, epoch=1) for d, link in devices}
 
     def send(self, device, t, payload=b"x" * 16, frame=None):
@@ -254,7 +254,7 @@ def test_hub_workers_judge_against_the_whole_fleet_through_postgresql(postgres):
     pace = {f"pump-{n}": 3 + n % 6 for n in range(12)}  # records a window: 3..8, each twice
     quiet = [(d, "wifi") for d, count in pace.items() if count <= 5]
     busy = [(d, "wifi") for d, count in pace.items() if count > 5]
-    hourly = {"rules": rules, "default_heartbeat_s": 3600.0}  # never silent between records
+    hourly = {"rules": rules, "heartbeat_s": 3600.0}  # never silent between records
     partitions = [Feed(*quiet, **hourly), Feed(*busy, **hourly)]
     single = Feed(*(quiet + busy), **hourly)
     alone = Feed(*quiet, **hourly)  # the quiet partition judging by itself

@@ -42,9 +42,6 @@ class Rule:
             return "%g x own normal %.4g" % (self.own, normal)
         return "%g x fleet p%g %.4g" % (self.factor, self.fleet, fleet_value)
 
-    def as_dict(self) -> dict:
-        return {name: getattr(self, name) for name in self.__slots__ if getattr(self, name) is not None}
-
 
 DEFAULT_RULES = (
     # A compromised device flooding with validly sealed records.

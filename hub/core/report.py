@@ -163,9 +163,9 @@ def build_stored_links(storage) -> tuple[dict, int]:
         else:
             links.setdefault(name, new_link_counters())[LINK_SLOT_NAMES.index(counter)] = total
     entries = _link_entries(links)
-    device_links, (statuses, radio) = storage.device_links(), storage.device_statuses()
-    count_silent(entries, statuses, device_links)
-    add_radio(entries, {}, radio, device_links)
+    device_links = storage.device_links()
+    count_silent(entries, storage.device_statuses('"silent"')[0], device_links)  # only those statuses parsed
+    add_radio(entries, {}, storage.device_radio(), device_links)
     return entries, unknown
 
 

@@ -48,21 +48,27 @@ REC, BYTES, LARGEST, BIRTHS, FORGED, REPLAYED = range(ACC, ACC + 6)
 NORMAL = ACC + 6  # the learned normal of each metric in LEARNED
 STREAK = NORMAL + len(LEARNED)  # per rule: 1000 x in alarm + consecutive windows towards a change
 _IN_ALARM = 1000.0
+_LEARNED_AT = tuple(METRICS.index(metric) for metric in LEARNED)  # where each learned metric sits in a window's values
+
+
+def _caught_up(metric, excused: bool, rejoined: bool) -> bool:
+    """Whether a window's metric is a catch-up, neither judged nor learned: after the hub or the
+    device was out of sight (excused), or its records in the window of a reconnect (rejoined)."""
+    return excused and metric in CATCH_UP_METRICS or rejoined and metric == "records"
 
 
 class Watch:
     def __init__(self, record_event, statuses: dict, rules=DEFAULT_RULES, window_s: float = WINDOW_S,
-                 heartbeat_s: dict | None = None, default_heartbeat_s: float = DEFAULT_HEARTBEAT_S["default"]):
+                 heartbeat_s: dict | None = None):
         """record_event(t, device, link, kind, reason): where events go (Verifier.record_event);
         statuses: device -> DeviceStatus (Verifier.status), whose fields get `liveness` and
-        `liveness_since` so reports and storage carry them; heartbeat_s: link -> the period
-        assumed for devices whose births do not announce one."""
+        `liveness_since` so reports and storage carry them; heartbeat_s: link (or "default") ->
+        the period assumed for devices that announce none (DEFAULT_HEARTBEAT_S)."""
         self.record_event = record_event
         self.statuses = statuses
         self.rules = tuple(rules)
         self.window_s = float(window_s)
-        self.heartbeat_s = dict(DEFAULT_HEARTBEAT_S if heartbeat_s is None else heartbeat_s)
-        self.default_heartbeat_s = float(default_heartbeat_s)
+        self.heartbeat_s = {**DEFAULT_HEARTBEAT_S, **(heartbeat_s or {})}
         self.origin = None  # the clock's first reading: array times are relative to it
         self._devices = {}  # device id -> array('f')
         self._links = []  # link names, indexed by the LINK slot
@@ -128,7 +134,7 @@ class Watch:
                 state[FORGED if outcome == "forged" else REPLAYED] += 1
 
     def _assumed_period(self, link) -> float:
-        return self.heartbeat_s.get(link, self.default_heartbeat_s)
+        return self.heartbeat_s.get(link, self.heartbeat_s["default"])
 
     def _device(self, device, link, t):
         if self.origin is None:
@@ -286,9 +292,8 @@ class Watch:
         # else a quiet window with no alarm pending: no rule can change anything, only the normal learns
         if state[STATE] == 0:  # what a live device does is its normal, except what breached a rule
             for number, metric in enumerate(LEARNED):
-                value = values[METRICS.index(metric)]
-                if value is None or metric in breached or excused and metric in CATCH_UP_METRICS or (
-                        rejoined and metric == "records"):
+                value = values[_LEARNED_AT[number]]
+                if value is None or metric in breached or _caught_up(metric, excused, rejoined):
                     continue
                 slot = NORMAL + number
                 if state[LEARNT] < LEARN_WINDOWS:  # the mean of the first windows
@@ -306,7 +311,7 @@ class Watch:
         link = self._links[int(state[LINK])]
         for number, rule in enumerate(self.rules):
             value = values[self._metric[rule.name]]
-            if value is None or excused and rule.metric in CATCH_UP_METRICS or rejoined and rule.metric == "records":
+            if value is None or _caught_up(rule.metric, excused, rejoined):
                 continue
             learned = self._learned.get(rule.name)
             normal = state[NORMAL + learned] if learned is not None and learnt else None

@@ -44,8 +44,7 @@ class HubSettings:
 
     def watch_options(self) -> dict:
         """Watch(...)'s keyword arguments."""
-        return {"rules": self.behaviours, "window_s": self.window_s, "heartbeat_s": self.heartbeat_s,
-                "default_heartbeat_s": self.heartbeat_s.get("default", DEFAULT_HEARTBEAT_S["default"])}
+        return {"rules": self.behaviours, "window_s": self.window_s, "heartbeat_s": self.heartbeat_s}
 
 
 

@@ -277,12 +277,12 @@ class PostgresReader:
     def device_links(self) -> dict:
         return dict(self.conn.execute("SELECT device, link FROM linkseal_devices").fetchall())
 
-    def device_statuses(self) -> tuple:
-        return statuses_of(self.conn.execute("SELECT device, status FROM linkseal_statuses").fetchall())
+    def device_statuses(self, containing: str = "") -> tuple:
+        return statuses_of(self.conn.execute("SELECT device, status FROM linkseal_statuses "
+                                             "WHERE strpos(status, %s) > 0", (containing,)).fetchall())
 
     def device_radio(self) -> dict:
-        return statuses_of(self.conn.execute("SELECT device, status FROM linkseal_statuses "
-                                             "WHERE status LIKE '%%\"radio\"%%'").fetchall())[1]
+        return self.device_statuses('"radio"')[1]
 
     def events_since(self, since: float | None) -> list:
         rows = self.conn.execute("SELECT t, device, link, kind, reason FROM linkseal_events WHERE t >= %s "

@@ -159,7 +159,7 @@ class Storage(Protocol):
     def commit(self, batch: Batch) -> None: ...  # all of it in one transaction, or nothing
     def counts_since(self, since_minute: int | None, scopes=...) -> list: ...  # (scope, name, counter, total)
     def device_links(self) -> dict: ...  # device -> current link
-    def device_statuses(self) -> tuple: ...  # (device -> its latest status fields, device -> RadioState)
+    def device_statuses(self, containing: str = "") -> tuple: ...  # (device -> status fields, device -> RadioState)
     def device_radio(self) -> dict: ...  # device -> RadioState of its LoRaWAN uplinks
     def events_since(self, since: float | None) -> list: ...
     def integrity_problem(self, full: bool = False) -> str | None: ...  # the database's own check
@@ -258,15 +258,16 @@ class SQLiteReader:
             f"SELECT scope, name, counter, SUM(value) FROM counts WHERE minute >= ? AND scope IN ({marks}) "
             "GROUP BY scope, name, counter", (since_minute if since_minute is not None else -(2**62), *scopes)).fetchall()
 
-    def device_statuses(self) -> tuple:
+    def device_statuses(self, containing: str = "") -> tuple:
         """(device -> what its latest status message said (hub.status.DeviceStatus fields),
-        device -> its RadioState (hub/core/radio.py), for LoRaWAN devices)."""
-        return statuses_of(self.db.execute("SELECT device, status FROM device_status"))
+        device -> its RadioState (hub/core/radio.py), for LoRaWAN devices); containing: only the
+        statuses whose stored text holds it (a JSON key or value), so few are parsed."""
+        return statuses_of(self.db.execute("SELECT device, status FROM device_status WHERE instr(status, ?) > 0",
+                                           (containing,)))
 
     def device_radio(self) -> dict:
         """device -> its RadioState, reading only the LoRaWAN devices' statuses."""
-        return statuses_of(self.db.execute(
-            "SELECT device, status FROM device_status WHERE status LIKE '%\"radio\"%'"))[1]
+        return self.device_statuses('"radio"')[1]
 
     def device_links(self) -> dict:
         return dict(self.db.execute("SELECT device, link FROM devices"))
